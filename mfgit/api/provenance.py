@@ -1,0 +1,103 @@
+"""What is recorded about where an adapter came from."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+from mfgit.errors import InvalidAdapter
+
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^@/]*@")
+
+
+def strip_credentials(url: str) -> str:
+    """https://user:token@host/x → https://host/x (tokens never enter commits)."""
+    return _USERINFO.sub(r"\1", url)
+
+
+def code_revision(path: str | Path, *, required: bool = False) -> dict[str, Any] | None:
+    """The git revision of the work tree holding `path`, read through GitPython.
+
+    Returns None when `path` is not inside a git work tree (unless
+    `required`, as for an explicit --code PATH).
+    """
+    try:
+        import git  # GitPython
+    except ImportError:  # pragma: no cover - a declared dependency
+        return None
+    try:
+        repo = git.Repo(str(path), search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        if required:
+            raise InvalidAdapter(str(path), "--code names no git work tree") from None
+        return None
+    try:
+        try:
+            sha = repo.head.commit.hexsha
+        except ValueError:
+            sha = None  # a repository without commits yet
+        try:
+            branch = None if repo.head.is_detached else repo.active_branch.name
+        except TypeError:
+            branch = None
+        remote = None
+        for r in repo.remotes:
+            urls = list(r.urls)
+            if urls:
+                remote = strip_credentials(urls[0])
+                break
+        dirty = repo.is_dirty(untracked_files=True)
+        return {"commit": sha, "branch": branch, "remote_url": remote, "dirty": dirty}
+    finally:
+        repo.close()
+
+
+def parse_meta(items: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """``key=value`` pairs; values that read as JSON numbers/booleans become them."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        return dict(items)
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise InvalidAdapter(item, "metadata is given as key=value")
+        k, v = item.split("=", 1)
+        k = k.strip()
+        if not k:
+            raise InvalidAdapter(item, "metadata key is empty")
+        out[k] = _typed(v)
+    return out
+
+
+def _typed(v: str) -> Any:
+    if re.fullmatch(r"-?\d+", v):
+        return int(v)
+    if re.fullmatch(r"-?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?", v):
+        f = float(v)
+        if f == f and f not in (float("inf"), float("-inf")):
+            return f
+    if v in ("true", "false"):
+        return v == "true"
+    return v
+
+
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    import mfgit
+
+    out = {"mfgit": mfgit.__version__, "python": platform.python_version()}
+    for name in ("torch", "peft", "safetensors"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)

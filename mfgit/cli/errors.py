@@ -1,0 +1,88 @@
+"""The one table that maps errors to a message line and an exit code.
+
+Every error a user can cause prints one line on stderr —
+``mfgit: <what is wrong> (<what to do>)`` — and exits with the code below.
+Tracebacks are shown only with MFGIT_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from mfgit import errors as E
+
+# exit codes (documented in docs/cli.md)
+OK = 0
+REJECTED = 1  # the operation was refused as a normal outcome (nothing to commit, non-fast-forward)
+USAGE = 2
+NOT_A_REPO = 3
+BAD_INPUT = 4
+DAMAGED = 5
+REMOTE = 6
+CONFLICT = 7
+MERGE = 8
+SIGNATURE = 9
+OS_ERROR = 74
+INTERNAL = 70
+
+
+Fix = Callable[[E.MfgitError], str]
+
+
+def _fix(text: str) -> Fix:
+    return lambda e: text
+
+
+# (exception type, exit code, fix). The most specific type comes first.
+TABLE: list[tuple[type, int, Fix]] = [
+    (E.NotARepository, NOT_A_REPO, _fix("create one with: mfgit init, or pass -C PATH")),
+    (E.RepositoryExists, BAD_INPUT, _fix("use it as it is, or choose another directory")),
+    (E.UnsupportedRepositoryFormat, NOT_A_REPO, _fix("upgrade mfgit to a version that knows this format")),
+    (E.ConfigError, BAD_INPUT, _fix("see: mfgit config --list")),
+    (E.CorruptObject, DAMAGED, _fix("the stored copy is damaged; run mfgit fsck --read-data, then fetch the object again from a remote")),
+    (E.MalformedObject, DAMAGED, _fix("run mfgit fsck --read-data")),
+    (E.ObjectNotFound, DAMAGED, _fix("the repository is incomplete; run mfgit fsck, then fetch from a remote that has it")),
+    (E.WrongObjectType, BAD_INPUT, _fix("name a commit, branch or tag")),
+    (E.InvalidRefName, BAD_INPUT, _fix("names follow git's check-ref-format rules, e.g. sites/hospital-a")),
+    (E.RefNotFound, BAD_INPUT, _fix("list them with: mfgit branch -a")),
+    (E.RefExists, BAD_INPUT, _fix("choose another name, or use -f to move it")),
+    (E.RefConflict, CONFLICT, _fix("another process updated it; look with mfgit log and try again")),
+    (E.LockHeld, CONFLICT, _fix("another mfgit process is running; if none is, remove the .lock file")),
+    (E.AmbiguousRevision, BAD_INPUT, _fix("give more digits of the id")),
+    (E.EmptyBranch, BAD_INPUT, _fix("commit an adapter first: mfgit commit PATH -m MESSAGE")),
+    (E.UnknownRevision, BAD_INPUT, _fix("see mfgit log and mfgit branch -a for names that exist")),
+    (E.BranchInUse, BAD_INPUT, _fix("switch to another branch first: mfgit switch OTHER")),
+    (E.NotFullyMerged, REJECTED, _fix("merge it first, or delete it anyway with: mfgit branch -D NAME")),
+    (E.PickleRefused, BAD_INPUT, _fix(
+        "convert it to safetensors (load it with torch.load(weights_only=True) and save with "
+        "safetensors.torch.save_file), or pass --allow-pickle to load it with weights_only=True")),
+    (E.SafetensorsError, BAD_INPUT, _fix("the file is damaged or not a safetensors file; re-save the adapter with save_pretrained")),
+    (E.InvalidAdapter, BAD_INPUT, _fix("give a PEFT LoRA adapter directory as written by save_pretrained")),
+    (E.OutputNotEmpty, BAD_INPUT, _fix("choose an empty directory, or pass --force to overwrite")),
+    (E.UnsafePath, BAD_INPUT, _fix("the adapter names a file outside the output directory; it was not written")),
+    (E.NothingToCommit, REJECTED, _fix("the adapter is already committed; pass --allow-empty to record it again")),
+    (E.IncompatibleAdapters, MERGE, _fix("merge only adapters of the same base model and shapes")),
+    (E.UnsupportedAdapterVariant, MERGE, _fix("merge it with a strategy that supports it, or convert it to plain LoRA")),
+    (E.MergeError, MERGE, _fix("see docs/merging.md for the parameters of each strategy")),
+    (E.RemoteNotFound, BAD_INPUT, _fix("add it with: mfgit remote add NAME URL")),
+    (E.InvalidRemoteURL, BAD_INPUT, _fix("use a path, file:///path or s3://bucket/prefix")),
+    (E.RemoteAuthError, REMOTE, _fix("check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile)")),
+    (E.RemoteUnreachable, REMOTE, _fix("check the URL and the endpoint, and that you are online")),
+    (E.RemoteError, REMOTE, _fix("check the remote's URL with: mfgit remote -v")),
+    (E.NonFastForward, REJECTED, _fix("fetch first, merge the remote branch, then push again; or push --force to overwrite")),
+    (E.SignatureError, SIGNATURE, _fix("see docs/audit.md on signing keys and allowed signers")),
+]
+
+
+def lookup(exc: BaseException) -> tuple[int, str]:
+    """(exit code, one-line message) for a raised error."""
+    for typ, code, fix in TABLE:
+        if isinstance(exc, typ):
+            msg = str(exc).replace("\n", " ")
+            return code, f"mfgit: {msg} ({fix(exc)})"
+    if isinstance(exc, E.MfgitError):
+        return INTERNAL, f"mfgit: {str(exc)}"
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        return OS_ERROR, f"mfgit: {exc.strerror or exc}:{where} (check the path, permissions and free disk space)"
+    return INTERNAL, f"mfgit: internal error: {type(exc).__name__}: {exc} (rerun with MFGIT_DEBUG=1 for details)"

@@ -1,0 +1,303 @@
+"""The `mfgit` command. Each command parses, calls one API function, renders."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mfgit.cli import errors as cli_errors
+from mfgit.cli import render
+
+
+class MfgitGroup(click.Group):
+    """Maps every error to one line and an exit code (mfgit.cli.errors)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("mfgit: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # noqa: BLE001 - this is the one place errors are rendered
+            if os.environ.get("MFGIT_DEBUG"):
+                raise
+            code, line = cli_errors.lookup(exc)
+            click.echo(line, err=True)
+            ctx.exit(code)
+
+
+def _repo(ctx: click.Context):
+    from mfgit.api.repository import Repository
+
+    return Repository.open(ctx.obj["cwd"])
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+@click.group(cls=MfgitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-C", "cwd", default=".", metavar="PATH", help="Run as if mfgit was started in PATH.")
+@click.version_option(package_name="mfgit", prog_name="mfgit")
+@click.pass_context
+def cli(ctx: click.Context, cwd: str) -> None:
+    """mfgit: version control for LoRA adapters."""
+    ctx.obj = {"cwd": cwd}
+
+
+@cli.command()
+@click.argument("path", default=".", required=False)
+@click.option("--bare", is_flag=True, help="Create a bare repository (for sharing as a remote).")
+@click.option("--site", default=None, help="The institution this repository belongs to (config user.site).")
+@click.option("-b", "--initial-branch", default="main", show_default=True, help="Name of the first branch.")
+@click.pass_context
+def init(ctx, path, bare, site, initial_branch):
+    """Create an empty repository in PATH."""
+    from mfgit.api.repository import Repository
+
+    target = Path(ctx.obj["cwd"]) / path
+    repo = Repository.init(target, bare=bare, site=site, initial_branch=initial_branch)
+    click.echo(f"Initialized empty {'bare ' if bare else ''}mfgit repository in {repo.gitdir}")
+
+
+@cli.command()
+@click.argument("key", required=False)
+@click.argument("value", required=False)
+@click.option("--global", "global_", is_flag=True, help="Use the user's file instead of the repository's.")
+@click.option("--unset", is_flag=True, help="Remove KEY.")
+@click.option("-l", "--list", "list_", is_flag=True, help="List all settings.")
+@click.pass_context
+def config(ctx, key, value, global_, unset, list_):
+    """Get or set options: user.name, user.email, site, remote.NAME.url, ..."""
+    from mfgit.api.config import Config, global_config_path
+
+    if global_:
+        cfg = Config(Path(os.devnull))
+    else:
+        cfg = _repo(ctx).config
+    scope = "global" if global_ else "repo"
+    if list_ or key is None:
+        items = cfg.global_file.items() if global_ else cfg.items()
+        for k, v in sorted(items.items()):
+            click.echo(f"{k}={v}")
+        return
+    if unset:
+        cfg.set(key, None, scope=scope)
+        return
+    if value is None:
+        v = cfg.global_file.get(key) if global_ else cfg.get(key)
+        if v is None:
+            ctx.exit(1)
+        click.echo(v)
+        return
+    cfg.set(key, value, scope=scope)
+
+
+@cli.command()
+@click.argument("adapter", type=click.Path())
+@click.option("-m", "--message", required=True, help="Commit message.")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Record metadata (repeatable), e.g. samples=1200.")
+@click.option("--code", type=click.Path(), default=None, help="Git work tree of the training code (default: the one holding ADAPTER).")
+@click.option("--allow-pickle", is_flag=True, help="Accept adapter_model.bin (loaded with torch weights_only=True).")
+@click.option("--allow-empty", is_flag=True, help="Commit even if the adapter equals HEAD's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new commit as JSON.")
+@click.pass_context
+def commit(ctx, adapter, message, meta, code, allow_pickle, allow_empty, as_json):
+    """Record the PEFT adapter directory ADAPTER as a new commit."""
+    repo = _repo(ctx)
+    info = repo.commit(adapter, message, meta=list(meta), code=code, allow_pickle=allow_pickle, allow_empty=allow_empty)
+    if as_json:
+        _emit_json(info.to_dict())
+    else:
+        branch = repo.head_branch() or "detached HEAD"
+        root = " (root-commit)" if not info.commit.parents else ""
+        click.echo(f"[{branch}{root} {info.id[:10]}] {message.splitlines()[0] if message else ''}")
+
+
+@cli.command()
+@click.argument("rev", default="HEAD", required=False)
+@click.option("-n", "--max-count", type=int, default=None, help="Show at most N commits.")
+@click.option("--graph", is_flag=True, help="Draw the commit graph.")
+@click.option("--oneline", is_flag=True, help="One line per commit.")
+@click.option("--first-parent", is_flag=True, help="Follow only the first parent of merges.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/json.md).")
+@click.pass_context
+def log(ctx, rev, max_count, graph, oneline, first_parent, as_json):
+    """Show the history of REV (or A..B: in B but not in A)."""
+    repo = _repo(ctx)
+    commits = repo.log(rev, n=max_count, first_parent=first_parent)
+    decorations = render.decorations(repo)
+    if as_json:
+        _emit_json({"commits": [render.commit_json(c, decorations) for c in commits]})
+        return
+    click.echo(render.log_text(commits, decorations, graph=graph, oneline=oneline), nl=False)
+
+
+@cli.command()
+@click.argument("rev", default="HEAD", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/json.md).")
+@click.pass_context
+def show(ctx, rev, as_json):
+    """Show a commit: message, provenance and adapter summary."""
+    repo = _repo(ctx)
+    data = repo.show(rev)
+    if as_json:
+        _emit_json(data)
+    else:
+        click.echo(render.show_text(data, render.decorations(repo)), nl=False)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.argument("start", required=False)
+@click.option("-d", "--delete", "delete", is_flag=True, help="Delete NAME (must be merged into HEAD).")
+@click.option("-D", "force_delete", is_flag=True, help="Delete NAME even if not merged.")
+@click.option("-f", "--force", is_flag=True, help="Move NAME to START if it exists.")
+@click.option("-r", "--remotes", is_flag=True, help="List remote-tracking branches.")
+@click.option("-a", "--all", "all_", is_flag=True, help="List local and remote-tracking branches.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/json.md).")
+@click.pass_context
+def branch(ctx, name, start, delete, force_delete, force, remotes, all_, as_json):
+    """List, create or delete branches."""
+    repo = _repo(ctx)
+    if delete or force_delete:
+        if not name:
+            raise click.UsageError("branch -d needs a NAME")
+        oid = repo.delete_branch(name, force=force_delete)
+        click.echo(f"Deleted branch {name} (was {oid[:10]}).")
+        return
+    if name:
+        oid = repo.create_branch(name, start, force=force)
+        click.echo(f"Branch {name} at {oid[:10]}")
+        return
+    local = [] if remotes else repo.branches()
+    remote = repo.branches(remote=True) if (remotes or all_) else []
+    if as_json:
+        _emit_json({"current": repo.head_branch(), "branches": local, "remotes": remote})
+        return
+    for b in local:
+        click.echo(f"{'*' if b['current'] else ' '} {b['name']:<24} {b['commit'][:10]} {b['subject']}")
+    for b in remote:
+        click.echo(f"  remotes/{b['name']:<16} {b['commit'][:10]} {b['subject']}")
+    if not local and not remote and repo.head_branch():
+        click.echo(f"(no commits yet on {repo.head_branch()})")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("start", required=False)
+@click.option("-c", "--create", is_flag=True, help="Create NAME (from START or HEAD) and switch to it.")
+@click.option("--orphan", is_flag=True, help="Switch to a new branch with no history yet.")
+@click.pass_context
+def switch(ctx, name, start, create, orphan):
+    """Make NAME the current branch (new commits go there)."""
+    repo = _repo(ctx)
+    repo.switch(name, create=create, orphan=orphan, start=start)
+    click.echo(f"Switched to {'a new ' if create or orphan else ''}branch '{name}'")
+
+
+@cli.command()
+@click.argument("rev")
+@click.option("--to", "to", required=True, type=click.Path(), help="Output directory (must be empty unless --force).")
+@click.option("-f", "--force", is_flag=True, help="Write into a non-empty directory, replacing adapter files.")
+@click.pass_context
+def checkout(ctx, rev, to, force):
+    """Write the adapter of REV as a PEFT adapter directory."""
+    repo = _repo(ctx)
+    out = repo.checkout(rev, Path(ctx.obj["cwd"]) / to, force=force)
+    click.echo(f"Wrote {out}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.argument("rev", required=False, default="HEAD")
+@click.option("-m", "--message", default=None, help="Make an annotated tag with this message.")
+@click.option("-f", "--force", is_flag=True, help="Replace an existing tag.")
+@click.option("--json", "as_json", is_flag=True, help="List tags as JSON.")
+@click.pass_context
+def tag(ctx, name, rev, message, force, as_json):
+    """Name a commit (list tags without NAME)."""
+    repo = _repo(ctx)
+    if not name:
+        tags = repo.tags()
+        if as_json:
+            _emit_json({"tags": tags})
+        else:
+            for t in tags:
+                click.echo(t["name"])
+        return
+    repo.tag(name, rev, message=message, force=force)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/json.md).")
+@click.pass_context
+def status(ctx, as_json):
+    """Show the current branch, HEAD's adapter and the adapter directories committed from here."""
+    repo = _repo(ctx)
+    data = repo.status()
+    if as_json:
+        _emit_json(data)
+    else:
+        click.echo(render.status_text(data), nl=False)
+
+
+@cli.command()
+@click.option("--read-data", is_flag=True, help="Decode every object and check its SHA-256.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/json.md).")
+@click.pass_context
+def fsck(ctx, read_data, as_json):
+    """Check the repository: missing, corrupt and dangling objects, bad refs."""
+    repo = _repo(ctx)
+    report = repo.fsck(read_data=read_data)
+    if as_json:
+        _emit_json(report)
+    else:
+        click.echo(render.fsck_text(report), nl=False)
+    if not report["ok"]:
+        ctx.exit(cli_errors.DAMAGED)
+
+
+def _parse_duration(value: str) -> float:
+    if value == "now":
+        return 0.0
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    try:
+        if value[-1] in units:
+            return float(value[:-1]) * units[value[-1]]
+        return float(value)
+    except (ValueError, IndexError):
+        raise click.BadParameter(f"{value!r}: use now, SECONDS or a number with s/m/h/d/w") from None
+
+
+@cli.command()
+@click.option("--prune", default="2w", show_default=True, help="Delete unreachable objects older than this (now, 3600, 2h, 14d, 2w).")
+@click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def gc(ctx, prune, dry_run, as_json):
+    """Delete objects that no ref or reflog entry reaches."""
+    repo = _repo(ctx)
+    report = repo.gc(prune_older_than=_parse_duration(prune), dry_run=dry_run)
+    if as_json:
+        report = dict(report)
+        _emit_json(report)
+    else:
+        verb = "Would delete" if dry_run else "Deleted"
+        click.echo(f"{verb} {report['deleted']} unreachable object(s), {render.human_bytes(report['bytes_freed'])}; "
+                   f"kept {report['kept_unreachable_young']} younger than the grace period.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="mfgit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

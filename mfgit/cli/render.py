@@ -1,0 +1,176 @@
+"""Text and JSON rendering of API results for the terminal."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def decorations(repo) -> dict[str, list[str]]:
+    """commit id → names pointing at it (HEAD -> branch, tags, remote branches)."""
+    out: dict[str, list[str]] = {}
+    head = repo.head()
+    head_branch = repo.head_branch()
+    for ref, oid in repo.refs.items("refs/").items():
+        if ref.startswith("refs/heads/"):
+            name = ref[len("refs/heads/"):]
+            label = f"HEAD -> {name}" if name == head_branch else name
+        elif ref.startswith("refs/tags/"):
+            try:
+                oid = repo.resolve(ref)
+            except Exception:
+                continue
+            label = f"tag: {ref[len('refs/tags/'):]}"
+        elif ref.startswith("refs/remotes/"):
+            label = ref[len("refs/remotes/"):]
+        else:
+            continue
+        out.setdefault(oid, []).append(label)
+    if head and head_branch is None:
+        out.setdefault(head, []).insert(0, "HEAD")
+    for labels in out.values():
+        labels.sort(key=lambda s: (not s.startswith("HEAD"), s.startswith("tag:"), s))
+    return out
+
+
+def commit_json(info, decorations: dict[str, list[str]]) -> dict[str, Any]:
+    d = info.to_dict()
+    d["refs"] = decorations.get(info.id, [])
+    return d
+
+
+def _subject(msg: str) -> str:
+    return msg.splitlines()[0] if msg else ""
+
+
+def _commit_block(info, decorations) -> str:
+    c = info.commit
+    deco = decorations.get(info.id)
+    lines = [f"commit {info.id}" + (f" ({', '.join(deco)})" if deco else "")]
+    if len(c.parents) > 1:
+        lines.append("Merge: " + " ".join(p[:10] for p in c.parents))
+    lines.append(f"Author: {c.author.get('name')} <{c.author.get('email')}>")
+    if c.site:
+        lines.append(f"Site:   {c.site}")
+    lines.append(f"Date:   {c.timestamp}")
+    if c.signature:
+        lines.append(f"Signed: {c.signature.get('key_id', c.signature.get('format', 'yes'))}")
+    lines.append("")
+    lines.extend("    " + ln for ln in (c.message.splitlines() or [""]))
+    lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def log_text(commits, decorations, *, graph: bool = False, oneline: bool = False) -> str:
+    if not graph:
+        if oneline:
+            out = []
+            for info in commits:
+                deco = decorations.get(info.id)
+                out.append(f"{info.id[:10]}{' (' + ', '.join(deco) + ')' if deco else ''} {_subject(info.commit.message)}\n")
+            return "".join(out)
+        return "".join(_commit_block(i, decorations) for i in commits)
+    return graph_text(commits, decorations, oneline=oneline)
+
+
+def graph_text(commits, decorations, *, oneline: bool = True) -> str:
+    """A lane graph in git's style: one column per line of descent."""
+    columns: list[str] = []
+    out: list[str] = []
+    for info in commits:
+        oid = info.id
+        if oid not in columns:
+            columns.append(oid)
+        idx = columns.index(oid)
+        merged_lanes = [i for i, c in enumerate(columns) if c == oid and i != idx]
+        row = " ".join("*" if i == idx else "|" for i in range(len(columns)))
+        deco = decorations.get(oid)
+        c = info.commit
+        text = f"{oid[:10]}{' (' + ', '.join(deco) + ')' if deco else ''} {_subject(c.message)}"
+        if not oneline:
+            text += f"  [{c.site or c.author.get('name')}, {c.timestamp[:19]}]"
+        out.append(f"{row}  {text}")
+        if merged_lanes:
+            # Lanes that were waiting for this commit join it.
+            out.append(" ".join("|" if i not in merged_lanes else "/" for i in range(len(columns))))
+            columns = [col for i, col in enumerate(columns) if i not in merged_lanes]
+            idx = columns.index(oid)
+        parents = list(c.parents)
+        if not parents:
+            columns.pop(idx)
+            continue
+        columns[idx] = parents[0]
+        new = [p for p in parents[1:] if p not in columns]
+        if new:
+            columns[idx + 1:idx + 1] = new
+            out.append(" ".join("|" if i <= idx or i > idx + len(new) else "\\" for i in range(len(columns))))
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def show_text(data: dict[str, Any], decorations) -> str:
+    from mfgit.api.repository import CommitInfo
+    from mfgit.objects.model import Commit
+
+    info = CommitInfo(data["id"], Commit.from_dict(data["commit"]))
+    text = _commit_block(info, decorations)
+    a = data["adapter"]
+    base = a["base_model"] or {}
+    text += (
+        f"Adapter {a['id']}\n"
+        f"  base model   {base.get('name')}" + (f" @ {base.get('revision')}" if base.get("revision") else "") + "\n"
+        f"  modules      {a['modules']} ({a['tensors']} tensors, {human_bytes(a['bytes'])}, {', '.join(a['dtypes'])})\n"
+        f"  rank         {', '.join(str(r) for r in a['ranks'])}  alpha {a['lora_alpha']}"
+        + ("  rsLoRA" if a["use_rslora"] else "")
+        + "\n"
+    )
+    prov = data["commit"]["provenance"]
+    text += "Provenance\n" + "\n".join("  " + ln for ln in json.dumps(prov, indent=2, sort_keys=True).splitlines()) + "\n"
+    return text
+
+
+def status_text(data: dict[str, Any]) -> str:
+    lines = []
+    if data["detached"]:
+        lines.append(f"HEAD detached at {str(data['head'])[:10]}")
+    else:
+        lines.append(f"On branch {data['branch']}")
+    if data.get("site"):
+        lines.append(f"Site: {data['site']}")
+    if data["head"] is None:
+        lines.append("No commits yet")
+    else:
+        a = data["adapter"]
+        lines.append(f"HEAD {data['head'][:10]} {data.get('subject', '')}")
+        lines.append(f"  adapter {a['id'][:10]}: {a['modules']} modules, {human_bytes(a['bytes'])}, base {a['base_model'].get('name')}")
+    if data["sources"]:
+        lines.append("Adapter directories committed from this repository:")
+        for s in data["sources"]:
+            lines.append(f"  {s['state']:<20} {s['path']}")
+    return "\n".join(lines) + "\n"
+
+
+def fsck_text(report: dict[str, Any]) -> str:
+    lines = []
+    for c in report["corrupt"]:
+        lines.append(f"corrupt object {c['id']}: expected {c['algorithm']} {c['expected']}, got {c['actual']}")
+    for m in report["missing"]:
+        lines.append(f"missing object {m['id']}")
+    for r in report["bad_refs"]:
+        lines.append(f"bad ref {r['ref']}: {r['error']}")
+    for d in report["dangling"]:
+        lines.append(f"dangling {d['kind']} {d['id']}")
+    for t in report["temporary_files"]:
+        lines.append(f"leftover temporary file {t} (from an interrupted write; mfgit gc removes it)")
+    for lk in report["stale_locks"]:
+        lines.append(f"lock file {lk} (remove it if no mfgit process is running)")
+    verdict = "ok" if report["ok"] else "DAMAGED"
+    lines.append(f"checked {report['objects_checked']} objects{' (full SHA-256)' if report['read_data'] else ''}: {verdict}")
+    return "\n".join(lines) + "\n"

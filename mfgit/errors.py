@@ -1,0 +1,283 @@
+"""Typed errors of mfgit.
+
+Every failure a user can cause is one of these. Each carries the data that
+describes it (ids, paths, names) so that callers can act on it; the CLI maps
+each type to a one-line message with the fix and an exit code in a single
+table (`mfgit.cli.errors`). Nothing here formats for a terminal.
+"""
+
+from __future__ import annotations
+
+
+class MfgitError(Exception):
+    """Base of every error mfgit raises on purpose."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.message or self.__class__.__name__
+
+
+# --- repository ------------------------------------------------------------
+
+
+class NotARepository(MfgitError):
+    def __init__(self, path: str):
+        super().__init__(f"not an mfgit repository (or any parent): {path}")
+        self.path = path
+
+
+class RepositoryExists(MfgitError):
+    def __init__(self, path: str):
+        super().__init__(f"an mfgit repository already exists at {path}")
+        self.path = path
+
+
+class UnsupportedRepositoryFormat(MfgitError):
+    def __init__(self, path: str, object_format: str, version: str):
+        super().__init__(
+            f"repository {path} uses object format {object_format!r} version {version!r}, "
+            "which this mfgit does not understand"
+        )
+        self.path = path
+        self.object_format = object_format
+        self.version = version
+
+
+class ConfigError(MfgitError):
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"config {key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+# --- objects and store -----------------------------------------------------
+
+
+class ObjectNotFound(MfgitError):
+    def __init__(self, oid: str):
+        super().__init__(f"object {oid} is missing")
+        self.oid = oid
+
+
+class CorruptObject(MfgitError):
+    """Stored bytes do not match their digest (invariant 2)."""
+
+    def __init__(self, oid: str, expected: str, actual: str, algorithm: str = "sha256", detail: str = ""):
+        super().__init__(
+            f"object {oid} is corrupt: expected {algorithm} {expected}, got {actual}"
+            + (f" ({detail})" if detail else "")
+        )
+        self.oid = oid
+        self.expected = expected
+        self.actual = actual
+        self.algorithm = algorithm
+        self.detail = detail
+
+
+class MalformedObject(MfgitError):
+    """An object decodes but is not a valid object of its kind."""
+
+    def __init__(self, oid: str, reason: str):
+        super().__init__(f"object {oid} is malformed: {reason}")
+        self.oid = oid
+        self.reason = reason
+
+
+class WrongObjectType(MfgitError):
+    def __init__(self, oid: str, expected: str, actual: str):
+        super().__init__(f"object {oid} is a {actual}, not a {expected}")
+        self.oid = oid
+        self.expected = expected
+        self.actual = actual
+
+
+# --- refs and revisions ----------------------------------------------------
+
+
+class InvalidRefName(MfgitError):
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name!r} is not a valid ref name: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class RefNotFound(MfgitError):
+    def __init__(self, name: str):
+        super().__init__(f"ref {name} does not exist")
+        self.name = name
+
+
+class RefExists(MfgitError):
+    def __init__(self, name: str):
+        super().__init__(f"ref {name} already exists")
+        self.name = name
+
+
+class RefConflict(MfgitError):
+    """Compare-and-swap failed: the ref moved under us (invariant 3)."""
+
+    def __init__(self, name: str, actual: str | None, expected: str | None):
+        super().__init__(f"ref {name} is at {actual or '(nothing)'} but expected {expected or '(nothing)'}")
+        self.name = name
+        self.actual = actual
+        self.expected = expected
+
+
+class LockHeld(MfgitError):
+    def __init__(self, path: str):
+        super().__init__(f"unable to lock {path}: file exists")
+        self.path = path
+
+
+class UnknownRevision(MfgitError):
+    def __init__(self, rev: str, reason: str = ""):
+        super().__init__(f"unknown revision {rev!r}" + (f": {reason}" if reason else ""))
+        self.rev = rev
+        self.reason = reason
+
+
+class AmbiguousRevision(MfgitError):
+    def __init__(self, rev: str, candidates: list[str]):
+        super().__init__(f"short id {rev!r} is ambiguous: {', '.join(sorted(candidates)[:5])}")
+        self.rev = rev
+        self.candidates = candidates
+
+
+class EmptyBranch(MfgitError):
+    def __init__(self, branch: str):
+        super().__init__(f"branch {branch} has no commits yet")
+        self.branch = branch
+
+
+class BranchInUse(MfgitError):
+    def __init__(self, branch: str):
+        super().__init__(f"cannot delete branch {branch}: it is checked out")
+        self.branch = branch
+
+
+class NotFullyMerged(MfgitError):
+    def __init__(self, branch: str):
+        super().__init__(f"branch {branch} is not fully merged")
+        self.branch = branch
+
+
+# --- adapters and files ----------------------------------------------------
+
+
+class InvalidAdapter(MfgitError):
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class PickleRefused(MfgitError):
+    def __init__(self, path: str):
+        super().__init__(f"{path} is a pickle checkpoint, which can run code when loaded")
+        self.path = path
+
+
+class SafetensorsError(MfgitError):
+    """A safetensors file breaks one rule of the format. `rule` names it."""
+
+    def __init__(self, path: str, rule: str, detail: str):
+        super().__init__(f"{path}: invalid safetensors file ({rule}): {detail}")
+        self.path = path
+        self.rule = rule
+        self.detail = detail
+
+
+class OutputNotEmpty(MfgitError):
+    def __init__(self, path: str):
+        super().__init__(f"{path} exists and is not empty")
+        self.path = path
+
+
+class UnsafePath(MfgitError):
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"refusing to write {path!r}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class NothingToCommit(MfgitError):
+    def __init__(self, adapter_id: str):
+        super().__init__(f"nothing to commit: the adapter is unchanged since HEAD ({adapter_id[:12]})")
+        self.adapter_id = adapter_id
+
+
+# --- merge -----------------------------------------------------------------
+
+
+class MergeError(MfgitError):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class IncompatibleAdapters(MergeError):
+    def __init__(self, what: str, left: str, right: str, detail: str):
+        super().__init__(f"cannot merge {left} and {right}: {what} differs ({detail})")
+        self.what = what
+        self.left = left
+        self.right = right
+        self.detail = detail
+
+
+class UnsupportedAdapterVariant(MergeError):
+    def __init__(self, rev: str, variant: str):
+        super().__init__(f"{rev} uses {variant}, which this merge cannot combine correctly")
+        self.rev = rev
+        self.variant = variant
+
+
+# --- remotes ---------------------------------------------------------------
+
+
+class RemoteError(MfgitError):
+    def __init__(self, remote: str, reason: str):
+        super().__init__(f"remote {remote}: {reason}")
+        self.remote = remote
+        self.reason = reason
+
+
+class RemoteUnreachable(RemoteError):
+    pass
+
+
+class RemoteAuthError(RemoteError):
+    pass
+
+
+class RemoteNotFound(MfgitError):
+    def __init__(self, name: str):
+        super().__init__(f"no such remote: {name}")
+        self.name = name
+
+
+class InvalidRemoteURL(MfgitError):
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"invalid remote URL {url!r}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class NonFastForward(MfgitError):
+    def __init__(self, ref: str, local: str, remote: str):
+        super().__init__(f"rejected {ref}: the remote has commits you do not have ({remote[:12]})")
+        self.ref = ref
+        self.local = local
+        self.remote = remote
+
+
+# --- signatures ------------------------------------------------------------
+
+
+class SignatureError(MfgitError):
+    def __init__(self, oid: str, reason: str):
+        super().__init__(f"commit {oid[:12]}: {reason}")
+        self.oid = oid
+        self.reason = reason

@@ -1,0 +1,581 @@
+"""Merge strategies for one adapted module: pure tensor math, no I/O.
+
+The engine hands :func:`merge_module` the factors of one module m from each
+input adapter i, with the LoRA scaling already folded into B, so that
+ΔWᵢ = Bᵢ @ Aᵢ exactly (fp32, on the compute device). It gets back the merged
+factors (B, A), their rank and the fraction of energy the final
+re-factorisation kept. Every formula is documented, with its paper, in
+docs/merging.md; the short form is in :data:`STRATEGIES`.
+
+Absent modules
+    ``factors[i] is None`` means input i does not adapt module m. It counts as
+    a zero update, ΔWᵢ = 0. Every formula here gives a zero update no
+    contribution at all (it is trimmed/dropped to zero, its sign is 0 so it
+    never joins a TIES majority, it adds nothing to a sum), so an absent module
+    and an explicit zero update give the same ΔW. The rank policies count only
+    the inputs that adapt the module (``"max"``/``"sum"`` over their ranks).
+
+Weights
+    ``weights[i]`` multiplies ΔWᵢ. They are used as given (not normalised to
+    sum to 1): pass 0.5, 0.5 for an average. Negative weights subtract
+    (task negation).
+
+Randomness (DARE, DARE-TIES, DELLA): the draw order
+    ``rng(i)`` returns a fresh CPU ``torch.Generator`` for input i, seeded by
+    the engine from (seed, strategy, module, input id). Each input has its own
+    generator, so inputs never shift each other's streams. For every input i
+    whose factors are present (in increasing i, whatever its weight), exactly
+    one draw is made::
+
+        u_i = torch.rand((out, in), generator=rng(i), dtype=torch.float32)   # on the CPU
+
+    then ``u_i`` is moved to the data's device. Nothing else draws; global RNG
+    state is never touched. With it:
+
+    * ``dare_linear``, ``dare_ties``: element (r, c) of ΔWᵢ is dropped where
+      ``u_i[r, c] < drop_rate``; survivors are multiplied by 1/(1 − drop_rate).
+    * ``della``: element (r, c) is dropped where ``u_i[r, c] < p_i[r, c]``, its own
+      drop probability (see below); survivors are multiplied by 1/(1 − p_i[r, c]).
+
+    Masks are therefore identical on CPU and GPU (up to elements whose
+    magnitude rank differs between devices through fp32 rounding of BᵢAᵢ).
+
+Orderings (TIES trim, magnitude pruning, breadcrumbs, DELLA ranks)
+    Elements are ordered by |value| with a *stable* sort, so ties keep index
+    order (row-major flattening): ``torch.argsort(|x|.flatten(), descending=True,
+    stable=True)`` for the top-k selections, ``torch.argsort(|x|, dim=1,
+    stable=True)`` (ascending, per row) for DELLA ranks. A fraction f of n
+    elements is ``floor(f·n + 0.5)`` elements.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from mfgit.errors import MergeError
+from mfgit.merge.lowrank import (
+    RankPolicy,
+    balanced_split,
+    factorize_dense,
+    lowrank_svd,
+    select_rank,
+    truncate_factors,
+)
+
+__all__ = [
+    "Factor",
+    "ModuleResult",
+    "StrategySpec",
+    "STRATEGIES",
+    "resolve_params",
+    "merge_module",
+]
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One input's update of one module: ΔW = B @ A, scaling already folded in."""
+
+    B: torch.Tensor  # out × r
+    A: torch.Tensor  # r × in
+
+
+@dataclass(frozen=True)
+class ModuleResult:
+    """The merged update of one module: ΔW = B @ A."""
+
+    B: torch.Tensor  # out × rank
+    A: torch.Tensor  # rank × in
+    rank: int
+    kept_energy: float  # fraction of ‖ΔW_strategy‖_F² kept by the final factorisation
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """What a strategy is: its name, how it computes, its parameters and source."""
+
+    name: str
+    kind: str  # "factor" (exact in factor space) | "lowrank" (QR/SVD of factors) | "dense" (one dense ΔW per module)
+    params: dict[str, Any]  # parameter name -> default
+    citation: str
+    summary: str
+
+
+# --- parameters ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Range:
+    lo: float | None  # None: unbounded
+    hi: float | None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, x: float) -> bool:
+        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
+            return False
+        if self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi):
+            return False
+        return True
+
+    def text(self) -> str:
+        if self.lo is None and self.hi is None:
+            return "any finite number"
+        left = "(" if self.lo_open or self.lo is None else "["
+        right = ")" if self.hi_open or self.hi is None else "]"
+        lo = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        return f"{left}{lo}, {hi}{right}"
+
+
+_ANY = _Range(None, None)
+_DENSITY = _Range(0.0, 1.0, lo_open=True)  # (0, 1]
+_DROP = _Range(0.0, 1.0, hi_open=True)  # [0, 1)
+_FRACTION = _Range(0.0, 1.0, hi_open=True)  # [0, 1)
+
+# name -> (default, range) per strategy; "lambda" is λ of the papers.
+_PARAMS: dict[str, dict[str, tuple[float, _Range]]] = {
+    "linear": {"lambda": (1.0, _ANY)},
+    "task_arithmetic": {"lambda": (1.0, _ANY)},
+    "svd": {"lambda": (1.0, _ANY)},
+    "ties": {"density": (0.2, _DENSITY), "lambda": (1.0, _ANY)},
+    "dare_linear": {"drop_rate": (0.9, _DROP), "lambda": (1.0, _ANY)},
+    "dare_ties": {"drop_rate": (0.9, _DROP), "lambda": (1.0, _ANY)},
+    "breadcrumbs": {"beta": (0.85, _FRACTION), "gamma": (0.01, _FRACTION), "lambda": (1.0, _ANY)},
+    "della": {"drop_rate": (0.3, _DROP), "epsilon": (0.14, _Range(0.0, 0.5, hi_open=True)), "lambda": (1.0, _ANY)},
+    "magnitude_prune": {"density": (0.2, _DENSITY), "lambda": (1.0, _ANY)},
+    "tsv": {"alpha": (1.0, _ANY)},
+    "iso_c": {"alpha": (1.0, _ANY)},
+}
+
+_ALIASES = {"lambda_": "lambda"}
+
+_TA = 'Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023, arXiv:2212.04089'
+_TIES = 'Yadav et al., "TIES-Merging: Resolving Interference When Merging Models", NeurIPS 2023, arXiv:2306.01708'
+_DARE = (
+    'Yu et al., "Language Models are Super Mario: Absorbing Abilities from Homologous Models '
+    'as a Free Lunch", ICML 2024, arXiv:2311.03099'
+)
+
+STRATEGIES: dict[str, StrategySpec] = {
+    s.name: s
+    for s in [
+        StrategySpec(
+            "linear",
+            "factor",
+            {"lambda": 1.0},
+            _TA,
+            "ΔW = λ Σ wᵢ ΔWᵢ, exact by concatenating factors (rank Σ rᵢ with --rank sum, else truncated).",
+        ),
+        StrategySpec(
+            "task_arithmetic",
+            "factor",
+            {"lambda": 1.0},
+            _TA,
+            "Task arithmetic, θ = θ₀ + λ Σ wᵢ τᵢ; the same computation as 'linear'.",
+        ),
+        StrategySpec(
+            "svd",
+            "lowrank",
+            {"lambda": 1.0},
+            'Eckart & Young, "The approximation of one matrix by another of lower rank", Psychometrika 1936',
+            "Optimal rank-r approximation of λ Σ wᵢ ΔWᵢ via QR of the concatenated factors; no dense matrix.",
+        ),
+        StrategySpec(
+            "ties",
+            "dense",
+            {"density": 0.2, "lambda": 1.0},
+            _TIES,
+            "Trim each ΔWᵢ to its top-density magnitudes, elect a sign per element, weighted mean of agreeing inputs.",
+        ),
+        StrategySpec(
+            "dare_linear",
+            "dense",
+            {"drop_rate": 0.9, "lambda": 1.0},
+            _DARE,
+            "Drop each element with probability drop_rate, rescale survivors by 1/(1-drop_rate), weighted sum.",
+        ),
+        StrategySpec(
+            "dare_ties",
+            "dense",
+            {"drop_rate": 0.9, "lambda": 1.0},
+            _DARE + "; sign election and disjoint mean from " + _TIES,
+            "DARE drop and rescale, then TIES sign election and disjoint weighted mean.",
+        ),
+        StrategySpec(
+            "breadcrumbs",
+            "dense",
+            {"beta": 0.85, "gamma": 0.01, "lambda": 1.0},
+            'Davari & Belilovsky, "Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks", '
+            "ECCV 2024, arXiv:2312.06795",
+            "Mask the bottom beta and the top gamma fraction of each ΔWᵢ by magnitude, weighted sum.",
+        ),
+        StrategySpec(
+            "della",
+            "dense",
+            {"drop_rate": 0.3, "epsilon": 0.14, "lambda": 1.0},
+            'Deep, Bhardwaj & Poria, "DELLA-Merging: Reducing Interference in Model Merging through '
+            'Magnitude-Based Sampling", arXiv:2406.11617, 2024',
+            "MAGPRUNE: per-row drop probability from drop_rate+epsilon (smallest) to drop_rate-epsilon "
+            "(largest), rescale 1/(1-p), then TIES sign election and disjoint weighted mean.",
+        ),
+        StrategySpec(
+            "magnitude_prune",
+            "dense",
+            {"density": 0.2, "lambda": 1.0},
+            _TIES + " (trim step only)",
+            "Keep the top-density magnitudes of each ΔWᵢ, weighted sum.",
+        ),
+        StrategySpec(
+            "tsv",
+            "lowrank",
+            {"alpha": 1.0},
+            'Gargiulo et al., "Task Singular Vectors: Reducing Task Interference in Model Merging", '
+            "CVPR 2025, arXiv:2412.00081",
+            "TSV-Merge: top ⌊K/n⌋ singular triplets per input, orthogonalise the concatenated U and V, "
+            "α U⊥ diag(wᵢσᵢ) V⊥ᵀ.",
+        ),
+        StrategySpec(
+            "iso_c",
+            "lowrank",
+            {"alpha": 1.0},
+            'Marczak et al., "No Task Left Behind: Isotropic Model Merging with Common and Task-Specific '
+            'Subspaces", ICML 2025, arXiv:2502.04959',
+            "Iso-C: SVD of Σ wᵢ ΔWᵢ via QR, spectrum flattened to its mean: α σ̄ U Vᵀ.",
+        ),
+    ]
+}
+
+
+def resolve_params(strategy: str, params: dict) -> dict:
+    """Fill in defaults and check a strategy's parameters.
+
+    ``lambda_`` is accepted as an alias of ``lambda`` (Python keyword).
+
+    Args:
+        strategy: a key of :data:`STRATEGIES`.
+        params: parameter name -> value; unknown names are errors.
+
+    Returns:
+        A new dict with every parameter of the strategy, as floats.
+
+    Raises:
+        MergeError: unknown strategy, unknown parameter, a value that is not a
+            finite number, or a value outside its range (the message names the
+            parameter and the allowed range).
+    """
+    if strategy not in _PARAMS:
+        raise MergeError(f"unknown merge strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    table = _PARAMS[strategy]
+    out: dict[str, float] = {}
+    for raw_name, value in (params or {}).items():
+        name = _ALIASES.get(raw_name, raw_name)
+        if name not in table:
+            allowed = ", ".join(table) or "none"
+            raise MergeError(f"strategy {strategy!r} has no parameter {raw_name!r} (its parameters: {allowed})")
+        if name in out:
+            raise MergeError(f"parameter {name!r} given twice (as 'lambda' and 'lambda_')")
+        rng = table[name][1]
+        if isinstance(value, bool):
+            raise MergeError(f"{strategy} parameter {name} must be a number in {rng.text()}, got {value!r}")
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise MergeError(f"{strategy} parameter {name} must be a number in {rng.text()}, got {value!r}") from None
+        if not math.isfinite(x) or not rng.contains(x):
+            raise MergeError(f"{strategy} parameter {name} must be in {rng.text()}, got {value!r}")
+        out[name] = x
+    for name, (default, _) in table.items():
+        out.setdefault(name, float(default))
+    if strategy == "breadcrumbs" and out["beta"] + out["gamma"] >= 1.0:
+        raise MergeError(
+            f"breadcrumbs parameters beta + gamma must be < 1 (they mask the bottom beta and top gamma "
+            f"fractions), got beta={out['beta']:g}, gamma={out['gamma']:g}"
+        )
+    if strategy == "della":
+        p, eps = out["drop_rate"], out["epsilon"]
+        if p - eps < 0.0 or p + eps >= 1.0:
+            raise MergeError(
+                f"della parameters need 0 <= drop_rate - epsilon and drop_rate + epsilon < 1, "
+                f"got drop_rate={p:g}, epsilon={eps:g}"
+            )
+    return out
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def _count(frac: float, n: int) -> int:
+    """Number of elements in a fraction ``frac`` of ``n``: floor(frac·n + 0.5), within [0, n]."""
+    return max(0, min(n, int(math.floor(frac * n + 0.5))))
+
+
+def _keep_top(x: torch.Tensor, density: float) -> torch.Tensor:
+    """Zero all but the ``density`` fraction of largest-magnitude elements (stable order)."""
+    n = x.numel()
+    k = _count(density, n)
+    order = torch.argsort(x.abs().flatten(), descending=True, stable=True)
+    mask = torch.zeros(n, dtype=torch.bool, device=x.device)
+    mask[order[:k]] = True
+    return torch.where(mask.view_as(x), x, torch.zeros_like(x))
+
+
+def _keep_middle(x: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """Zero the top ``gamma`` and the bottom ``beta`` fractions by magnitude (breadcrumbs)."""
+    n = x.numel()
+    n_top, n_bot = _count(gamma, n), _count(beta, n)
+    order = torch.argsort(x.abs().flatten(), descending=True, stable=True)
+    mask = torch.zeros(n, dtype=torch.bool, device=x.device)
+    if n_top < n - n_bot:
+        mask[order[n_top : n - n_bot]] = True
+    return torch.where(mask.view_as(x), x, torch.zeros_like(x))
+
+
+def _uniform(rng: Callable[[int], torch.Generator], i: int, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """The one draw made for input i (see the module docstring): U[0, 1) fp32 on the CPU, moved to ``device``."""
+    g = rng(i)
+    u = torch.rand(shape, generator=g, dtype=torch.float32, device="cpu")
+    return u.to(device)
+
+
+def _dare(x: torch.Tensor, u: torch.Tensor, p: float) -> torch.Tensor:
+    keep = u >= p
+    return torch.where(keep, x / (1.0 - p), torch.zeros_like(x))
+
+
+def _magprune(x: torch.Tensor, u: torch.Tensor, p: float, eps: float) -> torch.Tensor:
+    """DELLA's MAGPRUNE, per row: drop probability p+ε for the smallest |x| down to p−ε for the largest."""
+    rows, cols = x.shape
+    order = torch.argsort(x.abs(), dim=1, stable=True)  # ascending magnitude
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(cols, device=x.device).expand(rows, cols).contiguous())
+    if cols > 1:
+        norm = ranks.to(torch.float32) / float(cols - 1)
+    else:
+        norm = torch.full((rows, cols), 0.5, dtype=torch.float32, device=x.device)
+    p_drop = (p + eps) - (2.0 * eps) * norm
+    keep = u >= p_drop
+    return torch.where(keep, x / (1.0 - p_drop), torch.zeros_like(x))
+
+
+def _elect_and_fuse(taus: Sequence[torch.Tensor], ws: Sequence[float]) -> torch.Tensor:
+    """TIES sign election and disjoint weighted mean.
+
+    γ = sgn(Σᵢ wᵢτᵢ); input i agrees at an element where sgn(wᵢτᵢ) = γ ≠ 0;
+    result = Σ_agree wᵢτᵢ / Σ_agree |wᵢ| (0 where no input agrees). For
+    non-negative weights this is Σ_agree wᵢτᵢ / Σ_agree wᵢ.
+    """
+    total = torch.zeros_like(taus[0])
+    for w, t in zip(ws, taus):
+        total += w * t
+    gamma = torch.sign(total)
+    num = torch.zeros_like(total)
+    den = torch.zeros_like(total)
+    for w, t in zip(ws, taus):
+        wt = w * t
+        agree = (torch.sign(wt) == gamma) & (gamma != 0)
+        num += torch.where(agree, wt, torch.zeros_like(wt))
+        den += agree.to(total.dtype) * abs(w)
+    safe = torch.where(den > 0, den, torch.ones_like(den))
+    return torch.where(den > 0, num / safe, torch.zeros_like(num))
+
+
+def _weighted_sum(taus: Sequence[torch.Tensor], ws: Sequence[float]) -> torch.Tensor:
+    total = torch.zeros_like(taus[0])
+    for w, t in zip(ws, taus):
+        total += w * t
+    return total
+
+
+def _numerical_rank(s: torch.Tensor, shape: tuple[int, int]) -> int:
+    """Number of singular values above σ₀·max(out, in)·eps(fp32) (numpy/torch matrix_rank rule)."""
+    if s.numel() == 0:
+        return 0
+    top = float(s[0])
+    if top <= 0.0:
+        return 0
+    tol = top * max(shape) * torch.finfo(torch.float32).eps
+    return int((s > tol).sum())
+
+
+def _zero_result(out_f: int, in_f: int, rank: int | None, device: torch.device) -> ModuleResult:
+    r = 1 if rank is None else max(0, min(1, rank))
+    B = torch.zeros((out_f, r), dtype=torch.float32, device=device)
+    A = torch.zeros((r, in_f), dtype=torch.float32, device=device)
+    return ModuleResult(B, A, r, 1.0)
+
+
+def _result(B: torch.Tensor, A: torch.Tensor, kept: float) -> ModuleResult:
+    return ModuleResult(B.contiguous(), A.contiguous(), int(B.shape[1]), float(kept))
+
+
+# --- strategies -------------------------------------------------------------------
+
+
+def _concat(present: list[tuple[int, float, torch.Tensor, torch.Tensor]], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    B = torch.cat([(scale * w) * b for _, w, b, _ in present], dim=1)
+    A = torch.cat([a for _, _, _, a in present], dim=0)
+    return B, A
+
+
+def _merge_factor_space(name, present, p, policy, ranks, limit) -> ModuleResult:
+    lam = p["lambda"]
+    B, A = _concat(present, lam)
+    if name != "svd" and policy.kind == "sum":
+        return _result(B, A, 1.0)  # exact: rank Σ rᵢ
+    Bo, Ao, kept = truncate_factors(B, A, policy.rank_for(ranks, limit), policy.energy)
+    return _result(Bo, Ao, kept)
+
+
+def _merge_dense(name, present, p, rng, policy, ranks, limit, shape, device) -> ModuleResult:
+    ws = [w for _, w, _, _ in present]
+    taus: list[torch.Tensor] = []
+    for i, _w, b, a in present:
+        t = b @ a  # the one dense ΔWᵢ of this module, fp32 on the device
+        if name in ("ties", "magnitude_prune"):
+            t = _keep_top(t, p["density"])
+        elif name == "breadcrumbs":
+            t = _keep_middle(t, p["beta"], p["gamma"])
+        elif name in ("dare_linear", "dare_ties"):
+            t = _dare(t, _uniform(rng, i, shape, device), p["drop_rate"])
+        elif name == "della":
+            t = _magprune(t, _uniform(rng, i, shape, device), p["drop_rate"], p["epsilon"])
+        taus.append(t)
+    if name in ("ties", "dare_ties", "della"):
+        merged = _elect_and_fuse(taus, ws)
+    else:
+        merged = _weighted_sum(taus, ws)
+    del taus
+    merged = p["lambda"] * merged
+    Bo, Ao, kept = factorize_dense(merged, policy.rank_for(ranks, limit), policy.energy)
+    return _result(Bo, Ao, kept)
+
+
+def _merge_tsv(present, p, policy, ranks, limit, shape, device) -> ModuleResult:
+    K = policy.rank_for(ranks, limit)
+    budget = K if K is not None else min(int(sum(ranks)), limit)
+    comps = []
+    for _i, w, b, a in present:
+        if w == 0.0:
+            continue
+        U, s, Vh = lowrank_svd(b, a)
+        nz = _numerical_rank(s, shape)
+        if nz > 0:
+            comps.append((w, U, s, Vh, nz))
+    if not comps or budget == 0:
+        return _zero_result(shape[0], shape[1], K, device)
+    k = max(1, budget // len(comps))
+    U_cat = torch.cat([U[:, : min(k, nz)] for _, U, _, _, nz in comps], dim=1)
+    S_cat = torch.cat([w * s[: min(k, nz)] for w, _, s, _, nz in comps])
+    Vh_cat = torch.cat([Vh[: min(k, nz)] for _, _, _, Vh, nz in comps], dim=0)
+    # Orthogonal Procrustes / polar factor: the orthonormal matrix nearest to U_cat.
+    P, _, Qh = torch.linalg.svd(U_cat, full_matrices=False)
+    U_perp = P @ Qh
+    P2, _, Qh2 = torch.linalg.svd(Vh_cat, full_matrices=False)
+    Vh_perp = P2 @ Qh2
+    B = U_perp * (p["alpha"] * S_cat).unsqueeze(0)
+    Bo, Ao, kept = truncate_factors(B, Vh_perp, K, policy.energy)
+    return _result(Bo, Ao, kept)
+
+
+def _merge_iso_c(present, p, policy, ranks, limit, shape, device) -> ModuleResult:
+    K = policy.rank_for(ranks, limit)
+    B, A = _concat(present, 1.0)
+    U, s, Vh = lowrank_svd(B, A)
+    r0 = _numerical_rank(s, shape)
+    if r0 == 0 or p["alpha"] == 0.0:
+        return _zero_result(shape[0], shape[1], K, device)
+    sbar = s[:r0].mean()
+    flat = (p["alpha"] * sbar).expand(r0).clone()
+    # Directions keep the order of the task-arithmetic spectrum, so a
+    # truncation keeps the dominant directions of Σ wᵢΔWᵢ.
+    r, kept = select_rank(flat.abs(), K, policy.energy)
+    Bo, Ao = balanced_split(U[:, :r], flat[:r], Vh[:r])
+    return _result(Bo, Ao, kept)
+
+
+def merge_module(
+    strategy: str,
+    factors: list[Factor | None],
+    weights: list[float],
+    params: dict,
+    rng: Callable[[int], torch.Generator],
+    policy: RankPolicy,
+) -> ModuleResult:
+    """Merge one module's updates from several inputs.
+
+    Args:
+        strategy: a key of :data:`STRATEGIES`.
+        factors: per input, its factors for this module, or None when the input
+            does not adapt the module (a zero update, ΔWᵢ = 0).
+        weights: per input, its weight wᵢ (same length as ``factors``).
+        params: strategy parameters (see :func:`resolve_params`).
+        rng: ``rng(i)`` gives a fresh, seeded CPU generator for input i; called
+            only by the random strategies, once per present input (see the
+            module docstring for the draw order).
+        policy: how to choose the output rank.
+
+    Returns:
+        The merged factors in fp32 on the inputs' device, their rank, and the
+        fraction of the strategy's ΔW energy kept by the final factorisation
+        (1.0 where the result is exact).
+
+    Raises:
+        MergeError: bad parameters, mismatched lengths or shapes, or a module
+            that no input adapts.
+    """
+    if strategy not in STRATEGIES:
+        raise MergeError(f"unknown merge strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    p = resolve_params(strategy, params)
+    if len(weights) != len(factors):
+        raise MergeError(f"{len(factors)} inputs but {len(weights)} weights")
+    ws: list[float] = []
+    for w in weights:
+        try:
+            x = float(w)
+        except (TypeError, ValueError):
+            raise MergeError(f"weights must be finite numbers, got {w!r}") from None
+        if isinstance(w, bool) or not math.isfinite(x):
+            raise MergeError(f"weights must be finite numbers, got {w!r}")
+        ws.append(x)
+
+    present: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
+    shape: tuple[int, int] | None = None
+    device: torch.device | None = None
+    for i, f in enumerate(factors):
+        if f is None:
+            continue
+        b, a = f.B, f.A
+        if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
+            raise MergeError(f"input {i}: factor shapes do not chain: B {tuple(b.shape)}, A {tuple(a.shape)}")
+        if shape is None:
+            shape = (int(b.shape[0]), int(a.shape[1]))
+            device = b.device
+        elif (b.shape[0], a.shape[1]) != shape:
+            raise MergeError(
+                f"input {i}: module shape {int(b.shape[0])}x{int(a.shape[1])} differs from {shape[0]}x{shape[1]}"
+            )
+        if b.device != device or a.device != device:
+            raise MergeError(f"input {i}: factors are on {b.device}/{a.device}, expected {device}")
+        present.append((i, ws[i], b.to(torch.float32), a.to(torch.float32)))
+    if not present:
+        raise MergeError("no input adapts this module")
+    assert shape is not None and device is not None
+    ranks = [int(b.shape[1]) for _, _, b, _ in present]
+    limit = min(shape)
+
+    kind = STRATEGIES[strategy].kind
+    with torch.no_grad():
+        if strategy in ("linear", "task_arithmetic", "svd"):
+            return _merge_factor_space(strategy, present, p, policy, ranks, limit)
+        if kind == "dense":
+            return _merge_dense(strategy, present, p, rng, policy, ranks, limit, shape, device)
+        if strategy == "tsv":
+            return _merge_tsv(present, p, policy, ranks, limit, shape, device)
+        if strategy == "iso_c":
+            return _merge_iso_c(present, p, policy, ranks, limit, shape, device)
+    raise MergeError(f"strategy {strategy!r} is not implemented")  # pragma: no cover

@@ -1,0 +1,127 @@
+"""Lossless encodings of stored payloads.
+
+Float tensors compress poorly as they are: the exponent bits, which carry
+almost all of the redundancy, are interleaved with near-random mantissa
+bytes. We split the elements into byte planes (byte j of every element) and
+compress each plane with zstd on its own. The top plane (sign and most of
+the exponent) shrinks to about 2.9 bits per value on trained weights;
+mantissa planes are close to random and are kept raw when zstd cannot
+shrink them, which also keeps compression fast. This is the idea behind
+ZipNN (Hershcovitch et al., 2024) with zstd's entropy coder. (ZipNN also
+rotates the sign bit out of the exponent byte; measured here it changes
+nothing, since the exponent's lowest bit is as random as the sign.)
+zstd level 1 is used: it is both faster and, on exponent planes, smaller
+than level 3, whose longer matches cost more than they save.
+
+Codec ids are part of the on-disk format (docs/design.md); never renumber.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import zstandard
+
+RAW = 0
+ZSTD = 1
+FLOAT_PLANES = 2
+
+_FLOAT_WIDTH = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
+_LEVEL = 1
+_MIN_COMPRESS = 512  # below this, compression costs more than it saves
+_SAMPLE = 1 << 16
+
+
+class CodecError(ValueError):
+    pass
+
+
+def _np():
+    import numpy
+
+    return numpy
+
+
+
+
+def _compress_plane(cctx, plane: bytes) -> tuple[int, bytes]:
+    if len(plane) < _MIN_COMPRESS:
+        return RAW, plane
+    # Screen a sample first: mantissa planes are near-random, and skipping
+    # them saves most of the compression time.
+    if len(plane) > 4 * _SAMPLE:
+        sample = plane[:_SAMPLE]
+        if len(cctx.compress(sample)) > 0.97 * len(sample):
+            return RAW, plane
+    packed = cctx.compress(plane)
+    if len(packed) >= len(plane):
+        return RAW, plane
+    return ZSTD, packed
+
+
+def encode_float_planes(raw: memoryview, dtype: str) -> bytes | None:
+    """Byte-plane encoding of a float tensor's raw bytes, or None if not applicable."""
+    width = _FLOAT_WIDTH.get(dtype)
+    if width is None or len(raw) % width or len(raw) < _MIN_COMPRESS:
+        return None
+    np = _np()
+    planes = np.frombuffer(raw, dtype=np.uint8).reshape(-1, width)
+    cctx = zstandard.ZstdCompressor(level=_LEVEL)
+    out = [struct.pack("<B", width)]
+    for j in range(width):
+        flag, data = _compress_plane(cctx, np.ascontiguousarray(planes[:, j]).tobytes())
+        out.append(struct.pack("<BQ", flag, len(data)))
+        out.append(data)
+    return b"".join(out)
+
+
+def decode_float_planes(data: memoryview, raw_len: int) -> bytes:
+    np = _np()
+    width = data[0]
+    if width not in (2, 4, 8) or raw_len % width:
+        raise CodecError("bad plane width")
+    n = raw_len // width
+    planes = np.empty((n, width), dtype=np.uint8)
+    pos = 1
+    dctx = zstandard.ZstdDecompressor()
+    for j in range(width):
+        if pos + 9 > len(data):
+            raise CodecError("truncated plane header")
+        flag, size = struct.unpack_from("<BQ", data, pos)
+        pos += 9
+        chunk = data[pos : pos + size]
+        if len(chunk) != size:
+            raise CodecError("truncated plane")
+        pos += size
+        if flag == RAW:
+            plane = np.frombuffer(chunk, dtype=np.uint8)
+        elif flag == ZSTD:
+            plane = np.frombuffer(dctx.decompress(chunk, max_output_size=n), dtype=np.uint8)
+        else:
+            raise CodecError(f"unknown plane codec {flag}")
+        if plane.size != n:
+            raise CodecError("plane has the wrong length")
+        planes[:, j] = plane
+    if pos != len(data):
+        raise CodecError("trailing bytes after planes")
+    return planes.tobytes()
+
+
+def encode_generic(payload: bytes | memoryview) -> tuple[int, bytes | memoryview]:
+    if len(payload) < _MIN_COMPRESS:
+        return RAW, payload
+    packed = zstandard.ZstdCompressor(level=_LEVEL).compress(payload)
+    if len(packed) >= len(payload):
+        return RAW, payload
+    return ZSTD, packed
+
+
+def decode_generic(codec: int, data: memoryview, raw_len: int) -> bytes:
+    if codec == RAW:
+        return bytes(data)
+    if codec == ZSTD:
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_len)
+        if len(out) != raw_len:
+            raise CodecError("decompressed length differs from the recorded length")
+        return out
+    raise CodecError(f"unknown codec {codec}")

