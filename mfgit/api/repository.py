@@ -710,6 +710,30 @@ class Repository:
                 out["sources"].append({"path": path, "adapter": entry["adapter"], "state": state})
         return out
 
+    # -- merge -------------------------------------------------------------------------------
+
+    def merge(self, revs: list[str], **kwargs):
+        """Merge revisions in weight space and commit; see mfgit.api.merging.merge.
+
+        Strategy parameters may be given as keywords or in ``params``:
+        ``repo.merge(["sites/a", "sites/b"], strategy="ties", density=0.2, weights=[0.5, 0.5],
+        rank=16, seed=7)``.
+        """
+        import inspect
+
+        from mfgit.api.merging import merge as _merge
+
+        known = set(inspect.signature(_merge).parameters)
+        params = dict(kwargs.pop("params", None) or {})
+        params.update({k: kwargs.pop(k) for k in list(kwargs) if k not in known})
+        return _merge(self, list(revs), params=params, **kwargs)
+
+    def reproduce_merge(self, rev: str, **kwargs) -> dict[str, Any]:
+        """Re-run the merge commit `rev` from its recorded recipe and inputs."""
+        from mfgit.api.merging import reproduce
+
+        return reproduce(self, self.resolve(rev), **kwargs)
+
     # -- reachability, fsck, gc ------------------------------------------------------------------
 
     def ref_tips(self) -> dict[str, str]:
@@ -876,3 +900,4 @@ def adapter_summary(aid: str, adapter: Adapter) -> dict[str, Any]:
         "use_rslora": bool(cfg.get("use_rslora")),
         "target_modules": cfg.get("target_modules"),
     }
+

@@ -6,6 +6,39 @@ import json
 from typing import Any
 
 
+class progress_bar:
+    """A progress bar on stderr when it is a terminal; silent otherwise.
+
+    Used as ``with progress_bar(label) as cb: work(progress=cb)`` where the
+    work calls ``cb(done, total, item)``.
+    """
+
+    def __init__(self, label: str, *, quiet: bool = False, unit: str = ""):
+        import sys
+
+        self.label = label
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.unit = unit
+        self._bar = None
+
+    def __enter__(self):
+        return self.update
+
+    def update(self, done: int, total: int, item: str = "") -> None:
+        if not self.enabled:
+            return
+        import click
+
+        if self._bar is None:
+            self._bar = click.progressbar(length=total, label=self.label, file=None, show_pos=True)
+            self._bar.__enter__()
+        self._bar.update(done - self._bar.pos)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

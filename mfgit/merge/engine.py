@@ -1,0 +1,251 @@
+"""The merge planner: checks inputs, streams modules, folds scaling, seeds RNGs.
+
+It works on adapter manifests and a tensor loader passed in, so it knows
+nothing of repositories. One module at a time: load each input's factors
+onto the compute device in fp32, fold the LoRA scaling into B, call the
+strategy, move the result back to the CPU in the output dtype, free the
+rest. Peak memory is the inputs' factors of one module plus, for
+element-wise strategies, a few dense out×in matrices of that module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from mfgit.errors import IncompatibleAdapters, MergeError, UnsupportedAdapterVariant
+from mfgit.formats import peft as peftfmt
+from mfgit.merge.lowrank import RankPolicy
+from mfgit.merge.strategies import STRATEGIES, Factor, merge_module, resolve_params
+from mfgit.objects.model import Adapter
+
+LINEAR_FAMILY = ("linear", "task_arithmetic")
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class MergeInput:
+    label: str  # what the user named (for messages)
+    id: str  # commit id (seeds the RNG, recorded in provenance)
+    adapter: Adapter
+    weight: float
+
+
+@dataclass(frozen=True)
+class Recipe:
+    strategy: str
+    params: dict[str, Any]
+    seed: int = 0
+    policy: RankPolicy = field(default_factory=RankPolicy)
+    device: str = "auto"
+    dtype: str | None = None  # output dtype ("BF16", "F32", ...); None: the inputs'
+
+    def resolved(self) -> "Recipe":
+        if self.strategy not in STRATEGIES:
+            raise MergeError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(sorted(STRATEGIES))}")
+        return Recipe(self.strategy, resolve_params(self.strategy, dict(self.params)), int(self.seed),
+                      self.policy, self.device, self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "params": self.params,
+            "seed": self.seed,
+            "rank": self.policy.to_dict(),
+            "dtype": self.dtype,
+        }
+
+
+@dataclass
+class MergeOutput:
+    tensors: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    modules: dict[str, dict[str, Any]]
+    device: str
+    device_name: str
+    dtype: str
+    seconds: float
+
+
+def pick_device(spec: str) -> torch.device:
+    """``auto`` → the first CUDA device when there is one, else the CPU."""
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MergeError(f"--device {spec}: no CUDA device is available here; use --device cpu or auto")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MergeError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    if spec == "cpu":
+        return torch.device("cpu")
+    raise MergeError(f"--device must be auto, cpu or cuda[:N], got {spec!r}")
+
+
+def module_seed(seed: int, strategy: str, module: str, input_id: str) -> int:
+    """Seed of the generator for one (module, input): independent of order and device."""
+    h = hashlib.sha256(f"mfgit-merge\0{seed}\0{strategy}\0{module}\0{input_id}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def check_inputs(inputs: Sequence[MergeInput], strategy: str) -> None:
+    """Refuse inputs that cannot be merged correctly, naming the first mismatch."""
+    if not inputs:
+        raise MergeError("nothing to merge: name at least one revision")
+    first = inputs[0]
+    for inp in inputs:
+        bad = peftfmt.variants(inp.adapter.config)
+        if bad:
+            raise UnsupportedAdapterVariant(inp.label, bad[0])
+        for mod, m in inp.adapter.modules.items():
+            if m.get("kind", "linear") != "linear" and STRATEGIES[strategy].kind == "dense":
+                pass  # embeddings merge like linear layers: ΔW is B·A up to a transpose
+    base0 = first.adapter.base_model or {}
+    for inp in inputs[1:]:
+        base = inp.adapter.base_model or {}
+        for key in ("name", "revision"):
+            if base.get(key) != base0.get(key):
+                raise IncompatibleAdapters(f"base model {key}", first.label, inp.label,
+                                           f"{base0.get(key)!r} vs {base.get(key)!r}")
+    shapes: dict[str, tuple[str, tuple[int, int], str]] = {}
+    for inp in inputs:
+        a = inp.adapter
+        for mod, m in a.modules.items():
+            out_f = a.tensors[m["lora_B"]]["shape"][0]
+            in_f = a.tensors[m["lora_A"]]["shape"][1]
+            kind = m.get("kind", "linear")
+            if mod in shapes:
+                label0, shape0, kind0 = shapes[mod]
+                if shape0 != (out_f, in_f) or kind0 != kind:
+                    raise IncompatibleAdapters(f"shape of {mod}", label0, inp.label,
+                                               f"{kind0} {shape0[0]}x{shape0[1]} vs {kind} {out_f}x{in_f}")
+            else:
+                shapes[mod] = (inp.label, (out_f, in_f), kind)
+
+
+def _factors(inp: MergeInput, module: str, load: Callable[[str, torch.device], torch.Tensor],
+             device: torch.device) -> Factor | None:
+    m = inp.adapter.modules.get(module)
+    if m is None:
+        return None
+    a = inp.adapter
+    A = load(a.tensors[m["lora_A"]]["id"], device).to(torch.float32)
+    B = load(a.tensors[m["lora_B"]]["id"], device).to(torch.float32)
+    _r, _alpha, scaling = peftfmt.module_scaling(a.config, module, m["r"])
+    return Factor(B=B * scaling, A=A)
+
+
+def _output_dtype(inputs: Sequence[MergeInput], forced: str | None) -> str:
+    if forced:
+        if forced.upper() not in _DTYPES:
+            raise MergeError(f"--dtype must be one of {', '.join(_DTYPES)}, got {forced!r}")
+        return forced.upper()
+    dtypes = {t["dtype"] for inp in inputs for t in inp.adapter.tensors.values()}
+    if len(dtypes) == 1 and next(iter(dtypes)) in _DTYPES:
+        return next(iter(dtypes))
+    return "F32"
+
+
+def merge_adapters(inputs: Sequence[MergeInput], recipe: Recipe,
+                   load: Callable[[str, torch.device], torch.Tensor],
+                   progress: Callable[[int, int, str], None] | None = None) -> MergeOutput:
+    """Merge `inputs` module by module with `recipe` (already resolved)."""
+    t0 = time.perf_counter()
+    check_inputs(inputs, recipe.strategy)
+    device = pick_device(recipe.device)
+    out_dtype = _output_dtype(inputs, recipe.dtype)
+    modules = sorted({m for inp in inputs for m in inp.adapter.modules})
+    weights = [float(inp.weight) for inp in inputs]
+    tensors: dict[str, torch.Tensor] = {}
+    stats: dict[str, dict[str, Any]] = {}
+    names: dict[str, tuple[str, str]] = {}
+    for k, module in enumerate(modules):
+        factors = [_factors(inp, module, load, device) for inp in inputs]
+
+        def rng(i: int, _module=module) -> torch.Generator:
+            g = torch.Generator(device="cpu")
+            g.manual_seed(module_seed(recipe.seed, recipe.strategy, _module, inputs[i].id))
+            return g
+
+        res = merge_module(recipe.strategy, factors, weights, recipe.params, rng, recipe.policy)
+        src = next(inp for inp in inputs if module in inp.adapter.modules)
+        m = src.adapter.modules[module]
+        names[module] = (m["lora_A"], m["lora_B"])
+        tensors[m["lora_A"]] = res.A.to("cpu", _DTYPES[out_dtype]).contiguous()
+        tensors[m["lora_B"]] = res.B.to("cpu", _DTYPES[out_dtype]).contiguous()
+        stats[module] = {"rank": int(res.rank), "kept_energy": float(res.kept_energy)}
+        del factors, res
+        if progress:
+            progress(k + 1, len(modules), module)
+    tensors = _pad_zero_ranks(tensors, names, stats)
+    config = output_config(inputs, stats)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = "cpu"
+    return MergeOutput(tensors=tensors, config=config, modules=stats, device=device.type,
+                       device_name=device_name, dtype=out_dtype, seconds=time.perf_counter() - t0)
+
+
+def _pad_zero_ranks(tensors, names, stats):
+    # A module whose merged update is exactly zero comes back with rank 0;
+    # PEFT cannot hold rank-0 factors, so keep one zero direction.
+    for module, st in stats.items():
+        if st["rank"] == 0:
+            a_name, b_name = names[module]
+            A, B = tensors[a_name], tensors[b_name]
+            tensors[a_name] = torch.zeros((1, A.shape[1]), dtype=A.dtype)
+            tensors[b_name] = torch.zeros((B.shape[0], 1), dtype=B.dtype)
+            st["rank"] = 1
+    return tensors
+
+
+def output_config(inputs: Sequence[MergeInput], stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A plain LoRA config with scaling 1 for every module.
+
+    The most common output rank becomes ``r`` (= ``lora_alpha``); modules of
+    another rank get exact (regex-escaped) ``rank_pattern`` / ``alpha_pattern``
+    keys with alpha = rank, so PEFT's scaling is 1 everywhere.
+    """
+    base = dict(inputs[0].adapter.config)
+    ranks = [s["rank"] for s in stats.values()]
+    common = max(set(ranks), key=lambda r: (ranks.count(r), -r)) if ranks else 1
+    rank_pattern, alpha_pattern = {}, {}
+    for module, s in stats.items():
+        if s["rank"] != common:
+            inner = module[len(peftfmt.PEFT_PREFIX):] if module.startswith(peftfmt.PEFT_PREFIX) else module
+            key = re.escape(inner)
+            rank_pattern[key] = s["rank"]
+            alpha_pattern[key] = s["rank"]
+    targets: set[str] = set()
+    for inp in inputs:
+        tm = inp.adapter.config.get("target_modules")
+        if isinstance(tm, str):
+            targets = set()
+            break
+        targets.update(tm or [])
+    base.update({
+        "r": common,
+        "lora_alpha": common,
+        "use_rslora": False,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "use_dora": False,
+        "init_lora_weights": True,
+    })
+    if targets:
+        base["target_modules"] = sorted(targets)
+    return base
+
+
+def dtype_name(t: torch.dtype) -> str:
+    return _DTYPE_NAMES.get(t, str(t))
