@@ -49,7 +49,6 @@ def bench_env(home: Path) -> dict[str, str]:
         "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.org",
         "MFGIT_AUTHOR_NAME": "bench", "MFGIT_AUTHOR_EMAIL": "bench@example.org",
         "DVC_NO_ANALYTICS": "1", "DVC_NO_UPDATER": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
     })
     # The mfgit under test: the one this interpreter imports, via its console script.
     bindir = str(Path(sys.executable).parent)
@@ -359,6 +358,8 @@ def machine_info(work: Path = WORK_ROOT) -> dict[str, Any]:
         "mfgit": ver("mfgit"),
         "mfgit_revision": _mfgit_revision(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        # other work on the machine makes timings noisy: record how busy it was
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -373,7 +374,9 @@ def describe_machine(m: dict[str, Any]) -> str:
     return (f"CPU {m.get('cpu')}, {m.get('cores')} cores ({m.get('cores_usable')} usable), "
             f"RAM {m.get('ram_gib')} GiB, disk {disk}, {m.get('os')}, Python {m.get('python')}, "
             f"torch {m.get('torch')}, mfgit {m.get('mfgit')}"
-            f"{' @ ' + m['mfgit_revision'] if m.get('mfgit_revision') else ''}, {m.get('date')}")
+            f"{' @ ' + m['mfgit_revision'] if m.get('mfgit_revision') else ''}, {m.get('date')}"
+            + (f", load average {m['loadavg_at_start']} -> {m['loadavg_at_end']} (1/5/15 min) at start -> end"
+               if m.get("loadavg_at_start") and m.get("loadavg_at_end") else ""))
 
 
 # -- output -----------------------------------------------------------------------------------------

@@ -281,3 +281,22 @@ class SignatureError(MfgitError):
         super().__init__(f"commit {oid[:12]}: {reason}")
         self.oid = oid
         self.reason = reason
+
+
+# --- remote transports (added with mfgit.remote.transport) -----------------
+
+
+class PreconditionFailed(MfgitError):
+    """A conditional write (compare-and-swap) on a remote key lost: the key
+    was not at the `expected` version (None: the key was expected absent).
+
+    A normal outcome of concurrent pushes, not a fault of the remote; callers
+    turn it into RefConflict / NonFastForward."""
+
+    def __init__(self, key: str, expected: str | None, remote: str = ""):
+        where = f"remote {remote}: " if remote else ""
+        want = f"version {expected}" if expected is not None else "absent"
+        super().__init__(f"{where}{key} changed concurrently (expected it {want})")
+        self.key = key
+        self.expected = expected
+        self.remote = remote

@@ -178,6 +178,10 @@ def merge(repo: "Repository", revs: Sequence[str], *, strategy: str | None = Non
                     leaves.append(new)
         if not replaced and not added and not rebuild and not overridden:
             raise MergeError("already up to date: every named revision is in the composite (use --rebuild to re-merge)")
+        # A canonical leaf order (by site / commit key): a merge recomputed from
+        # all leaves must not depend on the order in which the sites arrived
+        # (float sums are not associative; the ids must agree bit for bit).
+        leaves.sort(key=lambda lf: lf["key"])
         ws = _mode_weights(repo, mode, leaves)
         for lf, w in zip(leaves, ws):
             lf["weight"] = w

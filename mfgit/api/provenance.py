@@ -24,10 +24,10 @@ def code_revision(path: str | Path, *, required: bool = False) -> dict[str, Any]
     Returns None when `path` is not inside a git work tree (unless
     `required`, as for an explicit --code PATH).
     """
-    try:
-        import git  # GitPython
-    except ImportError:  # pragma: no cover - a declared dependency
-        return None
+    start = Path(path).absolute()
+    if not required and not any((d / ".git").exists() for d in [start, *start.parents]):
+        return None  # not in a work tree: skip importing GitPython (it costs ~50 ms)
+    import git  # GitPython
     try:
         repo = git.Repo(str(path), search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):

@@ -734,6 +734,48 @@ class Repository:
 
         return reproduce(self, self.resolve(rev), **kwargs)
 
+    # -- remotes -------------------------------------------------------------------------------
+
+    def remote_add(self, name: str, url: str, **s3_options) -> None:
+        """Add a remote (a path, file:///path or s3://bucket/prefix); S3 options: endpoint, region, profile."""
+        from mfgit.api import remotes
+
+        remotes.remote_add(self, name, url, **s3_options)
+
+    def remote_remove(self, name: str) -> None:
+        from mfgit.api import remotes
+
+        remotes.remote_remove(self, name)
+
+    def remotes(self) -> list[dict[str, Any]]:
+        from mfgit.api import remotes
+
+        return remotes.remotes(self)
+
+    def push(self, remote: str, refspecs: list[str] | None = None, **kwargs) -> dict[str, Any]:
+        """Upload missing objects, then move the remote branch by compare-and-swap."""
+        from mfgit.api import remotes
+
+        return remotes.push(self, remote, refspecs, **kwargs)
+
+    def fetch(self, remote: str, **kwargs) -> dict[str, Any]:
+        """Download what the remote has and we lack; update refs/remotes/<remote>/*."""
+        from mfgit.api import remotes
+
+        return remotes.fetch(self, remote, **kwargs)
+
+    def pull(self, remote: str, branch: str | None = None, **kwargs) -> dict[str, Any]:
+        from mfgit.api import remotes
+
+        return remotes.pull(self, remote, branch, **kwargs)
+
+    @classmethod
+    def clone(cls, url: str, directory: str | os.PathLike, **kwargs) -> "Repository":
+        from mfgit.api import remotes
+
+        repo, _report = remotes.clone(url, directory, **kwargs)
+        return repo
+
     # -- reachability, fsck, gc ------------------------------------------------------------------
 
     def ref_tips(self) -> dict[str, str]:

@@ -329,6 +329,148 @@ def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda
     click.echo(f"kept energy: min {e['min']:.4f}, mean {e['mean']:.4f}; {prov['wall_time_s']:.2f} s")
 
 
+@cli.group(invoke_without_command=True)
+@click.option("-v", "--verbose", is_flag=True, help="Show URLs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def remote(ctx, verbose, as_json):
+    """Manage remotes (shared folders or S3-compatible storage)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    repo = _repo(ctx)
+    items = repo.remotes()
+    if as_json:
+        _emit_json({"remotes": items})
+        return
+    for r in items:
+        if verbose:
+            extra = "".join(f" {k}={r[k]}" for k in ("endpoint", "region", "profile") if k in r)
+            click.echo(f"{r['name']}\t{r['url']}{extra} (fetch)")
+            click.echo(f"{r['name']}\t{r['url']}{extra} (push)")
+        else:
+            click.echo(r["name"])
+
+
+@remote.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--endpoint", default=None, help="S3 endpoint URL (e.g. http://127.0.0.1:8333 for MinIO/SeaweedFS).")
+@click.option("--region", default=None, help="S3 region.")
+@click.option("--profile", default=None, help="AWS profile holding the credentials.")
+@click.pass_context
+def remote_add(ctx, name, url, endpoint, region, profile):
+    """Add remote NAME at URL (a path, file:///path or s3://bucket/prefix)."""
+    repo = _repo(ctx)
+    if not url.startswith(("s3://", "file://", "/")):
+        url = str((Path(ctx.obj["cwd"]) / url).absolute())
+    repo.remote_add(name, url, endpoint=endpoint, region=region, profile=profile)
+
+
+@remote.command("remove")
+@click.argument("name")
+@click.pass_context
+def remote_remove(ctx, name):
+    """Remove remote NAME and its remote-tracking branches."""
+    _repo(ctx).remote_remove(name)
+
+
+def _transfer_bar(quiet: bool, label: str):
+    return render.byte_progress(label, quiet=quiet)
+
+
+def _transfer_summary(verb: str, report: dict) -> str:
+    rate = report["bytes"] / report["seconds"] if report.get("seconds") else 0
+    lines = []
+    for r in report.get("refs", []):
+        old = (r.get("old") or "")[:10] or "(new)"
+        new = (r.get("new") or "")[:10] or "(deleted)"
+        lines.append(f"  {r['ref']}: {old} -> {new}" + (f" ({r['status']})" if r.get("status") else ""))
+    lines.append(f"{verb} {report['objects']} object(s), {render.human_bytes(report['bytes'])} "
+                 f"in {report['seconds']:.2f} s ({render.human_bytes(rate)}/s); {report.get('skipped', 0)} already there")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("remote_name")
+@click.argument("refspecs", nargs=-1)
+@click.option("-f", "--force", is_flag=True, help="Allow a non-fast-forward update (overwrites the remote branch).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.pass_context
+def push(ctx, remote_name, refspecs, force, quiet, as_json):
+    """Send branches to REMOTE: objects first, then the ref by compare-and-swap."""
+    repo = _repo(ctx)
+    with _transfer_bar(quiet or as_json, "push") as progress:
+        report = repo.push(remote_name, list(refspecs) or None, force=force, progress=progress)
+    if as_json:
+        _emit_json(report)
+    elif not quiet:
+        click.echo(_transfer_summary("Sent", report))
+
+
+@cli.command()
+@click.argument("remote_name")
+@click.argument("branches", nargs=-1)
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.pass_context
+def fetch(ctx, remote_name, branches, quiet, as_json):
+    """Download new commits of REMOTE's branches into refs/remotes/REMOTE/*."""
+    repo = _repo(ctx)
+    with _transfer_bar(quiet or as_json, "fetch") as progress:
+        report = repo.fetch(remote_name, branches=list(branches) or None, progress=progress)
+    if as_json:
+        _emit_json(report)
+    elif not quiet:
+        click.echo(_transfer_summary("Received", report))
+
+
+@cli.command()
+@click.argument("remote_name")
+@click.argument("branch", required=False)
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.pass_context
+def pull(ctx, remote_name, branch, quiet, as_json):
+    """Fetch REMOTE's BRANCH and fast-forward the current branch to it."""
+    repo = _repo(ctx)
+    with _transfer_bar(quiet or as_json, "pull") as progress:
+        report = repo.pull(remote_name, branch, progress=progress)
+    if as_json:
+        _emit_json(report)
+    elif not quiet:
+        click.echo(_transfer_summary("Received", report))
+        click.echo(f"{report['merge']}: HEAD at {str(report['head'])[:10]}")
+
+
+@cli.command()
+@click.argument("url")
+@click.argument("directory", required=False)
+@click.option("--endpoint", default=None, help="S3 endpoint URL.")
+@click.option("--region", default=None, help="S3 region.")
+@click.option("--profile", default=None, help="AWS profile.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.pass_context
+def clone(ctx, url, directory, endpoint, region, profile, quiet, as_json):
+    """Copy the repository at URL into DIRECTORY, with its branches as origin/*."""
+    from mfgit.api import remotes
+
+    cwd = Path(ctx.obj["cwd"])
+    if directory is None:
+        directory = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".mfgit") or "repository"
+    if not url.startswith(("s3://", "file://", "/")):
+        url = str((cwd / url).absolute())
+    with _transfer_bar(quiet or as_json, "clone") as progress:
+        repo, report = remotes.clone(url, cwd / directory, s3={"endpoint": endpoint, "region": region, "profile": profile},
+                                     progress=progress)
+    if as_json:
+        _emit_json(report)
+    elif not quiet:
+        click.echo(f"Cloned into {cwd / directory}")
+        click.echo(_transfer_summary("Received", report))
+
+
 def _parse_duration(value: str) -> float:
     if value == "now":
         return 0.0

@@ -39,6 +39,43 @@ class progress_bar:
             self._bar.__exit__(*exc)
 
 
+class byte_progress:
+    """Bytes-and-rate progress on stderr (a terminal only): ``cb(done, total)``."""
+
+    def __init__(self, label: str, *, quiet: bool = False):
+        import sys
+        import time
+
+        self.label = label
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+
+    def __enter__(self):
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        import sys
+        import time
+
+        now = time.perf_counter()
+        if now - self.last < 0.1 and done < total:
+            return
+        self.last = now
+        rate = done / max(now - self.t0, 1e-9)
+        pct = 100.0 * done / total if total else 100.0
+        sys.stderr.write(f"\r{self.label}: {pct:5.1f}% {human_bytes(done)} / {human_bytes(total)}, {human_bytes(rate)}/s ")
+        sys.stderr.flush()
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            import sys
+
+            sys.stderr.write("\n")
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

@@ -4,7 +4,8 @@ A ref changes only by compare-and-swap (invariant 3): the caller says what
 it believes the ref holds; under the ref's lock file the current value is
 read and compared, and the new value is written only if they agree.
 Every change is appended to the ref's reflog while the lock is held, so the
-log and the ref never disagree on order.
+log and the ref never disagree on order. Deleting a ref deletes its reflog,
+as git does.
 """
 
 from __future__ import annotations
@@ -128,9 +129,12 @@ class MemoryRefs(RefStore):
             current = self._refs.get(name)
             _check_expected(name, current, expected)
             if new is None:
+                # git's rule: a deleted ref takes its reflog with it, so a
+                # later ref of the same name does not inherit stale entries.
                 self._refs.pop(name, None)
-            else:
-                self._refs[name] = new
+                self._logs.pop(name, None)
+                return
+            self._refs[name] = new
             if entry is not None:
                 e = ReflogEntry(current if current and not current.startswith(SYMREF) else None,
                                 new, entry.who, entry.time, entry.message)
@@ -170,14 +174,18 @@ class DiskRefs(RefStore):
         with LockedFile(path) as lock:
             current = self.read(name)
             _check_expected(name, current, expected)
+            if new is None:
+                # git's rule: a deleted ref takes its reflog with it, so a
+                # later ref of the same name does not inherit stale entries
+                # (whose objects gc may since have removed).
+                self._remove_log(name)
+                lock.delete_target()
+                self._prune_empty_dirs(path.parent)
+                return
             if entry is not None:
                 old = current if current and not current.startswith(SYMREF) else None
                 self._append_log(name, ReflogEntry(old, new, entry.who, entry.time, entry.message))
-            if new is None:
-                lock.delete_target()
-                self._prune_empty_dirs(path.parent)
-            else:
-                lock.commit((new + "\n").encode("utf-8"))
+            lock.commit((new + "\n").encode("utf-8"))
 
     def _append_log(self, name: str, entry: ReflogEntry) -> None:
         log = self.root / "logs" / name
@@ -193,8 +201,16 @@ class DiskRefs(RefStore):
         finally:
             os.close(fd)
 
-    def _prune_empty_dirs(self, d: Path) -> None:
-        refs_root = self.root / "refs"
+    def _remove_log(self, name: str) -> None:
+        log = self.root / "logs" / name
+        try:
+            os.unlink(log)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return
+        self._prune_empty_dirs(log.parent, self.root / "logs")
+
+    def _prune_empty_dirs(self, d: Path, top: Path | None = None) -> None:
+        refs_root = top or self.root / "refs"
         while d != refs_root and refs_root in d.parents:
             try:
                 d.rmdir()

@@ -3,10 +3,14 @@
 A stored object file is a fixed header followed by the stored payload:
 
     magic "MFGO" | version u8 | kind u8 | codec u8 | reserved u8
-    | xxh3-128 of the stored payload (16 bytes) | stored length u64 | decoded length u64
+    | xxh3-128 (16 bytes) | stored length u64 | decoded length u64
+
+The XXH3-128 covers every other byte of the file: the 8 header bytes before
+it, the 16 after it, and the stored payload. A flipped bit in the kind, the
+codec or a length is therefore caught like one in the payload.
 
 The decoded payload is what the id hashes (see mfgit.objects.model). Every
-read checks the XXH3-128 of the stored bytes (cheap, catches any flipped or
+read checks the XXH3-128 of the file (cheap, catches any flipped or
 missing byte of the file); ``verify=True`` additionally decodes and checks
 the full SHA-256 against the id, which ``fsck --read-data`` and every
 object received from a remote go through (invariant 2).
@@ -46,13 +50,22 @@ class StoredObject:
     data: bytes  # the whole file: header + stored payload
 
 
-def _digest(data) -> bytes:
-    return xxhash.xxh3_128_digest(data)
+_DIGEST_AT = slice(8, 24)  # where the XXH3-128 sits in the header
+
+
+def _digest(header: bytes | memoryview, body) -> bytes:
+    """XXH3-128 of a file's header (without the digest field) and body."""
+    h = xxhash.xxh3_128()
+    h.update(header[: _DIGEST_AT.start])
+    h.update(header[_DIGEST_AT.stop : HEADER_SIZE])
+    h.update(body)
+    return h.digest()
 
 
 def _frame(kind: str, cdc: int, stored: bytes | memoryview, raw_len: int) -> bytes:
-    header = _HEADER.pack(MAGIC, STORE_VERSION, _KIND_CODE[kind], cdc, 0, _digest(stored), len(stored), raw_len)
-    return header + bytes(stored)
+    header = bytearray(_HEADER.pack(MAGIC, STORE_VERSION, _KIND_CODE[kind], cdc, 0, bytes(16), len(stored), raw_len))
+    header[_DIGEST_AT] = _digest(header, stored)
+    return bytes(header) + bytes(stored)
 
 
 def encode_stored(kind: str, payload: bytes | memoryview) -> bytes:
@@ -77,15 +90,17 @@ def decode_stored(oid: str, data: bytes | memoryview, *, verify: bool) -> tuple[
     if len(mv) < HEADER_SIZE:
         raise CorruptObject(oid, "a header", f"{len(mv)} bytes", "length", "file is truncated")
     magic, version, kind_code, cdc, _r, xx, stored_len, raw_len = _HEADER.unpack_from(mv)
+    body = mv[HEADER_SIZE:]
+    # The digest first: it covers the header too, so any damaged byte --
+    # magic, kind, codec, lengths or payload -- is reported as corruption.
+    actual = _digest(mv, body)
+    if len(body) != stored_len or actual != xx:
+        raise CorruptObject(oid, xx.hex(), actual.hex(), "xxh3-128",
+                            f"stored {len(body)} of {stored_len} bytes" if len(body) != stored_len else "")
     if magic != MAGIC:
         raise CorruptObject(oid, MAGIC.hex(), bytes(magic).hex(), "magic", "not an mfgit object file")
     if version != STORE_VERSION or kind_code not in _CODE_KIND:
         raise MalformedObject(oid, f"unknown object version {version} or kind {kind_code}")
-    body = mv[HEADER_SIZE:]
-    actual = _digest(body)
-    if len(body) != stored_len or actual != xx:
-        raise CorruptObject(oid, xx.hex(), actual.hex(), "xxh3-128",
-                            f"stored {len(body)} of {stored_len} bytes" if len(body) != stored_len else "")
     kind = _CODE_KIND[kind_code]
     try:
         if cdc == codec.FLOAT_PLANES:

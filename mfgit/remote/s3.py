@@ -1,0 +1,254 @@
+"""A remote in S3-compatible object storage (AWS S3, SeaweedFS, MinIO, R2…).
+
+Key ``a/b`` is the object ``PREFIX/a/b`` in the bucket. A single PUT is
+atomic for readers. Compare-and-swap uses conditional writes: ``If-None-Match:
+*`` (create only) and ``If-Match: ETAG``; the version token is the ETag as the
+server returns it (quotes included).
+
+Every botocore error becomes an mfgit error in one place,
+`S3Transport._errors`; no message built there contains a credential.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import boto3
+import botocore.exceptions as bx
+from botocore.config import Config
+
+from mfgit.errors import PreconditionFailed, RemoteAuthError, RemoteError, RemoteUnreachable
+from mfgit.remote.transport import (
+    S3_OPTION_NAMES,
+    KeyNotFound,
+    Transport,
+    check_key,
+    check_prefix,
+    is_valid_key,
+)
+
+_AUTH_REASONS = {
+    "InvalidAccessKeyId": "the access key id is not known to the server",
+    "SignatureDoesNotMatch": "the secret access key does not match the access key id",
+    "AccessDenied": "access denied",
+    "AllAccessDisabled": "access denied (all access to this bucket is disabled)",
+    "AccountProblem": "access denied (a problem with the account)",
+    "InvalidToken": "the session token is invalid",
+    "ExpiredToken": "the session token has expired",
+    "TokenRefreshRequired": "the session token has expired",
+    "InvalidClientTokenId": "the access key id is not valid",
+    "AuthorizationHeaderMalformed": "the request was signed for the wrong region or credentials",
+    "RequestTimeTooSkewed": "this machine's clock is too far off the server's",
+    "403": "access denied (403)",
+    "Forbidden": "access denied (403)",
+}
+_MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
+_CONFLICT = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/@]*@", r"\1***@", url or "")
+
+
+def _connection_reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "kwargs", {}).get("error", "") or exc).lower()
+    if "refused" in text:
+        return "connection refused"
+    if "name or service not known" in text or "nodename nor servname" in text or "getaddrinfo" in text \
+            or "name resolution" in text:
+        return "host name not found"
+    if "timed out" in text or "timeout" in text:
+        return "connection timed out"
+    if "unreachable" in text:
+        return "network is unreachable"
+    if "reset" in text:
+        return "connection reset"
+    return "connection failed"
+
+
+class S3Transport(Transport):
+    max_workers = 16
+
+    def __init__(self, bucket: str, prefix: str = "", options: dict[str, Any] | None = None):
+        opts = {k: v for k, v in (options or {}).items() if v not in (None, "")}
+        unknown = set(opts) - set(S3_OPTION_NAMES)
+        if unknown:
+            raise ValueError(f"unknown S3 options: {', '.join(sorted(unknown))}")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._root = self.prefix + "/" if self.prefix else ""
+        self._bucket_checked = False
+        self.read_timeout = float(opts.get("read_timeout", 60))
+        endpoint = opts.get("endpoint_url")
+        self.endpoint_url = endpoint or ""
+        custom = bool(endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+        config = Config(
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=float(opts.get("connect_timeout", 5)),
+            read_timeout=self.read_timeout,
+            max_pool_connections=32,
+            s3={"addressing_style": opts.get("addressing_style") or ("path" if custom else "auto")},
+        )
+        with self._errors("connect to", ""):
+            session = boto3.session.Session(
+                profile_name=opts.get("profile"),
+                aws_access_key_id=opts.get("access_key_id"),
+                aws_secret_access_key=opts.get("secret_access_key"),
+                region_name=opts.get("region"),
+            )
+            try:
+                self._client = session.client(
+                    "s3", endpoint_url=endpoint, config=config,
+                    region_name=session.region_name or "us-east-1",
+                )
+            except ValueError as exc:
+                raise RemoteError(self.url, f"invalid endpoint {_redact(str(endpoint))!r}: {exc}") from None
+        self.endpoint_url = self._client.meta.endpoint_url
+
+    # -- error mapping: the one place ----------------------------------------------------
+
+    @contextmanager
+    def _errors(self, op: str, key: str, expected: str | None = None) -> Iterator[None]:
+        """Turn botocore failures of `op` on `key` into mfgit errors."""
+        endpoint = _redact(getattr(self, "endpoint_url", "")) or "the S3 endpoint"
+        try:
+            yield
+        except bx.ClientError as exc:
+            err = exc.response.get("Error", {}) or {}
+            meta = exc.response.get("ResponseMetadata", {}) or {}
+            code = str(err.get("Code") or meta.get("HTTPStatusCode") or "")
+            status = meta.get("HTTPStatusCode")
+            target = f" {key}" if key else ""
+            if code == "NoSuchBucket":
+                raise RemoteError(self.url, f"bucket {self.bucket} does not exist") from exc
+            if op == "put_if" and (code in _CONFLICT or status == 412 or code in _MISSING_KEY):
+                # If-Match on an absent key answers 404 on AWS, 412 elsewhere.
+                raise PreconditionFailed(key, expected, self.url) from exc
+            if code in _AUTH_REASONS or status == 403:
+                reason = _AUTH_REASONS.get(code, f"access denied ({code})")
+                raise RemoteAuthError(self.url, f"{reason} ({op}{target})") from exc
+            if code in _MISSING_KEY or status == 404:
+                raise KeyNotFound(key, self.url) from exc
+            if code in ("SlowDown", "ServiceUnavailable", "503", "InternalError", "500"):
+                raise RemoteError(self.url, f"the server failed to {op}{target} ({code}); try again later") from exc
+            message = " ".join(str(err.get("Message") or "").split())[:200]
+            raise RemoteError(self.url, f"cannot {op}{target}: {code} {message}".strip()) from exc
+        except bx.NoCredentialsError as exc:
+            raise RemoteAuthError(self.url, "no AWS credentials found; set AWS_ACCESS_KEY_ID and "
+                                            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or ~/.aws/credentials") from exc
+        except bx.PartialCredentialsError as exc:
+            raise RemoteAuthError(self.url, f"incomplete AWS credentials (missing {exc.kwargs.get('cred_var', '?')})") from exc
+        except bx.ProfileNotFound as exc:
+            raise RemoteAuthError(self.url, f"AWS profile {exc.kwargs.get('profile', '?')!r} not found") from exc
+        except (bx.ConnectTimeoutError, bx.EndpointConnectionError) as exc:
+            reason = "connection timed out" if isinstance(exc, bx.ConnectTimeoutError) else _connection_reason(exc)
+            raise RemoteUnreachable(self.url, f"cannot reach {endpoint}: {reason}") from exc
+        except bx.ReadTimeoutError as exc:
+            raise RemoteUnreachable(self.url, f"{endpoint} did not answer within {self.read_timeout:g} s") from exc
+        except bx.ConnectionClosedError as exc:
+            raise RemoteUnreachable(self.url, f"{endpoint} closed the connection") from exc
+        except bx.SSLError as exc:
+            raise RemoteUnreachable(self.url, f"TLS handshake with {endpoint} failed") from exc
+        except (bx.ConnectionError, bx.HTTPClientError) as exc:
+            raise RemoteUnreachable(self.url, f"cannot reach {endpoint}: {_connection_reason(exc)}") from exc
+        except bx.BotoCoreError as exc:
+            target = f" {key}" if key else ""
+            raise RemoteError(self.url, f"cannot {op}{target}: {type(exc).__name__}") from exc
+
+    def _key(self, key: str) -> str:
+        check_key(key, self.url)
+        return self._root + key
+
+    def _check_bucket(self) -> None:
+        """HEAD on an object answers 404 both for a missing key and a missing
+        bucket; tell them apart once."""
+        if self._bucket_checked:
+            return
+        try:
+            with self._errors("check bucket", ""):
+                self._client.head_bucket(Bucket=self.bucket)
+        except RemoteAuthError:
+            pass  # HeadBucket may be forbidden to keys that may read objects
+        except KeyNotFound:
+            raise RemoteError(self.url, f"bucket {self.bucket} does not exist") from None
+        self._bucket_checked = True
+
+    # -- the interface -------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes:
+        full = self._key(key)
+        with self._errors("get", key):
+            resp = self._client.get_object(Bucket=self.bucket, Key=full)
+            return resp["Body"].read()
+
+    def put(self, key: str, data: bytes) -> None:
+        full = self._key(key)
+        with self._errors("put", key):
+            self._client.put_object(Bucket=self.bucket, Key=full, Body=bytes(data))
+
+    def exists(self, key: str) -> bool:
+        full = self._key(key)
+        try:
+            with self._errors("check", key):
+                self._client.head_object(Bucket=self.bucket, Key=full)
+        except KeyNotFound:
+            self._check_bucket()
+            return False
+        return True
+
+    def list(self, prefix: str) -> list[str]:
+        check_prefix(prefix, self.url)
+        out: list[str] = []
+        with self._errors("list", prefix):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._root + prefix)
+            for page in pages:
+                for obj in page.get("Contents", ()) or ():
+                    name = obj["Key"][len(self._root):]
+                    if obj["Key"].startswith(self._root) and is_valid_key(name):
+                        out.append(name)
+        out.sort()
+        return out
+
+    def delete(self, key: str) -> None:
+        full = self._key(key)
+        with self._errors("delete", key):
+            self._client.delete_object(Bucket=self.bucket, Key=full)
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        full = self._key(key)
+        try:
+            with self._errors("get", key):
+                resp = self._client.get_object(Bucket=self.bucket, Key=full)
+                return resp["Body"].read(), resp["ETag"]
+        except KeyNotFound:
+            return None
+
+    def put_if(self, key: str, data: bytes, expected: str | None) -> str:
+        full = self._key(key)
+        data = bytes(data)
+        cond = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
+        with self._errors("put_if", key, expected):
+            try:
+                resp = self._client.put_object(Bucket=self.bucket, Key=full, Body=data, **cond)
+            except bx.ClientError as exc:
+                if (exc.response.get("ResponseMetadata") or {}).get("RetryAttempts", 0):
+                    # An earlier attempt may have been applied and its answer
+                    # lost: then the object already holds our bytes.
+                    current = self.get_versioned(key)
+                    if current is not None and current[0] == data:
+                        return current[1]
+                raise
+            return resp["ETag"]
+
+    def close(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # pragma: no cover - best effort
+                pass

@@ -1,0 +1,422 @@
+"""The object store contract, run against every store (MemoryStore, DiskStore).
+
+Ids are content addresses; every read is checked against the stored digest
+(invariant 2); float tensors round-trip bit-exactly through the byte-plane
+codec and compress; DiskStore writes are atomic and objects read-only
+(invariant 1).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mfgit.errors import CorruptObject, MalformedObject, ObjectNotFound
+from mfgit.objects import Adapter, Commit, Tag, TensorHeader, object_id, tensor_id
+from mfgit.objects.model import split_tensor_payload
+from mfgit.store import DiskStore, MemoryStore
+from mfgit.store import fileio
+from mfgit.store.objectstore import HEADER_SIZE, encode_stored
+
+# --- fixtures and helpers -----------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "disk"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        return MemoryStore()
+    return DiskStore(tmp_path / "objects")
+
+
+def stored_bytes(store, oid: str) -> bytes:
+    return store.read_stored(oid)
+
+
+def replace_stored(store, oid: str, data: bytes) -> None:
+    """Overwrite an object's stored bytes behind the store's back (damage)."""
+    if isinstance(store, MemoryStore):
+        store._objects[oid] = bytes(data)
+    else:
+        p = store.root / oid[:2] / oid[2:]
+        os.chmod(p, 0o644)
+        p.write_bytes(data)
+
+
+def tensor_payload(header: TensorHeader, raw: bytes) -> bytes:
+    return header.encode() + b"\n" + raw
+
+
+def put_tensor(store, dtype: str, shape: tuple[int, ...], raw: bytes) -> tuple[str, bytes]:
+    header = TensorHeader(dtype, shape)
+    oid = tensor_id(header, raw)
+    store.put_tensor(header, raw, oid)
+    return oid, tensor_payload(header, raw)
+
+
+def gaussian(dtype: torch.dtype, n: int, seed: int = 0, std: float = 0.02) -> bytes:
+    g = torch.Generator().manual_seed(seed)
+    t = (torch.randn(n, generator=g, dtype=torch.float64) * std).to(dtype)
+    return t.view(torch.uint8).numpy().tobytes()
+
+
+def random_bytes(n: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, size=n, dtype=np.uint8).tobytes()
+
+
+def sample_objects() -> dict[str, bytes]:
+    """One payload of every kind (structured ones in their canonical encoding)."""
+    adapter = Adapter(
+        config={"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]},
+        base_model={"name": "tiny", "revision": None},
+        tensors={"m.lora_A.weight": {"id": "a" * 64, "dtype": "F32", "shape": [8, 64]},
+                 "m.lora_B.weight": {"id": "b" * 64, "dtype": "F32", "shape": [64, 8]}},
+        modules={"m": {"kind": "linear", "lora_A": "m.lora_A.weight", "lora_B": "m.lora_B.weight", "r": 8}},
+        metadata={"format": "pt"},
+        files={"README.md": "c" * 64},
+    )
+    commit = Commit(adapter=adapter.id, parents=("d" * 64,), author={"name": "A", "email": "a@x"},
+                    site="hospital-a", timestamp="2024-01-01T00:00:00.000000Z", message="m" * 600,
+                    provenance={"kind": "import", "meta": {"samples": 1200, "lr": 1e-4}})
+    tag = Tag(name="v1", target=commit.id, tagger={"name": "A", "email": "a@x"},
+              timestamp="2024-01-01T00:00:00.000000Z", message="release")
+    th = TensorHeader("BF16", (256, 8))
+    return {
+        "tensor": tensor_payload(th, gaussian(torch.bfloat16, 256 * 8)),
+        "blob": b"# model card\n" * 100 + random_bytes(300),
+        "adapter": adapter.encode(),
+        "commit": commit.encode(),
+        "tag": tag.encode(),
+    }
+
+
+# --- round trips and addressing -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["tensor", "blob", "adapter", "commit", "tag"])
+def test_put_get_round_trip_for_every_kind(store, kind):
+    payload = sample_objects()[kind]
+    if kind == "tensor":
+        header, raw = split_tensor_payload(payload)
+        oid = tensor_id(header, raw)
+        store.put_tensor(header, raw, oid)
+    else:
+        oid = store.put(kind, payload)
+    assert oid == object_id(kind, payload)
+    assert store.has(oid)
+    assert store.get(oid) == (kind, payload)
+    assert store.get(oid, verify=True) == (kind, payload)
+    assert list(store.iter_ids()) == [oid]
+
+
+@pytest.mark.parametrize("payload", [b"", b"x", b"abc" * 1000, random_bytes(5000)], ids=["empty", "one", "repetitive", "random"])
+def test_blob_round_trip_of_any_size_and_entropy(store, payload):
+    oid = store.put("blob", payload)
+    assert store.get(oid, verify=True) == ("blob", payload)
+
+
+def test_id_is_the_content_address_and_same_payload_is_stored_once(store, tmp_path):
+    payload = sample_objects()["commit"]
+    a = store.put("commit", payload)
+    b = store.put("commit", payload)
+    assert a == b == object_id("commit", payload)
+    assert list(store.iter_ids()) == [a]
+    # The kind is part of the address: the same bytes as a blob are another object.
+    c = store.put("blob", payload)
+    assert c != a
+    assert sorted(store.iter_ids()) == sorted([a, c])
+    # A tensor stored twice (even through put_tensor) is one object.
+    t1, _ = put_tensor(store, "F32", (4,), gaussian(torch.float32, 4))
+    assert store.put_tensor(TensorHeader("F32", (4,)), gaussian(torch.float32, 4), t1) is False
+    assert len(list(store.iter_ids())) == 3
+    if isinstance(store, DiskStore):
+        files = [p for p in store.root.rglob("*") if p.is_file()]
+        assert len(files) == 3
+
+
+def test_missing_object_raises_object_not_found(store):
+    oid = object_id("blob", b"never stored")
+    assert not store.has(oid)
+    with pytest.raises(ObjectNotFound) as info:
+        store.get(oid)
+    assert info.value.oid == oid
+    store.put("blob", b"never stored")
+    store.delete(oid)
+    assert not store.has(oid)
+    with pytest.raises(ObjectNotFound):
+        store.get(oid)
+
+
+def test_the_stored_encoding_never_changes_the_id(store):
+    # A compressible tensor (stored by byte planes) and an incompressible
+    # one (stored raw) both have the id of their decoded payload.
+    for raw in (gaussian(torch.float32, 4096), random_bytes(4096, seed=3)):
+        header = TensorHeader("F32", (1024,))
+        oid, payload = put_tensor(store, "F32", (1024,), raw)
+        assert oid == object_id("tensor", payload)
+        assert store.get(oid, verify=True) == ("tensor", payload)
+
+
+# --- tensors through the byte-plane codec -------------------------------------------
+
+_TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+_WIDTH = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32", "F64"])
+@pytest.mark.parametrize(
+    "shape", [(0,), (), (1,), (3, 0, 2), (7, 13), (300,), (640, 512)], ids=lambda s: "x".join(map(str, s)) or "scalar"
+)
+def test_float_tensors_round_trip_bit_exactly(store, dtype, shape):
+    n = int(np.prod(shape)) if shape else 1
+    # Realistic weights, then every bit pattern (NaN payloads, -0.0, inf,
+    # subnormals) as random bytes.
+    for raw in (gaussian(_TORCH[dtype], n), random_bytes(n * _WIDTH[dtype], seed=n)):
+        oid, payload = put_tensor(store, dtype, shape, raw)
+        kind, got = store.get(oid, verify=True)
+        assert kind == "tensor"
+        assert got == payload  # bit-exact, header included
+        header, back = split_tensor_payload(got)
+        assert header == TensorHeader(dtype, shape)
+        assert bytes(back) == raw
+
+
+@pytest.mark.parametrize("dtype", ["I8", "U8", "I16", "I32", "I64", "BOOL"])
+@pytest.mark.parametrize("shape", [(0,), (), (1000,)], ids=["empty", "scalar", "1000"])
+def test_integer_tensors_round_trip_bit_exactly(store, dtype, shape):
+    n = int(np.prod(shape)) if shape else 1
+    raw = random_bytes(n * _WIDTH[dtype], seed=7)
+    oid, payload = put_tensor(store, dtype, shape, raw)
+    assert store.get(oid, verify=True) == ("tensor", payload)
+
+
+def test_large_tensor_with_random_mantissas_round_trips(store):
+    # Planes above the sampling threshold take the "screened as random" path.
+    raw = gaussian(torch.float32, 400_000, seed=11)
+    oid, payload = put_tensor(store, "F32", (400_000,), raw)
+    assert store.get(oid, verify=True) == ("tensor", payload)
+
+
+@pytest.mark.parametrize("dtype,limit,n", [("BF16", 0.70, 2 << 20), ("F32", 0.85, 1 << 20)])
+def test_gaussian_tensors_compress(store, dtype, limit, n):
+    # ~4 MB of N(0, 0.02) weights, the distribution of trained LoRA factors.
+    raw = gaussian(_TORCH[dtype], n, seed=5)
+    oid, _ = put_tensor(store, dtype, (n,), raw)
+    ratio = store.stored_size(oid) / len(raw)
+    assert ratio <= limit, f"{dtype}: stored/raw = {ratio:.3f} > {limit}"
+
+
+# --- every read is checked (invariant 2) -------------------------------------------------
+
+# Offsets in the stored file: the magic, version, kind, codec and reserved
+# bytes, the digest, both lengths, the first payload byte, the middle, the end.
+_OFFSETS = {"magic": 0, "version": 4, "kind": 5, "codec": 6, "reserved": 7, "digest": 8,
+            "stored_len": 24, "raw_len": 32, "payload_first": HEADER_SIZE, "middle": None, "last": -1}
+
+
+def _flip(data: bytes, offset: int, mask: int = 0x01) -> bytes:
+    b = bytearray(data)
+    b[offset % len(b)] ^= mask
+    return bytes(b)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "blob", "adapter", "commit", "tag"])
+@pytest.mark.parametrize("where", list(_OFFSETS))
+@pytest.mark.parametrize("verify", [False, True], ids=["read", "verify"])
+def test_a_flipped_bit_anywhere_is_detected_with_both_digests(store, kind, where, verify):
+    payload = sample_objects()[kind]
+    if kind == "tensor":
+        header, raw = split_tensor_payload(payload)
+        oid = tensor_id(header, raw)
+        store.put_tensor(header, raw, oid)
+    else:
+        oid = store.put(kind, payload)
+    good = stored_bytes(store, oid)
+    offset = _OFFSETS[where]
+    if offset is None:
+        offset = HEADER_SIZE + (len(good) - HEADER_SIZE) // 2
+    # A single-bit flip is the hardest case: e.g. kind 4 (commit) -> 5 (tag).
+    replace_stored(store, oid, _flip(good, offset))
+    with pytest.raises(CorruptObject) as info:
+        store.get(oid, verify=verify)
+    err = info.value
+    assert err.oid == oid
+    assert err.expected and err.actual and err.expected != err.actual
+    assert oid in str(err) and err.expected in str(err) and err.actual in str(err)
+
+
+def test_memory_and_disk_corrupt_helpers_are_detected(store):
+    oid = store.put("blob", b"precious" * 100)
+    for offset in (0, 17, HEADER_SIZE + 3):
+        fresh = MemoryStore() if isinstance(store, MemoryStore) else store
+        fresh.put("blob", b"precious" * 100)
+        good = fresh.read_stored(oid)
+        fresh.corrupt(oid, offset)
+        with pytest.raises(CorruptObject):
+            fresh.get(oid)
+        replace_stored(fresh, oid, good)
+        assert fresh.get(oid, verify=True) == ("blob", b"precious" * 100)
+
+
+@pytest.mark.parametrize("keep", [0, 3, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 1, -1])
+def test_truncated_object_is_detected(store, keep):
+    payload = sample_objects()["tensor"]
+    header, raw = split_tensor_payload(payload)
+    oid = tensor_id(header, raw)
+    store.put_tensor(header, raw, oid)
+    good = stored_bytes(store, oid)
+    replace_stored(store, oid, good[:keep])
+    for verify in (False, True):
+        with pytest.raises(CorruptObject) as info:
+            store.get(oid, verify=verify)
+        assert info.value.oid == oid
+
+
+def test_bytes_appended_to_an_object_are_detected(store):
+    oid = store.put("commit", sample_objects()["commit"])
+    replace_stored(store, oid, stored_bytes(store, oid) + b"\0")
+    with pytest.raises(CorruptObject):
+        store.get(oid)
+
+
+def test_verify_catches_a_consistent_frame_under_the_wrong_id(store):
+    # Someone re-framed other content (valid XXH3) under an id: only the
+    # SHA-256 check can see it, and verify=True does.
+    oid = store.put("blob", b"the real content")
+    replace_stored(store, oid, encode_stored("blob", b"forged content!!"))
+    with pytest.raises(CorruptObject) as info:
+        store.get(oid, verify=True)
+    assert info.value.algorithm == "sha256"
+    assert info.value.expected == oid
+    assert info.value.actual == object_id("blob", b"forged content!!")
+
+
+# --- receiving objects from elsewhere --------------------------------------------------------
+
+
+def test_put_received_accepts_verified_bytes(store):
+    src = MemoryStore()
+    for kind, payload in sample_objects().items():
+        if kind == "tensor":
+            header, raw = split_tensor_payload(payload)
+            oid = tensor_id(header, raw)
+            src.put_tensor(header, raw, oid)
+        else:
+            oid = src.put(kind, payload)
+        assert store.put_received(oid, src.read_stored(oid)) is True
+        assert store.put_received(oid, src.read_stored(oid)) is False
+        assert store.get(oid, verify=True) == (kind, payload)
+
+
+def test_put_received_rejects_bytes_whose_sha256_does_not_match_the_id(store):
+    src = MemoryStore()
+    real = src.put("blob", b"payload A" * 50)
+    other = object_id("blob", b"payload B" * 50)
+    with pytest.raises(CorruptObject) as info:
+        store.put_received(other, src.read_stored(real))
+    assert info.value.oid == other
+    assert info.value.algorithm == "sha256"
+    assert not store.has(other)
+    # Damaged bytes under the right id are refused too.
+    with pytest.raises(CorruptObject):
+        store.put_received(real, _flip(src.read_stored(real), HEADER_SIZE + 5))
+    assert not store.has(real)
+    with pytest.raises(MalformedObject):
+        store.put_received("../../etc/passwd", src.read_stored(real))
+    assert list(store.iter_ids()) == []
+
+
+# --- DiskStore: atomic, read-only files (invariant 1) ----------------------------------------
+
+
+def _all_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_disk_objects_are_read_only_files(tmp_path):
+    store = DiskStore(tmp_path / "objects")
+    oid = store.put("blob", b"x" * 1000)
+    tid, _ = put_tensor(store, "BF16", (2048,), gaussian(torch.bfloat16, 2048))
+    for o in (oid, tid):
+        mode = (store.root / o[:2] / o[2:]).stat().st_mode
+        assert stat.S_IMODE(mode) & 0o222 == 0, oct(mode)
+
+
+def test_disk_write_failing_midway_leaves_no_object_and_no_file(tmp_path, monkeypatch):
+    store = DiskStore(tmp_path / "objects")
+    real_write = os.write
+    calls = {"n": 0}
+
+    def failing_write(fd, data):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "write", failing_write)
+    payload = random_bytes(10_000)
+    with pytest.raises(OSError):
+        store.put("blob", payload)
+    monkeypatch.undo()
+    oid = object_id("blob", payload)
+    assert not store.has(oid)
+    assert list(store.iter_ids()) == []
+    assert _all_files(store.root) == []  # the temporary file was removed
+
+
+def test_disk_crash_before_rename_leaves_only_a_temporary_name(tmp_path, monkeypatch):
+    store = DiskStore(tmp_path / "objects")
+
+    class Killed(BaseException):
+        pass
+
+    def crash(*a, **k):
+        raise Killed()
+
+    monkeypatch.setattr("mfgit.store.objectstore.os.replace", crash)
+    payload = random_bytes(10_000, seed=1)
+    with pytest.raises(Killed):
+        store.put("blob", payload)
+    monkeypatch.undo()
+    oid = object_id("blob", payload)
+    leftovers = _all_files(store.root)
+    assert leftovers and all(fileio.is_temp_name(p.name) for p in leftovers)
+    assert [Path(p) for p in store.iter_temp_files()] == leftovers
+    assert not store.has(oid) and list(store.iter_ids()) == []
+    # Writing again succeeds and the object is whole.
+    assert store.put("blob", payload) == oid
+    assert store.get(oid, verify=True) == ("blob", payload)
+
+
+def test_disk_batch_publishes_objects_only_at_end_batch(tmp_path):
+    store = DiskStore(tmp_path / "objects")
+    store.begin_batch()
+    ids = [put_tensor(store, "F32", (256,), gaussian(torch.float32, 256, seed=i))[0] for i in range(5)]
+    # Nothing is visible under its id before the batch is made durable.
+    assert all(fileio.is_temp_name(p.name) for p in _all_files(store.root))
+    assert not any(store.has(o) for o in ids)
+    store.end_batch()
+    assert all(store.has(o) for o in ids)
+    assert not any(fileio.is_temp_name(p.name) for p in _all_files(store.root))
+    for o in ids:
+        store.get(o, verify=True)
+    # An aborted batch leaves nothing at all.
+    store.begin_batch()
+    extra = put_tensor(store, "F32", (256,), gaussian(torch.float32, 256, seed=99))[0]
+    store.abort_batch()
+    assert not store.has(extra)
+    assert len(_all_files(store.root)) == 5
+
+
+def test_disk_store_ignores_foreign_files(tmp_path):
+    store = DiskStore(tmp_path / "objects")
+    oid = store.put("blob", b"ok")
+    (store.root / "zz").mkdir()
+    (store.root / "zz" / "not-an-id").write_text("x")
+    (store.root / "README").write_text("x")
+    assert list(store.iter_ids()) == [oid]
+    assert not store.has("zz" + "not-an-id")
