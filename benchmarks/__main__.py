@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             rmtree(work)
             work.mkdir(parents=True)
             machine = machine_info(work)
+            print(f"machine: {describe_machine(machine)}", flush=True)
             module = importlib.import_module(module_name)
             t0 = time.perf_counter()
             try:

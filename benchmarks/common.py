@@ -367,7 +367,7 @@ def describe_machine(m: dict[str, Any]) -> str:
     d = m.get("disk", {})
     disk = f"{d.get('device', '?')} ({d.get('fstype', '?')}, {d.get('size_gb', '?')} GB"
     if "rotational" in d:
-        disk += ", HDD" if d["rotational"] else ", SSD/virtual"
+        disk += ", kernel says rotational" if d["rotational"] else ", non-rotational"
     if d.get("model"):
         disk += f", {d['model']}"
     disk += ")"

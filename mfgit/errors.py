@@ -300,3 +300,15 @@ class PreconditionFailed(MfgitError):
         self.key = key
         self.expected = expected
         self.remote = remote
+
+
+# --- signing keys (added with mfgit.audit) ---------------------------------
+
+
+class SigningKeyError(MfgitError):
+    """A signing key or public key cannot be used (missing, wrong type, unreadable)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"signing key {path}: {reason}")
+        self.path = path
+        self.reason = reason

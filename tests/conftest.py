@@ -4,7 +4,8 @@ initialised repositories, and real PEFT adapter directories.
 - `cli`         runs the installed `mfgit` console script as a subprocess
                 (`cli("log", "--json", cwd=repo_dir)`), with a private
                 global config and an author identity from the environment.
-- `repo_dir`    an initialised repository in tmp_path.
+- `repo_dir`    an initialised repository in tmp_path; in-process API calls
+                see the same isolated environment as `cli` (`mfgit_env`).
 - `adapter_dir` factory: `adapter_dir("name", seed=1, dtype=torch.bfloat16)`
                 gives a fresh copy of a real PEFT adapter (tests/adapters.py);
                 `adapter_dir("m", kind="minilm")` one for all-MiniLM-L6-v2.
@@ -130,7 +131,23 @@ def cli(tmp_path: Path) -> Cli:
 
 
 @pytest.fixture
-def repo_dir(cli: Cli, tmp_path: Path) -> Path:
+def mfgit_env(cli: Cli):
+    """The same isolated environment for in-process API calls as for `cli`.
+
+    Its own MonkeyPatch, so a test's `monkeypatch.undo()` does not drop it.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        for k in [k for k in os.environ if k.startswith("MFGIT_")]:
+            mp.delenv(k)
+        for k, v in cli.env.items():
+            if k.startswith("MFGIT_"):
+                mp.setenv(k, v)
+        yield cli.env
+
+
+@pytest.fixture
+def repo_dir(cli: Cli, tmp_path: Path, mfgit_env: dict[str, str]) -> Path:
+    """An initialised repository at tmp_path/"repo" (in-process calls see `cli`'s environment)."""
     path = tmp_path / "repo"
     cli.ok("init", path)
     return path

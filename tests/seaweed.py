@@ -25,6 +25,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -109,6 +110,7 @@ class SeaweedServer:
         self.s3_port: int | None = None
         self.startup_seconds: float | None = None
         self._client = None
+        self._grpc_ports: dict[str, int] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -161,6 +163,7 @@ class SeaweedServer:
             for _attempt in range(3):  # a chosen port may be taken by someone else meanwhile
                 ports = free_ports(8)
                 self.s3_port = ports[6]
+                self._grpc_ports = dict(zip(("master", "volume", "filer", "s3"), ports[1::2]))
                 try:
                     self._launch(self.command(weed, ports))
                     self._wait_ready(t0)
@@ -203,13 +206,13 @@ class SeaweedServer:
         while True:
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
-                raise SeaweedError(f"weed exited with code {code} during startup; last lines of "
-                                   f"{self.log_path}:\n{self._log_tail()}")
+                raise SeaweedError(f"weed exited with code {code} during startup; last lines of its log:\n"
+                                   f"{self._log_tail()}")
             if _port_open(self.s3_port) and self._s3_answers():
                 return
             if time.monotonic() > deadline:
                 raise SeaweedError(f"SeaweedFS S3 did not answer on {self.endpoint_url} within "
-                                   f"{self.startup_timeout:.0f} s; last lines of {self.log_path}:\n{self._log_tail()}")
+                                   f"{self.startup_timeout:.0f} s; last lines of its log:\n{self._log_tail()}")
             time.sleep(0.1)
 
     def _s3_answers(self) -> bool:
@@ -226,6 +229,26 @@ class SeaweedServer:
 
     def _kill(self) -> None:
         proc, self.proc = self.proc, None
+        try:
+            self._stop_process(proc)
+        finally:
+            self._remove_grpc_sockets()
+
+    def _remove_grpc_sockets(self) -> None:
+        """`weed server` puts one gRPC unix socket per service at a fixed
+        /tmp/seaweedfs-NAME-grpc-PORT.sock (not under -dir, not $TMPDIR) and
+        leaves it behind when killed: remove exactly those of this server."""
+        for name, port in getattr(self, "_grpc_ports", {}).items():
+            path = f"/tmp/seaweedfs-{name}-grpc-{port}.sock"
+            try:
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
+            except OSError:
+                pass
+        self._grpc_ports = {}
+
+    @staticmethod
+    def _stop_process(proc: "subprocess.Popen | None") -> None:
         if proc is None or proc.poll() is not None:
             return
         try:

@@ -210,12 +210,18 @@ IDENTITY_RECIPES = [
 
 
 @pytest.mark.parametrize("strategy,kw", IDENTITY_RECIPES)
-def test_one_input_weight_one_gives_the_input(repo, deltas, tmp_path, strategy, kw):
+@pytest.mark.parametrize("name", ["a", "rspat"])
+def test_one_input_weight_one_gives_the_input(repo, deltas, tmp_path, strategy, kw, name):
+    """`rspat` (rsLoRA, rank_pattern, alpha_pattern) also checks the scaling is folded in once."""
     fresh_branch(repo)
-    report = repo.merge(["sites/a"], strategy=strategy, weights=[1.0], **kw)
-    got, _ = out_delta(repo, tmp_path)
-    assert rel_err(got, deltas["a"]) < 1e-5
+    report = repo.merge([f"sites/{name}"], strategy=strategy, weights=[1.0], **kw)
+    got, out = out_delta(repo, tmp_path)
+    assert rel_err(got, deltas[name]) < 1e-5
     assert report.provenance["inputs"][0]["weight"] == 1.0
+    if name == "rspat":  # per-module output ranks 4 and 8: PEFT must read them with scaling 1
+        for m, lay in peft_layers(out).items():
+            assert lay["scaling"] == 1.0
+            torch.testing.assert_close(lay["delta"], got[m], rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("strategy,kw", IDENTITY_RECIPES)
@@ -229,9 +235,22 @@ def test_weights_one_zero_give_the_first(repo, deltas, tmp_path, strategy, kw):
 @pytest.mark.parametrize("strategy,kw", IDENTITY_RECIPES)
 def test_weight_minus_one_negates(repo, deltas, tmp_path, strategy, kw):
     fresh_branch(repo)
-    repo.merge(["sites/a"], strategy=strategy, weights=[-1.0], **kw)
+    repo.merge(["sites/rspat"], strategy=strategy, weights=[-1.0], **kw)
     got, _ = out_delta(repo, tmp_path)
-    assert rel_err(got, {m: -d for m, d in deltas["a"].items()}) < 1e-5
+    assert rel_err(got, {m: -d for m, d in deltas["rspat"].items()}) < 1e-5
+
+
+def test_on_a_tip_that_is_not_a_merge_exactly_the_named_revisions_are_merged(repo, deltas, tmp_path):
+    tip = repo.resolve("sites/c")
+    name = f"work-on-c-{next(_branch_ids)}"
+    repo.switch(name, create=True, start="sites/c")
+    report = repo.merge(["sites/a", "sites/b"], weights=[0.7, 0.3], rank="sum")
+    got, _ = out_delta(repo, tmp_path)
+    assert rel_err(got, combo(deltas, ["a", "b"], [0.7, 0.3])) < 1e-6  # c's update is not in it
+    head = repo.read_commit(repo.head())
+    assert list(head.parents) == [tip, repo.resolve("sites/a"), repo.resolve("sites/b")]
+    assert report.provenance["integration"]["mode"] == "one-shot"
+    assert [lf["site"] for lf in report.provenance["leaves"]] == ["a", "b"]
 
 
 def test_linear_sum_is_the_dense_weighted_sum_with_every_scaling(repo, deltas, tmp_path):

@@ -63,7 +63,8 @@ def fsck(repo: "Repository", *, read_data: bool = False) -> dict[str, Any]:
         tips.append(value)
 
     missing: dict[str, str] = {}
-    tip_values = list(repo.ref_tips().values())
+    # A ref holding garbage is reported as a bad ref above, not as a missing object.
+    tip_values = [v for v in repo.ref_tips().values() if is_object_id(v)]
     reachable = repo.reachable(tip_values, missing=missing)
     corrupt_ids = {c["id"] for c in corrupt}
     dangling = sorted(oid for oid in kinds if oid not in reachable and kinds[oid] in ("commit", "tag", "adapter"))
@@ -95,9 +96,22 @@ def gc(repo: "Repository", *, prune_older_than: float = 14 * 86400, dry_run: boo
     commit in progress writes its objects before its ref, and the grace
     period keeps them alive until the ref lands. Temporary files of
     interrupted writes older than one hour are removed too.
+
+    If anything reachable is missing or unreadable, nothing is deleted: what
+    a damaged commit or adapter names is unknown, so objects that look
+    unreachable may be its history (git refuses for the same reason). The
+    error names the object; `mfgit fsck` lists them all.
     """
-    tips = list(repo.ref_tips().values())
-    keep = repo.reachable(tips)
+    tips = [v for v in repo.ref_tips().values() if is_object_id(v)]
+    damaged: dict[str, str] = {}
+    keep = repo.reachable(tips, missing=damaged)
+    for oid, why in sorted(damaged.items()):
+        if why == "missing":
+            raise ObjectNotFound(oid)
+        kind, payload = repo.store.get(oid)  # raises CorruptObject naming the digests
+        if kind not in ("tensor", "blob"):
+            decode_object(oid, kind, payload)  # raises MalformedObject
+        raise CorruptObject(oid, "a readable object", "an unreadable one", "decode")
     now = time.time()
     deleted, kept_young, freed = [], 0, 0
     for oid in list(repo.store.iter_ids()):

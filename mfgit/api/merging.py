@@ -111,9 +111,6 @@ def merge(repo: "Repository", revs: Sequence[str], *, strategy: str | None = Non
           message: str | None = None, no_commit: bool = False, to: str | os.PathLike | None = None,
           rebuild: bool = False, force: bool = False, recipe: str | os.PathLike | None = None,
           progress: Callable[[int, int, str], None] | None = None, sign=None) -> MergeReport:
-    from mfgit.merge.engine import LINEAR_FAMILY, MergeInput, Recipe, merge_adapters
-    from mfgit.merge.lowrank import RankPolicy
-
     t0 = time.perf_counter()
     if recipe is not None:
         r = load_recipe(recipe)
@@ -139,6 +136,10 @@ def merge(repo: "Repository", revs: Sequence[str], *, strategy: str | None = Non
     branch_ref, tip = repo._commit_target()
     tip_commit = repo.read_commit(tip) if tip else None
     resolved = [(rev, repo.resolve(rev)) for rev in revs]
+    # torch is imported only now, so that bad revisions fail fast.
+    from mfgit.merge.engine import LINEAR_FAMILY, MergeInput, Recipe, merge_adapters
+    from mfgit.merge.lowrank import RankPolicy
+
     if weights is not None and len(weights) != len(resolved):
         raise MergeError(f"--weights gives {len(weights)} weight(s) for {len(resolved)} revision(s)")
     integrating = tip_commit is not None and (tip_commit.provenance or {}).get("kind") == "merge"

@@ -16,6 +16,17 @@ if TYPE_CHECKING:
 S3_OPTION_KEYS = ("endpoint", "region", "profile")
 
 
+class DivergedBranches(NonFastForward):
+    """pull: the current branch and the remote branch both have commits the
+    other lacks, so there is no fast-forward; they must be merged."""
+
+    def __init__(self, branch: str, remote_branch: str, ours: str, theirs: str):
+        MfgitError.__init__(self, f"cannot fast-forward {branch} to {remote_branch}: both have commits the other "
+                                  f"lacks ({ours[:12]}, {theirs[:12]})")
+        self.ref, self.local, self.remote = f"refs/heads/{branch}", ours, theirs
+        self.branch, self.remote_branch = branch, remote_branch
+
+
 def remote_add(repo: "Repository", name: str, url: str, **s3: str | None) -> None:
     from mfgit.remote.transport import parse_remote_url
 
@@ -87,6 +98,9 @@ def push(repo: "Repository", remote: str, refspecs: list[str] | None = None, *, 
                 if branch is None:
                     raise InvalidRemoteURL(spec, "HEAD is detached; name the destination: push REMOTE HEAD:BRANCH")
                 dst = branch
+            from mfgit.api.audit import check_push  # protected branches: refuse commits failing verify --signatures
+
+            check_push(repo, transport, name, src, dst or None)
             reports.append(_push(repo, transport, name, src, dst or None, force=force_one, progress=progress))
         total = {"objects": sum(r.objects for r in reports), "bytes": sum(r.bytes for r in reports),
                  "skipped": sum(r.skipped for r in reports), "refs": [x for r in reports for x in r.refs],
@@ -114,7 +128,8 @@ def pull(repo: "Repository", remote: str, branch: str | None = None, *, progress
         raise MfgitError("HEAD is detached; switch to a branch before pulling")
     branch = branch or current
     report = fetch(repo, remote, branches=[branch], progress=progress)
-    tracking = f"refs/remotes/{remote}/{branch}"
+    name = remote if repo.config.get(f"remote.{remote}.url") is not None else "_url"  # as open_remote names it
+    tracking = f"refs/remotes/{name}/{branch}"
     theirs = repo.refs.read(tracking)
     if theirs is None:
         raise RemoteNotFound(f"{remote}/{branch}")
@@ -128,7 +143,7 @@ def pull(repo: "Repository", remote: str, branch: str | None = None, *, progress
     elif repo.is_ancestor(theirs, ours):
         report["merge"] = "already ahead"
     else:
-        raise NonFastForward(ref, ours, theirs)
+        raise DivergedBranches(current, f"{remote}/{branch}", ours, theirs)
     report["head"] = repo.head()
     return report
 

@@ -304,7 +304,7 @@ class Repository:
     def commit(self, source: Any, message: str, *, meta: list[str] | dict | None = None,
                code: str | os.PathLike | None = None, allow_pickle: bool = False,
                allow_empty: bool = False, author: dict[str, str] | None = None,
-               timestamp: str | None = None) -> CommitInfo:
+               timestamp: str | None = None, sign=None) -> CommitInfo:
         """Commit a PEFT adapter directory (or a PeftModel) on the current branch.
 
         Raises InvalidAdapter / PickleRefused / SafetensorsError for bad input,
@@ -313,7 +313,7 @@ class Repository:
         """
         if not isinstance(source, (str, os.PathLike)):
             return self._commit_model(source, message, meta=meta, code=code, allow_empty=allow_empty,
-                                      author=author, timestamp=timestamp)
+                                      author=author, timestamp=timestamp, sign=sign)
         path = Path(source)
         ident = author or self.identity()
         adir = peftfmt.inspect_adapter_dir(path, allow_pickle=allow_pickle)
@@ -336,7 +336,7 @@ class Repository:
             "tool": library_versions(),
         }
         return self._write_commit(adapter_id, [parent] if parent else [], message, provenance,
-                                  branch_ref, parent, ident, timestamp)
+                                  branch_ref, parent, ident, timestamp, sign=sign)
 
     def _commit_model(self, model, message, **kw) -> CommitInfo:
         with tempfile.TemporaryDirectory(prefix="mfgit-peft-") as tmp:
@@ -391,6 +391,7 @@ class Repository:
         else:
             adapter = self._import_safetensors(adir)
         aid = self.put_adapter(adapter)
+        _crashpoint("after-adapter-object")
         if cache is not None and not adir.pickled:
             cache.record(adir.path, files, digest_fn(), aid)
         return aid
@@ -415,6 +416,7 @@ class Repository:
                     raw = reader.tensor_bytes(info.name)
                     tid = tensor_id(th, raw)
                     self.store.put_tensor(th, raw, tid)
+                    _crashpoint("during-tensors")
                     return info.name, tid
 
                 # hashlib, zstd and numpy release the GIL on large buffers:
@@ -490,9 +492,10 @@ class Repository:
         return self.write_adapter_dir(adapter, to, force=force)
 
     def write_adapter_dir(self, adapter: Adapter, to: str | os.PathLike, *, force: bool = False) -> Path:
-        out = peftfmt.prepare_output_dir(to, force=force)
         for name in adapter.files:
-            peftfmt.safe_join(out, name)  # refuse before writing anything
+            peftfmt.safe_join(Path(to), name)  # refuse before writing anything
+        created = not os.path.lexists(to)
+        out = peftfmt.prepare_output_dir(to, force=force)
         staging = Path(tempfile.mkdtemp(prefix=".mfgit-checkout-", dir=out))
         try:
             names = sorted(adapter.tensors)
@@ -517,6 +520,10 @@ class Repository:
             for entry in sorted(staging.iterdir()):
                 os.replace(entry, peftfmt.safe_join(out, entry.name))
             fsync_dir(out)
+        except BaseException:
+            if created:  # leave no trace of a failed checkout
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return out
@@ -776,6 +783,44 @@ class Repository:
         repo, _report = remotes.clone(url, directory, **kwargs)
         return repo
 
+    # -- audit: diff, lineage, blame, verify, export, signing (mfgit.api.audit) -------------------
+
+    def diff(self, rev_a: str, rev_b: str, *, stat: bool = False) -> dict[str, Any]:
+        """Per-module comparison of two commits' adapters (exact, from the factors)."""
+        from mfgit.api import audit
+
+        return audit.diff(self, rev_a, rev_b, stat=stat)
+
+    def lineage(self, rev: str = "HEAD") -> dict[str, Any]:
+        """The merge DAG from `rev` down to its leaves, with effective weights."""
+        from mfgit.api import audit
+
+        return audit.lineage(self, rev)
+
+    def blame(self, rev: str = "HEAD", *, first_parent: bool = True) -> dict[str, Any]:
+        """For each module of `rev`, the commit that last changed it."""
+        from mfgit.api import audit
+
+        return audit.blame(self, rev, first_parent=first_parent)
+
+    def verify(self, rev: str = "HEAD", **kwargs) -> dict[str, Any]:
+        """Integrity, and optionally reproducibility (reproduce=True) and signatures (signatures=True)."""
+        from mfgit.api import audit
+
+        return audit.verify(self, rev, **kwargs)
+
+    def export(self, rev: str, outdir: str | os.PathLike, **kwargs) -> dict[str, Any]:
+        """PEFT directory of `rev`, with a model card (card=True) and a signed manifest (manifest=True)."""
+        from mfgit.api import audit
+
+        return audit.export(self, rev, outdir, **kwargs)
+
+    def signer(self, key: str | os.PathLike | None = None):
+        """The sign= callable for commit/merge/tag, from `key` or config signing.key."""
+        from mfgit.api import audit
+
+        return audit.signer(self, key)
+
     # -- reachability, fsck, gc ------------------------------------------------------------------
 
     def ref_tips(self) -> dict[str, str]:
@@ -807,20 +852,23 @@ class Repository:
             seen.add(oid)
             try:
                 kind, payload = self.store.get(oid)
+                obj = decode_object(oid, kind, payload) if kind in ("commit", "tag", "adapter") else None
             except ObjectNotFound:
                 if missing is not None:
                     missing.setdefault(oid, "missing")
                 continue
             except (CorruptObject, MalformedObject):
+                if missing is not None:
+                    missing.setdefault(oid, "corrupt")  # what it names is unknown
                 continue
             if kind == "commit":
-                c = decode_object(oid, kind, payload)
+                c = obj
                 stack.extend(c.parents)
                 stack.append(c.adapter)
             elif kind == "tag":
-                stack.append(decode_object(oid, kind, payload).target)
+                stack.append(obj.target)
             elif kind == "adapter":
-                a = decode_object(oid, kind, payload)
+                a = obj
                 for t in a.referenced_ids():
                     if t not in seen:
                         if not self.store.has(t):

@@ -48,11 +48,22 @@ def quick_digest(config_path: Path, weights_path: Path) -> str:
 
 
 class StatCache:
+    """Adapter directory → (file stats, quick digest, adapter id).
+
+    ``lookup`` snapshots the stats before the caller reads the files;
+    ``record`` stores that snapshot, and records nothing if the files changed
+    in between (a checkpoint saved while mfgit read the previous one), so an
+    entry never pairs the stats of new bytes with the id of old ones.
+    """
+
     def __init__(self, path: Path):
         self.path = path
+        self._snapshots: dict[str, dict[str, list[int]] | None] = {}
         try:
             self.entries: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
+            self.entries = {}
+        if not isinstance(self.entries, dict):
             self.entries = {}
 
     @staticmethod
@@ -60,12 +71,14 @@ class StatCache:
         return str(directory.resolve())
 
     def lookup(self, directory: Path, files: list[Path], digest_fn) -> str | None:
-        entry = self.entries.get(self.key(directory))
-        if not entry:
-            return None
+        key = self.key(directory)
         try:
             stats = file_stats(files)
         except OSError:
+            stats = None
+        self._snapshots[key] = stats
+        entry = self.entries.get(key)
+        if not entry or stats is None:
             return None
         if stats != entry.get("files"):
             return None
@@ -77,8 +90,15 @@ class StatCache:
         return entry.get("adapter")
 
     def record(self, directory: Path, files: list[Path], digest: str, adapter_id: str) -> None:
-        self.entries[self.key(directory)] = {
-            "files": file_stats(files),
+        key = self.key(directory)
+        try:
+            stats = file_stats(files)
+        except OSError:
+            return
+        if key in self._snapshots and self._snapshots.pop(key) != stats:
+            return  # the files changed while they were read: cache nothing
+        self.entries[key] = {
+            "files": stats,
             "digest": digest,
             "adapter": adapter_id,
             "written_ns": time.time_ns(),

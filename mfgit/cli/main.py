@@ -108,11 +108,13 @@ def config(ctx, key, value, global_, unset, list_):
 @click.option("--allow-pickle", is_flag=True, help="Accept adapter_model.bin (loaded with torch weights_only=True).")
 @click.option("--allow-empty", is_flag=True, help="Commit even if the adapter equals HEAD's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new commit as JSON.")
+@click.option("-S", "--sign", is_flag=True, help="Sign the commit with the key in config signing.key (docs/audit.md).")
 @click.pass_context
-def commit(ctx, adapter, message, meta, code, allow_pickle, allow_empty, as_json):
+def commit(ctx, adapter, message, meta, code, allow_pickle, allow_empty, as_json, sign):
     """Record the PEFT adapter directory ADAPTER as a new commit."""
     repo = _repo(ctx)
-    info = repo.commit(adapter, message, meta=list(meta), code=code, allow_pickle=allow_pickle, allow_empty=allow_empty)
+    info = repo.commit(adapter, message, meta=list(meta), code=code, allow_pickle=allow_pickle, allow_empty=allow_empty,
+                       sign=repo.signer() if sign else None)
     if as_json:
         _emit_json(info.to_dict())
     else:
@@ -221,8 +223,9 @@ def checkout(ctx, rev, to, force):
 @click.option("-m", "--message", default=None, help="Make an annotated tag with this message.")
 @click.option("-f", "--force", is_flag=True, help="Replace an existing tag.")
 @click.option("--json", "as_json", is_flag=True, help="List tags as JSON.")
+@click.option("-s", "--sign", is_flag=True, help="Make a signed annotated tag with the key in config signing.key.")
 @click.pass_context
-def tag(ctx, name, rev, message, force, as_json):
+def tag(ctx, name, rev, message, force, as_json, sign):
     """Name a commit (list tags without NAME)."""
     repo = _repo(ctx)
     if not name:
@@ -233,7 +236,7 @@ def tag(ctx, name, rev, message, force, as_json):
             for t in tags:
                 click.echo(t["name"])
         return
-    repo.tag(name, rev, message=message, force=force)
+    repo.tag(name, rev, message=message, force=force, sign=repo.signer() if sign else None)
 
 
 @cli.command()
@@ -292,9 +295,10 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--to", type=click.Path(), default=None, help="Also write the result as a PEFT adapter directory.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty --to directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and provenance as JSON.")
+@click.option("-S", "--sign", is_flag=True, help="Sign the merge commit with the key in config signing.key.")
 @click.pass_context
 def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda_, extra, rank, energy, seed,
-          device, dtype, message, recipe, rebuild, no_commit, to, force, as_json):
+          device, dtype, message, recipe, rebuild, no_commit, to, force, as_json, sign):
     """Merge the adapters of REVS in weight space into the current branch."""
     repo = _repo(ctx)
     params = _parse_params(extra)
@@ -313,7 +317,7 @@ def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda
             list(revs), strategy=strategy, weights=wlist, weights_from=weights_from, params=params, rank=rank,
             energy=energy, seed=seed, device=device, dtype=dtype, message=message, no_commit=no_commit,
             to=(cwd / to) if to else None, rebuild=rebuild, force=force,
-            recipe=(cwd / recipe) if recipe else None, progress=progress,
+            recipe=(cwd / recipe) if recipe else None, progress=progress, sign=repo.signer() if sign else None,
         )
     if as_json:
         _emit_json(report.to_dict())
@@ -469,6 +473,170 @@ def clone(ctx, url, directory, endpoint, region, profile, quiet, as_json):
     elif not quiet:
         click.echo(f"Cloned into {cwd / directory}")
         click.echo(_transfer_summary("Received", report))
+
+
+@cli.command()
+@click.argument("workdir", default="mfgit-demo", required=False)
+@click.option("--sites", type=click.IntRange(2, 8), default=3, show_default=True, help="Hospitals at the start (one more arrives late).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every split, initialisation and batch order.")
+@click.pass_context
+def demo(ctx, workdir, sites, seed):
+    """Run the MedForge workflow end to end on CPU into WORKDIR (about a minute).
+
+    A tiny transformer pre-trained on part of scikit-learn's breast-cancer data; SITES hospitals
+    train LoRA adapters, push to a hub, a coordinator merges them; everything stays on disk.
+    """
+    from mfgit.demo.workflow import DemoError, run_demo
+
+    try:
+        run_demo(Path(ctx.obj["cwd"]) / workdir, sites=sites, seed=seed, progress=click.echo)
+    except DemoError as e:
+        click.echo(f"mfgit: {e}", err=True)
+        ctx.exit(cli_errors.USAGE)
+
+
+# -- audit: diff, lineage, blame, verify, keygen, export (docs/audit.md) ----------------------------
+
+
+@cli.command("diff")
+@click.argument("rev_a")
+@click.argument("rev_b", default="HEAD", required=False)
+@click.option("--stat", is_flag=True, help="Only the modules that differ and the relative change of each.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/audit.md).")
+@click.pass_context
+def diff_cmd(ctx, rev_a, rev_b, stat, as_json):
+    """Compare the adapters of REV_A and REV_B (default HEAD) module by module."""
+    from mfgit.audit.diff import diff_text
+
+    data = _repo(ctx).diff(rev_a, rev_b, stat=stat)
+    if as_json:
+        _emit_json(data)
+    else:
+        click.echo(diff_text(data, stat=stat), nl=False)
+
+
+@cli.command()
+@click.argument("rev", default="HEAD", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/audit.md).")
+@click.option("--dot", is_flag=True, help="Print the graph in Graphviz DOT.")
+@click.option("--html", "html_out", type=click.Path(), default=None, metavar="FILE",
+              help="Write one self-contained HTML page drawing the graph.")
+@click.pass_context
+def lineage(ctx, rev, as_json, dot, html_out):
+    """The merge graph of REV down to its site commits, with effective weights."""
+    from mfgit.audit.lineage import lineage_dot, lineage_text
+
+    data = _repo(ctx).lineage(rev)
+    if html_out:
+        from mfgit.audit.html import lineage_html
+        from mfgit.store.fileio import atomic_write
+
+        target = Path(ctx.obj["cwd"]) / html_out
+        atomic_write(target, lineage_html(data).encode("utf-8"))
+        if not (as_json or dot):
+            click.echo(f"Wrote {target}")
+    if as_json:
+        _emit_json(data)
+    elif dot:
+        click.echo(lineage_dot(data), nl=False)
+    elif not html_out:
+        click.echo(lineage_text(data), nl=False)
+
+
+@cli.command()
+@click.argument("rev", default="HEAD", required=False)
+@click.option("--all", "all_parents", is_flag=True, help="Follow any parent with the same module, not only the first.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/audit.md).")
+@click.pass_context
+def blame(ctx, rev, all_parents, as_json):
+    """For each module of REV, the commit that last changed it."""
+    from mfgit.audit.blame import blame_text
+
+    data = _repo(ctx).blame(rev, first_parent=not all_parents)
+    if as_json:
+        _emit_json(data)
+    else:
+        click.echo(blame_text(data), nl=False)
+
+
+@cli.command()
+@click.argument("rev", default="HEAD", required=False)
+@click.option("--reproduce", is_flag=True, help="Re-run every merge in the history from its recorded recipe.")
+@click.option("--signatures", is_flag=True, help="Check signatures against the allowed signers.")
+@click.option("--branch", default=None, help="Judge REV's history as branch BRANCH (default: the branch REV names).")
+@click.option("--tolerance", type=float, default=None, help="Max |ΔW difference| accepted across device types (default 1e-4).")
+@click.option("--device", default=None, help="Device for --reproduce (default: the recorded device type if present, else cpu).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/audit.md).")
+@click.pass_context
+def verify(ctx, rev, reproduce, signatures, branch, tolerance, device, as_json):
+    """Check REV: object integrity, and optionally merge reproducibility and signatures."""
+    from mfgit.audit.verify import DEFAULT_TOLERANCE, verify_text
+
+    repo = _repo(ctx)
+    report = repo.verify(rev, reproduce=reproduce, signatures=signatures, branch=branch,
+                         tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, device=device)
+    if as_json:
+        _emit_json(report)
+    else:
+        click.echo(verify_text(report), nl=False)
+    if not report["ok"]:
+        checks = {f["check"] for f in report["failures"]}
+        ctx.exit(cli_errors.DAMAGED if "integrity" in checks else
+                 cli_errors.SIGNATURE if "signature" in checks else cli_errors.MERGE)
+
+
+@cli.command()
+@click.argument("path", required=False)
+@click.option("-t", "--type", "key_type", type=click.Choice(["ed25519", "ecdsa-p256"]), default="ed25519",
+              show_default=True, help="ecdsa-p256 also signs model-signing manifests (export --manifest).")
+@click.option("--comment", default=None, help="Comment of the public key (default: user.email).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing key file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def keygen(ctx, path, key_type, comment, force, as_json):
+    """Make a signing key: PATH (mode 0600) and PATH.pub."""
+    from mfgit.api.audit import keygen as _keygen
+    from mfgit.api.config import Config, global_config_path
+
+    if path is None:
+        path = global_config_path().parent / ("signing_key" if key_type == "ed25519" else "signing_key_ecdsa")
+    else:
+        path = Path(ctx.obj["cwd"]) / Path(path).expanduser()
+    if comment is None:
+        comment = Config(Path(os.devnull)).get("user.email") or os.environ.get("MFGIT_AUTHOR_EMAIL") or ""
+    info = _keygen(path, key_type=key_type, comment=comment, force=force)
+    if as_json:
+        _emit_json(info)
+        return
+    click.echo(f"Wrote private key {info['private_key']} (mode 0600) and public key {info['public_key']}")
+    if info.get("public_key_pem"):
+        click.echo(f"PEM public key (for model_signing verify): {info['public_key_pem']}")
+    click.echo(f"key id {info['key_id']}")
+    click.echo(f"use it: mfgit config signing.key {info['private_key']}")
+    click.echo(f"allowed_signers line (replace * with branch patterns): {info['allowed_signers_line']}")
+
+
+@cli.command()
+@click.argument("rev")
+@click.argument("outdir", type=click.Path())
+@click.option("--card", is_flag=True, help="Write README.md: a model card with base_model, lineage and recipe.")
+@click.option("--manifest", is_flag=True, help="Write model.sig: an OpenSSF model-signing manifest, signed.")
+@click.option("--key", type=click.Path(), default=None, help="ECDSA key for --manifest (default: signing.manifestKey, then signing.key).")
+@click.option("-f", "--force", is_flag=True, help="Write into a non-empty directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def export(ctx, rev, outdir, card, manifest, key, force, as_json):
+    """Write REV as a PEFT adapter directory OUTDIR, with a model card and a signed manifest."""
+    cwd = Path(ctx.obj["cwd"])
+    report = _repo(ctx).export(rev, cwd / outdir, card=card, manifest=manifest, force=force,
+                               key=(cwd / Path(key).expanduser()) if key else None)
+    if as_json:
+        _emit_json(report)
+        return
+    click.echo(f"Wrote {report['dir']} ({len(report['files'])} files)")
+    if report["manifest"]:
+        click.echo(f"Signed manifest {report['manifest']}; check it with: model_signing verify key "
+                   f"--signature {report['manifest']} --public_key PUBLIC_KEY.pem {report['dir']}")
 
 
 def _parse_duration(value: str) -> float:

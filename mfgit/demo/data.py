@@ -15,8 +15,9 @@ The split:
 * the rest is cut into ``n_sites`` hospitals **non-IID**: sorted by the
   *mean texture* of the nuclei (the grey-level variation of the image,
   which depends on staining and scanners as well as on the tumour) and cut
-  into contiguous blocks. The sites therefore see different feature ranges
-  *and* different class balances (from about 10 % to 65 % malignant);
+  into contiguous blocks of different sizes (``SITE_SIZES``). The sites
+  therefore see different feature ranges, different class balances (from
+  about 10 % to 65 % malignant) and different amounts of data;
 * each site keeps a stratified held-out test set (30 %) of its own.
 
 Label 1 = malignant (the positive class for AUC); scikit-learn's own
@@ -32,6 +33,8 @@ import numpy as np
 SHIFT_FEATURE = "mean texture"
 PUBLIC_FRACTION = 0.2
 TEST_FRACTION = 0.3
+# Hospitals differ in size too: relative sizes of the sites, in order (cycled).
+SITE_SIZES = [1.4, 0.8, 1.1, 0.7, 1.2, 0.9, 1.0, 0.6, 1.3]
 
 
 @dataclass
@@ -103,7 +106,9 @@ def load_demo_data(site_names: list[str], *, seed: int = 0) -> DemoData:
     col = names.index(SHIFT_FEATURE)
     order = site_idx[np.argsort(x[site_idx, col], kind="stable")]
     sites = []
-    for name, block in zip(site_names, np.array_split(order, len(site_names))):
+    rel = np.array([SITE_SIZES[i % len(SITE_SIZES)] for i in range(len(site_names))])
+    cuts = np.round(np.cumsum(rel)[:-1] / rel.sum() * len(order)).astype(int)
+    for name, block in zip(site_names, np.split(order, cuts)):
         train, test = _stratified_split(np.sort(block), y, TEST_FRACTION, rng)
         sites.append(Split(name, z[train], y[train], z[test], y[test]))
     public = Split("public", z[pub_train], y[pub_train], z[pub_val], y[pub_val])

@@ -29,7 +29,7 @@ def train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         last = total / len(yt)
     model.eval()
     return last

@@ -91,7 +91,7 @@ def pick_device(spec: str) -> torch.device:
 
 
 def module_seed(seed: int, strategy: str, module: str, input_id: str) -> int:
-    """Seed of the generator for one (module, input): independent of order and device."""
+    """Seed of the generator for one (module, input adapter id): independent of order and device."""
     h = hashlib.sha256(f"mfgit-merge\0{seed}\0{strategy}\0{module}\0{input_id}".encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
@@ -167,12 +167,15 @@ def merge_adapters(inputs: Sequence[MergeInput], recipe: Recipe,
     tensors: dict[str, torch.Tensor] = {}
     stats: dict[str, dict[str, Any]] = {}
     names: dict[str, tuple[str, str]] = {}
+    # Masks are seeded by content (the input's adapter id), so the same
+    # adapters give the same merge whoever committed them, and when.
+    seed_ids = [inp.adapter.id for inp in inputs]
     for k, module in enumerate(modules):
         factors = [_factors(inp, module, load, device) for inp in inputs]
 
         def rng(i: int, _module=module) -> torch.Generator:
             g = torch.Generator(device="cpu")
-            g.manual_seed(module_seed(recipe.seed, recipe.strategy, _module, inputs[i].id))
+            g.manual_seed(module_seed(recipe.seed, recipe.strategy, _module, seed_ids[i]))
             return g
 
         res = merge_module(recipe.strategy, factors, weights, recipe.params, rng, recipe.policy)

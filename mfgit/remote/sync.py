@@ -107,7 +107,23 @@ def remote_refs(transport: Transport) -> dict[str, str]:
     """refs/heads/* and refs/tags/* of the remote → commit (or tag) ids."""
     out: dict[str, str] = {}
     keys = [k for k in transport.list("refs/") if not k.endswith(".lock") and "/.tmp-" not in k]
-    values = dict(transport.get_many(keys)) if keys else {}
+    values: dict[str, bytes] = {}
+
+    def one(key: str) -> tuple[str, bytes | None]:
+        # Each on its own: a ref deleted between list and get is simply gone.
+        try:
+            return key, transport.get(key)
+        except KeyNotFound:
+            return key, None
+
+    if len(keys) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(16, len(keys))) as pool:
+            got = list(pool.map(one, keys))
+    else:
+        got = [one(k) for k in keys]
+    values = {k: v for k, v in got if v is not None}
     for key in keys:
         value = values.get(key, b"").decode("utf-8", "replace").strip()
         if is_object_id(value):
@@ -135,18 +151,63 @@ def _commit_objects(repo: "Repository", cid: str) -> tuple[list[str], list[str]]
     return list(commit.parents), [cid, commit.adapter, *adapter.referenced_ids()]
 
 
-def objects_to_push(repo: "Repository", tips: Iterable[str], remote_has: set[str]) -> tuple[list[str], set[str]]:
-    """Objects of the commits reachable from `tips` but not from `remote_has`.
+@dataclass
+class PushPlan:
+    """What a push may have to send, in dependency classes."""
 
-    Returns (candidates in upload order, objects known to be on the remote).
+    leaves: list[str]  # tensors and blobs
+    adapters: list[str]
+    commits: dict[str, list[str]]  # new commit -> its parents
+    known_remote: set[str]  # objects of boundary commits: on the remote already
+
+    @property
+    def order(self) -> list[str]:
+        return [*self.leaves, *self.adapters, *topo_order(self.commits)]
+
+
+def topo_order(parents: dict[str, list[str]]) -> list[str]:
+    """The commits of `parents` (commit -> parent ids), every parent that is
+    itself a key before its children. Iterative: histories are deep."""
+    return [c for wave in commit_waves(parents) for c in wave]
+
+
+def commit_waves(parents: dict[str, list[str]]) -> list[list[str]]:
+    """Group commits so that each comes in a later wave than its parents
+    among them (wave 0: no parent among them)."""
+    level: dict[str, int] = {}
+    for start in parents:
+        if start in level:
+            continue
+        stack = [start]
+        while stack:
+            c = stack[-1]
+            if c in level:
+                stack.pop()
+                continue
+            todo = [p for p in parents[c] if p in parents and p not in level]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            level[c] = 1 + max((level[p] for p in parents[c] if p in parents), default=-1)
+    waves: list[list[str]] = [[] for _ in range(1 + max(level.values(), default=-1))]
+    for c in parents:  # keeps the callers' order within a wave
+        waves[level[c]].append(c)
+    return waves
+
+
+def plan_push(repo: "Repository", tips: Iterable[str], remote_has: set[str]) -> PushPlan:
+    """The objects of the commits reachable from `tips` but not from `remote_has`.
+
     The walk stops at commits the remote is known to have; the adapters of
     those boundary commits tell which tensors need no existence check.
     """
-    order: list[str] = []
     known_remote: set[str] = set()
     seen: set[str] = set()
     stack = list(tips)
-    new_commits: list[str] = []
+    new_commits: dict[str, list[str]] = {}
+    adapters: list[str] = []
+    leaves: list[str] = []
     while stack:
         cid = stack.pop()
         if cid in seen:
@@ -159,25 +220,24 @@ def objects_to_push(repo: "Repository", tips: Iterable[str], remote_has: set[str
             except ObjectNotFound:
                 pass
             continue
-        parents, objs = _commit_objects(repo, cid)
-        new_commits.append(cid)
-        stack.extend(parents)
-    # Upload order: tensors and blobs, adapters, then commits oldest first, so
-    # that even without the final ref update the remote only gains objects
-    # whose dependencies are there.
-    leaf_objs: list[str] = []
-    adapters: list[str] = []
-    for cid in reversed(new_commits):
         commit = repo.read_commit(cid)
         adapter = repo.read_adapter(commit.adapter)
-        leaf_objs.extend(adapter.referenced_ids())
+        new_commits[cid] = list(commit.parents)
         adapters.append(commit.adapter)
-    seen_objs: set[str] = set()
-    for oid in [*leaf_objs, *adapters, *reversed(new_commits)]:
-        if oid not in seen_objs and oid not in known_remote:
-            seen_objs.add(oid)
-            order.append(oid)
-    return order, known_remote
+        leaves.extend(adapter.referenced_ids())
+        stack.extend(commit.parents)
+
+    def fresh(ids: list[str]) -> list[str]:
+        return [o for o in dict.fromkeys(ids) if o not in known_remote]
+
+    return PushPlan(fresh(leaves), fresh(adapters),
+                    {c: p for c, p in new_commits.items() if c not in known_remote}, known_remote)
+
+
+def objects_to_push(repo: "Repository", tips: Iterable[str], remote_has: set[str]) -> tuple[list[str], set[str]]:
+    """(candidates in upload order, objects known to be on the remote); see `plan_push`."""
+    plan = plan_push(repo, tips, remote_has)
+    return plan.order, plan.known_remote
 
 
 # -- push ----------------------------------------------------------------------------------
@@ -207,14 +267,19 @@ def push(repo: "Repository", transport: Transport, remote_name: str, src: str, d
     if remote_value and not force:
         if not is_object_id(remote_value) or not repo.store.has(remote_value) or not repo.is_ancestor(remote_value, local):
             raise NonFastForward(dst_ref, local, remote_value or "")
-    # What the remote has: every remote-tracking ref of this remote that we
-    # know, plus the remote's current value of this ref when we have it.
-    remote_has: set[str] = set()
-    for ref, oid in repo.refs.items(f"refs/remotes/{remote_name}/").items():
-        remote_has.add(oid)
+    # What the remote has, where the walk stops: the values of its refs
+    # (each points at a complete commit) and of our remote-tracking refs of it
+    # (each did when it was set; kept only if the commit object is still
+    # there, so a remote that was emptied or recreated gets everything).
+    remote_has: set[str] = {o for o in remote_refs(transport).values() if repo.store.has(o)}
     if remote_value and is_object_id(remote_value) and repo.store.has(remote_value):
         remote_has.add(remote_value)
-    candidates, _known = objects_to_push(repo, [local], remote_has)
+    hints = [o for o in dict.fromkeys(repo.refs.items(f"refs/remotes/{remote_name}/").values())
+             if o not in remote_has and is_object_id(o) and repo.store.has(o)]
+    if hints:
+        remote_has.update(set(hints) - set(_missing_on_remote(transport, hints)))
+    plan = plan_push(repo, [local], remote_has)
+    candidates = plan.order
     missing = _missing_on_remote(transport, candidates)
     report.negotiation_seconds = time.perf_counter() - t0
     report.skipped = len(candidates) - len(missing)
@@ -222,32 +287,43 @@ def push(repo: "Repository", transport: Transport, remote_name: str, src: str, d
     total = sum(sizes.values())
     done = 0
 
-    def items():
-        for oid in missing:
-            yield object_key(oid), repo.store.read_stored(oid)
-
     def on_done(_key: str, n: int) -> None:
         nonlocal done
         done += n
         if progress:
             progress(done, total)
 
+    def upload(oids: list[str]) -> None:
+        if oids:
+            transport.put_many(((object_key(o), repo.store.read_stored(o)) for o in oids), on_done)
+
     if missing:
-        # Tensors and blobs first, commits last: put_many keeps the order of
-        # submission for completion of each group only loosely, so upload in
-        # two phases to keep "dependencies first" on the remote.
-        structural = [o for o in missing if _is_structural(repo, o)]
-        leaves = [o for o in missing if o not in set(structural)]
-        transport.put_many(((object_key(o), repo.store.read_stored(o)) for o in leaves), on_done)
-        transport.put_many(((object_key(o), repo.store.read_stored(o)) for o in structural), on_done)
+        # Dependencies first, each group finished before the next starts:
+        # tensors and blobs, then adapters, then commits in waves (parents
+        # before children). So even a push killed before its ref update
+        # leaves only objects whose dependencies are on the remote, and a
+        # commit object there stands for its whole history.
+        todo = set(missing)
+        upload([o for o in plan.leaves if o in todo])
+        upload([o for o in plan.adapters if o in todo])
+        for wave in commit_waves(plan.commits):
+            upload([c for c in wave if c in todo])
     report.objects = len(missing)
     report.bytes = total
+    from mfgit.api.repository import _crashpoint  # lazily: the remote layer does not import the API
+
+    _crashpoint("push-before-ref")
     # Objects before refs (invariant 4): only now may the remote ref move.
     try:
         transport.put_if(dst_ref, (local + "\n").encode(), version)
     except PreconditionFailed:
-        raise RefConflict(f"{remote_name}/{dst_ref[len(HEADS):] if dst_ref.startswith(HEADS) else dst_ref}",
-                          "(moved by someone else)", remote_value) from None
+        # Someone else moved the ref since we read it.
+        now = transport.get_versioned(dst_ref)
+        theirs = now[0].decode("utf-8", "replace").strip() if now is not None else ""
+        if force:
+            raise RefConflict(f"{remote_name}/{dst_ref[len(HEADS):] if dst_ref.startswith(HEADS) else dst_ref}",
+                              theirs or None, remote_value) from None
+        raise NonFastForward(dst_ref, local, theirs) from None
     report.refs.append({"ref": dst_ref, "old": remote_value, "new": local,
                         "status": "forced update" if remote_value and force else ("new" if not remote_value else "fast-forward")})
     _update_tracking(repo, remote_name, dst_ref, local)
@@ -255,20 +331,14 @@ def push(repo: "Repository", transport: Transport, remote_name: str, src: str, d
     return report
 
 
-def _is_structural(repo: "Repository", oid: str) -> bool:
-    try:
-        kind, _ = repo.store.get(oid)
-    except (ObjectNotFound, CorruptObject, MalformedObject):
-        return False
-    return kind in ("commit", "adapter", "tag")
-
-
 def _missing_on_remote(transport: Transport, candidates: list[str]) -> list[str]:
     if not candidates:
         return []
+    if len(candidates) == 1:
+        return [] if transport.exists(object_key(candidates[0])) else list(candidates)
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
+    with ThreadPoolExecutor(max_workers=min(16, len(candidates))) as pool:
         present = list(pool.map(lambda o: transport.exists(object_key(o)), candidates))
     return [o for o, p in zip(candidates, present) if not p]
 
@@ -300,6 +370,14 @@ def fetch(repo: "Repository", transport: Transport, remote_name: str, *, refs: l
     # objects into memory first (they are stored last, bottom-up).
     pending: dict[str, bytes] = {}
     order: list[str] = []
+    # What each object must be: a branch and a parent name a commit, a tag
+    # ref a tag or a commit. A remote whose ref names a tensor would
+    # otherwise leave a tracking ref at something that is not a commit.
+    expect: dict[str, tuple[str, str]] = {}
+    for ref, oid in wanted.items():
+        expect.setdefault(oid, (ref, "commit") if ref.startswith(HEADS) else (ref, "commit or tag"))
+        if repo.store.has(oid):
+            _check_kind(transport, oid, _kind(repo.store.read_stored(oid)), *expect[oid])
     stack = [oid for oid in wanted.values() if not repo.store.has(oid)]
     while stack:
         batch = [o for o in dict.fromkeys(stack) if o not in pending and not repo.store.has(o)]
@@ -308,11 +386,15 @@ def fetch(repo: "Repository", transport: Transport, remote_name: str, *, refs: l
             break
         for oid, data in _download(transport, batch):
             obj = _verified(oid, data, transport)
+            _check_kind(transport, oid, obj[0], *expect.get(oid, ("a parent", "commit")))
             pending[oid] = data
             order.append(oid)
             if obj[0] == "commit":
+                for p in obj[1].parents:
+                    expect.setdefault(p, (f"the parent of {oid[:12]}", "commit"))
                 stack.extend(p for p in obj[1].parents if not repo.store.has(p))
             elif obj[0] == "tag":
+                expect.setdefault(obj[1].target, (f"tag {oid[:12]}", "commit or tag"))
                 if not repo.store.has(obj[1].target):
                     stack.append(obj[1].target)
     report.negotiation_seconds = time.perf_counter() - t0
@@ -323,6 +405,7 @@ def fetch(repo: "Repository", transport: Transport, remote_name: str, *, refs: l
     adapter_bytes: dict[str, bytes] = {}
     for oid, data in _download(transport, list(dict.fromkeys(adapter_ids))):
         kind, obj = _verified(oid, data, transport)
+        _check_kind(transport, oid, kind, "a commit's adapter", "adapter")
         adapters[oid] = obj
         adapter_bytes[oid] = data
     need = []
@@ -341,7 +424,11 @@ def fetch(repo: "Repository", transport: Transport, remote_name: str, *, refs: l
     repo.store.begin_batch()
     try:
         for oid, data in _download(transport, need):
-            repo.store.put_received(oid, data)  # full SHA-256 check inside
+            try:
+                repo.store.put_received(oid, data)  # full SHA-256 check inside
+            except CorruptObject as e:
+                raise CorruptObject(oid, e.expected, e.actual, e.algorithm,
+                                    f"received from {transport.url}; it was not stored") from None
             report.objects += 1
             count(len(data))
     except BaseException:
@@ -352,25 +439,14 @@ def fetch(repo: "Repository", transport: Transport, remote_name: str, *, refs: l
         repo.store.put_received(oid, data)
         report.objects += 1
         count(len(data))
-    # Commits oldest first: a commit is stored only once its parents are.
-    stored: set[str] = set()
-
-    def store_commit(oid: str) -> None:
-        if oid in stored or repo.store.has(oid):
-            return
-        c = commits.get(oid)
-        if c is not None:
-            for p in c.parents:
-                if p in pending:
-                    store_commit(p)
+    # Commits oldest first: a commit is stored only once its parents are
+    # (iteratively: a fetched history can be thousands of commits deep).
+    for oid in topo_order({o: list(c.parents) for o, c in commits.items()}):
+        if repo.store.has(oid):
+            continue
         repo.store.put_received(oid, pending[oid])
-        stored.add(oid)
         report.objects += 1
         count(len(pending[oid]))
-
-    for oid in order:
-        if _kind(pending[oid]) == "commit":
-            store_commit(oid)
     for oid in order:
         if _kind(pending[oid]) == "tag":
             repo.store.put_received(oid, pending[oid])
@@ -410,6 +486,12 @@ def _download(transport: Transport, oids: list[str]):
         missing = getattr(e, "key", str(e))
         raise RemoteError(transport.url, f"object {keys.get(missing, missing)} is missing on the remote "
                           "(the remote is damaged; push it again from a site that has it)") from None
+
+
+def _check_kind(transport: Transport, oid: str, kind: str, what: str, allowed: str) -> None:
+    if kind not in allowed.split(" or "):
+        raise RemoteError(transport.url, f"{what} names object {oid}, a {kind}, not a {allowed} "
+                          "(the remote is damaged; push the branch again from a site that has it)")
 
 
 def _kind(data: bytes) -> str:

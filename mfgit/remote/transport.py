@@ -330,6 +330,9 @@ def parse_remote_url(url: str, base: str | None = None) -> RemoteURL:
         scheme = None  # C:\path on Windows
     if scheme is not None and not (scheme in ("file", "s3") or scheme in _OTHER_SCHEMES or url[m.end():].startswith("//")):
         scheme = None  # "a:b" with no "//": a relative path with a colon
+    if scheme is not None and url[m.end():].startswith("//") and "@" in url[m.end() + 2:].split("/", 1)[0]:
+        raise InvalidRemoteURL(shown, "credentials never go in URLs; use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                                      "a profile or ~/.aws/credentials")
     if scheme is not None and scheme not in ("file", "s3"):
         raise InvalidRemoteURL(shown, f"{scheme}: remotes are not supported; use a path, file:///path or s3://bucket/prefix")
     if scheme is None:
@@ -341,10 +344,7 @@ def parse_remote_url(url: str, base: str | None = None) -> RemoteURL:
     if not rest.startswith("//"):
         raise InvalidRemoteURL(shown, f"write {scheme}://…")
     rest = rest[2:]
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        raise InvalidRemoteURL(shown, "credentials never go in URLs; use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
-                                      "a profile or ~/.aws/credentials")
+    authority, _slash, path = rest.partition("/")
     if "?" in rest or "#" in rest:
         raise InvalidRemoteURL(shown, "query strings and fragments are not supported")
 

@@ -1,0 +1,251 @@
+"""diff: what changed between the adapters of two commits, module by module.
+
+A module is *unchanged* when its lora_A and lora_B tensor ids and its scaling
+are the same on both sides, *changed* otherwise, *added* / *removed* when only
+one side adapts it. For a changed module, with ΔW = s·B·A (the scaling PEFT
+applies folded in, `mfgit.formats.peft.module_scaling`):
+
+* ``norm_a``, ``norm_b``: ‖ΔW_A‖_F, ‖ΔW_B‖_F
+* ``norm_diff``: ‖ΔW_B − ΔW_A‖_F and ``rel_diff`` = norm_diff / norm_a
+* ``cosine``: ⟨ΔW_A, ΔW_B⟩ / (‖ΔW_A‖ ‖ΔW_B‖)
+* ``subspace``: the cosines of the principal angles between the column spaces
+  of B_A and B_B (singular values of Q_Aᵀ Q_B for orthonormal bases Q), and
+  their mean square ``mean_cos2`` (1: same subspace, 0: orthogonal).
+
+Everything is exact and computed from the factors, never from a dense ΔW:
+‖BA‖_F = ‖R_B R_Aᵀ‖_F with B = Q_B R_B and Aᵀ = Q_A R_A (QR), applied to
+B = [B_A, −B_B], A = [A_A; A_B] for the difference, and
+⟨B₁A₁, B₂A₂⟩ = tr((B₁ᵀB₂)(A₂A₁ᵀ)); O((m+n)r²) per module. Computation is in
+float64 on the CPU with numpy, modules in sorted order, numbers written with 8
+significant digits, so the output of the same two commits is byte-identical
+on every run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mfgit.errors import MalformedObject
+from mfgit.formats.peft import module_scaling
+
+if TYPE_CHECKING:
+    from mfgit.api.repository import Repository
+
+SIG_DIGITS = 8
+PEFT_PREFIX = "base_model.model."
+_NP_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+
+
+def num(x: float | None, digits: int = SIG_DIGITS) -> float | None:
+    """A float rounded to `digits` significant digits (None stays None; -0.0 becomes 0.0)."""
+    if x is None:
+        return None
+    if not math.isfinite(x):
+        return None
+    v = float(f"{x:.{digits}g}")
+    return 0.0 if v == 0 else v
+
+
+def load_array(repo: "Repository", tid: str) -> np.ndarray:
+    """A stored tensor as a float64 numpy array (F64, F32, F16, BF16)."""
+    header, raw = repo.read_tensor(tid)
+    if header.dtype == "BF16":
+        u = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+        arr = u.view(np.float32)
+    elif header.dtype in _NP_DTYPES:
+        arr = np.frombuffer(raw, dtype=_NP_DTYPES[header.dtype])
+    else:
+        raise MalformedObject(tid, f"a LoRA factor of dtype {header.dtype} cannot be compared")
+    return arr.astype(np.float64).reshape(header.shape)
+
+
+def _frob_of_product(B: np.ndarray, A: np.ndarray) -> float:
+    """‖B A‖_F without forming B A: QR of B and Aᵀ, then the small core."""
+    if B.size == 0 or A.size == 0:
+        return 0.0
+    rb = np.linalg.qr(B, mode="r")
+    ra = np.linalg.qr(A.T, mode="r")
+    return float(np.linalg.norm(rb @ ra.T))
+
+
+def _inner(B1: np.ndarray, A1: np.ndarray, B2: np.ndarray, A2: np.ndarray) -> float:
+    """⟨B₁A₁, B₂A₂⟩_F = tr((B₁ᵀB₂)(A₂A₁ᵀ))."""
+    return float(np.sum((B1.T @ B2) * (A1 @ A2.T)))
+
+
+def _basis(B: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of the column space of B (numerical rank)."""
+    if B.size == 0:
+        return B[:, :0]
+    u, s, _ = np.linalg.svd(B, full_matrices=False)
+    if s.size == 0 or s[0] == 0:
+        return u[:, :0]
+    k = int(np.sum(s > s[0] * max(B.shape) * np.finfo(np.float64).eps))
+    return u[:, :k]
+
+
+def subspace_overlap(B1: np.ndarray, B2: np.ndarray) -> dict[str, Any]:
+    q1, q2 = _basis(B1), _basis(B2)
+    if q1.shape[1] == 0 or q2.shape[1] == 0:
+        return {"cosines": [], "mean_cos2": None}
+    c = np.clip(np.linalg.svd(q1.T @ q2, compute_uv=False), 0.0, 1.0)
+    return {"cosines": [num(x) for x in c], "mean_cos2": num(float(np.mean(c * c)))}
+
+
+class _Side:
+    def __init__(self, repo: "Repository", cid: str):
+        self.repo = repo
+        self.commit_id = cid
+        self.commit = repo.read_commit(cid)
+        self.adapter_id = self.commit.adapter
+        self.adapter = repo.read_adapter(self.adapter_id)
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def key(self, module: str) -> tuple[str, str, float]:
+        m = self.adapter.modules[module]
+        return (self.adapter.tensors[m["lora_A"]]["id"], self.adapter.tensors[m["lora_B"]]["id"], self.scaling(module))
+
+    def rank(self, module: str) -> int:
+        return int(self.adapter.modules[module]["r"])
+
+    def scaling(self, module: str) -> float:
+        return module_scaling(self.adapter.config, module, self.rank(module))[2]
+
+    def factors(self, module: str) -> tuple[np.ndarray, np.ndarray]:
+        """(s·B, A) as 2-D float64 arrays (out × r, r × in)."""
+        if module not in self._cache:
+            m = self.adapter.modules[module]
+            r = self.rank(module)
+            A = load_array(self.repo, self.adapter.tensors[m["lora_A"]]["id"])
+            B = load_array(self.repo, self.adapter.tensors[m["lora_B"]]["id"])
+            A = A.reshape(r, -1) if A.ndim != 2 else A
+            B = B.reshape(B.shape[0], -1) if B.ndim != 2 else B
+            self._cache[module] = (B * self.scaling(module), A)
+        return self._cache[module]
+
+
+def diff(repo: "Repository", rev_a: str, rev_b: str, *, stat: bool = False) -> dict[str, Any]:
+    a = _Side(repo, repo.resolve(rev_a))
+    b = _Side(repo, repo.resolve(rev_b))
+    names = sorted(set(a.adapter.modules) | set(b.adapter.modules))
+    modules = []
+    counts = {"added": 0, "removed": 0, "changed": 0, "unchanged": 0}
+    tot_a2 = tot_b2 = tot_d2 = tot_in = 0.0
+    for name in names:
+        in_a, in_b = name in a.adapter.modules, name in b.adapter.modules
+        entry: dict[str, Any] = {"name": name}
+        if in_a and in_b:
+            status = "unchanged" if a.key(name) == b.key(name) else "changed"
+        else:
+            status = "added" if in_b else "removed"
+        counts[status] += 1
+        entry["status"] = status
+        entry["rank_a"] = a.rank(name) if in_a else None
+        entry["rank_b"] = b.rank(name) if in_b else None
+        entry["scaling_a"] = num(a.scaling(name)) if in_a else None
+        entry["scaling_b"] = num(b.scaling(name)) if in_b else None
+        na = nb = 0.0
+        if in_a:
+            Ba, Aa = a.factors(name)
+            na = _frob_of_product(Ba, Aa)
+        if in_b:
+            Bb, Ab = b.factors(name)
+            nb = _frob_of_product(Bb, Ab)
+        entry["norm_a"] = num(na) if in_a else None
+        entry["norm_b"] = num(nb) if in_b else None
+        if status == "unchanged":
+            nd, inner = 0.0, na * na
+        elif status == "changed":
+            nd = _frob_of_product(np.concatenate([Ba, -Bb], axis=1), np.concatenate([Aa, Ab], axis=0))
+            inner = _inner(Ba, Aa, Bb, Ab)
+        else:
+            nd, inner = (nb if in_b else na), 0.0
+        tot_a2 += na * na
+        tot_b2 += nb * nb
+        tot_d2 += nd * nd
+        tot_in += inner
+        if status == "changed":
+            entry["norm_diff"] = num(nd)
+            entry["rel_diff"] = num(nd / na) if na > 0 else None
+            entry["cosine"] = num(inner / (na * nb)) if na > 0 and nb > 0 else None
+            if not stat:
+                entry["subspace"] = subspace_overlap(Ba, Bb)
+        elif status in ("added", "removed"):
+            entry["norm_diff"] = num(nd)
+        modules.append(entry)
+    ta, tb = math.sqrt(tot_a2), math.sqrt(tot_b2)
+    summary = {
+        "modules": len(names),
+        **counts,
+        "norm_a": num(ta),
+        "norm_b": num(tb),
+        "norm_diff": num(math.sqrt(tot_d2)),
+        "rel_diff": num(math.sqrt(tot_d2) / ta) if ta > 0 else None,
+        "cosine": num(tot_in / (ta * tb)) if ta > 0 and tb > 0 else None,
+    }
+    cfg_a, cfg_b = a.adapter.config, b.adapter.config
+    config = {k: {"a": cfg_a.get(k), "b": cfg_b.get(k)} for k in sorted(set(cfg_a) | set(cfg_b))
+              if cfg_a.get(k) != cfg_b.get(k)}
+    if stat:
+        modules = [m for m in modules if m["status"] != "unchanged"]
+    return {
+        "a": {"rev": rev_a, "commit": a.commit_id, "adapter": a.adapter_id},
+        "b": {"rev": rev_b, "commit": b.commit_id, "adapter": b.adapter_id},
+        "identical": a.adapter_id == b.adapter_id,
+        "base_model": {"a": a.adapter.base_model, "b": b.adapter.base_model},
+        "config": config,
+        "summary": summary,
+        "modules": modules,
+    }
+
+
+# -- text ----------------------------------------------------------------------------------------
+
+
+def _g(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+def _short(name: str) -> str:
+    return name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
+
+
+def summary_line(d: dict[str, Any]) -> str:
+    s = d["summary"]
+    line = (f"{s['modules']} module(s): {s['changed']} changed, {s['added']} added, {s['removed']} removed, "
+            f"{s['unchanged']} unchanged")
+    if s["rel_diff"] is not None:
+        line += f"; ‖ΔW_B − ΔW_A‖/‖ΔW_A‖ = {_g(s['rel_diff'])}"
+    if s["cosine"] is not None:
+        line += f", cosine {_g(s['cosine'])}"
+    return line
+
+
+def diff_text(d: dict[str, Any], *, stat: bool = False) -> str:
+    lines = [f"diff {d['a']['commit'][:10]} ({d['a']['rev']}) -> {d['b']['commit'][:10]} ({d['b']['rev']})"]
+    if d["identical"]:
+        lines.append("the adapters are identical")
+    for k, v in d["config"].items():
+        lines.append(f"config {k}: {v['a']!r} -> {v['b']!r}")
+    marks = {"changed": "M", "added": "A", "removed": "D", "unchanged": " "}
+    for m in d["modules"]:
+        if m["status"] == "unchanged":
+            continue
+        name = _short(m["name"])
+        if m["status"] == "changed":
+            if stat:
+                lines.append(f"M  {name}  rel {_g(m['rel_diff'])}")
+                continue
+            sub = m.get("subspace") or {}
+            ranks = f"r {m['rank_a']}" if m["rank_a"] == m["rank_b"] else f"r {m['rank_a']}->{m['rank_b']}"
+            lines.append(f"M  {name}  {ranks}  |ΔW_A| {_g(m['norm_a'])}  |ΔW_B| {_g(m['norm_b'])}  "
+                         f"rel {_g(m['rel_diff'])}  cos {_g(m['cosine'])}  subspace cos² {_g(sub.get('mean_cos2'))}")
+        else:
+            r = m["rank_b"] if m["status"] == "added" else m["rank_a"]
+            n = m["norm_b"] if m["status"] == "added" else m["norm_a"]
+            lines.append(f"{marks[m['status']]}  {name}  r {r}  |ΔW| {_g(n)}")
+    lines.append(summary_line(d))
+    return "\n".join(lines) + "\n"

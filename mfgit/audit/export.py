@@ -1,0 +1,252 @@
+"""export: a commit as a PEFT adapter directory, with a model card and a signed manifest.
+
+``export REV OUTDIR [--card] [--manifest]`` writes
+
+* the PEFT adapter directory of REV (``adapter_config.json``,
+  ``adapter_model.safetensors`` and the adapter's other files), exactly as
+  ``checkout`` does;
+* with ``card``: ``README.md``, a Hugging Face model card whose YAML front
+  matter says ``base_model: <name>`` and ``base_model_relation: adapter``
+  (``merge`` for a merge composite), followed by the commit, the lineage
+  summary (leaves and effective weights) and the merge recipe;
+* with ``manifest``: ``model.sig``, a SHA-256 manifest of every exported file
+  in the format of the OpenSSF model-signing project (v1.0 predicate
+  ``https://model_signing/signature/v1.0`` in an in-toto Statement v1, in a
+  DSSE envelope, in a Sigstore bundle v0.3 with a public-key hint), signed
+  with an ECDSA key, so that
+
+      model_signing verify key --signature OUTDIR/model.sig --public_key KEY.pub.pem OUTDIR
+
+  accepts the directory. model-signing's key method verifies ECDSA keys only
+  (P-256, P-384, P-521), so the manifest key is ``signing.manifestKey`` (or
+  ``signing.key`` when that is an ECDSA key); make one with
+  ``mfgit keygen --type ecdsa-p256 PATH``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from mfgit.errors import SigningKeyError, UnsafePath
+
+if TYPE_CHECKING:
+    from mfgit.api.repository import Repository
+
+SIGNATURE_NAME = "model.sig"
+CARD_NAME = "README.md"
+# What model-signing ignores by default; recorded in the statement so its
+# verifier ignores the same paths.
+IGNORE_PATHS = [SIGNATURE_NAME, ".gitattributes", ".github", ".git", ".gitignore"]
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://model_signing/signature/v1.0"
+BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+
+
+def _write_file(out: Path, name: str, data: bytes) -> Path:
+    target = out / name
+    fd, tmp = tempfile.mkstemp(prefix=".mfgit-export-", dir=out)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)  # replaces a symlink itself, never follows it
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+# -- model card ----------------------------------------------------------------------------------
+
+
+def model_card(repo: "Repository", cid: str, lineage: dict[str, Any]) -> str:
+    import yaml
+
+    commit = repo.read_commit(cid)
+    adapter = repo.read_adapter(commit.adapter)
+    prov = commit.provenance or {}
+    is_merge = prov.get("kind") == "merge"
+    front: dict[str, Any] = {}
+    base = (adapter.base_model or {}).get("name") or adapter.config.get("base_model_name_or_path")
+    if base:
+        front["base_model"] = base
+    front["base_model_relation"] = "merge" if is_merge else "adapter"
+    front["library_name"] = "peft"
+    front["tags"] = ["lora", "peft", "mfgit"] + (["merge"] if is_merge else [])
+    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
+    subject = commit.message.splitlines()[0] if commit.message else cid[:10]
+    lines += [f"# {subject}", ""]
+    kind = "a merge composite of site adapters" if is_merge else "a LoRA adapter"
+    lines += [f"This is {kind}" + (f" for `{base}`" if base else "") + ", exported by mfgit.", ""]
+    author = commit.author or {}
+    lines += [
+        "| | |", "|---|---|",
+        f"| commit | `{cid}` |",
+        f"| adapter | `{commit.adapter}` |",
+        f"| author | {author.get('name', '')} &lt;{author.get('email', '')}&gt; |",
+        f"| site | {commit.site or '-'} |",
+        f"| time | {commit.timestamp} |",
+        f"| signed | {('yes, key ' + commit.signature.get('key_id', '?')) if commit.signature else 'no'} |",
+        f"| rank(s) | {', '.join(str(r) for r in sorted({m['r'] for m in adapter.modules.values()}))} |",
+        f"| modules | {len(adapter.modules)} |",
+        "",
+    ]
+    if commit.message and len(commit.message.splitlines()) > 1:
+        lines += ["```text", commit.message.rstrip(), "```", ""]
+    lines += ["## Lineage", ""]
+    if is_merge:
+        lines += ["Leaves (site commits) and their effective weight in this composite: the composite's update is "
+                  "Σ weight × the leaf's update for linear merges (product of weights and λ along the merge "
+                  "graph, summed over paths).", "",
+                  "| site | commit | author | time | effective weight |", "|---|---|---|---|---|"]
+        for lf in lineage["leaves"]:
+            if lf["linear"]:
+                w = f"{lf['effective_weight']:.6g}" + ("" if lf["exact"] else " (rank-truncated)")
+            else:
+                w = "not linear"
+            who = lf["author"].get("name", "") if isinstance(lf["author"], dict) else ""
+            lines.append(f"| {lf['site'] or '-'} | `{lf['commit'][:10]}` | {who} | {lf['timestamp']} | {w} |")
+        lines += ["", f"{len(lineage['nodes']) - len(lineage['leaves'])} merge commit(s) lead from the leaves to "
+                  "this composite; `mfgit lineage " + cid[:10] + "` shows the graph.", ""]
+        lines += ["## Merge recipe", "", "```yaml"]
+        recipe = {
+            "recipe": prov.get("recipe"),
+            "inputs": prov.get("inputs"),
+            "integration": (prov.get("integration") or {}).get("mode"),
+            "kept_energy": prov.get("kept_energy"),
+            "device": prov.get("device"),
+        }
+        lines += [yaml.safe_dump(recipe, sort_keys=True, allow_unicode=True).rstrip(), "```", ""]
+        lines += [f"Re-run it with `mfgit verify {cid[:10]} --reproduce`.", ""]
+    else:
+        src = prov.get("source") or {}
+        code = prov.get("code") or {}
+        lines += [f"Imported from `{src.get('name', '?')}` ({src.get('format', '?')}) at site {commit.site or '-'}."]
+        if code.get("commit"):
+            lines += [f"Training code: `{code.get('commit')}`" + (f" ({code.get('url')})" if code.get("url") else "")
+                      + (" (dirty work tree)" if code.get("dirty") else "") + "."]
+        if prov.get("meta"):
+            lines += ["", "```yaml", yaml.safe_dump(prov["meta"], sort_keys=True).rstrip(), "```"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -- OpenSSF model-signing manifest ---------------------------------------------------------------
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _ignored(rel: PurePosixPath) -> bool:
+    return any(rel == PurePosixPath(p) or PurePosixPath(p) in rel.parents for p in IGNORE_PATHS)
+
+
+def manifest_statement(out: Path, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The in-toto statement over every file under `out` (model-signing "files" serialization)."""
+    resources = []
+    for path in sorted(out.rglob("*"), key=lambda p: PurePosixPath(p.relative_to(out).as_posix())):
+        rel = PurePosixPath(path.relative_to(out).as_posix())
+        if _ignored(rel):
+            continue
+        if path.is_symlink():
+            raise UnsafePath(str(path), "the export directory holds a symbolic link; model-signing refuses those")
+        if path.is_file():
+            resources.append({"name": str(rel), "algorithm": "sha256", "digest": _sha256_file(path)})
+    root = hashlib.sha256(b"".join(bytes.fromhex(r["digest"]) for r in resources)).hexdigest()
+    predicate: dict[str, Any] = {
+        "serialization": {"method": "files", "hash_type": "sha256", "allow_symlinks": False,
+                          "ignore_paths": list(IGNORE_PATHS)},
+        "resources": resources,
+    }
+    if extra:
+        predicate.update(extra)
+    name = out.name or os.path.basename(str(out.resolve()))
+    return {"_type": STATEMENT_TYPE, "subject": [{"name": name, "digest": {"sha256": root}}],
+            "predicateType": PREDICATE_TYPE, "predicate": predicate}
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding."""
+    return b"DSSEv1 %d %s %d " % (len(payload_type), payload_type.encode(), len(payload)) + payload
+
+
+def sign_statement(statement: dict[str, Any], private_key) -> dict[str, Any]:
+    """A Sigstore bundle (v0.3, public-key hint, no transparency log) over the DSSE envelope."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    hash_for = {256: hashes.SHA256, 384: hashes.SHA384, 521: hashes.SHA512}
+    size = private_key.curve.key_size
+    if size not in hash_for:
+        raise SigningKeyError("-", f"ECDSA curve {private_key.curve.name} is not supported by model-signing")
+    payload = json.dumps(statement, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    sig = private_key.sign(pae(PAYLOAD_TYPE, payload), ec.ECDSA(hash_for[size]()))
+    pem = private_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+    return {
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {"publicKey": {"hint": hashlib.sha256(pem).hexdigest()}, "tlogEntries": []},
+        "dsseEnvelope": {
+            "payload": base64.b64encode(payload).decode("ascii"),
+            "payloadType": PAYLOAD_TYPE,
+            "signatures": [{"sig": base64.b64encode(sig).decode("ascii"), "keyid": ""}],
+        },
+    }
+
+
+def manifest_key_path(repo: "Repository", explicit: str | os.PathLike | None = None) -> Path:
+    value = explicit or repo.config.get("signing.manifestKey") or repo.config.get("signing.key")
+    if not value:
+        raise SigningKeyError("(none)", "no key to sign the manifest with: set signing.manifestKey (an ECDSA key: "
+                                        "mfgit keygen --type ecdsa-p256 PATH) or pass --key PATH")
+    p = Path(value).expanduser()
+    if not p.is_absolute():
+        p = (repo.worktree or repo.gitdir or Path(".")) / p
+    return p
+
+
+# -- the verb ------------------------------------------------------------------------------------
+
+
+def export(repo: "Repository", rev: str, outdir: str | os.PathLike, *, card: bool = False, manifest: bool = False,
+           force: bool = False, key: str | os.PathLike | None = None) -> dict[str, Any]:
+    from mfgit.audit.lineage import lineage
+    from mfgit.audit.signing import load_ec_private_key
+
+    cid = repo.resolve(rev)
+    private_key = None
+    key_path = None
+    if manifest:  # fail before writing anything when there is no usable key
+        key_path = manifest_key_path(repo, key)
+        private_key = load_ec_private_key(key_path)
+    out = Path(repo.checkout(cid, outdir, force=force))
+    report: dict[str, Any] = {"commit": cid, "dir": str(out), "card": None, "manifest": None}
+    if card:
+        text = model_card(repo, cid, lineage(repo, cid))
+        report["card"] = str(_write_file(out, CARD_NAME, text.encode("utf-8")))
+    if manifest:
+        commit = repo.read_commit(cid)
+        stmt = manifest_statement(out, extra={"mfgit": {"commit": cid, "adapter": commit.adapter}})
+        bundle = sign_statement(stmt, private_key)
+        path = _write_file(out, SIGNATURE_NAME, (json.dumps(bundle, indent=2) + "\n").encode("utf-8"))
+        report["manifest"] = str(path)
+        report["manifest_key"] = str(key_path)
+        report["root_digest"] = stmt["subject"][0]["digest"]["sha256"]
+        report["files"] = [r["name"] for r in stmt["predicate"]["resources"]]
+    else:
+        report["files"] = sorted(str(PurePosixPath(p.relative_to(out).as_posix())) for p in out.rglob("*") if p.is_file())
+    return report

@@ -1,0 +1,252 @@
+"""lineage: the DAG from a commit down to its leaves, with effective weights.
+
+Every merge commit records the inputs it combined (``provenance.inputs``:
+commit, label, weight) and its recipe. Following inputs from a commit down to
+commits that are not merges (the *leaves*: site commits) gives the DAG of what
+went into it.
+
+Effective weight. A linear-family merge (``linear``, ``task_arithmetic``)
+computes ΔW = λ Σᵢ wᵢ ΔWᵢ, so the composite is Σ_leaves e_leaf ΔW_leaf with
+
+    e(leaf → leaf) = 1,     e(merge → leaf) = λ_merge Σᵢ wᵢ e(inputᵢ → leaf)
+
+— the product of weights and λ along each path, summed over paths, exact
+through any depth of merges of merges. Where a path crosses an element-wise
+strategy (ties, dare_*, breadcrumbs, della, magnitude_prune, tsv, iso_c,
+svd…) no single number describes the leaf's share: its effective weight is
+``null`` and it is marked *not linear*, naming the merges responsible. A
+linear merge whose output rank was truncated (kept energy < 1) keeps its
+weights; the leaf is then marked not ``exact`` and the kept energy is shown.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mfgit.audit.diff import num
+from mfgit.errors import MfgitError
+
+if TYPE_CHECKING:
+    from mfgit.api.repository import Repository
+
+_TRUNCATED = 1.0 - 1e-9
+
+
+def _subject(msg: str) -> str:
+    return msg.splitlines()[0] if msg else ""
+
+
+def _node(cid: str, commit) -> dict[str, Any]:
+    prov = commit.provenance or {}
+    node: dict[str, Any] = {
+        "id": cid,
+        "kind": "merge" if prov.get("kind") == "merge" else "leaf",
+        "site": commit.site,
+        "author": commit.author,
+        "timestamp": commit.timestamp,
+        "subject": _subject(commit.message),
+        "message": commit.message,
+        "adapter": commit.adapter,
+        "parents": list(commit.parents),
+        "signed": commit.signature is not None,
+    }
+    if node["kind"] == "merge":
+        recipe = prov.get("recipe") or {}
+        node["recipe"] = recipe
+        node["linear"] = bool(prov.get("linear"))
+        node["lambda"] = float((recipe.get("params") or {}).get("lambda", 1.0)) if prov.get("linear") else None
+        node["integration"] = (prov.get("integration") or {}).get("mode")
+        node["kept_energy"] = prov.get("kept_energy")
+        node["device"] = prov.get("device")
+        node["inputs"] = [{"commit": i.get("commit"), "label": i.get("label"), "weight": i.get("weight")}
+                          for i in prov.get("inputs", [])]
+    else:
+        node["provenance_kind"] = prov.get("kind")
+        node["meta"] = prov.get("meta") or {}
+        node["code"] = prov.get("code")
+    return node
+
+
+def lineage(repo: "Repository", rev: str = "HEAD") -> dict[str, Any]:
+    root = repo.resolve(rev)
+    nodes: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    edges: list[dict[str, Any]] = []
+    missing: list[str] = []
+    stack = [root]
+    while stack:
+        cid = stack.pop()
+        if cid in nodes or cid in missing:
+            continue
+        try:
+            commit = repo.read_commit(cid)
+        except MfgitError:
+            missing.append(cid)
+            continue
+        node = _node(cid, commit)
+        nodes[cid] = node
+        order.append(cid)
+        if node["kind"] == "merge":
+            for inp in node["inputs"]:
+                edges.append({"from": cid, "to": inp["commit"], "weight": inp["weight"], "label": inp["label"]})
+            # Depth-first, in recorded input order.
+            for inp in reversed(node["inputs"]):
+                if inp["commit"] not in nodes:
+                    stack.append(inp["commit"])
+
+    # Effective weights, memoised bottom-up: coef[c] = {leaf: (weight | None, paths, exact, nonlinear_via)}
+    coef: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def coefficients(cid: str, trail: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+        if cid in coef:
+            return coef[cid]
+        node = nodes.get(cid)
+        if node is None:
+            return {}
+        if cid in trail:  # a cycle cannot happen with content ids; be safe anyway
+            return {}
+        if node["kind"] != "merge":
+            coef[cid] = {cid: {"weight": 1.0, "paths": 1, "exact": True, "nonlinear_via": []}}
+            return coef[cid]
+        out: dict[str, dict[str, Any]] = {}
+        linear = node["linear"]
+        lam = node["lambda"] if linear else None
+        ke = (node.get("kept_energy") or {}).get("min", 1.0)
+        truncated = ke is not None and ke < _TRUNCATED
+        for inp in node["inputs"]:
+            for leaf, c in coefficients(inp["commit"], trail + (cid,)).items():
+                cur = out.setdefault(leaf, {"weight": 0.0, "paths": 0, "exact": True, "nonlinear_via": []})
+                cur["paths"] += c["paths"]
+                cur["exact"] = cur["exact"] and c["exact"] and not truncated
+                via = list(c["nonlinear_via"])
+                if not linear:
+                    via.append(cid)
+                for v in via:
+                    if v not in cur["nonlinear_via"]:
+                        cur["nonlinear_via"].append(v)
+                if cur["weight"] is None or c["weight"] is None or not linear:
+                    cur["weight"] = None
+                else:
+                    cur["weight"] += lam * float(inp["weight"]) * c["weight"]
+        for c in out.values():
+            if c["nonlinear_via"]:
+                c["weight"] = None
+                c["exact"] = False
+        coef[cid] = out
+        return out
+
+    root_coef = coefficients(root)
+    labels: dict[str, str] = {}
+    for e in edges:
+        if e["to"] not in labels and e["label"]:
+            labels[e["to"]] = e["label"]
+    leaves = []
+    for leaf, c in root_coef.items():
+        n = nodes[leaf]
+        leaves.append({
+            "commit": leaf,
+            "site": n["site"],
+            "label": labels.get(leaf),
+            "author": n["author"],
+            "timestamp": n["timestamp"],
+            "subject": n["subject"],
+            "effective_weight": num(c["weight"], 12) if c["weight"] is not None else None,
+            "linear": not c["nonlinear_via"],
+            "exact": c["exact"],
+            "nonlinear_via": c["nonlinear_via"],
+            "paths": c["paths"],
+        })
+    leaves.sort(key=lambda x: (x["site"] or "", x["commit"]))
+    # Per node: the effective weights of its own leaves (the panel shows them).
+    for cid in order:
+        if nodes[cid]["kind"] == "merge":
+            nodes[cid]["leaf_weights"] = {leaf: (num(c["weight"], 12) if c["weight"] is not None else None)
+                                          for leaf, c in sorted(coefficients(cid).items())}
+    return {
+        "rev": rev,
+        "root": root,
+        "linear": all(lf["linear"] for lf in leaves),
+        "nodes": [nodes[c] for c in order],
+        "edges": edges,
+        "leaves": leaves,
+        "missing": missing,
+    }
+
+
+# -- text and Graphviz ---------------------------------------------------------------------------
+
+
+def _fmt_w(w) -> str:
+    return "-" if w is None else f"{w:.6g}"
+
+
+def _node_title(n: dict[str, Any]) -> str:
+    if n["kind"] == "merge":
+        r = n.get("recipe") or {}
+        bits = [f"merge {r.get('strategy')}"]
+        if n.get("lambda") not in (None, 1.0):
+            bits.append(f"λ={n['lambda']:g}")
+        ke = (n.get("kept_energy") or {}).get("min")
+        if ke is not None and ke < _TRUNCATED:
+            bits.append(f"kept energy {ke:.4f}")
+        return " ".join(bits)
+    return f"site {n['site']}" if n["site"] else "commit"
+
+
+def lineage_text(d: dict[str, Any]) -> str:
+    nodes = {n["id"]: n for n in d["nodes"]}
+    lines = [f"lineage of {d['root'][:10]} ({d['rev']})"]
+    shown: set[str] = set()
+
+    def walk(cid: str, prefix: str, last: bool, weight, depth: int) -> None:
+        n = nodes.get(cid)
+        branch = "" if depth == 0 else ("└── " if last else "├── ")
+        w = "" if depth == 0 else f"w={_fmt_w(weight)}  "
+        if n is None:
+            lines.append(f"{prefix}{branch}{w}{cid[:10]} (missing)")
+            return
+        who = n["author"].get("name", "") if isinstance(n["author"], dict) else ""
+        again = " (shown above)" if cid in shown and n["kind"] == "merge" else ""
+        lines.append(f"{prefix}{branch}{w}{cid[:10]} {_node_title(n)}  {who}  {n['timestamp']}  {n['subject']}{again}")
+        if n["kind"] != "merge" or again:
+            return
+        shown.add(cid)
+        child_prefix = prefix + ("" if depth == 0 else ("    " if last else "│   "))
+        inputs = n["inputs"]
+        for i, inp in enumerate(inputs):
+            walk(inp["commit"], child_prefix, i == len(inputs) - 1, inp["weight"], depth + 1)
+
+    walk(d["root"], "", True, None, 0)
+    lines.append("")
+    lines.append(f"leaves (effective weight in {d['root'][:10]}):")
+    for lf in d["leaves"]:
+        if lf["linear"]:
+            w = _fmt_w(lf["effective_weight"]) + ("" if lf["exact"] else " (rank-truncated)")
+        else:
+            w = "not linear (via " + ", ".join(v[:10] for v in lf["nonlinear_via"]) + ")"
+        lines.append(f"  {(lf['site'] or '-'):<20} {lf['commit'][:10]}  {w}")
+    return "\n".join(lines) + "\n"
+
+
+def _dot_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def lineage_dot(d: dict[str, Any]) -> str:
+    leaf_w = {lf["commit"]: lf for lf in d["leaves"]}
+    out = ["digraph lineage {", "  rankdir=TB;", '  node [fontname="Helvetica", fontsize=10];',
+           '  edge [fontname="Helvetica", fontsize=9];']
+    for n in d["nodes"]:
+        if n["kind"] == "merge":
+            label = f"{_node_title(n)}\n{n['id'][:10]}\n{n['subject']}"
+            attrs = f"shape=box, style=\"rounded,filled\", fillcolor={_dot_str('#dbe8ff' if n['linear'] else '#ffe1c7')}"
+        else:
+            lf = leaf_w.get(n["id"])
+            eff = ("effective " + _fmt_w(lf["effective_weight"]) if lf and lf["linear"] else "not linear") if lf else ""
+            label = f"{_node_title(n)}\n{n['id'][:10]}\n{n['subject']}\n{eff}"
+            attrs = f"shape=ellipse, style=filled, fillcolor={_dot_str('#e3f6e3')}"
+        out.append(f"  {_dot_str(n['id'])} [label={_dot_str(label)}, {attrs}];")
+    for e in d["edges"]:
+        out.append(f"  {_dot_str(e['from'])} -> {_dot_str(e['to'])} [label={_dot_str(_fmt_w(e['weight']))}];")
+    out.append("}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,484 @@
+"""verify: integrity of everything a commit needs, reproducibility of its merges,
+and signatures against the allowed-signers policy.
+
+* **integrity** (always): every commit reachable from REV (through parents and
+  through the inputs recorded by merges), its adapter manifest, and every
+  tensor and file the manifest names is present, decodes, and hashes to its id
+  (full SHA-256, not the store's quick XXH3 check).
+* **reproduce**: every merge commit in that history is re-run from its
+  recorded recipe and inputs (`Repository.reproduce_merge`). On the recorded
+  device type the result must have the same tensor ids; on another device type
+  the merged updates must agree within a tolerance (max |ΔW difference|).
+* **signatures**: each commit is attributed to a branch (below) and its
+  signature judged by `mfgit.audit.signing.judge`.
+
+Branch attribution. REV's own branch (REV names it, or ``branch=``) owns the
+first-parent chain. At a merge commit, the parent that was the branch's tip
+(``integration.base``, or the first parent unless it was one of the named
+inputs of a one-shot merge) stays on the branch; every other parent starts a
+side branch: the revision name the merge recorded for it when that names a
+branch (``sites/a``, ``origin/sites/a`` → ``sites/a``, ``m1``; not
+``HEAD~1``, an id or other revision expressions), else ``sites/<site>`` of
+the site the commit records (the project's convention: site S commits on
+``sites/S``), else none. A commit reached along
+several attributions is judged under each.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+
+from mfgit.audit.signing import AllowedSigners, check_signature, judge
+from mfgit.errors import CorruptObject, MalformedObject, MfgitError, ObjectNotFound, WrongObjectType
+from mfgit.objects.model import Commit, Tag, decode_object, is_object_id
+
+if TYPE_CHECKING:
+    from mfgit.api.repository import Repository
+
+HEADS = "refs/heads/"
+DEFAULT_TOLERANCE = 1e-4
+
+
+# -- history -----------------------------------------------------------------------------------
+
+
+def _merge_named_commits(commit: Commit) -> list[str]:
+    prov = commit.provenance or {}
+    if prov.get("kind") != "merge":
+        return []
+    out = [i.get("commit") for i in prov.get("inputs", [])] + [lf.get("commit") for lf in prov.get("leaves", [])]
+    return [c for c in out if isinstance(c, str) and is_object_id(c)]
+
+
+def history(repo: "Repository", tip: str, *, exclude: Iterable[str] = ()) -> list[str]:
+    """Commit ids reachable from `tip` (parents and merge inputs), newest first by timestamp."""
+    seen: set[str] = set(exclude)
+    order: list[tuple[str, str]] = []
+    stack = [tip] if tip not in seen else []
+    seen.add(tip)
+    while stack:
+        cid = stack.pop()
+        try:
+            c = repo.read_commit(cid)
+        except MfgitError:
+            order.append(("", cid))
+            continue
+        order.append((c.timestamp, cid))
+        for p in list(c.parents) + _merge_named_commits(c):
+            if p not in seen:
+                seen.add(p)
+                stack.append(p)
+    order.sort(key=lambda t: (t[0], t[1]), reverse=True)
+    return [cid for _, cid in order]
+
+
+# -- integrity ---------------------------------------------------------------------------------
+
+
+def check_integrity(repo: "Repository", commits: list[str], tag: str | None = None) -> dict[str, Any]:
+    problems: list[dict[str, Any]] = []
+    counts = {"commits": 0, "adapters": 0, "tensors": 0, "blobs": 0, "tags": 0, "bytes": 0}
+    checked: set[str] = set()
+
+    def get(oid: str, want: str, commit: str, what: str):
+        try:
+            kind, payload = repo.store.get(oid, verify=True)
+        except ObjectNotFound:
+            problems.append({"commit": commit, "object": oid, "what": what, "error": f"{what} {oid} is missing"})
+            return None
+        except (CorruptObject, MalformedObject) as e:
+            problems.append({"commit": commit, "object": oid, "what": what, "error": str(e)})
+            return None
+        counts["bytes"] += len(payload)
+        if kind != want:
+            problems.append({"commit": commit, "object": oid, "what": what, "error": f"{oid} is a {kind}, not a {want}"})
+            return None
+        return payload
+
+    if tag is not None:
+        payload = get(tag, "tag", tag, "tag")
+        if payload is not None:
+            counts["tags"] += 1
+    for cid in commits:
+        payload = get(cid, "commit", cid, "commit")
+        if payload is None:
+            continue
+        counts["commits"] += 1
+        try:
+            commit = decode_object(cid, "commit", payload)
+        except MalformedObject as e:
+            problems.append({"commit": cid, "object": cid, "what": "commit", "error": str(e)})
+            continue
+        if commit.adapter in checked:
+            continue
+        checked.add(commit.adapter)
+        payload = get(commit.adapter, "adapter", cid, "adapter manifest")
+        if payload is None:
+            continue
+        counts["adapters"] += 1
+        try:
+            adapter = decode_object(commit.adapter, "adapter", payload)
+        except MalformedObject as e:
+            problems.append({"commit": cid, "object": commit.adapter, "what": "adapter manifest", "error": str(e)})
+            continue
+        for name, t in sorted(adapter.tensors.items()):
+            if t["id"] in checked:
+                continue
+            checked.add(t["id"])
+            tp = get(t["id"], "tensor", cid, f"tensor {name}")
+            if tp is None:
+                continue
+            counts["tensors"] += 1
+            from mfgit.objects.model import split_tensor_payload
+
+            try:
+                header, _raw = split_tensor_payload(tp)
+            except Exception as e:  # noqa: BLE001
+                problems.append({"commit": cid, "object": t["id"], "what": f"tensor {name}", "error": f"bad header: {e}"})
+                continue
+            if header.dtype != t["dtype"] or list(header.shape) != list(t["shape"]):
+                problems.append({"commit": cid, "object": t["id"], "what": f"tensor {name}",
+                                 "error": f"manifest says {t['dtype']}{t['shape']}, object is {header.dtype}{list(header.shape)}"})
+        for fname, bid in sorted(adapter.files.items()):
+            if bid in checked:
+                continue
+            checked.add(bid)
+            if get(bid, "blob", cid, f"file {fname}") is not None:
+                counts["blobs"] += 1
+    return {"ok": not problems, **counts, "problems": problems}
+
+
+# -- reproduce ---------------------------------------------------------------------------------
+
+
+def check_reproduce(repo: "Repository", commits: list[str], *, tolerance: float = DEFAULT_TOLERANCE,
+                    device: str | None = None) -> list[dict[str, Any]]:
+    out = []
+    for cid in commits:
+        try:
+            c = repo.read_commit(cid)
+        except MfgitError:
+            continue  # reported by the integrity check
+        if not c.is_merge:
+            continue
+        recorded = ((c.provenance or {}).get("device") or {}).get("type")
+        dev = device or ("cpu" if recorded == "cpu" else "auto")
+        entry: dict[str, Any] = {"commit": cid, "recorded_device": recorded, "tolerance": tolerance,
+                                 "strategy": ((c.provenance or {}).get("recipe") or {}).get("strategy")}
+        try:
+            r = repo.reproduce_merge(cid, device=dev)
+        except Exception as e:  # noqa: BLE001 - a merge that cannot be re-run is a finding, not a crash
+            entry.update(ok=False, identical=False, max_abs_diff=None, device=None,
+                         reason=f"cannot re-run the merge: {e}")
+            out.append(entry)
+            continue
+        same_type = (r.get("device") or "").split(":")[0] == (recorded or "").split(":")[0]
+        diff = float(r.get("max_abs_diff") or 0.0)
+        entry.update(identical=bool(r["identical"]), max_abs_diff=diff, device=r.get("device"), same_device_type=same_type)
+        if r["identical"]:
+            entry.update(ok=True, reason="identical tensors")
+        elif same_type:
+            entry.update(ok=False, reason=f"re-running the recorded recipe gives different tensors on the same device "
+                                          f"type (max |ΔW difference| {diff:.3e}): the recipe, the inputs or the "
+                                          f"adapter do not match")
+        elif diff <= tolerance:
+            entry.update(ok=True, reason=f"within tolerance on another device type ({diff:.3e} <= {tolerance:g})")
+        else:
+            entry.update(ok=False, reason=f"differs on another device type: max |ΔW difference| {diff:.3e} > "
+                                          f"tolerance {tolerance:g}")
+        out.append(entry)
+    return out
+
+
+# -- signatures --------------------------------------------------------------------------------
+
+
+def _label_branch(repo: "Repository", parent: str, label: str | None) -> str | None:
+    """The branch a merge's recorded revision name designates, if it is one."""
+    from mfgit.refs import check_branch_name
+
+    if not label:
+        return None
+    name = label
+    if name.startswith(HEADS):
+        name = name[len(HEADS):]
+    elif name.startswith("refs/remotes/"):
+        name = name[len("refs/remotes/"):].split("/", 1)[-1]
+    else:
+        try:
+            remote_names = [r["name"] for r in repo.remotes()]
+        except Exception:  # noqa: BLE001 - a bare or odd repository: no remotes
+            remote_names = []
+        for r in remote_names:
+            if name.startswith(r + "/"):
+                name = name[len(r) + 1:]
+                break
+    if any(ch in name for ch in "~^:@") or name == "HEAD" or name.startswith("refs/"):
+        return None
+    if len(name) >= 4 and all(ch in "0123456789abcdef" for ch in name) and parent.startswith(name):
+        return None
+    try:
+        check_branch_name(name)
+    except MfgitError:
+        return None
+    return name
+
+
+def _side_branch(repo: "Repository", parent: str, label: str | None) -> str | None:
+    named = _label_branch(repo, parent, label)
+    if named is not None:
+        return named
+    try:
+        c = repo.read_commit(parent)
+    except MfgitError:
+        return None
+    return f"sites/{c.site}" if c.site else None
+
+
+def attribute(repo: "Repository", tip: str, branch: str | None, *,
+              exclude: set[str] | None = None) -> list[tuple[str, str | None]]:
+    """(commit, branch) pairs: every commit reachable from `tip` with the branch it belongs to."""
+    exclude = exclude or set()
+    out: list[tuple[str, str | None]] = []
+    seen: set[tuple[str, str | None]] = set()
+    stack: list[tuple[str, str | None]] = [(tip, branch)]
+    while stack:
+        cid, b = stack.pop()
+        if (cid, b) in seen or cid in exclude:
+            continue
+        seen.add((cid, b))
+        out.append((cid, b))
+        try:
+            c = repo.read_commit(cid)
+        except MfgitError:
+            continue
+        prov = c.provenance or {}
+        if prov.get("kind") == "merge":
+            integ = prov.get("integration") or {}
+            base = integ.get("base")
+            named = set(integ.get("added") or []) if integ.get("mode") == "one-shot" else set()
+            labels: dict[str, str] = {}
+            for item in list(prov.get("leaves", [])) + list(prov.get("inputs", [])):
+                if isinstance(item, dict) and item.get("commit") and item.get("label"):
+                    labels.setdefault(item["commit"], item["label"])
+            for i, p in enumerate(c.parents):
+                if p == base or (i == 0 and base is None and p not in named):
+                    stack.append((p, b))
+                else:
+                    stack.append((p, _side_branch(repo, p, labels.get(p))))
+        else:
+            for i, p in enumerate(c.parents):
+                stack.append((p, b) if i == 0 else (p, _side_branch(repo, p, None)))
+    return out
+
+
+def policy_path(repo: "Repository"):
+    from pathlib import Path
+
+    value = repo.config.get("signing.allowedSigners")
+    if value:
+        p = Path(value).expanduser()
+        if not p.is_absolute():
+            p = (repo.worktree or repo.gitdir or Path(".")) / p
+        return p
+    if repo.gitdir is not None:
+        return repo.gitdir / "allowed_signers"
+    return None
+
+
+def load_policy(repo: "Repository") -> AllowedSigners | None:
+    """The repository's allowed signers, or None when it has none.
+
+    A path set with config ``signing.allowedSigners`` must exist (a missing
+    policy file must not silently turn protection off); the default
+    ``<gitdir>/allowed_signers`` is optional.
+    """
+    p = policy_path(repo)
+    if p is None:
+        return None
+    explicit = bool(repo.config.get("signing.allowedSigners"))
+    if not p.exists() and not explicit:
+        return None
+    return AllowedSigners.load(p)
+
+
+def check_signatures(repo: "Repository", tip: str, branch: str | None, policies: list[AllowedSigners], *,
+                     exclude: set[str] | None = None) -> list[dict[str, Any]]:
+    out = []
+    cache: dict[str, Any] = {}
+    for cid, b in attribute(repo, tip, branch, exclude=exclude):
+        entry: dict[str, Any] = {"commit": cid, "branch": b}
+        if cid not in cache:
+            try:
+                cache[cid] = repo.read_commit(cid)
+            except MfgitError as e:
+                cache[cid] = e
+        c = cache[cid]
+        if isinstance(c, Exception):
+            entry.update(ok=False, status="unreadable", key_id=None, reason=f"cannot read the commit: {c}")
+            out.append(entry)
+            continue
+        if c.id != cid:  # pragma: no cover - the store checks this
+            entry.update(ok=False, status="bad", key_id=None, reason="the commit does not hash to its id")
+            out.append(entry)
+            continue
+        chk = check_signature(c)
+        ok, reason = judge(chk, b, policies)
+        entry.update(ok=ok, status=chk.status, key_id=chk.key_id, reason=reason)
+        out.append(entry)
+    out.sort(key=lambda e: (_ts(cache.get(e["commit"])), e["commit"], e["branch"] or ""), reverse=True)
+    return out
+
+
+def _ts(c) -> str:
+    return c.timestamp if isinstance(c, Commit) else ""
+
+
+def check_tag_signature(repo: "Repository", tag_id: str, policies: list[AllowedSigners]) -> dict[str, Any]:
+    try:
+        t = repo.read_object(tag_id)
+    except MfgitError as e:
+        return {"tag": tag_id, "ok": False, "status": "unreadable", "key_id": None, "reason": str(e)}
+    if not isinstance(t, Tag):
+        return {"tag": tag_id, "ok": False, "status": "bad", "key_id": None, "reason": "not a tag object"}
+    chk = check_signature(t)
+    if chk.status == "bad":
+        ok, reason = False, chk.reason
+    elif chk.status == "unsigned":
+        ok, reason = True, "not signed"
+    else:
+        known = [p for p in policies if p.signer_of(chk.key)]
+        ok = not policies or bool(known)
+        reason = "good signature" if ok else f"signed by {chk.key_id}, which is in no allowed-signers entry"
+    return {"tag": tag_id, "name": t.name, "ok": ok, "status": chk.status, "key_id": chk.key_id, "reason": reason}
+
+
+# -- the verb ----------------------------------------------------------------------------------
+
+
+def rev_branch(repo: "Repository", rev: str) -> str | None:
+    """The branch a revision names, if it names one (``main``, ``refs/heads/main``, ``HEAD``)."""
+    if rev in ("HEAD", "@"):
+        return repo.head_branch()
+    name = rev[len(HEADS):] if rev.startswith(HEADS) else rev
+    try:
+        if repo.refs.read(HEADS + name) is not None:
+            return name
+    except MfgitError:
+        return None
+    return None
+
+
+def _annotated_tag(repo: "Repository", rev: str) -> str | None:
+    for ref in ([rev] if rev.startswith("refs/") else ["refs/tags/" + rev]):
+        try:
+            value = repo.refs.read(ref)
+        except MfgitError:
+            continue
+        if value and is_object_id(value):
+            try:
+                kind, _ = repo.store.get(value)
+            except MfgitError:
+                return value
+            if kind == "tag":
+                return value
+    return None
+
+
+def verify(repo: "Repository", rev: str = "HEAD", *, reproduce: bool = False, signatures: bool = False,
+           branch: str | None = None, tolerance: float = DEFAULT_TOLERANCE, device: str | None = None) -> dict[str, Any]:
+    tag = _annotated_tag(repo, rev)
+    tip = repo.resolve(rev)
+    if branch is None:
+        branch = rev_branch(repo, rev)
+    commits = history(repo, tip)
+    report: dict[str, Any] = {"rev": rev, "commit": tip, "branch": branch, "commits": len(commits)}
+    failures: list[dict[str, Any]] = []
+    integrity = check_integrity(repo, commits, tag)
+    report["integrity"] = integrity
+    for p in integrity["problems"]:
+        failures.append({"check": "integrity", "commit": p["commit"], "reason": p["error"]})
+    report["reproduce"] = None
+    if reproduce:
+        rep = check_reproduce(repo, commits, tolerance=tolerance, device=device)
+        report["reproduce"] = {"ok": all(r["ok"] for r in rep), "merges": rep, "tolerance": tolerance}
+        failures += [{"check": "reproduce", "commit": r["commit"], "reason": r["reason"]} for r in rep if not r["ok"]]
+    report["signatures"] = None
+    if signatures:
+        policy = load_policy(repo)
+        policies = [policy] if policy is not None else []
+        entries = check_signatures(repo, tip, branch, policies)
+        tags = [check_tag_signature(repo, tag, policies)] if tag else []
+        report["signatures"] = {
+            "ok": all(e["ok"] for e in entries) and all(t["ok"] for t in tags),
+            "policy": policy.source if policy is not None else None,
+            "protected": bool(policy and policy.protected(branch)),
+            "commits": entries,
+            "tags": tags,
+        }
+        failures += [{"check": "signature", "commit": e["commit"], "branch": e["branch"], "reason": e["reason"]}
+                     for e in entries if not e["ok"]]
+        failures += [{"check": "signature", "commit": t["tag"], "reason": t["reason"]} for t in tags if not t["ok"]]
+    report["failures"] = failures
+    report["ok"] = not failures
+    return report
+
+
+# -- push --------------------------------------------------------------------------------------
+
+
+def check_push(repo: "Repository", local: str, dst_branch: str, *, remote_value: str | None,
+               remote_policy_text: str | None, remote_name: str) -> None:
+    """Refuse (SignatureError) to push commits to a protected branch that would fail verify --signatures.
+
+    Policies: the repository's own allowed signers and, when the remote keeps
+    one (an ``allowed_signers`` file at its top), the remote's. Commits already
+    in the remote branch's history are not judged again; everything else that
+    would become reachable from it is, with its branch attribution.
+    """
+    from mfgit.errors import SignatureError
+
+    policies = []
+    local_policy = load_policy(repo)
+    if local_policy is not None:
+        policies.append(local_policy)
+    if remote_policy_text is not None:
+        policies.append(AllowedSigners.parse(remote_policy_text, f"{remote_name}:allowed_signers"))
+    if not any(p.protected(dst_branch) for p in policies):
+        return
+    exclude: set[str] = set()
+    if remote_value and is_object_id(remote_value) and repo.store.has(remote_value):
+        exclude = set(history(repo, remote_value))
+    for e in check_signatures(repo, local, dst_branch, policies, exclude=exclude):
+        if not e["ok"]:
+            raise SignatureError(e["commit"], f"refusing to push to protected branch {dst_branch}: {e['reason']}")
+
+
+# -- text --------------------------------------------------------------------------------------
+
+
+def verify_text(r: dict[str, Any]) -> str:
+    lines = [f"verify {r['commit'][:10]} ({r['rev']}{', branch ' + r['branch'] if r['branch'] else ''}): "
+             f"{r['commits']} commit(s)"]
+    i = r["integrity"]
+    lines.append(f"integrity: {'ok' if i['ok'] else 'FAILED'} — {i['commits']} commits, {i['adapters']} adapters, "
+                 f"{i['tensors']} tensors, {i['blobs']} files checked (SHA-256)")
+    for p in i["problems"]:
+        lines.append(f"  FAIL {p['commit'][:10]}  {p['what']}: {p['error']}")
+    if r.get("reproduce") is not None:
+        rep = r["reproduce"]
+        lines.append(f"reproduce: {'ok' if rep['ok'] else 'FAILED'} — {len(rep['merges'])} merge(s)")
+        for m in rep["merges"]:
+            dev = f"{m.get('device')} vs recorded {m.get('recorded_device')}"
+            lines.append(f"  {'ok  ' if m['ok'] else 'FAIL'} {m['commit'][:10]}  {m['strategy']}  {dev}: {m['reason']}")
+    if r.get("signatures") is not None:
+        s = r["signatures"]
+        lines.append(f"signatures: {'ok' if s['ok'] else 'FAILED'} — policy {s['policy'] or '(no allowed signers)'}")
+        for e in s["commits"]:
+            lines.append(f"  {'ok  ' if e['ok'] else 'FAIL'} {e['commit'][:10]}  {e['branch'] or '-'}  "
+                         f"{e['key_id'] or ''}{'  ' if e['key_id'] else ''}{e['reason']}")
+        for t in s["tags"]:
+            lines.append(f"  {'ok  ' if t['ok'] else 'FAIL'} tag {t.get('name', t['tag'][:10])}  {t['reason']}")
+    n = len(r["failures"])
+    lines.append("verify: ok" if r["ok"] else f"verify: FAILED ({n} problem{'s' if n != 1 else ''})")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,345 @@
+"""`mfgit verify`, signing and protected branches, attacked byte by byte.
+
+A template repository: sites a and b commit signed adapters on sites/a and
+sites/b (site a with a key from `mfgit keygen`, site b with a key from
+OpenSSH's ssh-keygen when it is installed), the coordinator signs the merge on
+main and a tag, and `.mfgit/allowed_signers` maps each branch to its key.
+Each test tampers with a private copy: one byte of a stored commit, adapter
+manifest or tensor; a re-encoded commit with an edited recipe, message or
+signature; an allowed-signers entry; and pushes to a protected branch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli, build_adapter
+
+DAMAGED, SIGNATURE, MERGE, BAD_INPUT = 5, 9, 8, 4
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, adapter_store):
+    root = tmp_path_factory.mktemp("audit-verify")
+    cli = Cli(root / "home", root)
+    keys = root / "keys"
+    info_a = cli.json("keygen", keys / "site-a", "--json", "--comment", "alice@hospital-a")
+    if shutil.which("ssh-keygen"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bob@hospital-b",
+                        "-f", str(keys / "site-b")], check=True, capture_output=True)
+    else:
+        cli.ok("keygen", keys / "site-b")
+    cli.json("keygen", keys / "coordinator", "--json")
+    repo = root / "repo"
+    cli.ok("init", repo)
+    cli = cli.at(repo)
+    for s, seed in (("a", 60), ("b", 61)):
+        cli.ok("switch", "--orphan", f"sites/{s}")
+        cli.ok("config", "site", f"hospital-{s}")
+        cli.ok("config", "signing.key", keys / f"site-{s}")
+        cli.ok("commit", build_adapter(adapter_store, seed=seed), "-m", f"site {s}", "--sign")
+    cli.ok("config", "site", "coordinator")
+    cli.ok("config", "signing.key", keys / "coordinator")
+    cli.ok("switch", "--orphan", "main")
+    cli.ok("merge", "sites/a", "sites/b", "--weights", "0.5,0.5", "--rank", "sum", "-S", "-m", "composite")
+    cli.ok("tag", "-s", "-m", "release 1", "v1", "main")
+    lines = [f"main {(keys / 'coordinator.pub').read_text().strip()}",
+             f"sites/a {(keys / 'site-a.pub').read_text().strip()}",
+             f"sites/b,sites/b-* {(keys / 'site-b.pub').read_text().strip()}"]
+    (repo / ".mfgit" / "allowed_signers").write_text("# branch key comment\n" + "\n".join(lines) + "\n")
+    assert info_a["key_id"].startswith("SHA256:")
+    return root, repo, keys
+
+
+@pytest.fixture
+def work(tmp_path, template, monkeypatch):
+    """(cli, repository, keys) on a private copy; in-process calls see the cli's environment."""
+    root, repo, keys = template
+    dst = tmp_path / "repo"
+    shutil.copytree(repo, dst, symlinks=True)
+    cli = Cli(root / "home", dst)
+    for k in [k for k in os.environ if k.startswith("MFGIT_")]:
+        monkeypatch.delenv(k)
+    for k, v in cli.env.items():
+        if k.startswith("MFGIT_"):
+            monkeypatch.setenv(k, v)
+    return cli, dst, keys
+
+
+@pytest.fixture
+def fresh(adapter_store, tmp_path):
+    """fresh(seed): a new copy of a real adapter directory."""
+
+    def make(seed: int) -> Path:
+        dst = tmp_path / f"adapter-{seed}"
+        if not dst.exists():
+            shutil.copytree(build_adapter(adapter_store, seed=seed), dst)
+        return dst
+
+    return make
+
+
+def _open(repo: Path, cli: Cli | None = None):
+    from mfgit.api.repository import Repository
+
+    return Repository.open(repo)
+
+
+def _object_file(repo: Path, oid: str) -> Path:
+    return repo / ".mfgit" / "objects" / oid[:2] / oid[2:]
+
+
+def _flip_last_byte(path: Path) -> None:
+    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _replace_commit(repo_obj, ref: str, cid: str, **changes) -> str:
+    """Re-encode commit `cid` with `changes` and point `ref` at the new object."""
+    c = repo_obj.read_commit(cid)
+    new = dataclasses.replace(c, **changes)
+    nid = repo_obj.put_commit(new)
+    repo_obj.refs.update(ref, nid, cid, who="attacker", message="tamper")
+    return nid
+
+
+def test_signed_history_verifies_with_reproduce_and_tag(work):
+    cli, repo, keys = work
+    r = cli.json("verify", "main", "--signatures", "--reproduce", "--json")
+    assert r["ok"] and r["integrity"]["ok"] and r["branch"] == "main"
+    assert r["integrity"]["commits"] == 3 and r["integrity"]["tensors"] >= 16
+    entries = {(e["commit"], e["branch"]): e for e in r["signatures"]["commits"]}
+    assert {b for _, b in entries} == {"main", "sites/a", "sites/b"}
+    assert all(e["status"] == "good" and e["ok"] for e in entries.values())
+    assert r["signatures"]["protected"] is True
+    (m,) = r["reproduce"]["merges"]
+    assert m["ok"] and m["identical"] and m["device"] == "cpu"
+    # The commit signature has the documented shape and the key's ssh fingerprint.
+    show = cli.json("show", "main", "--json")["commit"]
+    sig = show["signature"]
+    assert set(sig) == {"format", "public_key", "key_id", "sig"} and sig["format"] == "ed25519"
+    if shutil.which("ssh-keygen"):
+        fp = subprocess.run(["ssh-keygen", "-lf", str(keys / "coordinator.pub")], capture_output=True, text=True).stdout
+        assert sig["key_id"] in fp
+    # The signed tag is checked too.
+    t = cli.json("verify", "v1", "--signatures", "--json")
+    assert t["ok"] and t["signatures"]["tags"][0]["status"] == "good" and t["signatures"]["tags"][0]["name"] == "v1"
+    text = cli.ok("verify", "main", "--signatures").stdout
+    assert text.rstrip().endswith("verify: ok") and "good signature" in text
+
+
+@pytest.mark.parametrize("what", ["commit", "adapter manifest", "tensor", "signature object"])
+def test_one_byte_changed_in_a_stored_object_fails(work, what):
+    cli, repo, _ = work
+    show = cli.json("show", "sites/a", "--json")
+    cid, aid = show["id"], show["commit"]["adapter"]
+    if what == "commit":
+        target = cid
+    elif what == "adapter manifest":
+        target = aid
+    elif what == "tensor":
+        target = next(iter(_open(repo, cli).read_adapter(aid).tensors.values()))["id"]
+    else:  # the annotated, signed tag object
+        target = (repo / ".mfgit" / "refs" / "tags" / "v1").read_text().strip()
+    _flip_last_byte(_object_file(repo, target))
+    if what == "signature object":
+        # The tag cannot even be peeled to its commit: one line naming the object.
+        line = cli.fails("verify", "v1", "--signatures", code=DAMAGED)
+        assert target in line
+        return
+    rev = "main"
+    res = cli("verify", rev, "--json")
+    assert res.returncode == DAMAGED, res.stderr
+    r = json.loads(res.stdout)
+    assert not r["ok"] and not r["integrity"]["ok"]
+    (p,) = r["integrity"]["problems"]
+    assert p["object"] == target and target in p["error"] and p["commit"] == cid
+    text = cli("verify", rev).stdout
+    assert "FAIL" in text and "verify: FAILED" in text
+
+
+def test_edited_recipe_is_caught_by_reproduce(work):
+    cli, repo, _ = work
+    r = _open(repo, cli)
+    cid = r.resolve("main")
+    c = r.read_commit(cid)
+    prov = json.loads(json.dumps(c.provenance))
+    prov["inputs"][0]["weight"] = 0.6  # the recorded recipe no longer produced this adapter
+    prov["recipe"]["params"]["lambda"] = 1.0
+    nid = _replace_commit(r, "refs/heads/main", cid, provenance=prov, signature=None)
+    res = cli("verify", "main", "--reproduce", "--json")
+    assert res.returncode == MERGE, res.stderr
+    rep = json.loads(res.stdout)
+    assert rep["integrity"]["ok"]
+    (m,) = rep["reproduce"]["merges"]
+    assert m["commit"] == nid and not m["ok"] and not m["identical"] and m["max_abs_diff"] > 1e-4
+    assert "different tensors" in m["reason"]
+    assert rep["failures"] == [{"check": "reproduce", "commit": nid, "reason": m["reason"]}]
+
+
+def test_changed_field_of_signed_commit_fails_signature(work):
+    cli, repo, _ = work
+    r = _open(repo, cli)
+    cid = r.resolve("sites/a")
+    nid = _replace_commit(r, "refs/heads/sites/a", cid, message="site a (now with a different story)")
+    res = cli("verify", "sites/a", "--signatures", "--json")
+    assert res.returncode == SIGNATURE
+    rep = json.loads(res.stdout)
+    assert rep["integrity"]["ok"]
+    (f,) = rep["failures"]
+    assert f["commit"] == nid and f["check"] == "signature" and "does not verify" in f["reason"]
+
+
+def test_changed_byte_of_signature_fails(work):
+    cli, repo, _ = work
+    r = _open(repo, cli)
+    cid = r.resolve("main")
+    c = r.read_commit(cid)
+    import base64
+
+    raw = bytearray(base64.b64decode(c.signature["sig"]))
+    raw[10] ^= 0x01
+    nid = _replace_commit(r, "refs/heads/main", cid, signature={**c.signature, "sig": base64.b64encode(bytes(raw)).decode()})
+    res = cli("verify", "main", "--signatures", "--json")
+    assert res.returncode == SIGNATURE
+    rep = json.loads(res.stdout)
+    bad = [e for e in rep["signatures"]["commits"] if not e["ok"]]
+    assert [(e["commit"], e["branch"], e["status"]) for e in bad] == [(nid, "main", "bad")]
+
+
+def test_swapped_adapter_fails_signature(work):
+    """The signature covers the adapter id: pointing a signed commit at another adapter breaks it."""
+    cli, repo, _ = work
+    r = _open(repo, cli)
+    cid = r.resolve("sites/a")
+    other = r.read_commit(r.resolve("sites/b")).adapter
+    _replace_commit(r, "refs/heads/sites/a", cid, adapter=other)
+    assert cli("verify", "sites/a", "--signatures").returncode == SIGNATURE
+
+
+def test_unsigned_commit_on_protected_branch(work, fresh):
+    cli, repo, _ = work
+    src = fresh(62)
+    cli.ok("switch", "sites/a")
+    cli.ok("config", "site", "hospital-a")
+    cli.ok("commit", src, "-m", "forgot to sign")
+    res = cli("verify", "sites/a", "--signatures", "--json")
+    assert res.returncode == SIGNATURE
+    rep = json.loads(res.stdout)
+    (f,) = rep["failures"]
+    assert f["branch"] == "sites/a" and "unsigned commit on protected branch sites/a" in f["reason"]
+    assert f["commit"] == cli.json("show", "sites/a", "--json")["id"]
+    # The same history judged as an unprotected branch passes.
+    assert cli.json("verify", "sites/a", "--signatures", "--branch", "scratch", "--json")["failures"] == []
+
+
+def test_key_not_allowed_for_the_branch(work, fresh):
+    cli, repo, keys = work
+    cli.ok("switch", "sites/b")
+    cli.ok("config", "site", "hospital-b")
+    cli.ok("config", "signing.key", keys / "site-a")  # site a's key on site b's branch
+    cli.ok("commit", fresh(63), "-m", "b, signed by a", "-S")
+    res = cli("verify", "sites/b", "--signatures", "--json")
+    assert res.returncode == SIGNATURE
+    (f,) = json.loads(res.stdout)["failures"]
+    assert "not allowed for branch sites/b" in f["reason"] and "allowed only for sites/a" in f["reason"]
+    # The coordinator's merge of it is judged on sites/b too: main fails as well.
+    cli.ok("switch", "main")
+    cli.ok("config", "site", "coordinator")
+    cli.ok("config", "signing.key", keys / "coordinator")
+    r = _open(repo, cli)
+    r.merge(["sites/b"], weights=[0.5], sign=r.signer())
+    res = cli("verify", "main", "--signatures", "--json")
+    assert res.returncode == SIGNATURE
+    rep = json.loads(res.stdout)
+    assert [(f["branch"], f["check"]) for f in rep["failures"]] == [("sites/b", "signature")]
+
+
+def test_changed_allowed_signers_entry(work):
+    cli, repo, keys = work
+    policy = repo / ".mfgit" / "allowed_signers"
+    lines = policy.read_text().splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith("main "))
+    kind, blob = lines[i].split()[1:3]
+    # Change one base64 character of the key (keeping it decodable).
+    pos = len(blob) - 10
+    blob = blob[:pos] + ("A" if blob[pos] != "A" else "B") + blob[pos + 1:]
+    lines[i] = f"main {kind} {blob}"
+    policy.write_text("\n".join(lines) + "\n")
+    res = cli("verify", "main", "--signatures", "--json")
+    assert res.returncode in (SIGNATURE, BAD_INPUT), res.stderr
+    if res.returncode == SIGNATURE:
+        (f,) = json.loads(res.stdout)["failures"]
+        assert f["branch"] == "main" and "not allowed for branch main" in f["reason"]
+    else:
+        assert "allowed_signers" in res.stderr
+    # A policy named in config must exist: a missing file never turns protection off silently.
+    cli.ok("config", "signing.allowedSigners", repo / "nowhere")
+    line = cli.fails("verify", "main", "--signatures", code=BAD_INPUT)
+    assert "does not exist" in line
+
+
+def test_push_to_protected_branch_refuses_failing_commits(work, fresh, tmp_path):
+    cli, repo, keys = work
+    remote = tmp_path / "hub.mfgit"
+    cli.ok("init", "--bare", remote)
+    cli.ok("remote", "add", "origin", remote)
+    # Signed history: accepted.
+    cli.ok("push", "origin", "main")
+    cli.ok("push", "origin", "sites/a")
+    before = (remote / "refs" / "heads" / "sites" / "a").read_text()
+    # An unsigned commit on a protected branch: refused, the remote ref does not move.
+    cli.ok("switch", "sites/a")
+    cli.ok("config", "signing.key", keys / "site-a")
+    cli.ok("commit", fresh(64), "-m", "unsigned")
+    line = cli.fails("push", "origin", "sites/a", code=SIGNATURE)
+    assert "refusing to push to protected branch sites/a" in line and "unsigned" in line
+    assert (remote / "refs" / "heads" / "sites" / "a").read_text() == before
+    # Pushing it to an unprotected branch is fine.
+    cli.ok("push", "origin", "sites/a:scratch")
+    # The remote's own allowed_signers protects it even when the pusher has none.
+    shutil.copy(repo / ".mfgit" / "allowed_signers", remote / "allowed_signers")
+    (repo / ".mfgit" / "allowed_signers").unlink()
+    line = cli.fails("push", "origin", "sites/a", code=SIGNATURE)
+    assert "origin:allowed_signers" in line
+    # Signed again on top: still refused, the unsigned commit is in between.
+    cli.ok("commit", fresh(65), "-m", "signed", "-S")
+    cli.fails("push", "origin", "sites/a", code=SIGNATURE)
+
+
+def test_keys_files_and_errors(work, fresh, tmp_path):
+    cli, repo, keys = work
+    priv = keys / "site-a"
+    assert stat.S_IMODE(priv.stat().st_mode) == 0o600
+    assert (keys / "site-a.pub").read_text().startswith("ssh-ed25519 ")
+    assert "OPENSSH PRIVATE KEY" in priv.read_text()
+    assert cli.fails("keygen", priv, code=BAD_INPUT).endswith("then: mfgit config signing.key PATH)")
+    # A key readable by others is refused, like ssh does.
+    loose = tmp_path / "loose"
+    shutil.copy(priv, loose)
+    os.chmod(loose, 0o644)
+    cli.ok("config", "signing.key", loose)
+    line = cli.fails("commit", fresh(66), "-m", "x", "-S", code=BAD_INPUT)
+    assert "chmod 600" in line
+    cli.ok("config", "--unset", "signing.key")
+    line = cli.fails("tag", "-s", "v2", code=BAD_INPUT)
+    assert "signing.key is not set" in line
+    ec = cli.json("keygen", tmp_path / "ec", "--type", "ecdsa-p256", "--json")
+    assert Path(ec["public_key_pem"]).read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    # An ECDSA P-256 key signs commits too.
+    cli.ok("config", "signing.key", tmp_path / "ec")
+    cli.ok("switch", "-c", "scratch", "sites/a")
+    cli.ok("commit", fresh(66), "-m", "ecdsa", "-S")
+    assert cli.json("show", "--json")["commit"]["signature"]["format"] == "ecdsa-p256"
+    rep = cli.json("verify", "--signatures", "--json")
+    assert rep["ok"] and rep["signatures"]["commits"][0]["status"] == "good"
