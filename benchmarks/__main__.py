@@ -68,7 +68,7 @@ def render_md(results: dict[str, Any]) -> str:
         if res.get("machine"):
             lines += [f"Machine: {describe_machine(res['machine'])}.", ""]
         if res.get("tools"):
-            lines += ["Tools: " + ", ".join(f"{k} {v}" for k, v in res["tools"].items()) + ".", ""]
+            lines += ["Tools: " + "; ".join(f"{k}: {v}" for k, v in res["tools"].items()) + ".", ""]
         targets = res.get("targets") or []
         if targets:
             rows = [[t.get("label", t["name"]), _fmt_value(t), f"<= {t['target']}{' s' if t.get('unit') == 's' else ''}",

@@ -69,6 +69,25 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
+def _cpu_now() -> float:
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed_cpu(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """(wall seconds, CPU seconds of this process's threads and of its waited-for children, result).
+
+    CPU time is less sensitive than wall time to other work on the machine.
+    """
+    c0 = _cpu_now()
+    t0 = time.perf_counter()
+    out = fn()
+    wall = time.perf_counter() - t0
+    return wall, _cpu_now() - c0, out
+
+
 def repeat_timed(fn: Callable[[], Any], n: int, *, setup: Callable[[], Any] | None = None,
                  teardown: Callable[[], Any] | None = None) -> list[float]:
     """Run `fn` n times, `setup` (untimed) before each and `teardown` (untimed) after; the times."""

@@ -343,3 +343,43 @@ def test_keys_files_and_errors(work, fresh, tmp_path):
     assert cli.json("show", "--json")["commit"]["signature"]["format"] == "ecdsa-p256"
     rep = cli.json("verify", "--signatures", "--json")
     assert rep["ok"] and rep["signatures"]["commits"][0]["status"] == "good"
+
+
+def test_reproduce_across_device_types_uses_the_tolerance(work):
+    """A merge recorded on another device type is accepted within the tolerance, not bit for bit."""
+    cli, repo, _ = work
+    r = _open(repo, cli)
+    cid = r.resolve("main")
+    c = r.read_commit(cid)
+    prov = json.loads(json.dumps(c.provenance))
+    prov["inputs"][0]["weight"] *= 1 + 1e-6  # a rounding-sized difference in the result
+    prov["device"] = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}
+    nid = _replace_commit(r, "refs/heads/main", cid, provenance=prov, signature=None)
+    rep = cli.json("verify", "main", "--reproduce", "--device", "cpu", "--json")
+    (m,) = rep["reproduce"]["merges"]
+    assert rep["ok"] and m["ok"] and not m["identical"] and m["same_device_type"] is False
+    assert 0 < m["max_abs_diff"] < 1e-6 and "within tolerance" in m["reason"]
+    strict = r.verify("main", reproduce=True, device="cpu", tolerance=1e-12)
+    assert not strict["ok"] and "tolerance 1e-12" in strict["failures"][0]["reason"]
+    # Recorded on the CPU, the same difference is a failure: the same device type must be bit-identical.
+    prov["device"] = {"type": "cpu", "name": "cpu"}
+    _replace_commit(r, "refs/heads/main", nid, provenance=prov)
+    same = r.verify("main", reproduce=True, device="cpu")
+    assert not same["ok"] and "same device type" in same["failures"][0]["reason"]
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="OpenSSH's ssh-keygen is not installed")
+def test_passphrase_protected_ssh_key(work, fresh, tmp_path):
+    cli, repo, _ = work
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "correct horse", "-f", str(key)], check=True)
+    cli.ok("config", "signing.key", key)
+    cli.ok("switch", "-c", "scratch", "sites/a")
+    line = cli.fails("commit", fresh(67), "-m", "x", "-S", code=BAD_INPUT)
+    assert "is encrypted; set MFGIT_SIGNING_PASSPHRASE" in line
+    assert "wrong passphrase" in cli.with_env(MFGIT_SIGNING_PASSPHRASE="wrong").fails("commit", fresh(67), "-m", "x", "-S")
+    cli.with_env(MFGIT_SIGNING_PASSPHRASE="correct horse").ok("commit", fresh(67), "-m", "signed with my ssh key", "-S")
+    sig = cli.json("show", "--json")["commit"]["signature"]
+    fp = subprocess.run(["ssh-keygen", "-lf", str(key) + ".pub"], capture_output=True, text=True).stdout
+    assert sig["key_id"] in fp and sig["format"] == "ed25519"
+    assert cli.json("verify", "--signatures", "--json")["ok"]

@@ -168,7 +168,7 @@ def test_detached_head_changes_are_logged(refs):
     assert [(e.old, e.new) for e in refs.reflog("HEAD")] == [(None, A), (A, B)]
 
 
-def test_disk_reflog_skips_a_torn_last_line(tmp_path):
+def test_disk_reflog_survives_a_torn_last_line(tmp_path):
     refs = DiskRefs(tmp_path)
     refs.update(REF, A, None, message="one")
     refs.update(REF, B, A, message="two")
@@ -176,6 +176,9 @@ def test_disk_reflog_skips_a_torn_last_line(tmp_path):
     with open(log, "ab") as f:
         f.write(b'{"new": "cccc')  # a crash mid-append
     assert [e.message for e in refs.reflog(REF)] == ["one", "two"]
+    # The next change is logged in full, not glued to the torn line.
+    refs.update(REF, C, B, message="three")
+    assert [(e.old, e.new, e.message) for e in refs.reflog(REF)][-1] == (B, C, "three")
 
 
 # --- racing writers ---------------------------------------------------------------------------
@@ -231,7 +234,7 @@ def _process_writer(root: str, value: str, barrier, queue) -> None:
 def test_racing_processes_exactly_one_wins(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     n = 4
-    for round_ in range(3):
+    for round_ in range(2):
         root = tmp_path / f"g{round_}"
         DiskRefs(root).update(REF, A, None)
         barrier = ctx.Barrier(n)

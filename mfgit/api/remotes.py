@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mfgit.errors import InvalidRemoteURL, MfgitError, NonFastForward, RefExists, RemoteNotFound
+from mfgit.errors import ConfigError, InvalidRemoteURL, MfgitError, NonFastForward, RefExists, RemoteNotFound
 from mfgit.refs import check_remote_name
 
 if TYPE_CHECKING:
@@ -68,7 +68,10 @@ def open_remote(repo: "Repository", name_or_url: str) -> tuple[str, "Transport"]
     """(name used for tracking refs, transport) for a configured remote or a URL."""
     from mfgit.remote.transport import open_transport
 
-    url = repo.config.get(f"remote.{name_or_url}.url")
+    try:
+        url = repo.config.get(f"remote.{name_or_url}.url")
+    except ConfigError:
+        url = None  # not a remote name ("../hub", "s3://b/p"): a URL
     if url is not None:
         opts = {}
         for key, opt in (("endpoint", "endpoint_url"), ("region", "region"), ("profile", "profile")):
@@ -79,6 +82,14 @@ def open_remote(repo: "Repository", name_or_url: str) -> tuple[str, "Transport"]
     if "/" in name_or_url or name_or_url.startswith(("s3:", "file:", ".")):
         return "_url", open_transport(name_or_url, None)
     raise RemoteNotFound(name_or_url)
+
+
+def open_remote_name(repo: "Repository", name_or_url: str) -> str:
+    """The name open_remote uses for tracking refs: the remote's, or "_url"."""
+    try:
+        return name_or_url if repo.config.get(f"remote.{name_or_url}.url") is not None else "_url"
+    except ConfigError:
+        return "_url"
 
 
 def push(repo: "Repository", remote: str, refspecs: list[str] | None = None, *, force: bool = False,
@@ -128,7 +139,7 @@ def pull(repo: "Repository", remote: str, branch: str | None = None, *, progress
         raise MfgitError("HEAD is detached; switch to a branch before pulling")
     branch = branch or current
     report = fetch(repo, remote, branches=[branch], progress=progress)
-    name = remote if repo.config.get(f"remote.{remote}.url") is not None else "_url"  # as open_remote names it
+    name = open_remote_name(repo, remote)
     tracking = f"refs/remotes/{name}/{branch}"
     theirs = repo.refs.read(tracking)
     if theirs is None:

@@ -180,6 +180,33 @@ class SigningKey:
                 "sig": _b64(self.sign(payload))}
 
 
+def _load_private(p: Path, data: bytes):
+    """Parse an OpenSSH or PEM private key, with $MFGIT_SIGNING_PASSPHRASE if it is encrypted."""
+    _, serialization, _, _ = _crypto()
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    passphrase = os.environ.get(PASSPHRASE_ENV)
+    pw = passphrase.encode() if passphrase else None
+    openssh = b"OPENSSH PRIVATE KEY" in data
+    loader = serialization.load_ssh_private_key if openssh else serialization.load_pem_private_key
+    kind = "OpenSSH" if openssh else "PEM"
+    try:
+        return loader(data, pw)
+    except TypeError:
+        if pw is None:
+            raise SigningKeyError(str(p), f"is encrypted; set {PASSPHRASE_ENV} to its passphrase") from None
+        try:  # a passphrase was set but this key is not encrypted
+            return loader(data, None)
+        except Exception as e:  # noqa: BLE001
+            raise SigningKeyError(str(p), f"is not a valid {kind} private key ({e})") from None
+    except UnsupportedAlgorithm as e:
+        hint = " (encrypted OpenSSH keys need the bcrypt package: pip install bcrypt)" if "bcrypt" in str(e) else ""
+        raise SigningKeyError(str(p), f"cannot be opened: {e}{hint}") from None
+    except ValueError as e:
+        wrong = " (wrong passphrase?)" if pw is not None and (openssh or b"ENCRYPTED" in data) else ""
+        raise SigningKeyError(str(p), f"is not a valid {kind} private key{wrong} ({e})") from None
+
+
 def load_signing_key(path: str | os.PathLike, *, check_mode: bool = True) -> SigningKey:
     """Load an OpenSSH or PEM private key (ed25519 or ECDSA P-256).
 
@@ -199,26 +226,7 @@ def load_signing_key(path: str | os.PathLike, *, check_mode: bool = True) -> Sig
         raise SigningKeyError(str(p), f"is readable by others (mode {stat.S_IMODE(mode):o}); run: chmod 600 {p}")
     if data.lstrip().startswith(b"ssh-") or data.lstrip().startswith(b"ecdsa-"):
         raise SigningKeyError(str(p), "is a public key; give the private key file (without .pub)")
-    passphrase = os.environ.get(PASSPHRASE_ENV)
-    pw = passphrase.encode() if passphrase else None
-    key = None
-    errors = []
-    loaders = [serialization.load_ssh_private_key, serialization.load_pem_private_key]
-    if b"OPENSSH PRIVATE KEY" not in data:
-        loaders.reverse()
-    for loader in loaders:
-        try:
-            key = loader(data, pw)
-            break
-        except TypeError as e:  # encrypted without passphrase, or passphrase for a plain key
-            errors.append(str(e))
-            if "encrypted" in str(e).lower() or "password" in str(e).lower():
-                if pw is None:
-                    raise SigningKeyError(str(p), f"is encrypted; set {PASSPHRASE_ENV}") from None
-        except (ValueError, Exception) as e:  # noqa: BLE001 - any parse failure
-            errors.append(str(e))
-    if key is None:
-        raise SigningKeyError(str(p), "is not an OpenSSH or PEM private key" + (f" ({errors[-1]})" if errors else ""))
+    key = _load_private(p, data)
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return SigningKey(str(p), key)
     if isinstance(key, ec.EllipticCurvePrivateKey):
@@ -241,20 +249,14 @@ def load_ec_private_key(path: str | os.PathLike):
 
 
 def load_signing_key_any(p: Path):
-    """Like load_signing_key but returns the raw key object of any supported curve."""
-    _, serialization, ec, ed25519 = _crypto()
+    """The private key object at `p`, of any type cryptography reads."""
     try:
         data = p.read_bytes()
     except FileNotFoundError:
         raise SigningKeyError(str(p), "does not exist") from None
-    passphrase = os.environ.get(PASSPHRASE_ENV)
-    pw = passphrase.encode() if passphrase else None
-    for loader in (serialization.load_pem_private_key, serialization.load_ssh_private_key):
-        try:
-            return loader(data, pw)
-        except Exception:  # noqa: BLE001
-            continue
-    raise SigningKeyError(str(p), "is not an OpenSSH or PEM private key")
+    except OSError as e:
+        raise SigningKeyError(str(p), f"cannot be read ({e.strerror})") from None
+    return _load_private(p, data)
 
 
 def keygen(path: str | os.PathLike, *, key_type: str = "ed25519", comment: str | None = None,

@@ -365,9 +365,7 @@ def remote(ctx, verbose, as_json):
 def remote_add(ctx, name, url, endpoint, region, profile):
     """Add remote NAME at URL (a path, file:///path or s3://bucket/prefix)."""
     repo = _repo(ctx)
-    if not url.startswith(("s3://", "file://", "/")):
-        url = str((Path(ctx.obj["cwd"]) / url).absolute())
-    repo.remote_add(name, url, endpoint=endpoint, region=region, profile=profile)
+    repo.remote_add(name, _remote_url(ctx, url), endpoint=endpoint, region=region, profile=profile)
 
 
 @remote.command("remove")
@@ -376,6 +374,15 @@ def remote_add(ctx, name, url, endpoint, region, profile):
 def remote_remove(ctx, name):
     """Remove remote NAME and its remote-tracking branches."""
     _repo(ctx).remote_remove(name)
+
+
+def _remote_url(ctx: click.Context, url: str) -> str:
+    """Validate URL (http://, ssh://, user@host:, bad buckets... are refused);
+    a path becomes absolute, relative to -C."""
+    from mfgit.remote.transport import parse_remote_url
+
+    parsed = parse_remote_url(url, base=str(Path(ctx.obj["cwd"]).absolute()))
+    return str(parsed.path) if parsed.scheme == "file" else url
 
 
 def _transfer_bar(quiet: bool, label: str):
@@ -437,9 +444,15 @@ def fetch(ctx, remote_name, branches, quiet, as_json):
 @click.pass_context
 def pull(ctx, remote_name, branch, quiet, as_json):
     """Fetch REMOTE's BRANCH and fast-forward the current branch to it."""
+    from mfgit.api.remotes import DivergedBranches
+
     repo = _repo(ctx)
-    with _transfer_bar(quiet or as_json, "pull") as progress:
-        report = repo.pull(remote_name, branch, progress=progress)
+    try:
+        with _transfer_bar(quiet or as_json, "pull") as progress:
+            report = repo.pull(remote_name, branch, progress=progress)
+    except DivergedBranches as e:
+        click.echo(f"mfgit: {e} (merge them: mfgit merge {e.remote_branch}, then push)", err=True)
+        ctx.exit(1)
     if as_json:
         _emit_json(report)
     elif not quiet:
@@ -461,10 +474,9 @@ def clone(ctx, url, directory, endpoint, region, profile, quiet, as_json):
     from mfgit.api import remotes
 
     cwd = Path(ctx.obj["cwd"])
+    url = _remote_url(ctx, url)
     if directory is None:
         directory = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".mfgit") or "repository"
-    if not url.startswith(("s3://", "file://", "/")):
-        url = str((cwd / url).absolute())
     with _transfer_bar(quiet or as_json, "clone") as progress:
         repo, report = remotes.clone(url, cwd / directory, s3={"endpoint": endpoint, "region": region, "profile": profile},
                                      progress=progress)

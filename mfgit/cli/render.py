@@ -161,6 +161,12 @@ def graph_text(commits, decorations, *, oneline: bool = True) -> str:
             columns.append(oid)
         idx = columns.index(oid)
         merged_lanes = [i for i, c in enumerate(columns) if c == oid and i != idx]
+        if merged_lanes:
+            # Lanes that were waiting for this commit (it is the parent of
+            # several) join it above its row, as in git's graph.
+            out.append(" ".join("|" if i not in merged_lanes else "/" for i in range(len(columns))))
+            columns = [col for i, col in enumerate(columns) if i not in merged_lanes]
+            idx = columns.index(oid)
         row = " ".join("*" if i == idx else "|" for i in range(len(columns)))
         deco = decorations.get(oid)
         c = info.commit
@@ -168,11 +174,6 @@ def graph_text(commits, decorations, *, oneline: bool = True) -> str:
         if not oneline:
             text += f"  [{c.site or c.author.get('name')}, {c.timestamp[:19]}]"
         out.append(f"{row}  {text}")
-        if merged_lanes:
-            # Lanes that were waiting for this commit join it.
-            out.append(" ".join("|" if i not in merged_lanes else "/" for i in range(len(columns))))
-            columns = [col for i, col in enumerate(columns) if i not in merged_lanes]
-            idx = columns.index(oid)
         parents = list(c.parents)
         if not parents:
             columns.pop(idx)

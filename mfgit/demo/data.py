@@ -17,7 +17,7 @@ The split:
   which depends on staining and scanners as well as on the tumour) and cut
   into contiguous blocks of different sizes (``SITE_SIZES``). The sites
   therefore see different feature ranges, different class balances (from
-  about 10 % to 65 % malignant) and different amounts of data;
+  about 10 % to 70 % malignant with the default four sites) and different amounts of data;
 * each site keeps a stratified held-out test set (30 %) of its own.
 
 Label 1 = malignant (the positive class for AUC); scikit-learn's own
@@ -48,8 +48,8 @@ class Split:
     def summary(self) -> dict:
         return {
             "name": self.name,
-            "train": int(len(self.y_train)),
-            "test": int(len(self.y_test)),
+            "train": len(self.y_train),
+            "test": len(self.y_test),
             "malignant_fraction": round(float(np.concatenate([self.y_train, self.y_test]).mean()), 3),
         }
 
@@ -80,7 +80,7 @@ def _stratified_split(idx: np.ndarray, y: np.ndarray, frac: float, rng: np.rando
     for c in (0, 1):
         members = idx[y[idx] == c]
         members = members[rng.permutation(len(members))]
-        k = int(round(frac * len(members)))
+        k = round(frac * len(members))
         k = min(max(k, 1), len(members) - 1) if len(members) > 1 else 0
         held.append(members[:k])
         rest.append(members[k:])

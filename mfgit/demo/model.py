@@ -8,7 +8,7 @@ The attention and MLP layers are plain ``nn.Linear`` modules with stable
 names (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``, ``fc1``, ``fc2``)
 so that PEFT's LoRA can target them exactly as it targets a large model.
 
-About 17 k parameters: a demonstration of the workflow, not a clinical
+About 19 k parameters: a demonstration of the workflow, not a clinical
 model. It is saved the way real models are: ``config.json`` +
 ``model.safetensors`` (no pickle), and loaded back with :func:`load_base`.
 """

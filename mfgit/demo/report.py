@@ -34,8 +34,8 @@ def table_text(results: dict[str, Any]) -> str:
     for row in results["rows"]:
         cells = "".join(f"  {_fmt(row['metrics'][k]['acc'])} {_fmt(row['metrics'][k]['auc']):<{cell_w - 6}}" for k, _ in cols)
         lines.append(f"{row['name']:<{name_w}}{cells}".rstrip())
-    lines.append(f"(* arrives late; accuracy at threshold 0.5, AUC of P(malignant); test sets are each site's "
-                 f"held-out split, overall = their union)")
+    lines.append("(* arrives late; accuracy at threshold 0.5, AUC of P(malignant); test sets are each site's "
+                 "held-out split, overall = their union)")
     return "\n".join(lines)
 
 
@@ -58,15 +58,15 @@ def table_markdown(results: dict[str, Any]) -> str:
         "",
         results["about"],
         "",
-        f"Seed {results['seed']}. Test samples: {sizes_txt}. Sites marked * arrived late. "
-        "Accuracy at threshold 0.5; AUC of P(malignant); computed with scikit-learn.",
+        (f"Seed {results['seed']}. Test samples: {sizes_txt}. Sites marked * arrived late. "
+        "Accuracy at threshold 0.5; AUC of P(malignant); computed with scikit-learn."),
         "",
         *lines,
         "",
-        f"Asynchronous integration: `main` after merging the late site {check['late_site']} into the linear "
+        (f"Asynchronous integration: `main` after merging the late site {check['late_site']} into the linear "
         f"composite ({check['mode']}) vs the one-shot linear merge of all sites "
         f"(`composite/oneshot-check`): max |ΔW| difference {check['max_abs_diff']:.3g} "
-        f"(largest |ΔW| entry {check['max_abs_delta']:.3g}; identical adapter object: {check['identical_adapter']}).",
+        f"(largest |ΔW| entry {check['max_abs_delta']:.3g}; identical adapter object: {check['identical_adapter']})."),
         "",
     ])
 
@@ -132,20 +132,27 @@ def write_all(results: dict[str, Any], work: Path) -> list[str]:
 
 def next_steps(work: Path, initial: list[str], late: str, *, lineage_page: bool = False) -> str:
     coord = work / "coordinator"
-    lines = [
-        "What to try next:",
-        f"  cd {coord}",
-        "  mfgit log --graph                  # main: the composite, then the late site integrated into it",
-        "  mfgit show HEAD                    # the integrated composite and its merge provenance",
-        "  mfgit show --json HEAD             # the full recipe: strategy, leaves, weights, seed, kept energy",
-        f"  mfgit show origin/sites/{initial[0]}   # a site commit: author, site, samples, epochs, lr, val_auc",
-        "  mfgit branch -a                    # composite/* here, origin/sites/* from the hub",
-        "  mfgit checkout HEAD --to composite/   # the composite as a PEFT adapter directory",
-        "  mfgit switch --orphan try && mfgit merge "
-        + " ".join(f"origin/sites/{n}" for n in [*initial, late]) + " -s dare_ties --weights-from samples",
+    commands = [
+        ("mfgit log --graph", "main: the composite, then the late site integrated into it"),
+        ("mfgit show HEAD", "the integrated composite and its merge provenance"),
+        ("mfgit show --json HEAD", "the full recipe: strategy, leaves, weights, seed, kept energy"),
+        (f"mfgit show origin/sites/{initial[0]}", "a site commit: author, site, samples, epochs, lr, val_auc"),
+        ("mfgit lineage main", "the sites inside main, with their effective weights"),
+        ("mfgit diff main composite/oneshot-check", "late integration == one-shot merge: identical"),
+        ("mfgit branch -a", "composite/* here, origin/sites/* from the hub"),
+        ("mfgit checkout HEAD --to composite/", "the composite as a PEFT adapter directory"),
+        ("mfgit verify --reproduce main", "re-run every merge from its recorded recipe"),
+    ]
+    width = max(len(c) for c, _ in commands)
+    sites = " ".join(f"origin/sites/{n}" for n in [*initial, late])
+    lines = ["What to try next:", f"  cd {coord}"]
+    lines += [f"  {c:<{width}}  # {why}" for c, why in commands]
+    lines += [
+        "Try another strategy on a branch of its own:",
+        f"  mfgit switch --orphan try && mfgit merge {sites} -s dare_ties --weights-from samples",
         "Load a composite onto the base model with PEFT:",
-        "  python -c \"from mfgit.api.repository import Repository; from mfgit.demo.model import load_base; "
-        f"m = Repository.open('{coord}').load_adapter(load_base('{work / 'base'}'), 'main'); print(m)\"",
+        ("  python -c \"from mfgit.api.repository import Repository; from mfgit.demo.model import load_base; "
+         f"m = Repository.open('{coord}').load_adapter(load_base('{work / 'base'}'), 'main'); print(m)\""),
     ]
     if lineage_page:
         lines.append(f"Open {work / 'lineage.html'} in a browser: who contributed what to main, with weights.")

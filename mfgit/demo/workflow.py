@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 SITE_NAMES = ["amsterdam", "boston", "chennai", "dakar", "edinburgh", "fukuoka", "geneva", "houston", "izmir"]
 MIN_SITES, MAX_SITES = 2, len(SITE_NAMES) - 1
@@ -41,7 +42,7 @@ LORA = {"r": 8, "lora_alpha": 16, "epochs": 25, "lr": 5e-3, "batch_size": 32}
 TIES_DENSITY = 0.2  # the TIES paper's k = 20 %
 SVD_RANK = 8
 
-ABOUT = ("A tiny transformer (about 17 k parameters; the 30 features of a sample are its tokens) on the "
+ABOUT = ("A tiny transformer (about 19 k parameters; the 30 features of a sample are its tokens) on the "
          "Wisconsin Diagnostic Breast Cancer data bundled with scikit-learn (569 samples, 30 features): "
          "a demonstration of the workflow, not a clinical model.")
 
@@ -131,7 +132,7 @@ def _run(work: Path, initial: list[str], late: str, seed: int, say: Callable[[st
                  batch_size=PRETRAIN["batch_size"], seed=seed)
     pub_metrics = metrics(pub.y_test, predict_proba(base, pub.x_test))
     base_dir = work / "base"
-    pretraining = {"data": "public 20% of sklearn load_breast_cancer", "samples": int(len(pub.y_train)),
+    pretraining = {"data": "public 20% of sklearn load_breast_cancer", "samples": len(pub.y_train),
                    **PRETRAIN, "seed": seed, "final_loss": round(loss, 6),
                    "val_acc": pub_metrics["acc"], "val_auc": pub_metrics["auc"]}
     save_base(base, base_dir, extra={
@@ -168,11 +169,12 @@ def _run(work: Path, initial: list[str], late: str, seed: int, say: Callable[[st
         model = get_peft_model(load_base(base_dir), cfg)
         train(model, split.x_train, split.y_train, epochs=LORA["epochs"], lr=LORA["lr"],
               batch_size=LORA["batch_size"], seed=site_seed)
+        # val_*: on the site's own held-out split (its column in the final table)
         val = metrics(split.y_test, predict_proba(model, split.x_test))
         out = work / "sites" / name / "adapter"
         model.save_pretrained(str(out), save_embedding_layers=False)
         _sort_target_modules(out / "adapter_config.json")
-        meta = {"samples": int(len(split.y_train)), "epochs": LORA["epochs"], "lr": LORA["lr"],
+        meta = {"samples": len(split.y_train), "epochs": LORA["epochs"], "lr": LORA["lr"],
                 "seed": site_seed, "val_acc": round(val["acc"], 6), "val_auc": round(val["auc"], 6),
                 "malignant_fraction": round(float(split.y_train.mean()), 6),
                 "data": "sklearn load_breast_cancer, site share"}
@@ -252,6 +254,8 @@ def _run(work: Path, initial: list[str], late: str, seed: int, say: Callable[[st
                      "rev": f"composite/{k}", "commit": merges[k].commit, "strategy": k})
     rows.append({"name": f"main: linear + {late} ({len(all_sites)} sites)", "kind": "integrated",
                  "rev": "main", "commit": integrated.commit, "strategy": "linear"})
+    say(f"[6/6] evaluating {len(rows)} models on {len(all_sites)} held-out test sets (each loaded from the "
+        f"coordinator's repository onto a fresh base model with PEFT)")
     x_all = np.concatenate([splits[n].x_test for n in all_sites])
     y_all = np.concatenate([splits[n].y_test for n in all_sites])
     for row in rows:
@@ -274,7 +278,7 @@ def _run(work: Path, initial: list[str], late: str, seed: int, say: Callable[[st
         "sites": initial,
         "late_site": late,
         "test_sets": [*all_sites, "overall"],
-        "test_sizes": {**{n: int(len(splits[n].y_test)) for n in all_sites}, "overall": int(len(y_all))},
+        "test_sizes": {**{n: len(splits[n].y_test) for n in all_sites}, "overall": len(y_all)},
         "site_commits": site_commits,
         "merges": {k: {"commit": v.commit, "branch": f"composite/{k}", "adapter": v.adapter,
                        "kept_energy": v.provenance["kept_energy"]} for k, v in merges.items()},

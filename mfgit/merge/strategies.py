@@ -50,11 +50,13 @@ Orderings (TIES trim, magnitude pruning, breadcrumbs, DELLA ranks)
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from mfgit.errors import MergeError
 from mfgit.merge.lowrank import (
@@ -314,25 +316,132 @@ def _count(frac: float, n: int) -> int:
     return max(0, min(n, int(math.floor(frac * n + 0.5))))
 
 
-def _keep_top(x: torch.Tensor, density: float) -> torch.Tensor:
-    """Zero all but the ``density`` fraction of largest-magnitude elements (stable order)."""
+# Selections by magnitude. All of them give exactly what a stable sort gives
+# (equal magnitudes keep index order) without sorting whole modules: the
+# threshold is the exact k-th largest |x| (a sample brackets it, the few
+# elements inside the bracket are searched exactly, a full torch.kthvalue is
+# the fallback), and elements tied with it are taken in index order.
+
+_SAMPLE = 1 << 16  # sample size used to bracket a threshold
+_CHUNK = 1 << 18  # elements per slice for element-wise passes on the CPU (cache-sized)
+
+
+def _slices(n: int, device: torch.device) -> list[slice]:
+    """Slices of a flat tensor of n elements for element-wise passes.
+
+    On the CPU, cache-sized pieces (each piece goes through all its passes
+    while it is in cache); on other devices one piece. Element-wise results do
+    not depend on the slicing.
+    """
+    if device.type != "cpu" or n <= _CHUNK:
+        return [slice(0, n)]
+    return [slice(i, min(n, i + _CHUNK)) for i in range(0, n, _CHUNK)]
+
+
+def _top_threshold(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k-th largest value v of the 1-D tensor ``a`` (1 ≤ k ≤ n) and how its ties split.
+
+    Returns (v, included, excluded): v as a 0-d tensor (= ``torch.kthvalue(a,
+    n - k + 1)``), and the indices, ascending, of the elements equal to v that
+    are among the k largest in stable order (``included``: ties keep index
+    order, so these are the first ones) and of those that are not
+    (``excluded``). The k largest are exactly {a > v} ∪ included.
+
+    A fixed sample of 65 536 elements gives a bracket [lo, hi] around v; if
+    counting confirms it (fewer than k elements above hi, at least k at or
+    above lo), only the elements inside the bracket are searched, else all of
+    ``a`` (a full ``torch.kthvalue``). Exact either way.
+    """
+    n = a.numel()
+    if n > 4 * _SAMPLE:
+        # Sample positions i·P mod n with P ≈ 0.618·n coprime to n: spread over
+        # rows and columns alike (a plain stride would hit the same few columns).
+        step = int(n * 0.6180339887498949)
+        while math.gcd(step, n) != 1:
+            step += 1
+        ns = _SAMPLE
+        idx = torch.arange(ns, dtype=torch.int64, device=a.device).mul_(step).remainder_(n)
+        srt = torch.sort(a[idx]).values  # ascending
+        frac = k / n
+        pos = (1.0 - frac) * ns  # expected ascending position of v in the sample
+        margin = 6.0 * math.sqrt(ns * frac * (1.0 - frac)) + 32.0
+        lo = srt[max(0, int(pos - margin))]
+        hi = srt[min(ns - 1, int(pos + margin) + 1)]
+        ge_lo = a >= lo
+        gt_hi = a > hi
+        n_gt_hi = int(torch.count_nonzero(gt_hi))
+        if n_gt_hi < k <= int(torch.count_nonzero(ge_lo)):
+            band = ge_lo.logical_xor_(gt_hi).nonzero().squeeze(1)  # lo <= a <= hi, ascending index
+            del ge_lo, gt_hi
+            cand = a[band]
+            v = torch.kthvalue(cand, cand.numel() - (k - n_gt_hi) + 1).values
+            tied = band[cand == v]
+            n_in = k - n_gt_hi - int(torch.count_nonzero(cand > v))
+            return v, tied[:n_in], tied[n_in:]
+        del ge_lo, gt_hi
+    v = torch.kthvalue(a, n - k + 1).values
+    tied = (a == v).nonzero().squeeze(1)
+    n_in = k - int(torch.count_nonzero(a > v))
+    return v, tied[:n_in], tied[n_in:]
+
+
+def _top_mask(a: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the k largest elements of the 1-D tensor ``a``, ties in index order.
+
+    Exactly ``mask[argsort(a, descending=True, stable=True)[:k]] = True``.
+    """
+    n = a.numel()
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=a.device)
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=a.device)
+    v, _included, excluded = _top_threshold(a, k)
+    mask = a >= v
+    mask[excluded] = False
+    return mask
+
+
+def _keep_top_(x: torch.Tensor, density: float, work: torch.Tensor | None = None) -> torch.Tensor:
+    """In place: zero all but the ``density`` fraction of largest-magnitude elements (stable order).
+
+    ``work``: an optional scratch tensor of x's shape and dtype (overwritten).
+    """
     n = x.numel()
     k = _count(density, n)
-    order = torch.argsort(x.abs().flatten(), descending=True, stable=True)
-    mask = torch.zeros(n, dtype=torch.bool, device=x.device)
-    mask[order[:k]] = True
-    return torch.where(mask.view_as(x), x, torch.zeros_like(x))
+    if k >= n:
+        return x
+    if k == 0:
+        return x.zero_()
+    a = torch.abs(x, out=work) if work is not None else x.abs()
+    v, included, _excluded = _top_threshold(a.view(-1), k)
+    del a
+    f = x.view(-1)
+    kept_ties = f[included]
+    lam = float(v)
+    for sl in _slices(n, x.device):
+        xs = f[sl]
+        xs.copy_(F.hardshrink(xs, lam))  # keeps |x| > v exactly, zeroes the rest (ties included)
+    f[included] = kept_ties  # the ties with v that are among the k largest
+    return x
 
 
-def _keep_middle(x: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
-    """Zero the top ``gamma`` and the bottom ``beta`` fractions by magnitude (breadcrumbs)."""
+def _keep_middle_(x: torch.Tensor, beta: float, gamma: float, work: torch.Tensor | None = None) -> torch.Tensor:
+    """In place: zero the top ``gamma`` and the bottom ``beta`` fractions by magnitude (breadcrumbs).
+
+    Keeps positions n_top … n − n_bot − 1 of the stable descending order, i.e.
+    top(n − n_bot) minus top(n_top) (both prefixes of that order).
+    """
     n = x.numel()
     n_top, n_bot = _count(gamma, n), _count(beta, n)
-    order = torch.argsort(x.abs().flatten(), descending=True, stable=True)
-    mask = torch.zeros(n, dtype=torch.bool, device=x.device)
-    if n_top < n - n_bot:
-        mask[order[n_top : n - n_bot]] = True
-    return torch.where(mask.view_as(x), x, torch.zeros_like(x))
+    if n_top >= n - n_bot:
+        return x.zero_()
+    if n_top == 0 and n_bot == 0:
+        return x
+    a = (torch.abs(x, out=work) if work is not None else x.abs()).view(-1)
+    keep = _top_mask(a, n - n_bot)
+    if n_top > 0:
+        keep &= _top_mask(a, n_top).logical_not_()
+    return x.masked_fill_(keep.logical_not_().view_as(x), 0.0)
 
 
 def _uniform(rng: Callable[[int], torch.Generator], i: int, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
@@ -342,53 +451,83 @@ def _uniform(rng: Callable[[int], torch.Generator], i: int, shape: tuple[int, in
     return u.to(device)
 
 
-def _dare(x: torch.Tensor, u: torch.Tensor, p: float) -> torch.Tensor:
-    keep = u >= p
-    return torch.where(keep, x / (1.0 - p), torch.zeros_like(x))
+def _dare_(x: torch.Tensor, u: torch.Tensor, p: float) -> torch.Tensor:
+    """In place: x / (1 − p) where u ≥ p, else 0."""
+    if p != 0.0:
+        f, uf = x.view(-1), u.view(-1)
+        for sl in _slices(f.numel(), x.device):
+            xs = f[sl]
+            xs.div_(1.0 - p)
+            xs.masked_fill_(uf[sl] < p, 0.0)
+    return x
 
 
-def _magprune(x: torch.Tensor, u: torch.Tensor, p: float, eps: float) -> torch.Tensor:
-    """DELLA's MAGPRUNE, per row: drop probability p+ε for the smallest |x| down to p−ε for the largest."""
+def _magprune_(x: torch.Tensor, u: torch.Tensor, p: float, eps: float) -> torch.Tensor:
+    """In place: DELLA's MAGPRUNE, per row: drop probability p+ε for the smallest |x| down to p−ε for the largest.
+
+    Element of ascending rank rₖ (stable) in its row gets pₖ = (p+ε) − 2ε·rₖ/(cols−1)
+    (pₖ = p for one column), computed once per rank in fp32 and scattered to
+    the elements; dropped where u < pₖ, else divided by 1 − pₖ.
+    """
     rows, cols = x.shape
-    order = torch.argsort(x.abs(), dim=1, stable=True)  # ascending magnitude
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(cols, device=x.device).expand(rows, cols).contiguous())
+    # |x| is non-negative, so its fp32 bit patterns sort like its values
+    # (as int32, which sorts faster): the same stable order as sorting |x|.
+    order = torch.argsort(x.abs().view(torch.int32), dim=1, stable=True)  # ascending magnitude
     if cols > 1:
-        norm = ranks.to(torch.float32) / float(cols - 1)
+        norm = torch.arange(cols, dtype=torch.float32, device=x.device) / float(cols - 1)
     else:
-        norm = torch.full((rows, cols), 0.5, dtype=torch.float32, device=x.device)
-    p_drop = (p + eps) - (2.0 * eps) * norm
-    keep = u >= p_drop
-    return torch.where(keep, x / (1.0 - p_drop), torch.zeros_like(x))
+        norm = torch.full((1,), 0.5, dtype=torch.float32, device=x.device)
+    table = (p + eps) - (2.0 * eps) * norm  # drop probability by rank
+    p_drop = torch.empty_like(x)
+    p_drop.scatter_(1, order, table.expand(rows, cols))
+    del order
+    drop = u < p_drop
+    x.div_(p_drop.neg_().add_(1.0))  # x / (1 − pₖ)
+    return x.masked_fill_(drop, 0.0)
 
 
-def _elect_and_fuse(taus: Sequence[torch.Tensor], ws: Sequence[float]) -> torch.Tensor:
-    """TIES sign election and disjoint weighted mean.
+def _elect_and_fuse_(taus: Sequence[torch.Tensor], ws: Sequence[float]) -> torch.Tensor:
+    """TIES sign election and disjoint weighted mean; consumes ``taus`` (modified in place).
 
     γ = sgn(Σᵢ wᵢτᵢ); input i agrees at an element where sgn(wᵢτᵢ) = γ ≠ 0;
     result = Σ_agree wᵢτᵢ / Σ_agree |wᵢ| (0 where no input agrees). For
     non-negative weights this is Σ_agree wᵢτᵢ / Σ_agree wᵢ.
+
+    Computed as γ · Σᵢ max(γ·wᵢτᵢ, 0) / Σᵢ |wᵢ|·[γ·wᵢτᵢ > 0]: multiplying by
+    γ ∈ {−1, 0, 1} is exact and a sum of same-signed terms is sign-symmetric,
+    so this is the formula above to the last bit, in a few in-place passes.
     """
-    total = torch.zeros_like(taus[0])
-    for w, t in zip(ws, taus):
-        total += w * t
-    gamma = torch.sign(total)
-    num = torch.zeros_like(total)
-    den = torch.zeros_like(total)
-    for w, t in zip(ws, taus):
-        wt = w * t
-        agree = (torch.sign(wt) == gamma) & (gamma != 0)
-        num += torch.where(agree, wt, torch.zeros_like(wt))
-        den += agree.to(total.dtype) * abs(w)
-    safe = torch.where(den > 0, den, torch.ones_like(den))
-    return torch.where(den > 0, num / safe, torch.zeros_like(num))
+    flat = [t.view(-1) for t in taus]
+    wmin = min([abs(w) for w in ws if w != 0.0], default=1.0)
+    for sl in _slices(flat[0].numel(), flat[0].device):
+        ts = [f[sl] for f in flat]
+        for w, t in zip(ws, ts):
+            t.mul_(w)  # wᵢτᵢ
+        gamma = ts[0].clone()
+        for t in ts[1:]:
+            gamma.add_(t)
+        gamma.sign_()
+        den = torch.zeros_like(gamma)
+        for w, t in zip(ws, ts):
+            t.mul_(gamma).clamp_min_(0.0)  # γ·wᵢτᵢ where it agrees, else 0
+            den.add_(t > 0, alpha=abs(w))
+        num = ts[0]
+        for t in ts[1:]:
+            num.add_(t)
+        # den is 0 exactly where num is 0; any positive divisor leaves those at 0.
+        den.clamp_min_(wmin)
+        num.div_(den).mul_(gamma)
+    return taus[0]
 
 
-def _weighted_sum(taus: Sequence[torch.Tensor], ws: Sequence[float]) -> torch.Tensor:
-    total = torch.zeros_like(taus[0])
-    for w, t in zip(ws, taus):
-        total += w * t
-    return total
+def _weighted_sum_(taus: Sequence[torch.Tensor], ws: Sequence[float]) -> torch.Tensor:
+    """Σᵢ wᵢτᵢ; consumes ``taus`` (modified in place)."""
+    flat = [t.view(-1) for t in taus]
+    for sl in _slices(flat[0].numel(), flat[0].device):
+        total = flat[0][sl].mul_(ws[0])
+        for w, f in zip(ws[1:], flat[1:]):
+            total.add_(f[sl].mul_(w))
+    return taus[0]
 
 
 def _numerical_rank(s: torch.Tensor, shape: tuple[int, int]) -> int:
@@ -431,26 +570,30 @@ def _merge_factor_space(name, present, p, policy, ranks, limit) -> ModuleResult:
     return _result(Bo, Ao, kept)
 
 
+_BY_MAGNITUDE = ("ties", "magnitude_prune", "breadcrumbs")
+
+
 def _merge_dense(name, present, p, rng, policy, ranks, limit, shape, device) -> ModuleResult:
     ws = [w for _, w, _, _ in present]
     taus: list[torch.Tensor] = []
+    work = torch.empty(shape, dtype=torch.float32, device=device) if name in _BY_MAGNITUDE else None
     for i, _w, b, a in present:
-        t = b @ a  # the one dense ΔWᵢ of this module, fp32 on the device
+        t = b @ a  # the one dense ΔWᵢ of this module, fp32 on the device (modified in place below)
         if name in ("ties", "magnitude_prune"):
-            t = _keep_top(t, p["density"])
+            _keep_top_(t, p["density"], work)
         elif name == "breadcrumbs":
-            t = _keep_middle(t, p["beta"], p["gamma"])
+            _keep_middle_(t, p["beta"], p["gamma"], work)
         elif name in ("dare_linear", "dare_ties"):
-            t = _dare(t, _uniform(rng, i, shape, device), p["drop_rate"])
+            _dare_(t, _uniform(rng, i, shape, device), p["drop_rate"])
         elif name == "della":
-            t = _magprune(t, _uniform(rng, i, shape, device), p["drop_rate"], p["epsilon"])
+            _magprune_(t, _uniform(rng, i, shape, device), p["drop_rate"], p["epsilon"])
         taus.append(t)
     if name in ("ties", "dare_ties", "della"):
-        merged = _elect_and_fuse(taus, ws)
+        merged = _elect_and_fuse_(taus, ws)
     else:
-        merged = _weighted_sum(taus, ws)
-    del taus
-    merged = p["lambda"] * merged
+        merged = _weighted_sum_(taus, ws)
+    del taus, work
+    merged.mul_(p["lambda"])
     Bo, Ao, kept = factorize_dense(merged, policy.rank_for(ranks, limit), policy.energy)
     return _result(Bo, Ao, kept)
 
@@ -569,7 +712,7 @@ def merge_module(
     limit = min(shape)
 
     kind = STRATEGIES[strategy].kind
-    with torch.no_grad():
+    with torch.no_grad(), _ieee_fp32_matmul(device):
         if strategy in ("linear", "task_arithmetic", "svd"):
             return _merge_factor_space(strategy, present, p, policy, ranks, limit)
         if kind == "dense":
@@ -579,3 +722,34 @@ def merge_module(
         if strategy == "iso_c":
             return _merge_iso_c(present, p, policy, ranks, limit, shape, device)
     raise MergeError(f"strategy {strategy!r} is not implemented")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _ieee_fp32_matmul(device: torch.device) -> Iterator[None]:
+    """Full-precision fp32 matmuls on CUDA for the duration of a merge (no TF32).
+
+    TF32 rounds matmul inputs to 10 mantissa bits: BᵢAᵢ would differ from the
+    CPU's by ~1e-3 relative and magnitude orderings would flip. The previous
+    setting is restored afterwards, through whichever of PyTorch's two APIs
+    (legacy ``allow_tf32`` or ``fp32_precision``) can read it without mixing
+    them. Nothing is changed for CPU merges.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    m = torch.backends.cuda.matmul
+    try:
+        old = m.allow_tf32  # raises if the new API was used to set it
+    except RuntimeError:
+        old_p = m.fp32_precision
+        m.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            m.fp32_precision = old_p
+        return
+    m.allow_tf32 = False
+    try:
+        yield
+    finally:
+        m.allow_tf32 = old

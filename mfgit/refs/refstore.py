@@ -194,8 +194,11 @@ class DiskRefs(RefStore):
         # Appends of one short line with O_APPEND are atomic; the ref lock
         # serialises writers of one log anyway. A torn last line (crash) is
         # skipped by reflog().
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(log, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # end a line torn by a crash, or this entry would be lost with it
             os.write(fd, line)
             os.fsync(fd)
         finally:

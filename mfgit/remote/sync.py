@@ -17,8 +17,11 @@ Guarantees (docs/design.md, "Remotes"):
   present with everything it needs. An interrupted fetch leaves only
   complete objects behind, and the next fetch resumes.
 * Negotiation walks only the commits that are new to one side: it stops at
-  commits the other side is known to have, so its cost follows the size of
-  the change, not the length of the history.
+  commits the other side is known to have (push: the current values of the
+  remote's refs; fetch: commits already in the local store), so its cost
+  follows the size of the change, not the length of the history.
+* Every object and ref name read from a remote is data: ids are checked,
+  a branch must name a commit, nothing is executed.
 """
 
 from __future__ import annotations
@@ -267,17 +270,13 @@ def push(repo: "Repository", transport: Transport, remote_name: str, src: str, d
     if remote_value and not force:
         if not is_object_id(remote_value) or not repo.store.has(remote_value) or not repo.is_ancestor(remote_value, local):
             raise NonFastForward(dst_ref, local, remote_value or "")
-    # What the remote has, where the walk stops: the values of its refs
-    # (each points at a complete commit) and of our remote-tracking refs of it
-    # (each did when it was set; kept only if the commit object is still
-    # there, so a remote that was emptied or recreated gets everything).
+    # What the remote has, where the walk stops: the current values of its
+    # refs, each at a complete commit (objects before refs). Not our
+    # remote-tracking refs: they may be stale (a remote emptied or recreated
+    # would then get a commit without its history).
     remote_has: set[str] = {o for o in remote_refs(transport).values() if repo.store.has(o)}
     if remote_value and is_object_id(remote_value) and repo.store.has(remote_value):
         remote_has.add(remote_value)
-    hints = [o for o in dict.fromkeys(repo.refs.items(f"refs/remotes/{remote_name}/").values())
-             if o not in remote_has and is_object_id(o) and repo.store.has(o)]
-    if hints:
-        remote_has.update(set(hints) - set(_missing_on_remote(transport, hints)))
     plan = plan_push(repo, [local], remote_has)
     candidates = plan.order
     missing = _missing_on_remote(transport, candidates)
@@ -299,15 +298,14 @@ def push(repo: "Repository", transport: Transport, remote_name: str, src: str, d
 
     if missing:
         # Dependencies first, each group finished before the next starts:
-        # tensors and blobs, then adapters, then commits in waves (parents
-        # before children). So even a push killed before its ref update
-        # leaves only objects whose dependencies are on the remote, and a
-        # commit object there stands for its whole history.
+        # tensors and blobs, then adapters, then commits (oldest first, in
+        # parallel). A push killed before its ref update leaves no adapter
+        # without its tensors and no commit without its adapter; what it
+        # leaves is reachable from no ref, and the next push skips it.
         todo = set(missing)
         upload([o for o in plan.leaves if o in todo])
         upload([o for o in plan.adapters if o in todo])
-        for wave in commit_waves(plan.commits):
-            upload([c for c in wave if c in todo])
+        upload([c for c in topo_order(plan.commits) if c in todo])
     report.objects = len(missing)
     report.bytes = total
     from mfgit.api.repository import _crashpoint  # lazily: the remote layer does not import the API
