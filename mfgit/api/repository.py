@@ -952,19 +952,41 @@ def _torch_to_bytes(t) -> tuple[TensorHeader, memoryview]:
 
 
 def _write_safetensors_streaming(f, specs, fetch, metadata) -> None:
-    """Write a safetensors file one tensor at a time (bounded memory)."""
+    """Write a safetensors file in name order, decoding ahead on a small pool.
+
+    Tensors are fetched (read, checked, decoded) by two threads, at most a
+    few ahead of the writer, so memory stays bounded by a handful of tensors
+    while decoding overlaps the writes.
+    """
+    from collections import deque
+
     entries = []
     for name, dtype, shape in specs:
         n = st.DTYPE_SIZES[dtype]
         for d in shape:
             n *= d
         entries.append((name, dtype, shape, n))
-    f.write(st.header_bytes(entries, metadata))
-    for name, _dtype, _shape, n in sorted(entries):
-        raw = fetch(name)
-        if len(raw) != n:
-            raise MalformedObject(name, f"tensor has {len(raw)} bytes, expected {n}")
-        f.write(raw)
+    head, order = st.library_layout(entries, metadata)
+    by_name = {e[0]: e for e in entries}
+    entries = [by_name[n] for n in order]
+    f.write(head)
+    window = 6
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: deque = deque()
+        it = iter(entries)
+        for entry in it:
+            pending.append((entry, pool.submit(fetch, entry[0])))
+            if len(pending) >= window:
+                break
+        while pending:
+            (name, _dtype, _shape, n), fut = pending.popleft()
+            raw = fut.result()
+            if len(raw) != n:
+                raise MalformedObject(name, f"tensor has {len(raw)} bytes, expected {n}")
+            f.write(raw)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(fetch, nxt[0])))
 
 
 def adapter_summary(aid: str, adapter: Adapter) -> dict[str, Any]:

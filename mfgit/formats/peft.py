@@ -228,4 +228,5 @@ def prepare_output_dir(path: str | os.PathLike, *, force: bool) -> Path:
 
 
 def config_bytes(config: dict[str, Any]) -> bytes:
-    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    """adapter_config.json exactly as PEFT's save_pretrained formats it."""
+    return json.dumps(config, indent=2, sort_keys=True).encode("utf-8")

@@ -506,3 +506,41 @@ def _write_all(fileobj: BinaryIO, data) -> int:
             raise OSError(f"short write: {done} of {total} bytes written")
         done += n
     return total
+
+
+# The dtype order of the safetensors library (its Rust `Dtype` enum); it
+# writes tensors sorted by (dtype descending, name).
+_LIBRARY_DTYPE_ORDER = [
+    "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0",
+    "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64",
+]
+
+
+def library_layout(entries: Iterable[tuple[str, str, tuple[int, ...], int]],
+                   metadata: dict[str, str] | None = None, path: str = "<write>") -> tuple[bytes, list[str]]:
+    """Header bytes and tensor order exactly as `safetensors.torch.save_file` lays them out.
+
+    Writing a file this way reproduces, byte for byte, what PEFT's
+    save_pretrained wrote (for metadata of at most one key, whose order the
+    library does not fix), so a checkout can be compared with `sha256sum`.
+    Validates like `header_bytes`.
+    """
+    items = list(entries)
+    header_bytes(items, metadata, path)  # validation only
+    rank = {d: i for i, d in enumerate(_LIBRARY_DTYPE_ORDER)}
+    items.sort(key=lambda e: (-rank.get(e[1], -1), e[0]))
+    parts = []
+    if metadata is not None:
+        parts.append('"__metadata__":' + json.dumps(metadata, separators=(",", ":"), ensure_ascii=False))
+    offset = 0
+    for name, dtype, shape, nbytes in items:
+        parts.append(
+            json.dumps(name, ensure_ascii=False)
+            + ':{"dtype":' + json.dumps(dtype)
+            + ',"shape":' + json.dumps(list(shape), separators=(",", ":"))
+            + f',"data_offsets":[{offset},{offset + nbytes}]}}'
+        )
+        offset += nbytes
+    raw = ("{" + ",".join(parts) + "}").encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw, [e[0] for e in items]

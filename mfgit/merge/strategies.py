@@ -322,7 +322,7 @@ def _count(frac: float, n: int) -> int:
 # elements inside the bracket are searched exactly, a full torch.kthvalue is
 # the fallback), and elements tied with it are taken in index order.
 
-_SAMPLE = 1 << 16  # sample size used to bracket a threshold
+_SAMPLE = 1 << 14  # sample size used to bracket a threshold
 _CHUNK = 1 << 18  # elements per slice for element-wise passes on the CPU (cache-sized)
 
 
@@ -338,21 +338,24 @@ def _slices(n: int, device: torch.device) -> list[slice]:
     return [slice(i, min(n, i + _CHUNK)) for i in range(0, n, _CHUNK)]
 
 
-def _top_threshold(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The k-th largest value v of the 1-D tensor ``a`` (1 ≤ k ≤ n) and how its ties split.
+def _top_threshold(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k-th largest magnitude v in the 1-D tensor ``x`` (1 ≤ k ≤ n) and how its ties split.
 
-    Returns (v, included, excluded): v as a 0-d tensor (= ``torch.kthvalue(a,
-    n - k + 1)``), and the indices, ascending, of the elements equal to v that
-    are among the k largest in stable order (``included``: ties keep index
-    order, so these are the first ones) and of those that are not
-    (``excluded``). The k largest are exactly {a > v} ∪ included.
+    Returns (v, included, excluded): v = the k-th largest of |x| as a 0-d
+    tensor (= ``torch.kthvalue(|x|, n - k + 1)``), and the indices, ascending,
+    of the elements with |x| = v that are among the k largest in stable order
+    (``included``: ties keep index order, so these are the first ones) and of
+    those that are not (``excluded``). The k largest are exactly
+    {|x| > v} ∪ included.
 
-    A fixed sample of 65 536 elements gives a bracket [lo, hi] around v; if
-    counting confirms it (fewer than k elements above hi, at least k at or
-    above lo), only the elements inside the bracket are searched, else all of
-    ``a`` (a full ``torch.kthvalue``). Exact either way.
+    A fixed sample of 16 384 elements gives a bracket [lo, hi] around v; one
+    pass over x (cache-sized slices) counts the elements above hi and at or
+    above lo and collects the indices of those inside the bracket. If the
+    counts confirm the bracket (fewer than k above hi, at least k at or above
+    lo), v is searched among those few, else among all of |x| (a full
+    ``torch.kthvalue``). Exact either way.
     """
-    n = a.numel()
+    n = x.numel()
     if n > 4 * _SAMPLE:
         # Sample positions i·P mod n with P ≈ 0.618·n coprime to n: spread over
         # rows and columns alike (a plain stride would hit the same few columns).
@@ -360,62 +363,65 @@ def _top_threshold(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor,
         while math.gcd(step, n) != 1:
             step += 1
         ns = _SAMPLE
-        idx = torch.arange(ns, dtype=torch.int64, device=a.device).mul_(step).remainder_(n)
-        srt = torch.sort(a[idx]).values  # ascending
+        idx = torch.arange(ns, dtype=torch.int64, device=x.device).mul_(step).remainder_(n)
+        srt = torch.sort(x[idx].abs_()).values  # ascending
+        del idx
         frac = k / n
         pos = (1.0 - frac) * ns  # expected ascending position of v in the sample
         margin = 6.0 * math.sqrt(ns * frac * (1.0 - frac)) + 32.0
         lo = srt[max(0, int(pos - margin))]
         hi = srt[min(ns - 1, int(pos + margin) + 1)]
-        ge_lo = a >= lo
-        gt_hi = a > hi
-        n_gt_hi = int(torch.count_nonzero(gt_hi))
-        if n_gt_hi < k <= int(torch.count_nonzero(ge_lo)):
-            band = ge_lo.logical_xor_(gt_hi).nonzero().squeeze(1)  # lo <= a <= hi, ascending index
-            del ge_lo, gt_hi
-            cand = a[band]
-            v = torch.kthvalue(cand, cand.numel() - (k - n_gt_hi) + 1).values
+        n_gt_hi = torch.zeros((), dtype=torch.int64, device=x.device)
+        bands = []
+        for sl in _slices(n, x.device):
+            a = x[sl].abs()
+            gt_hi = a > hi
+            n_gt_hi += torch.count_nonzero(gt_hi)
+            band = (a >= lo).logical_xor_(gt_hi).nonzero().squeeze(1)  # lo <= |x| <= hi
+            bands.append(band.add_(sl.start) if sl.start else band)
+        band = torch.cat(bands)  # ascending index
+        del bands
+        above = int(n_gt_hi)
+        if above < k <= above + band.numel():  # fewer than k above hi, at least k at or above lo
+            cand = x[band].abs_()
+            v = torch.kthvalue(cand, cand.numel() - (k - above) + 1).values
             tied = band[cand == v]
-            n_in = k - n_gt_hi - int(torch.count_nonzero(cand > v))
+            n_in = k - above - int(torch.count_nonzero(cand > v))
             return v, tied[:n_in], tied[n_in:]
-        del ge_lo, gt_hi
+        del band
+    a = x.abs()
     v = torch.kthvalue(a, n - k + 1).values
     tied = (a == v).nonzero().squeeze(1)
     n_in = k - int(torch.count_nonzero(a > v))
     return v, tied[:n_in], tied[n_in:]
 
 
-def _top_mask(a: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the k largest elements of the 1-D tensor ``a``, ties in index order.
+def _top_mask(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the k largest-magnitude elements of the 1-D tensor ``x``, ties in index order.
 
-    Exactly ``mask[argsort(a, descending=True, stable=True)[:k]] = True``.
+    Exactly ``mask[argsort(|x|, descending=True, stable=True)[:k]] = True``.
     """
-    n = a.numel()
+    n = x.numel()
     if k <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=a.device)
+        return torch.zeros(n, dtype=torch.bool, device=x.device)
     if k >= n:
-        return torch.ones(n, dtype=torch.bool, device=a.device)
-    v, _included, excluded = _top_threshold(a, k)
-    mask = a >= v
+        return torch.ones(n, dtype=torch.bool, device=x.device)
+    v, _included, excluded = _top_threshold(x, k)
+    mask = x.abs() >= v
     mask[excluded] = False
     return mask
 
 
-def _keep_top_(x: torch.Tensor, density: float, work: torch.Tensor | None = None) -> torch.Tensor:
-    """In place: zero all but the ``density`` fraction of largest-magnitude elements (stable order).
-
-    ``work``: an optional scratch tensor of x's shape and dtype (overwritten).
-    """
+def _keep_top_(x: torch.Tensor, density: float) -> torch.Tensor:
+    """In place: zero all but the ``density`` fraction of largest-magnitude elements (stable order)."""
     n = x.numel()
     k = _count(density, n)
     if k >= n:
         return x
     if k == 0:
         return x.zero_()
-    a = torch.abs(x, out=work) if work is not None else x.abs()
-    v, included, _excluded = _top_threshold(a.view(-1), k)
-    del a
     f = x.view(-1)
+    v, included, _excluded = _top_threshold(f, k)
     kept_ties = f[included]
     lam = float(v)
     for sl in _slices(n, x.device):
@@ -425,7 +431,7 @@ def _keep_top_(x: torch.Tensor, density: float, work: torch.Tensor | None = None
     return x
 
 
-def _keep_middle_(x: torch.Tensor, beta: float, gamma: float, work: torch.Tensor | None = None) -> torch.Tensor:
+def _keep_middle_(x: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
     """In place: zero the top ``gamma`` and the bottom ``beta`` fractions by magnitude (breadcrumbs).
 
     Keeps positions n_top … n − n_bot − 1 of the stable descending order, i.e.
@@ -437,10 +443,10 @@ def _keep_middle_(x: torch.Tensor, beta: float, gamma: float, work: torch.Tensor
         return x.zero_()
     if n_top == 0 and n_bot == 0:
         return x
-    a = (torch.abs(x, out=work) if work is not None else x.abs()).view(-1)
-    keep = _top_mask(a, n - n_bot)
+    f = x.view(-1)
+    keep = _top_mask(f, n - n_bot)
     if n_top > 0:
-        keep &= _top_mask(a, n_top).logical_not_()
+        keep &= _top_mask(f, n_top).logical_not_()
     return x.masked_fill_(keep.logical_not_().view_as(x), 0.0)
 
 
@@ -570,19 +576,15 @@ def _merge_factor_space(name, present, p, policy, ranks, limit) -> ModuleResult:
     return _result(Bo, Ao, kept)
 
 
-_BY_MAGNITUDE = ("ties", "magnitude_prune", "breadcrumbs")
-
-
 def _merge_dense(name, present, p, rng, policy, ranks, limit, shape, device) -> ModuleResult:
     ws = [w for _, w, _, _ in present]
     taus: list[torch.Tensor] = []
-    work = torch.empty(shape, dtype=torch.float32, device=device) if name in _BY_MAGNITUDE else None
     for i, _w, b, a in present:
         t = b @ a  # the one dense ΔWᵢ of this module, fp32 on the device (modified in place below)
         if name in ("ties", "magnitude_prune"):
-            _keep_top_(t, p["density"], work)
+            _keep_top_(t, p["density"])
         elif name == "breadcrumbs":
-            _keep_middle_(t, p["beta"], p["gamma"], work)
+            _keep_middle_(t, p["beta"], p["gamma"])
         elif name in ("dare_linear", "dare_ties"):
             _dare_(t, _uniform(rng, i, shape, device), p["drop_rate"])
         elif name == "della":
@@ -592,7 +594,7 @@ def _merge_dense(name, present, p, rng, policy, ranks, limit, shape, device) -> 
         merged = _elect_and_fuse_(taus, ws)
     else:
         merged = _weighted_sum_(taus, ws)
-    del taus, work
+    del taus
     merged.mul_(p["lambda"])
     Bo, Ao, kept = factorize_dense(merged, policy.rank_for(ranks, limit), policy.energy)
     return _result(Bo, Ao, kept)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 
-import zstandard
+import zstandard  # noqa: E402 - small C extension, cheap to import
 
 RAW = 0
 ZSTD = 1
@@ -73,8 +73,12 @@ def _compress_plane(cctx, plane: bytes) -> tuple[int, bytes]:
     return ZSTD, packed
 
 
-def encode_float_planes(raw: memoryview, dtype: str) -> bytes | None:
-    """Byte-plane encoding of a float tensor's raw bytes, or None if not applicable."""
+def encode_float_planes(raw: memoryview, dtype: str) -> list | None:
+    """Byte-plane encoding of a float tensor's raw bytes as a list of chunks.
+
+    Returns None when the dtype has no plane encoding. The chunks are
+    written out as they are (no joining copy of the whole tensor).
+    """
     width = _FLOAT_WIDTH.get(dtype)
     if width is None or len(raw) % width or len(raw) < _MIN_COMPRESS:
         return None
@@ -82,21 +86,23 @@ def encode_float_planes(raw: memoryview, dtype: str) -> bytes | None:
     # One transposing copy puts every plane in contiguous memory.
     planes = np.frombuffer(raw, dtype=np.uint8).reshape(-1, width).T.copy()
     cctx = _plane_compressor()
-    out = [struct.pack("<B", width)]
+    out: list = [struct.pack("<B", width)]
     for j in range(width):
         flag, data = _compress_plane(cctx, memoryview(planes[j]))
         out.append(struct.pack("<BQ", flag, len(data)))
         out.append(data)
-    return b"".join(out)
+    return out
 
 
-def decode_float_planes(data: memoryview, raw_len: int) -> bytes:
+def decode_float_planes_into(data: memoryview, out: memoryview) -> None:
+    """Decode byte planes into the writable buffer `out` (the raw tensor bytes)."""
     np = _np()
-    width = data[0]
+    raw_len = len(out)
+    width = data[0] if len(data) else 0
     if width not in (2, 4, 8) or raw_len % width:
         raise CodecError("bad plane width")
     n = raw_len // width
-    planes = np.empty((n, width), dtype=np.uint8)
+    target = np.frombuffer(out, dtype=np.uint8).reshape(n, width)
     pos = 1
     dctx = zstandard.ZstdDecompressor()
     for j in range(width):
@@ -116,10 +122,15 @@ def decode_float_planes(data: memoryview, raw_len: int) -> bytes:
             raise CodecError(f"unknown plane codec {flag}")
         if plane.size != n:
             raise CodecError("plane has the wrong length")
-        planes[:, j] = plane
+        target[:, j] = plane
     if pos != len(data):
         raise CodecError("trailing bytes after planes")
-    return planes.tobytes()
+
+
+def decode_float_planes(data: memoryview, raw_len: int) -> bytes:
+    out = bytearray(raw_len)
+    decode_float_planes_into(memoryview(data), memoryview(out))
+    return bytes(out)
 
 
 def encode_generic(payload: bytes | memoryview) -> tuple[int, bytes | memoryview]:

@@ -62,10 +62,21 @@ def _digest(header: bytes | memoryview, body) -> bytes:
     return h.digest()
 
 
+def _frame_chunks(kind: str, cdc: int, chunks: list, raw_len: int) -> list:
+    """Header + chunks; the digest is computed over the chunks in place (no joined copy)."""
+    n = sum(len(c) for c in chunks)
+    header = bytearray(_HEADER.pack(MAGIC, STORE_VERSION, _KIND_CODE[kind], cdc, 0, bytes(16), n, raw_len))
+    h = xxhash.xxh3_128()
+    h.update(header[: _DIGEST_AT.start])
+    h.update(header[_DIGEST_AT.stop : HEADER_SIZE])
+    for c in chunks:
+        h.update(c)
+    header[_DIGEST_AT] = h.digest()
+    return [bytes(header), *chunks]
+
+
 def _frame(kind: str, cdc: int, stored: bytes | memoryview, raw_len: int) -> bytes:
-    header = bytearray(_HEADER.pack(MAGIC, STORE_VERSION, _KIND_CODE[kind], cdc, 0, bytes(16), len(stored), raw_len))
-    header[_DIGEST_AT] = _digest(header, stored)
-    return bytes(header) + bytes(stored)
+    return b"".join(bytes(c) for c in _frame_chunks(kind, cdc, [stored], raw_len))
 
 
 def encode_stored(kind: str, payload: bytes | memoryview) -> bytes:
@@ -74,14 +85,16 @@ def encode_stored(kind: str, payload: bytes | memoryview) -> bytes:
     return _frame(kind, cdc, stored, len(payload))
 
 
-def encode_stored_tensor(head: bytes, raw: bytes | memoryview, dtype: str) -> bytes:
-    """Stored bytes of a tensor: its header kept plain, raw bytes by byte planes."""
+def encode_stored_tensor(head: bytes, raw: bytes | memoryview, dtype: str) -> list:
+    """Stored bytes of a tensor, as chunks: its header plain, raw bytes by byte planes."""
     raw = memoryview(raw)
     planes = codec.encode_float_planes(raw, dtype)
-    if planes is not None and len(planes) < len(raw):
-        stored = struct.pack("<I", len(head)) + head + planes
-        return _frame("tensor", codec.FLOAT_PLANES, stored, len(head) + len(raw))
-    return encode_stored("tensor", head + bytes(raw))
+    if planes is not None:
+        size = sum(len(c) for c in planes)
+        if size < len(raw):
+            chunks = [struct.pack("<I", len(head)), head, *planes]
+            return _frame_chunks("tensor", codec.FLOAT_PLANES, chunks, len(head) + len(raw))
+    return [encode_stored("tensor", head + bytes(raw))]
 
 
 def decode_stored(oid: str, data: bytes | memoryview, *, verify: bool) -> tuple[str, bytes]:
@@ -105,8 +118,13 @@ def decode_stored(oid: str, data: bytes | memoryview, *, verify: bool) -> tuple[
     try:
         if cdc == codec.FLOAT_PLANES:
             (off,) = struct.unpack_from("<I", body)
-            head = bytes(body[4 : 4 + off])
-            payload = head + codec.decode_float_planes(body[4 + off :], raw_len - off)
+            if off > raw_len or 4 + off > len(body):
+                raise codec.CodecError("tensor header length out of range")
+            # Decode straight into one buffer: header, then the raw bytes.
+            out = bytearray(raw_len)
+            out[:off] = body[4 : 4 + off]
+            codec.decode_float_planes_into(body[4 + off :], memoryview(out)[off:])
+            payload = out
         else:
             payload = codec.decode_generic(cdc, body, raw_len)
     except (codec.CodecError, Exception) as e:  # zstd raises its own error types
@@ -137,8 +155,8 @@ class ObjectStore(ABC):
         """The stored file bytes, unchecked (for transfer; receivers verify)."""
 
     @abstractmethod
-    def _write_stored(self, oid: str, data: bytes) -> bool:
-        """Place stored bytes under `oid` if absent; True if written."""
+    def _write_stored(self, oid: str, data: bytes | list) -> bool:
+        """Place stored bytes (or a list of chunks) under `oid` if absent; True if written."""
 
     @abstractmethod
     def iter_ids(self) -> Iterator[str]: ...
@@ -201,7 +219,9 @@ class MemoryStore(ObjectStore):
         except KeyError:
             raise ObjectNotFound(oid) from None
 
-    def _write_stored(self, oid: str, data: bytes) -> bool:
+    def _write_stored(self, oid: str, data: bytes | list) -> bool:
+        if isinstance(data, list):
+            data = b"".join(bytes(c) for c in data)
         with self._lock:
             if oid in self._objects:
                 return False
@@ -262,14 +282,14 @@ class DiskStore(ObjectStore):
         except FileNotFoundError:
             raise ObjectNotFound(oid) from None
 
-    def _write_stored(self, oid: str, data: bytes) -> bool:
+    def _write_stored(self, oid: str, data: bytes | list) -> bool:
         path = self._path(oid)
         if path.exists():
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             batching = self._batch is not None
-        tmp = write_new_file(path, [data], sync=not batching)
+        tmp = write_new_file(path, data if isinstance(data, list) else [data], sync=not batching)
         if batching:
             with self._lock:
                 self._batch.append((tmp, path))
