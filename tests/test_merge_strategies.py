@@ -596,3 +596,193 @@ def test_merge_module_rejects_malformed_inputs():
         merge_module("linear", [fs[0], other], [1.0, 1.0], {}, no_rng, FULL)
     with pytest.raises(MergeError, match="do not chain"):
         merge_module("linear", [Factor(torch.randn(OUT, 3), torch.randn(4, IN))], [1.0], {}, no_rng, FULL)
+
+
+# --- fast paths: threshold selection and block Krylov re-factorisation -------------------
+#
+# The dense strategies select by magnitude without sorting whole modules and
+# re-factorise large modules by block Krylov iteration instead of a full SVD.
+# These tests check both against the plain methods at sizes where the fast
+# paths are taken (the small modules above go through the exact ones).
+
+from mfgit.merge import lowrank as _lowrank  # noqa: E402
+from mfgit.merge import strategies as _strategies  # noqa: E402
+
+
+def _argsort_top(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The specification: the first k of a stable descending argsort of |x|."""
+    order = torch.argsort(x.abs().flatten(), descending=True, stable=True)
+    mask = torch.zeros(x.numel(), dtype=torch.bool)
+    mask[order[:k]] = True
+    return mask
+
+
+def _tied_matrix(seed: int, rows: int = 300, cols: int = 310) -> torch.Tensor:
+    """Magnitudes from a small set of values: many exact ties at every threshold."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-40, 41, (rows, cols), generator=g).to(torch.float32) / 8
+    x[:5] = 0.0  # a block of exact zeros (and -0.0)
+    x[5, ::2] = -0.0
+    return x
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("frac", [0.0, 1e-5, 0.01, 0.2, 0.5, 0.85, 0.99, 1.0])
+def test_top_selection_equals_a_stable_argsort_with_ties(seed, frac):
+    for x in (_tied_matrix(seed), torch.randn(300, 310, generator=torch.Generator().manual_seed(seed))):
+        assert x.numel() > 4 * _strategies._SAMPLE  # the sampled-bracket path
+        k = n_of(frac, x.numel())
+        mask = _strategies._top_mask(x.view(-1), k)
+        assert torch.equal(mask, _argsort_top(x, k))
+        kept = _strategies._keep_top_(x.clone(), frac) if frac > 0 else None
+        if kept is not None:
+            expected = torch.where(_argsort_top(x, k).view_as(x), x, torch.zeros_like(x))
+            assert torch.equal(kept, expected)
+
+
+def test_top_selection_falls_back_when_the_sample_misses():
+    # All magnitudes equal but one block: the sample bracket cannot straddle the threshold.
+    x = torch.ones(400, 400)
+    x[:, 0] = 3.0
+    x[7, 7] = 2.0
+    for k in (1, 399, 400, 401, 402, 1000, 159_999):
+        assert torch.equal(_strategies._top_mask(x.view(-1), k), _argsort_top(x, k))
+
+
+@pytest.mark.parametrize("beta,gamma", [(0.85, 0.01), (0.3, 0.3), (0.0, 0.2), (0.5, 0.0)])
+def test_breadcrumbs_selection_equals_a_stable_argsort_with_ties(beta, gamma):
+    x = _tied_matrix(3)
+    n = x.numel()
+    order = torch.argsort(x.abs().flatten(), descending=True, stable=True)
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[order[n_of(gamma, n) : n - n_of(beta, n)]] = True
+    expected = torch.where(keep.view_as(x), x, torch.zeros_like(x))
+    assert torch.equal(_strategies._keep_middle_(x.clone(), beta, gamma), expected)
+
+
+def test_della_ranks_equal_a_stable_float_argsort():
+    x = _tied_matrix(4, rows=40, cols=64)
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(9))
+    got = _strategies._magprune_(x.clone(), u.clone(), 0.4, 0.2)
+    order = torch.argsort(x.abs(), dim=1, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(x.shape[1]).expand_as(x).contiguous())
+    p_drop = (0.4 + 0.2) - (2.0 * 0.2) * (ranks.to(torch.float32) / float(x.shape[1] - 1))
+    expected = torch.where(u >= p_drop, x / (1.0 - p_drop), torch.zeros_like(x))
+    assert torch.equal(got, expected)
+
+
+def _ties_like(out: int, inp: int, seed: int = 0) -> torch.Tensor:
+    """A dense TIES result of three random rank-8 updates (slowly decaying spectrum)."""
+    g = torch.Generator().manual_seed(seed)
+    fs = [Factor(torch.randn(out, 8, generator=g), torch.randn(8, inp, generator=g)) for _ in range(3)]
+    full = merge_module("ties", fs, [0.5, 0.3, 0.2], {}, no_rng, RankPolicy.parse(min(out, inp), None))
+    return (full.B @ full.A).contiguous()
+
+
+@pytest.mark.parametrize("shape", [(600, 480), (480, 600)])
+@pytest.mark.parametrize("rank", [1, 8, 16])
+def test_krylov_refactorisation_matches_the_exact_svd(shape, rank):
+    W = _ties_like(*shape)
+    assert _lowrank.uses_krylov(shape, rank)
+    assert _lowrank._krylov_top(W, rank) is not None  # converged: the fast path is what is tested
+    B, A, kept = factorize_dense(W, rank)
+    S = torch.linalg.svdvals(W.double())
+    exact = float((S[:rank] ** 2).sum() / (S**2).sum())
+    assert B.shape == (shape[0], rank) and A.shape == (rank, shape[1])
+    assert abs(kept - exact) <= 1e-4 * exact  # the documented accuracy (typically ~1e-7)
+    # The approximation error is the optimal one, ‖W − BA‖² = Σ_{j≥rank} σⱼ², to the same accuracy.
+    err = float(torch.linalg.matrix_norm((W - B @ A).double()) ** 2)
+    assert err == pytest.approx(float((S[rank:] ** 2).sum()), rel=1e-4)
+    # Balanced split with orthonormal directions and canonical signs.
+    sig = B.norm(dim=0) * A.norm(dim=1)
+    np.testing.assert_allclose(sig.numpy(), S[:rank].numpy(), rtol=1e-4)
+    np.testing.assert_allclose(B.norm(dim=0).numpy(), A.norm(dim=1).numpy(), rtol=1e-5)
+    U = B / B.norm(dim=0)
+    np.testing.assert_allclose((U.T @ U).numpy(), np.eye(rank), atol=1e-5)
+    assert (U[U.abs().argmax(dim=0), torch.arange(rank)] > 0).all()
+
+
+def test_krylov_refactorisation_is_deterministic_and_leaves_the_global_rng_alone():
+    W = _ties_like(500, 400, seed=2)
+    state = torch.random.get_rng_state()
+    a = factorize_dense(W, 8)
+    b = factorize_dense(W.clone(), 8)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_krylov_energy_policy_with_a_cap_matches_the_exact_svd():
+    W = _ties_like(600, 500, seed=1)
+    S = torch.linalg.svdvals(W.double())
+    cum = torch.cumsum(S**2, 0) / (S**2).sum()
+    for energy in (0.01, 0.05, 0.2, 0.9):
+        B, A, kept = factorize_dense(W, 12, energy)
+        expected = min(12, int((cum < energy - 1e-9).sum()) + 1)
+        assert B.shape[1] == expected
+        assert kept == pytest.approx(float(cum[expected - 1]), rel=1e-4)
+
+
+def test_krylov_of_a_low_rank_matrix_is_exact_and_keeps_the_requested_rank():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(500, 3, generator=g) @ torch.randn(3, 450, generator=g)
+    B, A, kept = factorize_dense(W, 8)
+    assert B.shape == (500, 8) and A.shape == (8, 450)
+    assert kept == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose((B @ A).numpy(), W.numpy(), atol=1e-4 * float(W.abs().max()))
+    assert not B[:, 3:].any() and not A[3:].any()  # zero directions stay as zero columns
+
+
+def test_krylov_of_zero_keeps_shapes_and_reports_full_energy():
+    B, A, kept = factorize_dense(torch.zeros(500, 400), 8)
+    assert B.shape == (500, 8) and A.shape == (8, 400) and kept == 1.0
+    assert not B.any() and not A.any()
+
+
+def test_flat_spectrum_falls_back_to_the_exact_svd():
+    # Gaussian noise: singular values too close for the iteration to converge within its cap.
+    W = torch.randn(400, 400, generator=torch.Generator().manual_seed(0))
+    assert _lowrank.uses_krylov(W.shape, 4)
+    assert _lowrank._krylov_top(W, 4) is None
+    B, A, kept = factorize_dense(W, 4)
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    U, Vh = canonical_signs(U, Vh)
+    assert torch.equal(B, U[:, :4] * S[:4].sqrt())
+    assert kept == pytest.approx(float((S[:4].double() ** 2).sum() / (S.double() ** 2).sum()), rel=1e-6)
+
+
+def test_full_rank_requests_keep_the_exact_svd():
+    # The dense references above ask for rank min(out, in): the exact path, no iteration.
+    assert not _lowrank.uses_krylov((OUT, IN), min(OUT, IN))
+    assert not _lowrank.uses_krylov((2048, 2048), None)
+    assert not _lowrank.uses_krylov((2048, 2048), 1024)
+    assert _lowrank.uses_krylov((2048, 2048), 16)
+
+
+@pytest.mark.parametrize("strategy", ELEMENTWISE)
+def test_large_module_merge_matches_the_exact_refactorisation(strategy):
+    g = torch.Generator().manual_seed(6)
+    fs = [Factor(torch.randn(520, 8, generator=g), torch.randn(8, 480, generator=g)) for _ in range(3)]
+    full = merge_module(strategy, fs, WS, {}, make_rng(2), RankPolicy.parse(480, None))  # exact SVD path
+    W = full.B.double() @ full.A.double()
+    r = merge_module(strategy, fs, WS, {}, make_rng(2), RankPolicy.parse(8, None))  # block Krylov path
+    S = torch.linalg.svdvals(W)
+    exact = float((S[:8] ** 2).sum() / (S**2).sum())
+    assert r.rank == 8
+    assert abs(r.kept_energy - exact) <= 1e-4 * exact
+    err = float(torch.linalg.matrix_norm(W - r.B.double() @ r.A.double()) ** 2)
+    assert err == pytest.approx(float((S[8:] ** 2).sum()), rel=1e-4)
+
+
+def test_tf32_is_off_inside_a_cuda_merge_and_restored_after():
+    m = torch.backends.cuda.matmul
+    before = m.allow_tf32
+    try:
+        m.allow_tf32 = True
+        with _strategies._ieee_fp32_matmul(torch.device("cuda")):
+            assert m.allow_tf32 is False
+        assert m.allow_tf32 is True
+        with _strategies._ieee_fp32_matmul(torch.device("cpu")):  # CPU merges change nothing
+            assert m.allow_tf32 is True
+    finally:
+        m.allow_tf32 = before

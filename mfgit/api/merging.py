@@ -206,7 +206,12 @@ def merge(repo: "Repository", revs: Sequence[str], *, strategy: str | None = Non
         strategy = strategy or "linear"
         params = params or {}
         seed = 0 if seed is None else seed
-        policy = RankPolicy.parse(rank, energy)
+        if rank is None and energy is None and strategy in LINEAR_FAMILY:
+            # The linear family is exact in factor space: keep every direction
+            # unless the user asks for a truncation.
+            policy = RankPolicy("sum")
+        else:
+            policy = RankPolicy.parse(rank, energy)
         linear = strategy in LINEAR_FAMILY
         if weights_from:
             mode = f"meta:{weights_from}"

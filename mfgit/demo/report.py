@@ -25,14 +25,16 @@ def _columns(results: dict[str, Any]) -> list[tuple[str, str]]:
 def table_text(results: dict[str, Any]) -> str:
     """The table for a terminal: one row per model, accuracy and AUC per test set."""
     cols = _columns(results)
-    name_w = max(len("model"), *(len(r["name"]) for r in results["rows"]))
-    cell_w = 13
     sizes = results["test_sizes"]
-    head1 = " " * name_w + "".join(f"  {f'{label} (n={sizes[key]})':<{cell_w}}" for key, label in cols)
+    name_w = max(len("model"), *(len(r["name"]) for r in results["rows"]))
+    titles = [f"{label} (n={sizes[key]})" for key, label in cols]
+    cell_w = max(11, *(len(t) for t in titles))
+    head1 = " " * name_w + "".join(f"  {t:<{cell_w}}" for t in titles)
     head2 = f"{'model':<{name_w}}" + "".join(f"  {'acc   AUC':<{cell_w}}" for _ in cols)
-    lines = [head1.rstrip(), head2.rstrip(), "-" * len(head2.rstrip())]
+    lines = [head1.rstrip(), head2.rstrip(), "-" * len(head1.rstrip())]
     for row in results["rows"]:
-        cells = "".join(f"  {_fmt(row['metrics'][k]['acc'])} {_fmt(row['metrics'][k]['auc']):<{cell_w - 6}}" for k, _ in cols)
+        cells = "".join(f"  {_fmt(row['metrics'][k]['acc']) + ' ' + _fmt(row['metrics'][k]['auc']):<{cell_w}}"
+                        for k, _ in cols)
         lines.append(f"{row['name']:<{name_w}}{cells}".rstrip())
     lines.append("(* arrives late; accuracy at threshold 0.5, AUC of P(malignant); test sets are each site's "
                  "held-out split, overall = their union)")

@@ -105,6 +105,17 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
         v = config.get(key) or {}
         if not isinstance(v, dict):
             raise InvalidAdapter(where, f"{key} must be an object")
+    return normalise_config(config)
+
+
+def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The one normalisation applied to a stored config: PEFT keeps
+    ``target_modules`` as a set and writes it in arbitrary order, so a list
+    is sorted; otherwise the same adapter would get a different id on every
+    save. Everything else is kept as written."""
+    tm = config.get("target_modules")
+    if isinstance(tm, list) and all(isinstance(x, str) for x in tm):
+        config = {**config, "target_modules": sorted(tm)}
     return config
 
 

@@ -457,14 +457,23 @@ def _uniform(rng: Callable[[int], torch.Generator], i: int, shape: tuple[int, in
     return u.to(device)
 
 
+def _keep_factor_(u: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
+    """In place on u: 1.0 where u ≥ p, 0.0 where u < p.
+
+    sgn(u − p) is exact (a difference of floats is 0 only for equal floats and
+    keeps the sign of the true difference), so this is the comparison u ≥ p in
+    float arithmetic, which is several times faster on the CPU than a boolean
+    mask and masked_fill.
+    """
+    return u.sub_(p).sign_().add_(1.0).clamp_max_(1.0)
+
+
 def _dare_(x: torch.Tensor, u: torch.Tensor, p: float) -> torch.Tensor:
-    """In place: x / (1 − p) where u ≥ p, else 0."""
+    """In place: x / (1 − p) where u ≥ p, else 0 (consumes u)."""
     if p != 0.0:
         f, uf = x.view(-1), u.view(-1)
         for sl in _slices(f.numel(), x.device):
-            xs = f[sl]
-            xs.div_(1.0 - p)
-            xs.masked_fill_(uf[sl] < p, 0.0)
+            f[sl].div_(1.0 - p).mul_(_keep_factor_(uf[sl], p))
     return x
 
 
@@ -473,7 +482,7 @@ def _magprune_(x: torch.Tensor, u: torch.Tensor, p: float, eps: float) -> torch.
 
     Element of ascending rank rₖ (stable) in its row gets pₖ = (p+ε) − 2ε·rₖ/(cols−1)
     (pₖ = p for one column), computed once per rank in fp32 and scattered to
-    the elements; dropped where u < pₖ, else divided by 1 − pₖ.
+    the elements; dropped where u < pₖ, else divided by 1 − pₖ. Consumes u.
     """
     rows, cols = x.shape
     # |x| is non-negative, so its fp32 bit patterns sort like its values
@@ -487,9 +496,12 @@ def _magprune_(x: torch.Tensor, u: torch.Tensor, p: float, eps: float) -> torch.
     p_drop = torch.empty_like(x)
     p_drop.scatter_(1, order, table.expand(rows, cols))
     del order
-    drop = u < p_drop
-    x.div_(p_drop.neg_().add_(1.0))  # x / (1 − pₖ)
-    return x.masked_fill_(drop, 0.0)
+    f, uf, pf = x.view(-1), u.view(-1), p_drop.view(-1)
+    for sl in _slices(f.numel(), x.device):
+        ps = pf[sl]
+        keep = _keep_factor_(uf[sl], ps)  # u ≥ pₖ
+        f[sl].div_(ps.neg_().add_(1.0)).mul_(keep)  # x / (1 − pₖ), or 0
+    return x
 
 
 def _elect_and_fuse_(taus: Sequence[torch.Tensor], ws: Sequence[float]) -> torch.Tensor:
