@@ -680,8 +680,9 @@ def _ties_like(out: int, inp: int, seed: int = 0) -> torch.Tensor:
     return (full.B @ full.A).contiguous()
 
 
-@pytest.mark.parametrize("shape", [(600, 480), (480, 600)])
-@pytest.mark.parametrize("rank", [1, 8, 16])
+@pytest.mark.parametrize(
+    "shape,rank", [((600, 480), 1), ((600, 480), 8), ((480, 600), 4), ((480, 600), 8), ((1000, 800), 16)]
+)
 def test_krylov_refactorisation_matches_the_exact_svd(shape, rank):
     W = _ties_like(*shape)
     assert _lowrank.uses_krylov(shape, rank)

@@ -287,8 +287,16 @@ def reproduce(repo: "Repository", cid: str, *, device: str | None = None) -> dic
     if prov.get("kind") != "merge":
         raise MergeError(f"{cid[:10]} is not a merge commit")
     r = prov["recipe"]
+    if device is None:
+        # Re-run on the recorded device type when this machine has it; a merge
+        # recorded on CUDA is re-run on the CPU elsewhere (and then compared
+        # within a tolerance, see mfgit verify --reproduce).
+        import torch
+
+        recorded = prov.get("device", {}).get("type", "cpu")
+        device = recorded if recorded != "cuda" or torch.cuda.is_available() else "cpu"
     rec = Recipe(r["strategy"], r.get("params", {}), int(r.get("seed", 0)), RankPolicy.from_dict(r.get("rank", {})),
-                 device or prov.get("device", {}).get("type", "auto"), r.get("dtype")).resolved()
+                 device, r.get("dtype")).resolved()
     inputs = [MergeInput(i["label"], i["commit"], repo.read_adapter(repo.read_commit(i["commit"]).adapter), float(i["weight"]))
               for i in prov["inputs"]]
     out = merge_adapters(inputs, rec, lambda oid, dev: repo.load_tensor(oid, device=dev))
