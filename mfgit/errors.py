@@ -312,3 +312,15 @@ class SigningKeyError(MfgitError):
         super().__init__(f"signing key {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+# --- coefficient search and site evaluations (added with mfgit.api.search / notes) ---
+
+
+class ScoreError(MfgitError):
+    """The user's score function (or its base model / data loader) cannot be used or failed."""
+
+    def __init__(self, spec: str, reason: str):
+        super().__init__(f"score function {spec}: {reason}")
+        self.spec = spec
+        self.reason = reason

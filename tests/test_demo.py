@@ -63,7 +63,8 @@ def test_table_has_every_row_and_column(demo_run):
     out = demo_run["res"].stdout
     md = (work / "results.md").read_text(encoding="utf-8")
     rows = ["base model", *(f"site {s}" for s in SITES), f"site {LATE} (late)",
-            *(f"composite {k} (3 sites)" for k in COMPOSITES), f"main: linear + {LATE} (4 sites)"]
+            *(f"composite {k} (3 sites)" for k in COMPOSITES), f"main: linear + {LATE} (4 sites)",
+            "tuned: linear, searched on public split (4 sites)"]
     table_lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
     header = [c.strip() for c in table_lines[0].strip("|").split("|")]
     for test_set in [*SITES, f"{LATE}*", "overall"]:
@@ -84,7 +85,7 @@ def test_results_json_numbers(demo_run):
     r = _results(work)
     assert r["sites"] == SITES and r["late_site"] == LATE
     assert r["test_sets"] == [*SITES, LATE, "overall"]
-    assert len(r["rows"]) == 1 + 4 + 3 + 1
+    assert len(r["rows"]) == 1 + 4 + 3 + 1 + 1
     for row in r["rows"]:
         assert set(row["metrics"]) == set(r["test_sets"])
         for m in row["metrics"].values():
@@ -133,6 +134,22 @@ def test_composites_are_merge_commits_with_provenance(demo_run):
             assert key in meta, (s, meta)
         assert 0.0 <= meta["val_acc"] <= 1.0 and 0.0 <= meta["val_auc"] <= 1.0
         assert c.provenance["base_model"]["name"] == "mfgit-demo/breast-cancer-transformer"
+
+
+def test_tuned_composite_records_its_search(demo_run):
+    """The tuned row: weights searched on the coordinator's public split, every evaluation recorded."""
+    from mfgit.api.repository import Repository
+
+    work = _ok(demo_run)
+    r = _results(work)
+    coord = Repository.open(work / "coordinator")
+    prov = coord.read_commit(coord.resolve("composite/tuned")).provenance
+    s = prov["search"]
+    assert r["tuned"]["commit"] == coord.resolve("composite/tuned")
+    assert s["optimiser"]["name"] == "nevergrad.NGOpt" and s["budget"] == 40 and s["seed"] == 0
+    assert len(s["evaluations"]) == 41 and s["chosen"]["score"] <= s["start"]["score"]
+    assert sorted(lf["site"] for lf in prov["leaves"]) == sorted([*SITES, LATE])
+    assert "public validation split" in demo_run["res"].stdout
 
 
 def test_hub_has_the_site_branches(demo_run):

@@ -110,8 +110,30 @@ def merge(repo: "Repository", revs: Sequence[str], *, strategy: str | None = Non
           energy: float | None = None, seed: int | None = None, device: str | None = None, dtype: str | None = None,
           message: str | None = None, no_commit: bool = False, to: str | os.PathLike | None = None,
           rebuild: bool = False, force: bool = False, recipe: str | os.PathLike | None = None,
-          progress: Callable[[int, int, str], None] | None = None, sign=None) -> MergeReport:
+          progress: Callable[[int, int, str], None] | None = None, sign=None,
+          search: str | None = None, score: Any = None, base: Any = None, data: Any = None,
+          budget: int | None = None, bounds: Any = None, l1: float | None = None, candidates: int | None = None,
+          from_candidates: str | None = None, select_by: Any = None, select_rule: str | None = None) -> MergeReport:
+    """Merge `revs` (see the module docstring). Coefficient search (`search`, `score`, `base`, `data`,
+    `budget`, `bounds`, `l1`) and candidate rounds (`candidates`; `from_candidates`, `select_by`,
+    `select_rule`) are in mfgit.api.search and docs/search-and-eval.md."""
     t0 = time.perf_counter()
+    if from_candidates is not None:
+        from mfgit.api.search import select_candidate
+
+        if revs or search or candidates:
+            raise MergeError("--from-candidates takes no revisions, --search or --candidates: the round names them")
+        return select_candidate(repo, from_candidates, select_by=select_by, rule=select_rule, message=message,
+                                sign=sign, to=to, force=force)
+    if candidates is not None and (search is not None or no_commit or to is not None):
+        raise MergeError("--candidates publishes commits for the sites to evaluate; it cannot be combined with "
+                         "--search, --no-commit or --to")
+    if search is None and (any(v is not None for v in (score, base, data, budget, l1))
+                           or (bounds is not None and candidates is None)):
+        raise MergeError("--score, --base, --data, --budget, --l1 and --bounds go with --search "
+                         "(--bounds also with --candidates)")
+    if select_by is not None or select_rule is not None:
+        raise MergeError("--select-by and --select-rule go with --from-candidates ROUND")
     if recipe is not None:
         r = load_recipe(recipe)
         revs = list(revs) or list(r.get("inputs") or [])
@@ -159,7 +181,7 @@ def merge(repo: "Repository", revs: Sequence[str], *, strategy: str | None = Non
             mode = f"meta:{weights_from}"
         elif weights is not None:
             mode = "explicit"
-        if mode == "explicit" and weights is None and resolved:
+        if mode == "explicit" and weights is None and resolved and search is None:  # a search starts new leaves at 0
             raise MergeError("the composite uses explicit weights; give --weights for the revisions you add")
         linear = strategy in LINEAR_FAMILY
         leaves = [dict(lf) for lf in old.get("leaves", [])]
@@ -237,7 +259,21 @@ def merge(repo: "Repository", revs: Sequence[str], *, strategy: str | None = Non
     rec = Recipe(strategy, params or {}, int(seed), policy, device or "auto", dtype).resolved()
     inputs = [MergeInput(label, cid, repo.read_adapter(repo.read_commit(cid).adapter), float(w))
               for cid, label, w in engine_inputs]
-    out = merge_adapters(inputs, rec, lambda oid, dev: repo.load_tensor(oid, device=dev), progress=progress)
+    out, search_record = None, None
+    if integrating and (tip_commit.provenance or {}).get("search"):
+        from mfgit.api.search import check_integration
+
+        check_integration(tip_commit.provenance, search)
+    if search is not None:  # weights chosen by the user's score (mfgit.api.search)
+        from mfgit.api.search import search_hook
+
+        inputs, leaves, out, search_record = search_hook(
+            repo, inputs=inputs, rec=rec, resolved=resolved, leaves=leaves, integrating=integrating, linear=linear,
+            old_provenance=tip_commit.provenance if tip_commit else None, search=search, score=score, base=base,
+            data=data, budget=budget, bounds=bounds, l1=l1, seed=rec.seed)
+        mode = "explicit"
+    if out is None:
+        out = merge_adapters(inputs, rec, lambda oid, dev: repo.load_tensor(oid, device=dev), progress=progress)
     adapter_id = repo.store_adapter_tensors(out.config, out.tensors, metadata={"format": "pt"},
                                             base_model=inputs[0].adapter.base_model)
     lam = float(rec.params.get("lambda", 1.0)) if linear else None
@@ -259,6 +295,19 @@ def merge(repo: "Repository", revs: Sequence[str], *, strategy: str | None = Non
         "versions": library_versions(),
         "wall_time_s": round(time.perf_counter() - t0, 3),
     }
+    if search_record is not None:
+        provenance["search"] = search_record
+        if search_record["mode"] == "layer-weights":  # one weight per layer: no single weight per leaf
+            provenance["linear"] = False
+            for lf in provenance["leaves"]:
+                lf["effective_weight"] = None
+    if candidates is not None:
+        from mfgit.api.search import publish_candidates
+
+        return publish_candidates(repo, count=candidates, inputs=inputs, rec=rec, resolved=resolved, leaves=leaves,
+                                  integrating=integrating, linear=linear, parents=parents, tip=tip,
+                                  provenance=provenance, first_output=out, bounds=bounds, seed=rec.seed,
+                                  message=message, sign=sign)
     if no_commit:
         adapter = repo.read_adapter(adapter_id)
         path = repo.write_adapter_dir(adapter, to, force=force)
@@ -299,7 +348,14 @@ def reproduce(repo: "Repository", cid: str, *, device: str | None = None) -> dic
                  device, r.get("dtype")).resolved()
     inputs = [MergeInput(i["label"], i["commit"], repo.read_adapter(repo.read_commit(i["commit"]).adapter), float(i["weight"]))
               for i in prov["inputs"]]
-    out = merge_adapters(inputs, rec, lambda oid, dev: repo.load_tensor(oid, device=dev))
+    search = prov.get("search") or {}
+    if search.get("mode") == "layer-weights":  # one weight per input and layer (mfgit.api.search)
+        from mfgit.api.search import merge_layer_weights
+
+        out = merge_layer_weights(inputs, rec, search["chosen"]["matrix"], search["layout"]["groups"],
+                                  lambda oid, dev: repo.load_tensor(oid, device=dev))
+    else:
+        out = merge_adapters(inputs, rec, lambda oid, dev: repo.load_tensor(oid, device=dev))
     from mfgit.api.repository import _torch_to_bytes
     from mfgit.objects.model import tensor_id
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from mfgit.errors import InvalidAdapter
 
-_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^@/]*@")
+# Up to the LAST "@" before the path: a password may itself contain "@".
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/]*@")
 
 
 def strip_credentials(url: str) -> str:

@@ -141,8 +141,9 @@ class Repository:
     # -- identity ----------------------------------------------------------------
 
     def identity(self) -> dict[str, str]:
-        name = self.config.get("user.name") or os.environ.get("MFGIT_AUTHOR_NAME")
-        email = self.config.get("user.email") or os.environ.get("MFGIT_AUTHOR_EMAIL")
+        # As in git, the environment overrides the configuration.
+        name = os.environ.get("MFGIT_AUTHOR_NAME") or self.config.get("user.name")
+        email = os.environ.get("MFGIT_AUTHOR_EMAIL") or self.config.get("user.email")
         if not name or not email:
             raise ConfigError(
                 "user.name" if not name else "user.email",
@@ -407,26 +408,33 @@ class Repository:
         where = str(adir.weights)
         self.store.begin_batch()
         try:
-            with st.SafetensorsReader(adir.weights) as reader:
-                header = reader.header
-                infos = list(header.tensors.values())
-
+            # Read each tensor into memory with pread rather than mapping the
+            # user's file: bytes that change or vanish while we work (a
+            # checkpoint rewritten in place, a truncated file) can then
+            # never make the stored bytes differ from the hashed ones, nor
+            # kill the process with SIGBUS — a short read is a clear error.
+            header = st.read_header(adir.weights)
+            infos = list(header.tensors.values())
+            fd = os.open(adir.weights, os.O_RDONLY)
+            try:
                 def one(info: st.TensorInfo) -> tuple[str, str]:
                     th = TensorHeader(info.dtype, tuple(info.shape))
-                    raw = reader.tensor_bytes(info.name)
+                    raw = _pread_exact(fd, info.nbytes, header.data_offset + info.start, where)
                     tid = tensor_id(th, raw)
                     self.store.put_tensor(th, raw, tid)
                     _crashpoint("during-tensors")
                     return info.name, tid
 
-                # hashlib, zstd and numpy release the GIL on large buffers:
-                # two threads keep both cores busy on a big adapter.
+                # hashlib, zstd, numpy and pread release the GIL on large
+                # buffers: two threads keep both cores busy on a big adapter.
                 with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
                     ids = dict(pool.map(one, infos))
-                tensors = {
-                    i.name: {"id": ids[i.name], "dtype": i.dtype, "shape": list(i.shape)} for i in infos
-                }
-                metadata = header.metadata
+            finally:
+                os.close(fd)
+            tensors = {
+                i.name: {"id": ids[i.name], "dtype": i.dtype, "shape": list(i.shape)} for i in infos
+            }
+            metadata = header.metadata
             files = self._store_extra_files(adir)
             _crashpoint("after-tensors")
         except BaseException:
@@ -821,6 +829,52 @@ class Repository:
 
         return audit.signer(self, key)
 
+    # -- notes: metrics measured at the sites, attached to commits (mfgit.api.notes) ----------------------
+
+    def notes_for(self, commit_id: str) -> list[dict[str, Any]]:
+        """The notes attached to `commit_id`, each checked (``ok``, ``signature``, ``problem``)."""
+        from mfgit.api import notes
+
+        return notes.notes_for(self, commit_id)
+
+    def notes_show(self, rev: str = "HEAD") -> dict[str, Any]:
+        from mfgit.api import notes
+
+        return notes.show(self, rev)
+
+    def notes_list(self) -> dict[str, Any]:
+        from mfgit.api import notes
+
+        return notes.listing(self)
+
+    def evaluate(self, revs: list[str], *, score: Any, name: str, **kwargs) -> list[dict[str, Any]]:
+        """Score `revs` with the user's function on this site's data; attach the values as notes."""
+        from mfgit.api import notes
+
+        return notes.evaluate(self, revs, score=score, name=name, **kwargs)
+
+    def push_notes(self, remote: str) -> dict[str, Any]:
+        """Union our notes with the remote's and move its refs/notes/metrics by compare-and-swap."""
+        from mfgit.api.remotes import open_remote
+        from mfgit.remote.sync import push_notes
+
+        name, transport = open_remote(self, remote)
+        try:
+            return push_notes(self, transport, name)
+        finally:
+            transport.close()
+
+    def fetch_notes(self, remote: str) -> dict[str, Any]:
+        """Download the remote's notes and union them into ours."""
+        from mfgit.api.remotes import open_remote
+        from mfgit.remote.sync import fetch_notes
+
+        name, transport = open_remote(self, remote)
+        try:
+            return fetch_notes(self, transport, name)
+        finally:
+            transport.close()
+
     # -- reachability, fsck, gc ------------------------------------------------------------------
 
     def ref_tips(self) -> dict[str, str]:
@@ -949,6 +1003,17 @@ def _torch_to_bytes(t) -> tuple[TensorHeader, memoryview]:
         raise InvalidAdapter("tensor", f"dtype {t.dtype} cannot be stored")
     raw = memoryview(t.view(torch.uint8).numpy().reshape(-1)) if t.numel() else memoryview(b"")
     return TensorHeader(rev[t.dtype], tuple(t.shape)), raw
+
+
+def _pread_exact(fd: int, n: int, offset: int, where: str) -> bytes:
+    buf = os.pread(fd, n, offset)
+    while len(buf) < n:
+        more = os.pread(fd, n - len(buf), offset + len(buf))
+        if not more:
+            raise InvalidAdapter(where, f"the file shrank while it was read (got {len(buf)} of {n} bytes at {offset}); "
+                                 "commit again once the adapter is written")
+        buf += more
+    return buf
 
 
 def _write_safetensors_streaming(f, specs, fetch, metadata) -> None:

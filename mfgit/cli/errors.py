@@ -73,6 +73,7 @@ TABLE: list[tuple[type, int, Fix]] = [
     (E.NonFastForward, REJECTED, _fix("fetch first, merge the remote branch, then push again; or push --force to overwrite")),
     (E.SignatureError, SIGNATURE, _fix("see docs/audit.md on signing keys and allowed signers")),
     (E.SigningKeyError, BAD_INPUT, _fix("make a key with: mfgit keygen PATH, then: mfgit config signing.key PATH")),
+    (E.ScoreError, BAD_INPUT, _fix("see docs/search-and-eval.md for what a score function receives and returns")),
 ]
 
 

@@ -136,10 +136,11 @@ def log(ctx, rev, max_count, graph, oneline, first_parent, as_json):
     repo = _repo(ctx)
     commits = repo.log(rev, n=max_count, first_parent=first_parent)
     decorations = render.decorations(repo)
+    notes = render.notes_by_commit(repo, [c.id for c in commits])
     if as_json:
-        _emit_json({"commits": [render.commit_json(c, decorations) for c in commits]})
+        _emit_json({"commits": [render.commit_json(c, decorations, notes) for c in commits]})
         return
-    click.echo(render.log_text(commits, decorations, graph=graph, oneline=oneline), nl=False)
+    click.echo(render.log_text(commits, decorations, graph=graph, oneline=oneline, notes=notes), nl=False)
 
 
 @cli.command()
@@ -150,6 +151,9 @@ def show(ctx, rev, as_json):
     """Show a commit: message, provenance and adapter summary."""
     repo = _repo(ctx)
     data = repo.show(rev)
+    notes = render.notes_by_commit(repo, [data["id"]]).get(data["id"])
+    if notes:
+        data["notes"] = notes
     if as_json:
         _emit_json(data)
     else:
@@ -296,11 +300,26 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty --to directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and provenance as JSON.")
 @click.option("-S", "--sign", is_flag=True, help="Sign the merge commit with the key in config signing.key.")
+@click.option("--search", type=click.Choice(["weights", "layer-weights"]), default=None,
+              help="Search the weights (per revision, or per revision and layer) that minimise --score.")
+@click.option("--score", default=None, metavar="MODULE:FUNC", help="Your score function (lower is better); see docs/search-and-eval.md.")
+@click.option("--base", "base_spec", default=None, metavar="MODULE:FUNC", help="Base model factory (default: base_model() in the score module).")
+@click.option("--data", "data_spec", default=None, metavar="MODULE:FUNC", help="Data loader (default: load_data() in the score module, if any).")
+@click.option("--budget", type=int, default=None, help="Optimiser proposals to evaluate (default 40).")
+@click.option("--bounds", default=None, metavar="LOW,HIGH", help="Bounds of every searched weight (default -1.5,1.5).")
+@click.option("--l1", type=float, default=None, help="L1 penalty on the searched weights (default 0; MedForge uses 0.05).")
+@click.option("--candidates", type=int, default=None, metavar="N", help="Publish N candidate composites on candidates/<round>/<k> for the sites to evaluate.")
+@click.option("--from-candidates", default=None, metavar="ROUND", help="Commit the candidate of ROUND chosen by the sites' notes (--select-by).")
+@click.option("--select-by", default=None, metavar="NAME,...", help="Evaluation names (mfgit eval --name) to choose by.")
+@click.option("--select-rule", type=click.Choice(["worst", "mean"]), default=None, help="Best worst-site score (default) or best mean.")
 @click.pass_context
 def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda_, extra, rank, energy, seed,
-          device, dtype, message, recipe, rebuild, no_commit, to, force, as_json, sign):
+          device, dtype, message, recipe, rebuild, no_commit, to, force, as_json, sign, search, score, base_spec,
+          data_spec, budget, bounds, l1, candidates, from_candidates, select_by, select_rule):
     """Merge the adapters of REVS in weight space into the current branch."""
     repo = _repo(ctx)
+    if score or search or from_candidates or candidates:
+        _import_path(ctx)
     params = _parse_params(extra)
     for key, value in (("density", density), ("drop_rate", drop_rate), ("lambda", lambda_)):
         if value is not None:
@@ -318,9 +337,14 @@ def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda
             energy=energy, seed=seed, device=device, dtype=dtype, message=message, no_commit=no_commit,
             to=(cwd / to) if to else None, rebuild=rebuild, force=force,
             recipe=(cwd / recipe) if recipe else None, progress=progress, sign=repo.signer() if sign else None,
+            search=search, score=score, base=base_spec, data=data_spec, budget=budget, bounds=bounds, l1=l1,
+            candidates=candidates, from_candidates=from_candidates, select_by=select_by, select_rule=select_rule,
         )
     if as_json:
         _emit_json(report.to_dict())
+        return
+    if getattr(report, "candidates", None) is not None:
+        click.echo(render.candidates_text(report.to_dict()), nl=False)
         return
     prov = report.provenance
     if report.commit:
@@ -331,6 +355,8 @@ def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda
         click.echo(f"Wrote {report.output_dir}")
     e = prov["kept_energy"]
     click.echo(f"kept energy: min {e['min']:.4f}, mean {e['mean']:.4f}; {prov['wall_time_s']:.2f} s")
+    if prov.get("search") or prov.get("selection"):
+        click.echo(render.search_text(prov), nl=False)
 
 
 @cli.group(invoke_without_command=True)
@@ -407,16 +433,23 @@ def _transfer_summary(verb: str, report: dict) -> str:
 @click.option("-f", "--force", is_flag=True, help="Allow a non-fast-forward update (overwrites the remote branch).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.option("--notes", is_flag=True, help="Also send the notes (metrics, refs/notes/metrics); alone: only the notes.")
 @click.pass_context
-def push(ctx, remote_name, refspecs, force, quiet, as_json):
+def push(ctx, remote_name, refspecs, force, quiet, as_json, notes):
     """Send branches to REMOTE: objects first, then the ref by compare-and-swap."""
     repo = _repo(ctx)
-    with _transfer_bar(quiet or as_json, "push") as progress:
-        report = repo.push(remote_name, list(refspecs) or None, force=force, progress=progress)
+    report = None
+    if refspecs or not notes:
+        with _transfer_bar(quiet or as_json, "push") as progress:
+            report = repo.push(remote_name, list(refspecs) or None, force=force, progress=progress)
+    notes_report = repo.push_notes(remote_name) if notes else None
     if as_json:
-        _emit_json(report)
+        _emit_json({**(report or {}), **({"notes": notes_report} if notes else {})})
     elif not quiet:
-        click.echo(_transfer_summary("Sent", report))
+        if report is not None:
+            click.echo(_transfer_summary("Sent", report))
+        if notes_report is not None:
+            click.echo(render.notes_transfer_text("push", notes_report))
 
 
 @cli.command()
@@ -424,16 +457,20 @@ def push(ctx, remote_name, refspecs, force, quiet, as_json):
 @click.argument("branches", nargs=-1)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.option("--notes", is_flag=True, help="Also fetch the notes (metrics) and union them into ours.")
 @click.pass_context
-def fetch(ctx, remote_name, branches, quiet, as_json):
+def fetch(ctx, remote_name, branches, quiet, as_json, notes):
     """Download new commits of REMOTE's branches into refs/remotes/REMOTE/*."""
     repo = _repo(ctx)
     with _transfer_bar(quiet or as_json, "fetch") as progress:
         report = repo.fetch(remote_name, branches=list(branches) or None, progress=progress)
+    notes_report = repo.fetch_notes(remote_name) if notes else None
     if as_json:
-        _emit_json(report)
+        _emit_json({**report, **({"notes": notes_report} if notes else {})})
     elif not quiet:
         click.echo(_transfer_summary("Received", report))
+        if notes_report is not None:
+            click.echo(render.notes_transfer_text("fetch", notes_report))
 
 
 @cli.command()
@@ -649,6 +686,79 @@ def export(ctx, rev, outdir, card, manifest, key, force, as_json):
     if report["manifest"]:
         click.echo(f"Signed manifest {report['manifest']}; check it with: model_signing verify key "
                    f"--signature {report['manifest']} --public_key PUBLIC_KEY.pem {report['dir']}")
+
+
+# -- site evaluations and notes (docs/search-and-eval.md) -------------------------------------------
+
+
+def _import_path(ctx: click.Context) -> None:
+    """Score modules are imported like `python -m` does: from -C PATH, the current directory, then sys.path."""
+    for here in (os.getcwd(), str(Path(ctx.obj["cwd"]).absolute())):
+        if here not in sys.path:
+            sys.path.insert(0, here)
+
+
+@cli.command("eval")
+@click.argument("revs", nargs=-1, required=True)
+@click.option("--score", required=True, metavar="MODULE:FUNC", help="Your score function: score(model[, data]) -> number or {'score': ..., ...}.")
+@click.option("--name", required=True, help="Name of the data evaluated on (e.g. breakhis-val); --select-by uses it.")
+@click.option("--base", "base_spec", default=None, metavar="MODULE:FUNC", help="Base model factory (default: base_model() in the score module).")
+@click.option("--data", "data_spec", default=None, metavar="MODULE:FUNC", help="This site's data loader (default: load_data() in the score module, if any).")
+@click.option("--code", type=click.Path(), default=None, help="Git work tree of the evaluation code (default: the score module's).")
+@click.option("-m", "--message", default=None, help="A remark stored with the note.")
+@click.option("--sign/--no-sign", "sign", default=None, help="Sign the notes (default: when config signing.key is set).")
+@click.option("--json", "as_json", is_flag=True, help="Print the notes as JSON.")
+@click.pass_context
+def eval_cmd(ctx, revs, score, name, base_spec, data_spec, code, message, sign, as_json):
+    """Score REVS on this site's data and attach the numbers to the commits as notes.
+
+    The data never leaves the site: only the returned values are recorded (signed when
+    signing.key is set), and `mfgit push REMOTE --notes` shares them.
+    """
+    repo = _repo(ctx)
+    _import_path(ctx)
+    written = repo.evaluate(list(revs), score=score, name=name, base=base_spec, data=data_spec,
+                            code=(Path(ctx.obj["cwd"]) / code) if code else None, message=message, sign=sign)
+    if as_json:
+        _emit_json({"notes": written})
+        return
+    for n in written:
+        click.echo(render.note_line(n, with_commit=True))
+
+
+@cli.group()
+def notes():
+    """Metrics attached to commits (refs/notes/metrics): show, list."""
+
+
+@notes.command("show")
+@click.argument("rev", default="HEAD", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def notes_show(ctx, rev, as_json):
+    """The notes attached to REV, each with its signature check (exit 9 if one is bad)."""
+    data = _repo(ctx).notes_show(rev)
+    if as_json:
+        _emit_json(data)
+    else:
+        click.echo(render.notes_text(data), nl=False)
+    if not data["ok"]:
+        ctx.exit(cli_errors.SIGNATURE)
+
+
+@notes.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def notes_list(ctx, as_json):
+    """Every commit that has notes, and how many."""
+    data = _repo(ctx).notes_list()
+    if as_json:
+        _emit_json(data)
+        return
+    for c in data["commits"]:
+        click.echo(f"{c['commit'][:10]} {len(c['notes'])} note(s)")
+    if not data["commits"]:
+        click.echo("(no notes)")
 
 
 def _parse_duration(value: str) -> float:

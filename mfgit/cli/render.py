@@ -111,9 +111,11 @@ def decorations(repo) -> dict[str, list[str]]:
     return out
 
 
-def commit_json(info, decorations: dict[str, list[str]]) -> dict[str, Any]:
+def commit_json(info, decorations: dict[str, list[str]], notes: dict[str, list] | None = None) -> dict[str, Any]:
     d = info.to_dict()
     d["refs"] = decorations.get(info.id, [])
+    if notes and notes.get(info.id):
+        d["notes"] = notes[info.id]
     return d
 
 
@@ -121,7 +123,7 @@ def _subject(msg: str) -> str:
     return msg.splitlines()[0] if msg else ""
 
 
-def _commit_block(info, decorations) -> str:
+def _commit_block(info, decorations, notes: dict[str, list] | None = None) -> str:
     c = info.commit
     deco = decorations.get(info.id)
     lines = [f"commit {info.id}" + (f" ({', '.join(deco)})" if deco else "")]
@@ -133,13 +135,16 @@ def _commit_block(info, decorations) -> str:
     lines.append(f"Date:   {c.timestamp}")
     if c.signature:
         lines.append(f"Signed: {c.signature.get('key_id', c.signature.get('format', 'yes'))}")
+    for n in (notes or {}).get(info.id, []):
+        lines.append("Note:   " + note_line(n))
     lines.append("")
     lines.extend("    " + ln for ln in (c.message.splitlines() or [""]))
     lines.append("")
     return "\n".join(lines) + "\n"
 
 
-def log_text(commits, decorations, *, graph: bool = False, oneline: bool = False) -> str:
+def log_text(commits, decorations, *, graph: bool = False, oneline: bool = False,
+             notes: dict[str, list] | None = None) -> str:
     if not graph:
         if oneline:
             out = []
@@ -147,7 +152,7 @@ def log_text(commits, decorations, *, graph: bool = False, oneline: bool = False
                 deco = decorations.get(info.id)
                 out.append(f"{info.id[:10]}{' (' + ', '.join(deco) + ')' if deco else ''} {_subject(info.commit.message)}\n")
             return "".join(out)
-        return "".join(_commit_block(i, decorations) for i in commits)
+        return "".join(_commit_block(i, decorations, notes) for i in commits)
     return graph_text(commits, decorations, oneline=oneline)
 
 
@@ -191,7 +196,7 @@ def show_text(data: dict[str, Any], decorations) -> str:
     from mfgit.objects.model import Commit
 
     info = CommitInfo(data["id"], Commit.from_dict(data["commit"]))
-    text = _commit_block(info, decorations)
+    text = _commit_block(info, decorations, {data["id"]: data.get("notes") or []})
     a = data["adapter"]
     base = a["base_model"] or {}
     text += (
@@ -244,4 +249,109 @@ def fsck_text(report: dict[str, Any]) -> str:
         lines.append(f"lock file {lk} (remove it if no mfgit process is running)")
     verdict = "ok" if report["ok"] else "DAMAGED"
     lines.append(f"checked {report['objects_checked']} objects{' (full SHA-256)' if report['read_data'] else ''}: {verdict}")
+    return "\n".join(lines) + "\n"
+
+
+# -- search, candidates and notes (docs/search-and-eval.md) ----------------------------------------
+
+
+def notes_by_commit(repo, commit_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """commit id → its checked notes, for the commits listed (empty when the repository has no notes)."""
+    from mfgit.api import notes as notes_api
+
+    if repo.refs.read(notes_api.NOTES_REF) is None:
+        return {}
+    index = notes_api.read_index(repo)
+    return {cid: notes_api.notes_for(repo, cid, index) for cid in commit_ids if cid in index}
+
+
+def _values_text(values: dict[str, Any]) -> str:
+    def f(v):
+        return "n/a" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    keys = sorted(values, key=lambda k: (k != "score", k))
+    return " ".join(f"{k}={f(values[k])}" for k in keys)
+
+
+def note_line(n: dict[str, Any], *, with_commit: bool = False) -> str:
+    """One line for a note: name, values, who (site), when, signature status."""
+    who = n.get("measured_by") or {}
+    sig = n.get("signature") or {}
+    status = {"good": f"signed {sig.get('key_id')}", "unsigned": "unsigned"}.get(sig.get("status"), "BAD SIGNATURE")
+    head = f"{str(n.get('commit'))[:10]} " if with_commit else ""
+    line = (f"{head}{n.get('name')}: {_values_text(n.get('values') or {})}  [{who.get('site') or who.get('name')}, "
+            f"{str(n.get('timestamp'))[:19]}, {status}]")
+    if n.get("ok") is False:
+        line += f"  !! {n.get('problem')}"
+    return line
+
+
+def notes_text(data: dict[str, Any]) -> str:
+    lines = [f"commit {data['commit']}"]
+    if not data["notes"]:
+        lines.append("  (no notes)")
+    for n in data["notes"]:
+        who = n.get("measured_by") or {}
+        sig = n.get("signature") or {}
+        code = n.get("code") or {}
+        lines.append(f"note {n['id']}{'' if n.get('ok') else '  (NOT OK: ' + str(n.get('problem')) + ')'}")
+        lines.append(f"  name       {n.get('name')}")
+        lines.append(f"  values     {_values_text(n.get('values') or {})}")
+        lines.append(f"  measured   {who.get('name')} <{who.get('email')}>" + (f", site {who['site']}" if who.get("site") else ""))
+        lines.append(f"  when       {n.get('timestamp')}")
+        scorer = n.get("scorer") or {}
+        lines.append(f"  scorer     {scorer.get('score')}" + (f", data {scorer['data']}" if scorer.get("data") else ""))
+        if code:
+            lines.append(f"  code       {code.get('commit')}" + (" (dirty)" if code.get("dirty") else "")
+                         + (f" {code.get('remote_url')}" if code.get("remote_url") else ""))
+        lines.append(f"  adapter    {n.get('adapter')}")
+        lines.append(f"  signature  {sig.get('status')}" + (f" {sig.get('key_id')}" if sig.get("key_id") else "")
+                     + (f": {sig.get('reason')}" if sig.get("status") == "bad" else ""))
+    lines.append("notes: " + ("ok" if data["ok"] else "SOME NOTES FAILED THEIR CHECKS"))
+    return "\n".join(lines) + "\n"
+
+
+def notes_transfer_text(verb: str, r: dict[str, Any]) -> str:
+    if verb == "push":
+        return (f"  {r['ref']}: {(r.get('old') or '(new)')[:10]} -> {(r.get('new') or '(none)')[:10]} ({r['status']}); "
+                f"{r['notes']} note(s) on the remote, sent {r['objects']} object(s)")
+    return (f"  {r['ref']}: {r['new_notes']} new note(s), {r['notes']} in all; received {r['objects']} object(s)")
+
+
+def search_text(prov: dict[str, Any]) -> str:
+    lines = []
+    s = prov.get("search")
+    if s:
+        opt = s["optimiser"]
+        lines.append(f"search: {s['mode']} with {opt['name']} {opt['version']} ({opt.get('selected')}), "
+                     f"budget {s['budget']}, bounds {s['bounds']}, seed {s['seed']}, l1 {s['l1']}: "
+                     f"{s['scored']} candidate(s) scored")
+        lines.append(f"  start score {s['start']['score']}, chosen score {s['chosen']['score']} "
+                     f"(evaluation {s['chosen']['index']})")
+        for i, label in enumerate(s["layout"]["inputs"]):
+            w = prov["inputs"][i]["weight"]
+            lines.append(f"  {label}: weight {w:.6g}" + (" (mean over layers)" if s["mode"] == "layer-weights" else ""))
+    sel = prov.get("selection")
+    if sel:
+        lines.append(f"selection: round {sel['round']}, rule {sel['rule']} of {', '.join(sel['select_by'])}: "
+                     f"candidate {sel['chosen']['index']} (score {sel['chosen']['aggregate']:.6g})")
+        for row in sel["candidates"]:
+            cells = ", ".join(f"{k}={v['score']:.6g}" for k, v in row["scores"].items())
+            agg = "incomplete" if row["aggregate"] is None else f"{sel['rule']} {row['aggregate']:.6g}"
+            lines.append(f"  {'*' if row['index'] == sel['chosen']['index'] else ' '} candidate {row['index']}: "
+                         f"{cells or '-'}  ({agg})")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def candidates_text(d: dict[str, Any]) -> str:
+    lines = [f"round {d['round']}: {len(d['candidates'])} candidate composite(s)"]
+    for c in d["candidates"]:
+        ws = ", ".join(f"{w:.4g}" for w in c["weights"])
+        lines.append(f"  {c['branch']:<28} {c['commit'][:10]}  weights [{ws}]")
+    branches = " ".join(c["branch"] for c in d["candidates"])
+    lines.append(f"publish them: mfgit push REMOTE {branches}")
+    lines.append("at each site: mfgit fetch REMOTE && mfgit eval REMOTE/<branch>... --score MOD:FUNC --name NAME "
+                 "&& mfgit push REMOTE --notes")
+    lines.append(f"then here:    mfgit fetch REMOTE --notes && mfgit merge --from-candidates {d['round']} "
+                 "--select-by NAME1,NAME2")
     return "\n".join(lines) + "\n"

@@ -38,6 +38,8 @@ def table_text(results: dict[str, Any]) -> str:
         lines.append(f"{row['name']:<{name_w}}{cells}".rstrip())
     lines.append("(* arrives late; accuracy at threshold 0.5, AUC of P(malignant); test sets are each site's "
                  "held-out split, overall = their union)")
+    if results.get("tuned"):
+        lines.append(f"(tuned: {results['tuned']['how']})")
     return "\n".join(lines)
 
 
@@ -70,7 +72,25 @@ def table_markdown(results: dict[str, Any]) -> str:
         f"(`composite/oneshot-check`): max |ΔW| difference {check['max_abs_diff']:.3g} "
         f"(largest |ΔW| entry {check['max_abs_delta']:.3g}; identical adapter object: {check['identical_adapter']})."),
         "",
+        *_tuned_markdown(results),
     ])
+
+
+def _tuned_markdown(results: dict[str, Any]) -> list[str]:
+    """How the tuned row was made (docs/search-and-eval.md)."""
+    tuned = results.get("tuned")
+    if not tuned:
+        return []
+    ws = ", ".join(f"{label.rsplit('/', 1)[-1]} {w:.3f}" for label, w in tuned["weights"].items())
+    opt = tuned["optimiser"]
+    return [
+        (f"Tuned composite (`composite/tuned`, `{tuned['commit'][:10]}`): {tuned['how']}. {opt['name']} "
+         f"{opt['version']} ({opt['selected']}), budget {tuned['budget']}, bounds {tuned['bounds']}, "
+         f"L1 {tuned['l1']}, seed {tuned['seed']}; public-split loss {tuned['start']['score']:.4f} with the "
+         f"samples weights -> {tuned['chosen']['score']:.4f}; chosen weights: {ws}. Every vector tried is in "
+         "the commit: `mfgit show --json composite/tuned`."),
+        "",
+    ]
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:
@@ -144,6 +164,7 @@ def next_steps(work: Path, initial: list[str], late: str, *, lineage_page: bool 
         ("mfgit branch -a", "composite/* here, origin/sites/* from the hub"),
         ("mfgit checkout HEAD --to composite/", "the composite as a PEFT adapter directory"),
         ("mfgit verify --reproduce main", "re-run every merge from its recorded recipe"),
+        ("mfgit show --json composite/tuned", "the search: optimiser, seed, every weight vector tried, its score"),
     ]
     width = max(len(c) for c, _ in commands)
     sites = " ".join(f"origin/sites/{n}" for n in [*initial, late])

@@ -18,7 +18,10 @@ is left on disk can be explored with ordinary ``mfgit`` commands):
    one commit each on ``composite/<strategy>``, ``main`` = the linear one;
 5. one more hospital arrives late, pushes, and the coordinator integrates
    it into ``main`` asynchronously; the result is checked against the
-   one-shot merge of all sites;
+   one-shot merge of all sites; then a *tuned* composite of all sites
+   (``composite/tuned``): the per-site weights of the linear merge searched
+   with nevergrad's NGOpt on the coordinator's own public validation split
+   (site data never leaves a site; docs/search-and-eval.md);
 6. every model is evaluated on every site's held-out test set (scikit-learn
    metrics), and the table is printed and written to ``results.{json,md,png}``.
 
@@ -41,6 +44,9 @@ PRETRAIN = {"epochs": 20, "lr": 3e-3, "batch_size": 32}
 LORA = {"r": 8, "lora_alpha": 16, "epochs": 25, "lr": 5e-3, "batch_size": 32}
 TIES_DENSITY = 0.2  # the TIES paper's k = 20 %
 SVD_RANK = 8
+# The tuned composite: per-site weights searched like MedForge/LoraHub (NGOpt, 40 steps, bounds ±1.5,
+# L1 0.05), scored on the coordinator's own public validation split — never on a site's data.
+TUNE = {"budget": 40, "bounds": (-1.5, 1.5), "l1": 0.05}
 
 ABOUT = ("A tiny transformer (about 19 k parameters; the 30 features of a sample are its tokens) on the "
          "Wisconsin Diagnostic Breast Cancer data bundled with scikit-learn (569 samples, 30 features): "
@@ -242,6 +248,33 @@ def _run(work: Path, initial: list[str], late: str, seed: int, say: Callable[[st
         f"max |dW| difference to the one-shot merge of all {len(initial) + 1} sites: {check['max_abs_diff']:.3g} "
         f"(largest |dW| entry {check['max_abs_delta']:.3g}; identical adapter: {check['identical_adapter']})")
 
+    # 5b. a tuned composite: the per-site weights searched on data the coordinator has -------------
+    t = time.perf_counter()
+    coord.switch("composite/tuned", orphan=True)
+    tuned = coord.merge([*revs, f"origin/sites/{late}"], strategy="linear", weights_from="samples", rank="sum",
+                        search="weights", score=public_loss, base=load_base(base_dir), data=(pub.x_test, pub.y_test),
+                        budget=TUNE["budget"], bounds=TUNE["bounds"], l1=TUNE["l1"], seed=seed,
+                        message=(f"Tuned composite of {len(initial) + 1} sites: linear, weights searched on the "
+                                 f"public validation split"))
+    coord.switch("main")
+    coord.push("origin", ["composite/tuned"])
+    lap("tune", t)
+    search = tuned.provenance["search"]
+    tuned_info = {
+        "commit": tuned.commit, "branch": "composite/tuned", "adapter": tuned.adapter,
+        "how": (f"per-site weights searched by {search['optimiser']['name']} ({search['optimiser']['selected']}) "
+                f"on the coordinator's public validation split ({len(pub.y_test)} samples, cross-entropy); "
+                "no site data leaves a site"),
+        "optimiser": search["optimiser"], "budget": search["budget"], "bounds": search["bounds"],
+        "l1": search["l1"], "seed": search["seed"], "scored": search["scored"],
+        "start": search["start"], "chosen": search["chosen"],
+        "weights": {inp["label"]: inp["weight"] for inp in tuned.provenance["inputs"]},
+    }
+    ws = ", ".join(f"{lbl.rsplit('/', 1)[-1]} {w:.3f}" for lbl, w in tuned_info["weights"].items())
+    say(f"      coordinator: tuned composite -> {tuned.commit[:10]} on composite/tuned: {tuned_info['how']}; "
+        f"{search['scored']} weight vectors scored in {search['seconds']:.1f} s, public loss "
+        f"{search['start']['score']:.4f} (weights by samples) -> {search['chosen']['score']:.4f}; weights {ws}")
+
     # 6. evaluation --------------------------------------------------------------------------------
     t = time.perf_counter()
     all_sites = [*initial, late]
@@ -254,6 +287,8 @@ def _run(work: Path, initial: list[str], late: str, seed: int, say: Callable[[st
                      "rev": f"composite/{k}", "commit": merges[k].commit, "strategy": k})
     rows.append({"name": f"main: linear + {late} ({len(all_sites)} sites)", "kind": "integrated",
                  "rev": "main", "commit": integrated.commit, "strategy": "linear"})
+    rows.append({"name": f"tuned: linear, searched on public split ({len(all_sites)} sites)", "kind": "tuned",
+                 "rev": "composite/tuned", "commit": tuned.commit, "strategy": "linear"})
     say(f"[6/6] evaluating {len(rows)} models on {len(all_sites)} held-out test sets (each loaded from the "
         f"coordinator's repository onto a fresh base model with PEFT)")
     x_all = np.concatenate([splits[n].x_test for n in all_sites])
@@ -284,6 +319,7 @@ def _run(work: Path, initial: list[str], late: str, seed: int, say: Callable[[st
                        "kept_energy": v.provenance["kept_energy"]} for k, v in merges.items()},
         "async_integration": {"late_site": late, "integrated": integrated.commit, "mode": mode,
                               "oneshot": oneshot.commit, **check},
+        "tuned": tuned_info,
         "rows": rows,
     }
     table = report.table_text(results)
@@ -305,6 +341,16 @@ def _run(work: Path, initial: list[str], late: str, seed: int, say: Callable[[st
     say("")
     say(report.next_steps(work, initial, late, lineage_page=bool(lineage_page)))
     return results
+
+
+def public_loss(model, data) -> float:
+    """The tuned composite's score: cross-entropy on the public validation split (lower is better)."""
+    import torch
+    from torch.nn import functional as F
+
+    x, y = data
+    with torch.no_grad():
+        return float(F.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y)))
 
 
 def delta_difference(repo, rev_a: str, rev_b: str) -> dict[str, Any]:

@@ -46,6 +46,22 @@ Orderings (TIES trim, magnitude pruning, breadcrumbs, DELLA ranks)
     stable=True)`` for the top-k selections, ``torch.argsort(|x|, dim=1,
     stable=True)`` (ascending, per row) for DELLA ranks. A fraction f of n
     elements is ``floor(f·n + 0.5)`` elements.
+
+    That is the specification; the top-k selections are computed without
+    sorting: the exact k-th largest |x| (:func:`_top_threshold`) splits the
+    elements, and those tied with it are taken in index order, which selects
+    exactly the first k of the stable sort (tested against it, ties included).
+
+Re-factorisation
+    The dense result is re-factorised by :func:`mfgit.merge.lowrank.factorize_dense`:
+    exact SVD, or, for a rank cap small against min(out, in), block Krylov
+    iteration from a fixed-seed start block (kept energy within ~1e-6 of the
+    exact SVD's; the exact SVD is used when it does not converge).
+
+Device
+    Everything runs on the device of the factors. On CUDA, TF32 matmuls are
+    switched off for the duration of :func:`merge_module` (and restored), so
+    BᵢAᵢ is a true fp32 product as on the CPU.
 """
 
 from __future__ import annotations
@@ -528,7 +544,7 @@ def _elect_and_fuse_(taus: Sequence[torch.Tensor], ws: Sequence[float]) -> torch
         den = torch.zeros_like(gamma)
         for w, t in zip(ws, ts):
             t.mul_(gamma).clamp_min_(0.0)  # γ·wᵢτᵢ where it agrees, else 0
-            den.add_(t > 0, alpha=abs(w))
+            den.add_(t.sign(), alpha=abs(w))  # [t > 0]: t ≥ 0 here, so its sign is 0 or 1
         num = ts[0]
         for t in ts[1:]:
             num.add_(t)

@@ -27,6 +27,7 @@ Guarantees (docs/design.md, "Remotes"):
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -42,7 +43,9 @@ from mfgit.errors import (
 )
 from mfgit.objects.model import decode_object, is_object_id
 from mfgit.refs import check_ref_name
-from mfgit.remote.transport import KeyNotFound, PreconditionFailed, Transport
+from mfgit.remote.transport import KeyNotFound, PreconditionFailed, Transport, _bounded_map
+
+_CHECK_WORKERS = max(2, min(8, os.cpu_count() or 2))  # threads checking and storing received objects
 
 if TYPE_CHECKING:
     from mfgit.api.repository import Repository
@@ -251,7 +254,12 @@ def push(repo: "Repository", transport: Transport, remote_name: str, src: str, d
     """Push local revision `src` to remote branch `dst` (default: the same name)."""
     t0 = time.perf_counter()
     report = TransferReport()
-    check_remote_format(transport, create=True)
+    # A remote without a config is new (push writes the config before any
+    # object): nothing there to ask about. Otherwise it is checked, and every
+    # candidate object is asked for, so a push killed midway resumes.
+    new_remote = not check_remote_format(transport, create=False)
+    if new_remote:
+        check_remote_format(transport, create=True)
     local = repo.resolve(src)
     if dst is None:
         dst = src if not src.startswith(HEADS) else src[len(HEADS):]
@@ -279,7 +287,7 @@ def push(repo: "Repository", transport: Transport, remote_name: str, src: str, d
         remote_has.add(remote_value)
     plan = plan_push(repo, [local], remote_has)
     candidates = plan.order
-    missing = _missing_on_remote(transport, candidates)
+    missing = list(candidates) if new_remote else _missing_on_remote(transport, candidates)
     report.negotiation_seconds = time.perf_counter() - t0
     report.skipped = len(candidates) - len(missing)
     sizes = {oid: repo.store.stored_size(oid) for oid in missing}
@@ -419,16 +427,21 @@ def fetch(repo: "Repository", transport: Transport, remote_name: str, *, refs: l
         if progress:
             progress(done[0], max(done[0], sizes_total[0]))
 
+    def receive(oid: str, data: bytes) -> int:
+        try:
+            repo.store.put_received(oid, data)  # full check (XXH3 and SHA-256) before it is written
+        except CorruptObject as e:
+            raise CorruptObject(oid, e.expected, e.actual, e.algorithm,
+                                f"received from {transport.url}; it was not stored") from None
+        return len(data)
+
     repo.store.begin_batch()
     try:
-        for oid, data in _download(transport, need):
-            try:
-                repo.store.put_received(oid, data)  # full SHA-256 check inside
-            except CorruptObject as e:
-                raise CorruptObject(oid, e.expected, e.actual, e.algorithm,
-                                    f"received from {transport.url}; it was not stored") from None
+        # Checking and writing run on a few threads next to the downloads
+        # (hashing, decompression and file writes release the GIL).
+        for n in _bounded_map(lambda item: receive(*item), _download(transport, need), _CHECK_WORKERS):
             report.objects += 1
-            count(len(data))
+            count(n)
     except BaseException:
         repo.store.end_batch()
         raise
@@ -520,3 +533,127 @@ def _verified(oid: str, data: bytes, transport: Transport):
 
 def pretty_refs(report: TransferReport) -> str:
     return json.dumps(report.to_dict(), indent=2)
+
+
+# -- notes (refs/notes/metrics: metrics measured at the sites; mfgit.api.notes) -------------------------
+
+NOTES_REF = "refs/notes/metrics"
+
+
+def _notes_tip(transport: Transport) -> tuple[str | None, str | None]:
+    """(snapshot commit id, version) of the remote's notes ref; (None, None) when it has none."""
+    try:
+        cur = transport.get_versioned(NOTES_REF)
+    except KeyNotFound:
+        cur = None
+    if cur is None:
+        return None, None
+    value = cur[0].decode("utf-8", "replace").strip()
+    if not is_object_id(value):
+        raise RemoteError(transport.url, f"{NOTES_REF} holds {value[:80]!r}, not an object id")
+    return value, cur[1]
+
+
+def _receive_notes_snapshot(repo: "Repository", transport: Transport, cid: str) -> tuple[int, int]:
+    """Download a notes snapshot we lack (commit, manifest, note blobs), verified, stored bottom-up.
+
+    Returns (objects, bytes) received. Everything is checked against its id
+    and its kind before it is stored; the commit is stored last.
+    """
+    if repo.store.has(cid):
+        return 0, 0
+    received = [0, 0]
+    (_, data), = list(_download(transport, [cid]))
+    kind, commit = _verified(cid, data, transport)
+    _check_kind(transport, cid, kind, NOTES_REF, "commit")
+    if (commit.provenance or {}).get("kind") != "notes" or commit.parents:
+        raise RemoteError(transport.url, f"{NOTES_REF} names commit {cid[:12]}, which is not a notes snapshot")
+    adapter_data = None
+    if not repo.store.has(commit.adapter):
+        (_, adapter_data), = list(_download(transport, [commit.adapter]))
+        akind, manifest = _verified(commit.adapter, adapter_data, transport)
+        _check_kind(transport, commit.adapter, akind, f"notes snapshot {cid[:12]}", "adapter")
+    else:
+        manifest = repo.read_adapter(commit.adapter)
+    if manifest.tensors or manifest.modules:
+        raise RemoteError(transport.url, f"notes snapshot {cid[:12]} names tensors; it is not a notes manifest")
+    need = [b for b in dict.fromkeys(manifest.files.values()) if not repo.store.has(b)]
+    for oid, blob in _download(transport, need):
+        bkind, _ = _verified(oid, blob, transport)
+        _check_kind(transport, oid, bkind, f"notes snapshot {cid[:12]}", "blob")
+        repo.store.put_received(oid, blob)
+        received[0] += 1
+        received[1] += len(blob)
+    if adapter_data is not None:
+        repo.store.put_received(commit.adapter, adapter_data)
+        received[0] += 1
+        received[1] += len(adapter_data)
+    repo.store.put_received(cid, data)
+    received[0] += 1
+    received[1] += len(data)
+    return received[0], received[1]
+
+
+def fetch_notes(repo: "Repository", transport: Transport, remote_name: str) -> dict[str, Any]:
+    """Download the remote's notes and union them into the local refs/notes/metrics."""
+    from mfgit.api import notes as notes_api
+
+    t0 = time.perf_counter()
+    if not check_remote_format(transport, create=False):
+        raise RemoteError(transport.url, "is not an mfgit repository (no config)")
+    before = notes_api.count(notes_api.read_index(repo))
+    tip, _version = _notes_tip(transport)
+    objects = nbytes = 0
+    if tip is not None:
+        objects, nbytes = _receive_notes_snapshot(repo, transport, tip)
+        notes_api.integrate(repo, notes_api.read_index(repo, tip), snapshot=tip, message=f"fetch {remote_name} --notes")
+    after = notes_api.count(notes_api.read_index(repo))
+    return {"ref": NOTES_REF, "remote": tip, "local": repo.refs.read(NOTES_REF), "new_notes": after - before,
+            "notes": after, "objects": objects, "bytes": nbytes, "seconds": round(time.perf_counter() - t0, 4)}
+
+
+def push_notes(repo: "Repository", transport: Transport, remote_name: str, *, retries: int = 10) -> dict[str, Any]:
+    """Send our notes: union with the remote's, upload missing objects, then compare-and-swap the ref.
+
+    Objects before refs: the note blobs, the snapshot manifest and the
+    snapshot commit are uploaded before the remote ref moves. If another
+    site pushed notes meanwhile, the swap fails; their snapshot is fetched,
+    unioned, and the push is tried again (notes are append-only, so the
+    union never conflicts and nothing is lost).
+    """
+    from mfgit.api import notes as notes_api
+
+    t0 = time.perf_counter()
+    check_remote_format(transport, create=True)
+    objects = nbytes = 0
+    for _ in range(retries):
+        tip, version = _notes_tip(transport)
+        remote_index: dict[str, list[str]] = {}
+        if tip is not None:
+            _receive_notes_snapshot(repo, transport, tip)
+            remote_index = notes_api.read_index(repo, tip)
+            notes_api.integrate(repo, remote_index, snapshot=tip, message=f"push {remote_name} --notes: remote notes")
+        local = repo.refs.read(NOTES_REF)
+        if local is None or local == tip:
+            status = "up to date" if local is not None else "no notes"
+            return {"ref": NOTES_REF, "old": tip, "new": tip, "status": status, "objects": objects, "bytes": nbytes,
+                    "notes": notes_api.count(remote_index), "seconds": round(time.perf_counter() - t0, 4)}
+        commit = repo.read_commit(local)
+        manifest = repo.read_adapter(commit.adapter)
+        candidates = [*dict.fromkeys(manifest.files.values()), commit.adapter, local]
+        missing = _missing_on_remote(transport, candidates)
+        blobs = [o for o in missing if o not in (commit.adapter, local)]
+        for group in (blobs, [o for o in missing if o == commit.adapter], [o for o in missing if o == local]):
+            if group:
+                sizes = [repo.store.stored_size(o) for o in group]
+                transport.put_many(((object_key(o), repo.store.read_stored(o)) for o in group), None)
+                objects += len(group)
+                nbytes += sum(sizes)
+        try:
+            transport.put_if(NOTES_REF, (local + "\n").encode(), version)
+        except PreconditionFailed:
+            continue  # another site pushed notes: union with theirs and try again
+        return {"ref": NOTES_REF, "old": tip, "new": local, "status": "new" if tip is None else "updated",
+                "objects": objects, "bytes": nbytes, "notes": notes_api.count(notes_api.read_index(repo, local)),
+                "seconds": round(time.perf_counter() - t0, 4)}
+    raise RefConflict(f"{remote_name}:{NOTES_REF}", None, None)

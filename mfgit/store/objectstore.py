@@ -199,7 +199,14 @@ class ObjectStore(ABC):
             raise MalformedObject(oid, "not an object id")
         decode_stored(oid, data, verify=True)
         if self.has(oid):
-            return False
+            try:
+                decode_stored(oid, self.read_stored(oid), verify=True)
+                return False
+            except (CorruptObject, MalformedObject):
+                # Repair: the local copy is damaged and these verified bytes
+                # are the object. Replacing it is the one exception to
+                # write-once, and it is atomic like any write.
+                self.delete(oid)
         return self._write_stored(oid, bytes(data))
 
 
