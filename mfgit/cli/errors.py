@@ -39,7 +39,10 @@ TABLE: list[tuple[type, int, Fix]] = [
     (E.RepositoryExists, BAD_INPUT, _fix("use it as it is, or choose another directory")),
     (E.UnsupportedRepositoryFormat, NOT_A_REPO, _fix("upgrade mfgit to a version that knows this format")),
     (E.ConfigError, BAD_INPUT, _fix("see: mfgit config --list")),
-    (E.CorruptObject, DAMAGED, _fix("the stored copy is damaged; run mfgit fsck --read-data, then fetch the object again from a remote")),
+    (E.CorruptObject, DAMAGED, lambda e: (
+        "the remote's copy is damaged and was not stored; push it again from a site that has a sound copy"
+        if "received from" in (e.detail or "") else
+        "the stored copy is damaged; run mfgit fsck --read-data, then fetch the object again from a remote")),
     (E.MalformedObject, DAMAGED, _fix("run mfgit fsck --read-data")),
     (E.ObjectNotFound, DAMAGED, _fix("the repository is incomplete; run mfgit fsck, then fetch from a remote that has it")),
     (E.WrongObjectType, BAD_INPUT, _fix("name a commit, branch or tag")),
@@ -65,7 +68,7 @@ TABLE: list[tuple[type, int, Fix]] = [
     (E.UnsupportedAdapterVariant, MERGE, _fix("merge it with a strategy that supports it, or convert it to plain LoRA")),
     (E.MergeError, MERGE, _fix("see docs/merging.md for the parameters of each strategy")),
     (E.RemoteNotFound, BAD_INPUT, _fix("add it with: mfgit remote add NAME URL")),
-    (E.InvalidRemoteURL, BAD_INPUT, _fix("use a path, file:///path or s3://bucket/prefix")),
+    (E.InvalidRemoteURL, BAD_INPUT, lambda e: "" if "s3://" in e.reason else "use a path, file:///path or s3://bucket/prefix"),
     (E.RemoteAuthError, REMOTE, _fix("check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile)")),
     (E.RemoteUnreachable, REMOTE, _fix("check the URL and the endpoint, and that you are online")),
     (E.RemoteError, REMOTE, _fix("check the remote's URL with: mfgit remote -v")),
@@ -82,7 +85,8 @@ def lookup(exc: BaseException) -> tuple[int, str]:
     for typ, code, fix in TABLE:
         if isinstance(exc, typ):
             msg = str(exc).replace("\n", " ")
-            return code, f"mfgit: {msg} ({fix(exc)})"
+            hint = fix(exc)
+            return code, f"mfgit: {msg} ({hint})" if hint else f"mfgit: {msg}"
     if isinstance(exc, E.MfgitError):
         return INTERNAL, f"mfgit: {str(exc)}"
     if isinstance(exc, OSError):
