@@ -57,18 +57,7 @@ WEIGHTS = (1.0, 1.0, 1.0)
 TARGET_TOTAL_S = 10.0  # per merge, one H100
 AGREEMENT_MODULES = ("layers.0.self_attn.q_proj", "layers.0.mlp.gate_proj", "layers.{last}.mlp.down_proj")
 
-try:
-    from benchmarks.common import fmt_table  # type: ignore
-except Exception:  # pragma: no cover
-
-    def fmt_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> str:
-        cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in row] for row in rows]
-        widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-        lines = [title] if title else []
-        lines.append("  ".join(c.ljust(w) for c, w in zip(cells[0], widths)).rstrip())
-        lines.append("  ".join("-" * w for w in widths))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells[1:]]
-        return "\n".join(lines)
+from benchmarks.common import fmt_table
 
 
 def _name(layer: int, mod: str) -> str:

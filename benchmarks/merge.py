@@ -68,18 +68,7 @@ DENSITY = 0.2
 WEIGHTS = (1.0, 1.0, 1.0)
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-try:  # shared helpers, when the package's common module is there
-    from benchmarks.common import fmt_table  # type: ignore
-except Exception:  # pragma: no cover - standalone fallback
-
-    def fmt_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> str:
-        cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in row] for row in rows]
-        widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-        lines = [title] if title else []
-        lines.append("  ".join(c.ljust(w) for c, w in zip(cells[0], widths)).rstrip())
-        lines.append("  ".join("-" * w for w in widths))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells[1:]]
-        return "\n".join(lines)
+from benchmarks.common import fmt_table
 
 
 # --- small helpers --------------------------------------------------------------------------------
