@@ -8,8 +8,6 @@ created with O_EXCL so that exactly one writer holds them (invariant 3).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import secrets
 from contextlib import contextmanager
@@ -87,8 +85,14 @@ def sync_filesystem(path: str | os.PathLike) -> None:
     """
     global _libc
     if _libc is None:
-        name = ctypes.util.find_library("c")
-        _libc = ctypes.CDLL(name, use_errno=True) if name else False
+        # The C library is already loaded into the process: look syncfs up
+        # there (find_library would run ldconfig in a subprocess).
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            _libc = False
     if _libc and hasattr(_libc, "syncfs"):
         fd = os.open(path, os.O_RDONLY)
         try:

@@ -21,11 +21,10 @@ from __future__ import annotations
 import os
 import struct
 import threading
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import xxhash
 
@@ -85,10 +84,22 @@ def encode_stored(kind: str, payload: bytes | memoryview) -> bytes:
     return _frame(kind, cdc, stored, len(payload))
 
 
-def encode_stored_tensor(head: bytes, raw: bytes | memoryview, dtype: str) -> list:
-    """Stored bytes of a tensor, as chunks: its header plain, raw bytes by byte planes."""
+_SCRATCH = threading.local()
+
+
+def encode_stored_tensor(head: bytes, raw: bytes | memoryview, dtype: str, *, reuse: bool = False) -> list:
+    """Stored bytes of a tensor, as chunks: its header plain, raw bytes by byte planes.
+
+    With ``reuse`` the chunks may be views of this thread's scratch buffer
+    (codec.PlaneScratch): the caller must consume them before the thread
+    encodes the next tensor.
+    """
     raw = memoryview(raw)
-    planes = codec.encode_float_planes(raw, dtype)
+    scratch = None
+    if reuse:
+        scratch = getattr(_SCRATCH, "planes", None) or codec.PlaneScratch()
+        _SCRATCH.planes = scratch
+    planes = codec.encode_float_planes(raw, dtype, scratch)
     if planes is not None:
         size = sum(len(c) for c in planes)
         if size < len(raw):
@@ -191,7 +202,10 @@ class ObjectStore(ABC):
         """Store a tensor whose id the caller computed; True if newly written."""
         if self.has(oid):
             return False
-        return self._write_stored(oid, encode_stored_tensor(tensor_payload_parts(header), raw, header.dtype))
+        # The chunks are written (copied) before put_tensor returns, so this
+        # thread's scratch buffer can be reused for the next tensor.
+        chunks = encode_stored_tensor(tensor_payload_parts(header), raw, header.dtype, reuse=True)
+        return self._write_stored(oid, chunks)
 
     def put_received(self, oid: str, data: bytes) -> bool:
         """Store bytes that came from elsewhere, after the full SHA-256 check."""
@@ -259,6 +273,7 @@ class DiskStore(ObjectStore):
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._root_s = os.fspath(self.root)
         self._batch: list[tuple[Path, Path]] | None = None
         self._lock = threading.Lock()
 
@@ -268,7 +283,8 @@ class DiskStore(ObjectStore):
         return self.root / oid[:2] / oid[2:]
 
     def has(self, oid: str) -> bool:
-        return is_object_id(oid) and self._path(oid).exists()
+        # A plain string path: has() runs once per tensor on every commit.
+        return is_object_id(oid) and os.path.exists(f"{self._root_s}/{oid[:2]}/{oid[2:]}")
 
     def read_stored(self, oid: str) -> bytes:
         try:
