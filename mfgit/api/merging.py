@@ -340,8 +340,6 @@ def reproduce(repo: "Repository", cid: str, *, device: str | None = None) -> dic
         # Re-run on the recorded device type when this machine has it; a merge
         # recorded on CUDA is re-run on the CPU elsewhere (and then compared
         # within a tolerance, see mfgit verify --reproduce).
-        import torch
-
         recorded = prov.get("device", {}).get("type", "cpu")
         device = recorded if recorded != "cuda" or torch.cuda.is_available() else "cpu"
     rec = Recipe(r["strategy"], r.get("params", {}), int(r.get("seed", 0)), RankPolicy.from_dict(r.get("rank", {})),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 from pathlib import Path
@@ -86,17 +87,53 @@ def _typed(v: str) -> Any:
     return v
 
 
-def library_versions() -> dict[str, str]:
-    from importlib import metadata
+def _installed_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Versions of installed distributions, read from their ``.dist-info`` folder names.
 
+    The folder name is ``{normalised name}-{version}.dist-info`` (the
+    wheel spec), so a directory listing of each sys.path entry answers
+    without importing importlib.metadata and its e-mail parser, which
+    would cost more than the rest of a re-commit. Anything not found
+    this way (an egg, a renamed folder) falls back to importlib.metadata.
+    """
+    import sys
+
+    want = {n.replace("-", "_").lower(): n for n in names}
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        if len(found) == len(want):
+            break
+        try:
+            listing = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for item in listing:
+            if not item.endswith(".dist-info"):
+                continue
+            dist, _, version = item[: -len(".dist-info")].partition("-")
+            key = dist.replace("-", "_").replace(".", "_").lower()
+            if key in want and want[key] not in found and version:
+                found[want[key]] = version
+    missing = [n for n in names if n not in found]
+    if missing:
+        from importlib import metadata
+
+        for name in missing:
+            try:
+                found[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                pass
+    return found
+
+
+def library_versions() -> dict[str, str]:
     import mfgit
 
     out = {"mfgit": mfgit.__version__, "python": platform.python_version()}
+    versions = _installed_versions(("torch", "peft", "safetensors"))
     for name in ("torch", "peft", "safetensors"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
+        if name in versions:
+            out[name] = versions[name]
     return out
 
 

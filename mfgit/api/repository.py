@@ -6,13 +6,8 @@ The store and refs are passed to the constructor (`Repository(store, refs,
 
 from __future__ import annotations
 
-import heapq
 import os
-import shutil
-import signal
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,7 +37,7 @@ from mfgit.errors import (
 )
 from mfgit.formats import peft as peftfmt
 from mfgit.formats import safetensors as st
-from mfgit.objects.model import Adapter, Blob, Commit, Tag, TensorHeader, decode_object, is_object_id, object_id, tensor_id
+from mfgit.objects.model import Adapter, Commit, Tag, TensorHeader, decode_object, is_object_id, tensor_id
 from mfgit.refs import ANY, DiskRefs, RefStore, check_branch_name, check_ref_name
 from mfgit.refs.refstore import SYMREF, utc_now
 from mfgit.store import DiskStore, ObjectStore
@@ -63,6 +58,8 @@ def _crashpoint(name: str) -> None:
     the repository is sound.
     """
     if os.environ.get("MFGIT_CRASH_AT") == name:
+        import signal
+
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -191,8 +188,6 @@ class Repository:
 
     def load_tensor(self, oid: str, *, device: str = "cpu"):
         """A tensor object as a torch.Tensor (a copy; objects stay immutable)."""
-        import torch
-
         header, raw = self.read_tensor(oid)
         return _torch_from_bytes(header, raw).to(device)
 
@@ -340,6 +335,8 @@ class Repository:
                                   branch_ref, parent, ident, timestamp, sign=sign)
 
     def _commit_model(self, model, message, **kw) -> CommitInfo:
+        import tempfile
+
         with tempfile.TemporaryDirectory(prefix="mfgit-peft-") as tmp:
             model.save_pretrained(tmp)
             return self.commit(tmp, message, **kw)
@@ -405,6 +402,8 @@ class Repository:
         return all(self.store.has(t) for t in adapter.referenced_ids())
 
     def _import_safetensors(self, adir: peftfmt.AdapterDir) -> Adapter:
+        from concurrent.futures import ThreadPoolExecutor
+
         where = str(adir.weights)
         self.store.begin_batch()
         try:
@@ -417,9 +416,17 @@ class Repository:
             infos = list(header.tensors.values())
             fd = os.open(adir.weights, os.O_RDONLY)
             try:
+                local = threading.local()
+
                 def one(info: st.TensorInfo) -> tuple[str, str]:
                     th = TensorHeader(info.dtype, tuple(info.shape))
-                    raw = _pread_exact(fd, info.nbytes, header.data_offset + info.start, where)
+                    # One read buffer per thread, reused: a fresh one per
+                    # tensor costs a page fault per 4 KiB and an munmap.
+                    buf = getattr(local, "buf", None)
+                    if buf is None or len(buf) < info.nbytes:
+                        buf = local.buf = bytearray(max(info.nbytes, 1 << 20))
+                    raw = memoryview(buf)[: info.nbytes]
+                    _pread_into(fd, raw, header.data_offset + info.start, where)
                     tid = tensor_id(th, raw)
                     self.store.put_tensor(th, raw, tid)
                     _crashpoint("during-tensors")
@@ -500,6 +507,9 @@ class Repository:
         return self.write_adapter_dir(adapter, to, force=force)
 
     def write_adapter_dir(self, adapter: Adapter, to: str | os.PathLike, *, force: bool = False) -> Path:
+        import shutil
+        import tempfile
+
         for name in adapter.files:
             peftfmt.safe_join(Path(to), name)  # refuse before writing anything
         created = not os.path.lexists(to)
@@ -538,6 +548,7 @@ class Repository:
 
     def load_adapter(self, base_model, rev: str = "HEAD", *, adapter_name: str = "default", **kwargs):
         """Load `rev` onto `base_model` as a peft.PeftModel."""
+        import tempfile
         from peft import PeftModel
 
         with tempfile.TemporaryDirectory(prefix="mfgit-load-") as tmp:
@@ -548,6 +559,8 @@ class Repository:
 
     def walk(self, starts: list[str], *, exclude: list[str] | None = None, first_parent: bool = False) -> Iterator[CommitInfo]:
         """Commits reachable from `starts` and not from `exclude`, newest first."""
+        import heapq
+
         hidden: set[str] = set()
         if exclude:
             stack = list(exclude)
@@ -1005,15 +1018,15 @@ def _torch_to_bytes(t) -> tuple[TensorHeader, memoryview]:
     return TensorHeader(rev[t.dtype], tuple(t.shape)), raw
 
 
-def _pread_exact(fd: int, n: int, offset: int, where: str) -> bytes:
-    buf = os.pread(fd, n, offset)
-    while len(buf) < n:
-        more = os.pread(fd, n - len(buf), offset + len(buf))
-        if not more:
-            raise InvalidAdapter(where, f"the file shrank while it was read (got {len(buf)} of {n} bytes at {offset}); "
+def _pread_into(fd: int, out: memoryview, offset: int, where: str) -> None:
+    """Fill `out` from `fd` at `offset`; a file that ends early is a clear error."""
+    got = 0
+    while got < len(out):
+        n = os.preadv(fd, [out[got:]], offset + got)
+        if n == 0:
+            raise InvalidAdapter(where, f"the file shrank while it was read (got {got} of {len(out)} bytes at {offset}); "
                                  "commit again once the adapter is written")
-        buf += more
-    return buf
+        got += n
 
 
 def _write_safetensors_streaming(f, specs, fetch, metadata) -> None:
@@ -1024,6 +1037,7 @@ def _write_safetensors_streaming(f, specs, fetch, metadata) -> None:
     while decoding overlaps the writes.
     """
     from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
     entries = []
     for name, dtype, shape in specs:

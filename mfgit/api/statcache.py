@@ -14,7 +14,6 @@ trusted; they are re-read next time, then cached for good.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any

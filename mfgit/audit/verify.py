@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable
 
 from mfgit.audit.signing import AllowedSigners, check_signature, judge
-from mfgit.errors import CorruptObject, MalformedObject, MfgitError, ObjectNotFound, WrongObjectType
+from mfgit.errors import CorruptObject, MalformedObject, MfgitError, ObjectNotFound
 from mfgit.objects.model import Commit, Tag, decode_object, is_object_id
 
 if TYPE_CHECKING:

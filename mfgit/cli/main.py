@@ -76,7 +76,7 @@ def init(ctx, path, bare, site, initial_branch):
 @click.pass_context
 def config(ctx, key, value, global_, unset, list_):
     """Get or set options: user.name, user.email, site, remote.NAME.url, ..."""
-    from mfgit.api.config import Config, global_config_path
+    from mfgit.api.config import Config
 
     if global_:
         cfg = Config(Path(os.devnull))
@@ -792,6 +792,12 @@ def gc(ctx, prune, dry_run, as_json):
 
 
 def main(argv: list[str] | None = None) -> None:
+    # numpy (byte planes of stored tensors) loads OpenBLAS, whose worker
+    # threads busy-wait after start-up: on a small machine they take a core
+    # away from hashing and compression, and mfgit never calls BLAS through
+    # numpy. A user's own setting wins.
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     cli.main(args=argv, prog_name="mfgit")
 
 

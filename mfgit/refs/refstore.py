@@ -21,7 +21,7 @@ from pathlib import Path
 from mfgit.errors import RefConflict
 from mfgit.objects.model import is_object_id
 from mfgit.refs.names import check_ref_name
-from mfgit.store.fileio import LockedFile, fsync_dir
+from mfgit.store.fileio import LockedFile
 
 ANY = object()  # expected value that matches anything (forced updates)
 SYMREF = "ref: "

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from mfgit.errors import (
     CorruptObject,
-    MalformedObject,
     NonFastForward,
     ObjectNotFound,
     RefConflict,
@@ -352,7 +351,7 @@ def _missing_on_remote(transport: Transport, candidates: list[str]) -> list[str]
 def _update_tracking(repo: "Repository", remote_name: str, ref: str, value: str) -> None:
     if ref.startswith(HEADS):
         tracking = f"refs/remotes/{remote_name}/{ref[len(HEADS):]}"
-        repo.refs.update(tracking, value, who=repo._who(), message=f"update by push/fetch")
+        repo.refs.update(tracking, value, who=repo._who(), message="update by push/fetch")
 
 
 # -- fetch ---------------------------------------------------------------------------------
