@@ -395,7 +395,8 @@ def describe_machine(m: dict[str, Any]) -> str:
             f"torch {m.get('torch')}, mfgit {m.get('mfgit')}"
             f"{' @ ' + m['mfgit_revision'] if m.get('mfgit_revision') else ''}, {m.get('date')}"
             + (f", load average {m['loadavg_at_start']} -> {m['loadavg_at_end']} (1/5/15 min) at start -> end"
-               if m.get("loadavg_at_start") and m.get("loadavg_at_end") else ""))
+               if m.get("loadavg_at_start") and m.get("loadavg_at_end") else "")
+            + (f"; mfgit modules {m['mfgit_bytecode']}" if m.get("mfgit_bytecode") else ""))
 
 
 # -- output -----------------------------------------------------------------------------------------
