@@ -155,7 +155,6 @@ def test_the_stored_encoding_never_changes_the_id(store):
     # A compressible tensor (stored by byte planes) and an incompressible
     # one (stored raw) both have the id of their decoded payload.
     for raw in (gaussian(torch.float32, 4096), random_bytes(4096, seed=3)):
-        header = TensorHeader("F32", (1024,))
         oid, payload = put_tensor(store, "F32", (1024,), raw)
         assert oid == object_id("tensor", payload)
         assert store.get(oid, verify=True) == ("tensor", payload)
@@ -199,6 +198,58 @@ def test_large_tensor_with_random_mantissas_round_trips(store):
     raw = gaussian(torch.float32, 400_000, seed=11)
     oid, payload = put_tensor(store, "F32", (400_000,), raw)
     assert store.get(oid, verify=True) == ("tensor", payload)
+
+
+def test_tensors_stored_one_after_another_on_a_thread_do_not_share_bytes(store):
+    # put_tensor reuses one plane buffer per thread: a big tensor, then a
+    # small one, then a big one again must each keep exactly their own bytes.
+    raws = [gaussian(torch.bfloat16, n, seed=n) for n in (300_000, 1_000, 300_000, 70_001)]
+    stored = [put_tensor(store, "BF16", (len(r) // 2,), r) for r in raws]
+    for (oid, payload), raw in zip(stored, raws):
+        assert store.get(oid, verify=True) == ("tensor", payload)
+
+
+def test_decoding_into_a_reused_buffer_gives_each_tensor_its_own_bytes(store):
+    # The checkout path decodes every tensor into one buffer per thread,
+    # growing it when a tensor is bigger than any before.
+    raws = [gaussian(dt, n, seed=n) for dt, n in ((torch.float32, 5_000), (torch.float32, 90_000),
+                                                  (torch.float32, 1_000), (torch.float32, 200_000))]
+    ids = [put_tensor(store, "F32", (len(r) // 4,), r) for r in raws]
+    buf = bytearray()
+    for (oid, payload), raw in zip(ids, raws):
+        kind, got = store.get(oid, verify=True, out=buf)
+        assert kind == "tensor" and bytes(got) == payload
+        del got
+    assert len(buf) >= len(ids[3][1])
+
+
+def test_decoding_into_a_buffer_still_viewed_falls_back_to_a_new_one(store):
+    small, big = gaussian(torch.bfloat16, 1_000), gaussian(torch.bfloat16, 50_000, seed=3)
+    (s_id, s_payload), (b_id, b_payload) = (put_tensor(store, "BF16", (len(r) // 2,), r) for r in (small, big))
+    buf = bytearray()
+    _, first = store.get(s_id, out=buf)  # a view of buf: while it lives, buf cannot grow
+    assert bytes(first) == s_payload
+    _, second = store.get(b_id, out=buf)  # decoded into a new buffer instead of failing
+    assert bytes(second) == b_payload
+    assert bytes(first) == s_payload  # and the held view was left alone
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_byte_planes_split_and_join_exactly_at_any_alignment(width, offset):
+    from mfgit.store import codec
+
+    n = 10_007
+    src = bytearray(offset) + bytearray(random_bytes(n * width, seed=width + offset))
+    raw = memoryview(src)[offset:]
+    planes = codec.PlaneScratch().planes(width, n)
+    codec.split_planes(raw, width, planes)
+    arr = np.frombuffer(raw, dtype=np.uint8).reshape(n, width)
+    for j in range(width):
+        assert bytes(planes[j]) == arr[:, j].tobytes()  # plane j is byte j of every element
+    out = bytearray(offset + n * width)
+    codec.join_planes([planes[j] for j in range(width)], width, memoryview(out)[offset:])
+    assert bytes(out[offset:]) == bytes(raw)
 
 
 @pytest.mark.parametrize("dtype,limit,n", [("BF16", 0.70, 2 << 20), ("F32", 0.85, 1 << 20)])

@@ -180,8 +180,10 @@ class Repository:
             raise WrongObjectType(oid, "adapter", type(obj).__name__.lower())
         return obj
 
-    def read_tensor(self, oid: str, *, verify: bool = False) -> tuple[TensorHeader, memoryview]:
-        kind, payload = self.store.get(oid, verify=verify)
+    def read_tensor(self, oid: str, *, verify: bool = False,
+                    out: bytearray | None = None) -> tuple[TensorHeader, memoryview]:
+        """A tensor object's header and raw bytes (decoded into `out` when given, see decode_stored)."""
+        kind, payload = self.store.get(oid, verify=verify, out=out)
         if kind != "tensor":
             raise WrongObjectType(oid, "tensor", kind)
         return _split_tensor(oid, payload)
@@ -519,18 +521,26 @@ class Repository:
             names = sorted(adapter.tensors)
             specs = [(n, adapter.tensors[n]["dtype"], tuple(adapter.tensors[n]["shape"])) for n in names]
 
+            local = threading.local()
+
             def fetch(name: str) -> memoryview:
                 t = adapter.tensors[name]
-                header, raw = self.read_tensor(t["id"])
+                # Decoded into this thread's buffer, reused tensor after tensor.
+                buf = getattr(local, "buf", None)
+                if buf is None:
+                    buf = local.buf = bytearray()
+                header, raw = self.read_tensor(t["id"], out=buf)
                 if header.dtype != t["dtype"] or list(header.shape) != list(t["shape"]):
                     raise MalformedObject(t["id"], f"manifest says {t['dtype']}{t['shape']}, object is {header.dtype}{list(header.shape)}")
                 return raw
 
             weights_tmp = staging / peftfmt.WEIGHTS_NAME
-            with open(weights_tmp, "wb") as f:
-                _write_safetensors_streaming(f, specs, fetch, adapter.metadata)
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(weights_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _write_safetensors_parallel(fd, specs, fetch, adapter.metadata)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             (staging / peftfmt.CONFIG_NAME).write_bytes(peftfmt.config_bytes(adapter.config))
             for name, bid in adapter.files.items():
                 blob = self.read_object(bid)
@@ -1029,14 +1039,15 @@ def _pread_into(fd: int, out: memoryview, offset: int, where: str) -> None:
         got += n
 
 
-def _write_safetensors_streaming(f, specs, fetch, metadata) -> None:
-    """Write a safetensors file in name order, decoding ahead on a small pool.
+def _write_safetensors_parallel(fd: int, specs, fetch, metadata) -> None:
+    """Write a safetensors file laid out as the library does, tensors in parallel.
 
-    Tensors are fetched (read, checked, decoded) by two threads, at most a
-    few ahead of the writer, so memory stays bounded by a handful of tensors
-    while decoding overlaps the writes.
+    The layout fixes every tensor's offset up front, so each worker fetches
+    (reads, checks, decodes) a tensor into its own reused buffer and writes
+    it in place with pwrite: no tensor waits for the one before it, and
+    memory stays at one buffer per worker. `fetch(name)` returns the raw
+    bytes, valid until the same thread fetches again.
     """
-    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     entries = []
@@ -1047,25 +1058,37 @@ def _write_safetensors_streaming(f, specs, fetch, metadata) -> None:
         entries.append((name, dtype, shape, n))
     head, order = st.library_layout(entries, metadata)
     by_name = {e[0]: e for e in entries}
-    entries = [by_name[n] for n in order]
-    f.write(head)
-    window = 6
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        pending: deque = deque()
-        it = iter(entries)
-        for entry in it:
-            pending.append((entry, pool.submit(fetch, entry[0])))
-            if len(pending) >= window:
-                break
-        while pending:
-            (name, _dtype, _shape, n), fut = pending.popleft()
-            raw = fut.result()
-            if len(raw) != n:
-                raise MalformedObject(name, f"tensor has {len(raw)} bytes, expected {n}")
-            f.write(raw)
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(fetch, nxt[0])))
+    jobs = []
+    offset = len(head)
+    for name in order:
+        n = by_name[name][3]
+        jobs.append((name, n, offset))
+        offset += n
+    _pwrite_all(fd, memoryview(head), 0)
+
+    def one(job: tuple[str, int, int]) -> None:
+        name, n, at = job
+        raw = fetch(name)
+        if len(raw) != n:
+            raise MalformedObject(name, f"tensor has {len(raw)} bytes, expected {n}")
+        _pwrite_all(fd, memoryview(raw), at)
+
+    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
+    try:
+        for _ in pool.map(one, jobs):
+            pass
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # fail fast: do not decode the rest
+        raise
+    pool.shutdown(wait=True)
+    os.ftruncate(fd, offset)  # a file of exactly the layout's length, even if it ends in empty tensors
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
 
 
 def adapter_summary(aid: str, adapter: Adapter) -> dict[str, Any]:

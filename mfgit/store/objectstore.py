@@ -108,8 +108,14 @@ def encode_stored_tensor(head: bytes, raw: bytes | memoryview, dtype: str, *, re
     return [encode_stored("tensor", head + bytes(raw))]
 
 
-def decode_stored(oid: str, data: bytes | memoryview, *, verify: bool) -> tuple[str, bytes]:
-    """Check and decode stored file bytes; returns (kind, decoded payload)."""
+def decode_stored(oid: str, data: bytes | memoryview, *, verify: bool,
+                  out: bytearray | None = None) -> tuple[str, bytes]:
+    """Check and decode stored file bytes; returns (kind, decoded payload).
+
+    With `out` (a bytearray), a byte-plane tensor is decoded into it, grown
+    if needed, and the payload returned is a memoryview of its first bytes:
+    valid until `out` is reused. Other codecs return new bytes as usual.
+    """
     mv = memoryview(data)
     if len(mv) < HEADER_SIZE:
         raise CorruptObject(oid, "a header", f"{len(mv)} bytes", "length", "file is truncated")
@@ -132,10 +138,18 @@ def decode_stored(oid: str, data: bytes | memoryview, *, verify: bool) -> tuple[
             if off > raw_len or 4 + off > len(body):
                 raise codec.CodecError("tensor header length out of range")
             # Decode straight into one buffer: header, then the raw bytes.
-            out = bytearray(raw_len)
-            out[:off] = body[4 : 4 + off]
-            codec.decode_float_planes_into(body[4 + off :], memoryview(out)[off:])
-            payload = out
+            given = out is not None
+            if out is not None and len(out) < raw_len:
+                try:
+                    out.extend(bytes(raw_len - len(out)))
+                except BufferError:  # a view of it is still held: do not reuse it
+                    out = None
+            if out is None:
+                out = bytearray(raw_len)
+            target = memoryview(out)[:raw_len]
+            target[:off] = body[4 : 4 + off]
+            codec.decode_float_planes_into(body[4 + off :], target[off:])
+            payload = target if given else out
         else:
             payload = codec.decode_generic(cdc, body, raw_len)
     except (codec.CodecError, Exception) as e:  # zstd raises its own error types
@@ -189,8 +203,8 @@ class ObjectStore(ABC):
 
     # -- typed helpers ---------------------------------------------------
 
-    def get(self, oid: str, *, verify: bool = False) -> tuple[str, bytes]:
-        return decode_stored(oid, self.read_stored(oid), verify=verify)
+    def get(self, oid: str, *, verify: bool = False, out: bytearray | None = None) -> tuple[str, bytes]:
+        return decode_stored(oid, self.read_stored(oid), verify=verify, out=out)
 
     def put(self, kind: str, payload: bytes, *, oid: str | None = None) -> str:
         oid = oid or object_id(kind, payload)
