@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mfgit.errors import ConfigError, InvalidRemoteURL, MfgitError, NonFastForward, RefExists, RemoteNotFound
+from mfgit.objects.model import is_object_id
 from mfgit.refs import check_remote_name
 
 if TYPE_CHECKING:
@@ -130,6 +131,47 @@ def fetch(repo: "Repository", remote: str, *, branches: list[str] | None = None,
         return _fetch(repo, transport, name, refs=branches, progress=progress).to_dict()
     finally:
         transport.close()
+
+
+def fsck_repair(repo: "Repository", remote: str, *, read_data: bool = False) -> dict[str, Any]:
+    """fsck, then fetch sound copies of every missing or corrupt object from `remote`.
+
+    fetch never does this on its own: it asks only for commits it lacks,
+    and skips objects already present, damaged or not. Here each object
+    fsck names is downloaded, checked in full and stored (a damaged copy is
+    replaced); repaired adapters and commits can reveal objects missing
+    below them, so the walk is repeated until nothing new is missing. The
+    report returned is a fresh fsck of the result, with a ``repair`` entry:
+    the remote, the ids repaired and those the remote could not supply.
+    """
+    from mfgit.api.maintenance import fsck
+    from mfgit.remote.sync import repair_objects
+
+    report = fsck(repo, read_data=read_data)
+    todo = [c["id"] for c in report["corrupt"]] + [m["id"] for m in report["missing"]]
+    if not todo:
+        report["repair"] = {"remote": remote, "repaired": [], "unavailable": []}
+        return report
+    name, transport = open_remote(repo, remote)
+    repaired: list[str] = []
+    unavailable: set[str] = set()
+    try:
+        tried: set[str] = set()
+        while todo:
+            tried.update(todo)
+            got, lacking = repair_objects(repo, transport, todo)
+            repaired.extend(got)
+            unavailable.update(lacking)
+            if not got:
+                break
+            missing: dict[str, str] = {}
+            repo.reachable([v for v in repo.ref_tips().values() if is_object_id(v)], missing=missing)
+            todo = [oid for oid in sorted(missing) if oid not in tried]
+    finally:
+        transport.close()
+    report = fsck(repo, read_data=read_data)
+    report["repair"] = {"remote": remote, "repaired": sorted(repaired), "unavailable": sorted(unavailable)}
+    return report
 
 
 def pull(repo: "Repository", remote: str, branch: str | None = None, *, progress=None) -> dict[str, Any]:

@@ -956,7 +956,13 @@ class Repository:
                             seen.add(t)
         return seen
 
-    def fsck(self, *, read_data: bool = False) -> dict[str, Any]:
+    def fsck(self, *, read_data: bool = False, repair_from: str | None = None) -> dict[str, Any]:
+        """Check objects and refs; with `repair_from` (a remote name or URL), replace
+        missing and corrupt objects with that remote's verified copies first."""
+        if repair_from is not None:
+            from mfgit.api.remotes import fsck_repair
+
+            return fsck_repair(self, repair_from, read_data=read_data)
         from mfgit.api.maintenance import fsck
 
         return fsck(self, read_data=read_data)

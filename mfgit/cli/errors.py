@@ -42,9 +42,9 @@ TABLE: list[tuple[type, int, Fix]] = [
     (E.CorruptObject, DAMAGED, lambda e: (
         "the remote's copy is damaged and was not stored; push it again from a site that has a sound copy"
         if "received from" in (e.detail or "") else
-        "the stored copy is damaged; run mfgit fsck --read-data, then fetch the object again from a remote")),
-    (E.MalformedObject, DAMAGED, _fix("run mfgit fsck --read-data")),
-    (E.ObjectNotFound, DAMAGED, _fix("the repository is incomplete; run mfgit fsck, then fetch from a remote that has it")),
+        "the stored copy is damaged; replace it with a remote's copy: mfgit fsck --read-data --repair-from REMOTE")),
+    (E.MalformedObject, DAMAGED, _fix("replace it with a remote's copy: mfgit fsck --read-data --repair-from REMOTE")),
+    (E.ObjectNotFound, DAMAGED, _fix("the repository is incomplete; fetch the object: mfgit fsck --repair-from REMOTE")),
     (E.WrongObjectType, BAD_INPUT, _fix("name a commit, branch or tag")),
     (E.InvalidRefName, BAD_INPUT, _fix("names follow git's check-ref-format rules, e.g. sites/hospital-a")),
     (E.RefNotFound, BAD_INPUT, _fix("list them with: mfgit branch -a")),

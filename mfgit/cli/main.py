@@ -258,12 +258,14 @@ def status(ctx, as_json):
 
 @cli.command()
 @click.option("--read-data", is_flag=True, help="Decode every object and check its SHA-256.")
+@click.option("--repair-from", "repair_from", metavar="REMOTE", default=None,
+              help="Replace missing and corrupt objects with REMOTE's verified copies.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/json.md).")
 @click.pass_context
-def fsck(ctx, read_data, as_json):
+def fsck(ctx, read_data, repair_from, as_json):
     """Check the repository: missing, corrupt and dangling objects, bad refs."""
     repo = _repo(ctx)
-    report = repo.fsck(read_data=read_data)
+    report = repo.fsck(read_data=read_data, repair_from=repair_from)
     if as_json:
         _emit_json(report)
     else:

@@ -247,6 +247,13 @@ def fsck_text(report: dict[str, Any]) -> str:
         lines.append(f"leftover temporary file {t} (from an interrupted write; mfgit gc removes it)")
     for lk in report["stale_locks"]:
         lines.append(f"lock file {lk} (remove it if no mfgit process is running)")
+    repair = report.get("repair")
+    if repair is not None:
+        for oid in repair["repaired"]:
+            lines.append(f"repaired object {oid} from {repair['remote']}")
+        for oid in repair["unavailable"]:
+            lines.append(f"object {oid} is not available intact on {repair['remote']}; "
+                         "repair from a remote that has it")
     verdict = "ok" if report["ok"] else "DAMAGED"
     lines.append(f"checked {report['objects_checked']} objects{' (full SHA-256)' if report['read_data'] else ''}: {verdict}")
     return "\n".join(lines) + "\n"

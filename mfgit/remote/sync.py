@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from mfgit.errors import (
     CorruptObject,
+    MalformedObject,
     NonFastForward,
     ObjectNotFound,
     RefConflict,
@@ -483,6 +484,35 @@ def fetch(repo: "Repository", transport: Transport, remote_name: str, *, refs: l
                 report.refs.append({"ref": tracking, "old": old, "new": None})
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def repair_objects(repo: "Repository", transport: Transport, oids: list[str]) -> tuple[list[str], list[str]]:
+    """Replace missing or damaged local objects with the remote's copies.
+
+    Each object is downloaded and checked in full (XXH3-128 and SHA-256
+    against its id) before it is stored; a damaged local copy is replaced
+    atomically (ObjectStore.put_received). Returns (repaired, unavailable):
+    the ids stored, and those the remote does not have or has damaged too,
+    which are left as they were.
+    """
+    if not check_remote_format(transport, create=False):
+        raise RemoteError(transport.url, "is not an mfgit repository (no config); name a remote that holds this history")
+
+    def one(oid: str) -> tuple[str, bool]:
+        try:
+            data = transport.get(object_key(oid))
+        except KeyNotFound:
+            return oid, False
+        try:
+            repo.store.put_received(oid, data)
+        except (CorruptObject, MalformedObject):
+            return oid, False
+        return oid, True
+
+    repaired, unavailable = [], []
+    for oid, ok in _bounded_map(one, list(dict.fromkeys(oids)), _CHECK_WORKERS):
+        (repaired if ok else unavailable).append(oid)
+    return sorted(repaired), sorted(unavailable)
 
 
 def _download(transport: Transport, oids: list[str]):
