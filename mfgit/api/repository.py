@@ -404,8 +404,6 @@ class Repository:
         return all(self.store.has(t) for t in adapter.referenced_ids())
 
     def _import_safetensors(self, adir: peftfmt.AdapterDir) -> Adapter:
-        from concurrent.futures import ThreadPoolExecutor
-
         where = str(adir.weights)
         self.store.begin_batch()
         try:
@@ -436,8 +434,7 @@ class Repository:
 
                 # hashlib, zstd, numpy and pread release the GIL on large
                 # buffers: two threads keep both cores busy on a big adapter.
-                with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-                    ids = dict(pool.map(one, infos))
+                ids = dict(_parallel_map(one, infos))
             finally:
                 os.close(fd)
             tensors = {
@@ -1054,8 +1051,6 @@ def _write_safetensors_parallel(fd: int, specs, fetch, metadata) -> None:
     memory stays at one buffer per worker. `fetch(name)` returns the raw
     bytes, valid until the same thread fetches again.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     entries = []
     for name, dtype, shape in specs:
         n = st.DTYPE_SIZES[dtype]
@@ -1079,15 +1074,27 @@ def _write_safetensors_parallel(fd: int, specs, fetch, metadata) -> None:
             raise MalformedObject(name, f"tensor has {len(raw)} bytes, expected {n}")
         _pwrite_all(fd, memoryview(raw), at)
 
+    _parallel_map(one, jobs)
+    os.ftruncate(fd, offset)  # a file of exactly the layout's length, even if it ends in empty tensors
+
+
+def _parallel_map(fn, items) -> list:
+    """fn over items on up to four threads, results in order.
+
+    The first error is raised once the running calls end; calls not yet
+    started are cancelled, so a bad tensor fails a commit or checkout at
+    once instead of after every other tensor was processed.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
     try:
-        for _ in pool.map(one, jobs):
-            pass
+        out = list(pool.map(fn, items))
     except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)  # fail fast: do not decode the rest
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-    os.ftruncate(fd, offset)  # a file of exactly the layout's length, even if it ends in empty tensors
+    return out
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
