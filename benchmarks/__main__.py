@@ -71,11 +71,14 @@ def render_md(results: dict[str, Any]) -> str:
             lines += ["Tools: " + "; ".join(f"{k}: {v}" for k, v in res["tools"].items()) + ".", ""]
         targets = res.get("targets") or []
         if targets:
-            rows = [[t.get("label", t["name"]), _fmt_value(t), f"<= {t['target']}{' s' if t.get('unit') == 's' else ''}",
+            rows = [[t.get("label", t["name"]), _fmt_value(t),
+                     f"{t.get('op', '<=')} {t['target']}{' s' if t.get('unit') == 's' else ''}",
                      "yes" if t.get("met") else ("-" if t.get("met") is None else "**NO**")] for t in targets]
             lines += ["### Targets", "", md_table(["measure", "value", "target", "met"], rows), ""]
         for t in res.get("tables") or []:
             lines += [f"### {t['title']}", "", md_table(t["columns"], t["rows"]), ""]
+        if res.get("notes"):
+            lines += [f"- {n}" for n in res["notes"]] + [""]
         if res.get("method"):
             lines += ["Method:", ""] + [f"- {k}: {v}" for k, v in res["method"].items()] + [""]
     return "\n".join(lines).rstrip() + "\n"

@@ -680,15 +680,37 @@ def run(quick: Any = False) -> dict[str, Any]:
         "ties_speedup": ties_speedup >= TARGETS["ties_speedup"],
     }
 
-    _print(result, quick)
+    tables, notes = _tables(result)
+    result["tables"] = tables
+    result["notes"] = notes
+    result["mode"] = "quick" if quick else "full"
+    result["repeats"] = 3
+    # For results.md: each target as {name, label, value, op, target, met}.
+    result["thresholds"] = result.pop("targets")
+    result["targets"] = [
+        {"name": "svd_speedup", "label": "svd merge: PEFT add_weighted_adapter(svd) time / mfgit engine time",
+         "value": svd_speedup, "op": ">=", "target": TARGETS["svd_speedup"], "unit": "x", "met": bool(svd_speedup >= TARGETS["svd_speedup"])},
+        {"name": "ties_speedup", "label": "ties merge: PEFT ties_svd time / mfgit engine time",
+         "value": ties_speedup, "op": ">=", "target": TARGETS["ties_speedup"], "unit": "x", "met": bool(ties_speedup >= TARGETS["ties_speedup"])},
+        {"name": "svd_error_equal_or_smaller", "label": "svd merge: error vs the exact sum, mfgit / PEFT svd",
+         "value": e_m["vs_sum"] / e_p["vs_sum"] if e_p["vs_sum"] else None, "op": "<=", "target": 1.0, "unit": "x",
+         "met": bool(svd_err_ok)},
+    ]
+    _print(result)
     return result
 
 
-def _print(r: dict[str, Any], quick: bool) -> None:
+def _tables(r: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The result as tables ({title, columns, rows}) and notes, for the terminal and results.md."""
     eng, peft, errs, terr = r["mfgit_engine"], r["peft"], r["errors_vs_sum"], r["errors_vs_dense_ties"]
     nm = r["modules"]
-    print()
-    print(fmt_table(
+    tables: list[dict[str, Any]] = []
+    notes: list[str] = []
+
+    def table(columns, rows, title):
+        tables.append({"title": title, "columns": columns, "rows": rows})
+
+    table(
         ["merge", "mfgit engine", "PEFT add_weighted_adapter", "speed-up", "target", "met"],
         [
             ["svd rank 16", _s(eng["svd"]["median_s"]), _s(peft["svd"]["median_s"]) + " (svd)",
@@ -703,10 +725,9 @@ def _print(r: dict[str, Any], quick: bool) -> None:
         title=f"Time, {nm} modules, CPU ({r['threads']} threads); mfgit: median of 3 after a warm-up "
               f"(per module: svd {eng['svd']['per_module_ms']:.1f} ms, ties {eng['ties']['per_module_ms']:.0f} ms); "
               f"PEFT svd/ties_svd: one run",
-    ))
-    print()
+    )
     opt = errs["_optimum"]["vs_sum"]
-    print(fmt_table(
+    table(
         ["result", "rel. error vs exact sum M", "rel. error vs best rank-16 M16", "note"],
         [
             ["mfgit svd (rank 16)", _e(errs["mfgit svd"]["vs_sum"]), _e(errs["mfgit svd"]["vs_best"]),
@@ -719,8 +740,7 @@ def _print(r: dict[str, Any], quick: bool) -> None:
             ["PEFT linear", _e(errs["PEFT linear"]["vs_sum"]), "-", "A and B averaged separately: cross terms"],
         ],
         title="Task arithmetic (weights 1, 1, 1): relative Frobenius error over all modules, float64 references",
-    ))
-    print()
+    )
     best = terr["PEFT ties_svd"]
     rows = [["mfgit ties (rank 16)", _e(terr["mfgit ties"]),
              f"dense TIES, block Krylov rank-16; {_excess(terr['mfgit ties'], best)}"],
@@ -729,21 +749,20 @@ def _print(r: dict[str, Any], quick: bool) -> None:
     if "mergekit ties + extract-lora" in terr:
         rows.append(["mergekit ties + extract-lora", _e(terr["mergekit ties + extract-lora"]),
                      f"full models, SVD back to rank 16; {_excess(terr['mergekit ties + extract-lora'], best)}"])
-    print(fmt_table(["result", "rel. error vs dense TIES T", "note"], rows,
-                    title="TIES (density 0.2, weights 1, 1, 1): error vs T = PEFT merge_utils.ties on the dense ΔWᵢ "
-                          f"(a rank-16 result cannot be exact; mfgit kept energy mean {eng['ties']['kept_energy_mean']:.3f})"))
-    print()
+    table(["result", "rel. error vs dense TIES T", "note"], rows,
+          title="TIES (density 0.2, weights 1, 1, 1): error vs T = PEFT merge_utils.ties on the dense ΔWᵢ "
+                f"(a rank-16 result cannot be exact; mfgit kept energy mean {eng['ties']['kept_energy_mean']:.3f})")
     cli, mk = r["mfgit_cli"], r["mergekit"]
     rows = []
     if "skipped" in cli:
-        print(f"mfgit CLI: skipped: {cli['skipped']}")
+        notes.append(f"mfgit CLI: skipped: {cli['skipped']}")
     else:
         rows.append(["mfgit commit x3 (CLI)", _s(cli["commit_s"]), _mb(cli["commit_peak_rss"]), ""])
         rows.append(["mfgit merge -s ties (CLI)", _s(cli["merge_ties_s"]), _mb(cli["merge_ties_peak_rss"]), ""])
         rows.append(["mfgit merge -s svd (CLI)", _s(cli["merge_svd_s"]), _mb(cli["merge_svd_peak_rss"]), ""])
         rows.append(["mfgit repository (3 adapters + 2 merges)", "", "", _mb(cli["repo_bytes"])])
     if "skipped" in mk:
-        print(f"mergekit: skipped: {mk['skipped']}")
+        notes.append(f"mergekit: skipped: {mk['skipped']}")
     else:
         for s in mk["steps"]:
             rows.append([f"mergekit {mk['version']}: {s['label']}", _s(s["wall_s"]), _mb(s["peak_rss"]), ""])
@@ -753,15 +772,25 @@ def _print(r: dict[str, Any], quick: bool) -> None:
         if "skipped" not in mk and "skipped" not in cli:
             title += (f": mergekit pipeline / mfgit merge = {_x(r['ratios']['mergekit_pipeline_vs_mfgit_cli_merge'])} "
                       f"time, {_x(r['ratios']['mergekit_peak_rss_vs_mfgit_merge'])} peak memory")
-        print(fmt_table(["step", "wall", "peak RSS", "disk"], rows, title=title))
-    print()
+        table(["step", "wall", "peak RSS", "disk"], rows, title)
     met = r["targets_met"]
-    print(f"targets: svd >= 100x faster: {'met' if met['svd_speedup'] else 'NOT met'} "
+    notes.append(f"targets: svd >= 100x faster: {'met' if met['svd_speedup'] else 'NOT met'} "
           f"({_x(r['ratios']['svd_speedup'])}); svd error equal or smaller: "
           f"{'met' if met['svd_error_equal_or_smaller'] else 'NOT met'}; ties >= 10x faster: "
           f"{'met' if met['ties_speedup'] else 'NOT met'} ({_x(r['ratios']['ties_speedup'])}). "
           f"Load average {r['loadavg_start']} -> {r['loadavg_end']}"
           f"{' (shared machine: absolute times are noisy)' if r['loadavg_start'] and r['loadavg_start'][0] > 1.5 * os.cpu_count() / 2 else ''}")
+    return tables, notes
+
+
+def _print(r: dict[str, Any]) -> None:
+    tables, notes = _tables(r)
+    for t in tables:
+        print()
+        print(fmt_table(t["columns"], t["rows"], title=t["title"]))
+    print()
+    for line in notes:
+        print(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
