@@ -58,6 +58,16 @@ def put_tensor(store, dtype: str, shape: tuple[int, ...], raw: bytes) -> tuple[s
     return oid, tensor_payload(header, raw)
 
 
+def put_any(store, kind: str, payload: bytes) -> str:
+    """Store a payload of any kind the way mfgit does (tensors through put_tensor)."""
+    if kind == "tensor":
+        header, raw = split_tensor_payload(payload)
+        oid = tensor_id(header, raw)
+        store.put_tensor(header, raw, oid)
+        return oid
+    return store.put(kind, payload)
+
+
 def gaussian(dtype: torch.dtype, n: int, seed: int = 0, std: float = 0.02) -> bytes:
     g = torch.Generator().manual_seed(seed)
     t = (torch.randn(n, generator=g, dtype=torch.float64) * std).to(dtype)
@@ -100,12 +110,7 @@ def sample_objects() -> dict[str, bytes]:
 @pytest.mark.parametrize("kind", ["tensor", "blob", "adapter", "commit", "tag"])
 def test_put_get_round_trip_for_every_kind(store, kind):
     payload = sample_objects()[kind]
-    if kind == "tensor":
-        header, raw = split_tensor_payload(payload)
-        oid = tensor_id(header, raw)
-        store.put_tensor(header, raw, oid)
-    else:
-        oid = store.put(kind, payload)
+    oid = put_any(store, kind, payload)
     assert oid == object_id(kind, payload)
     assert store.has(oid)
     assert store.get(oid) == (kind, payload)
@@ -280,12 +285,7 @@ def _flip(data: bytes, offset: int, mask: int = 0x01) -> bytes:
 @pytest.mark.parametrize("verify", [False, True], ids=["read", "verify"])
 def test_a_flipped_bit_anywhere_is_detected_with_both_digests(store, kind, where, verify):
     payload = sample_objects()[kind]
-    if kind == "tensor":
-        header, raw = split_tensor_payload(payload)
-        oid = tensor_id(header, raw)
-        store.put_tensor(header, raw, oid)
-    else:
-        oid = store.put(kind, payload)
+    oid = put_any(store, kind, payload)
     good = stored_bytes(store, oid)
     offset = _OFFSETS[where]
     if offset is None:
@@ -350,12 +350,7 @@ def test_verify_catches_a_consistent_frame_under_the_wrong_id(store):
 def test_put_received_accepts_verified_bytes(store):
     src = MemoryStore()
     for kind, payload in sample_objects().items():
-        if kind == "tensor":
-            header, raw = split_tensor_payload(payload)
-            oid = tensor_id(header, raw)
-            src.put_tensor(header, raw, oid)
-        else:
-            oid = src.put(kind, payload)
+        oid = put_any(src, kind, payload)
         assert store.put_received(oid, src.read_stored(oid)) is True
         assert store.put_received(oid, src.read_stored(oid)) is False
         assert store.get(oid, verify=True) == (kind, payload)
