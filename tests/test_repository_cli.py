@@ -718,6 +718,13 @@ def test_code_option_names_another_work_tree(cli, repo_dir, adapter_dir, code_tr
     (tmp_path / "not-git").mkdir()
     line = cli.fails("commit", outside, "-m", "x", "--code", tmp_path / "not-git", "--allow-empty", cwd=repo_dir, code=4)
     assert "--code names no git work tree" in line
+    # The same error when the code revision is read while new tensors are
+    # being imported (on a thread of its own): one line, and no commit.
+    before = head_id(cli, repo_dir)
+    line = cli.fails("commit", adapter_dir("b", seed=74), "-m", "x", "--code", tmp_path / "not-git",
+                     cwd=repo_dir, code=4)
+    assert "--code names no git work tree" in line
+    assert head_id(cli, repo_dir) == before
 
 
 def test_meta_must_be_key_value(cli, repo_dir, adapter_dir):

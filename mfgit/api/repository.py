@@ -316,11 +316,19 @@ class Repository:
         ident = author or self.identity()
         adir = peftfmt.inspect_adapter_dir(path, allow_pickle=allow_pickle)
         branch_ref, parent = self._commit_target()
-        adapter_id = self._import_adapter(adir)
-        if parent is not None and not allow_empty:
-            if self.read_commit(parent).adapter == adapter_id:
-                raise NothingToCommit(adapter_id)
-        code_info = code_revision(code, required=True) if code else code_revision(path)
+        # Reading the code revision (GitPython: ~50 ms, mostly its import)
+        # overlaps the tensor import when there is one: the workers spend
+        # their time in hashing, compression and I/O, outside the GIL.
+        code_job = _Job(lambda: code_revision(code, required=True) if code else code_revision(path))
+        try:
+            adapter_id = self._import_adapter(adir, before_import=code_job.start)
+            if parent is not None and not allow_empty:
+                if self.read_commit(parent).adapter == adapter_id:
+                    raise NothingToCommit(adapter_id)
+        except BaseException:
+            code_job.wait()
+            raise
+        code_info = code_job.result()
         provenance = {
             "kind": "import",
             "source": {
@@ -377,8 +385,12 @@ class Repository:
         _crashpoint("after-ref")
         return CommitInfo(cid, commit)
 
-    def _import_adapter(self, adir: peftfmt.AdapterDir) -> str:
-        """Store the adapter's tensors and manifest; return the manifest id."""
+    def _import_adapter(self, adir: peftfmt.AdapterDir, *, before_import=None) -> str:
+        """Store the adapter's tensors and manifest; return the manifest id.
+
+        `before_import` is called when the stat cache cannot answer and the
+        tensors are about to be read.
+        """
         cache = StatCache(self.gitdir / "statcache.json") if self.gitdir else None
         files = [adir.path / peftfmt.CONFIG_NAME, adir.weights, *adir.extra_files]
         digest_fn = lambda: quick_digest(files[0], adir.weights)  # noqa: E731
@@ -386,6 +398,8 @@ class Repository:
             cached = cache.lookup(adir.path, files, digest_fn)
             if cached and self.store.has(cached) and self._adapter_complete(cached):
                 return cached
+        if before_import is not None:
+            before_import()
         if adir.pickled:
             adapter = self._import_pickle(adir)
         else:
@@ -1076,6 +1090,45 @@ def _write_safetensors_parallel(fd: int, specs, fetch, metadata) -> None:
 
     _parallel_map(one, jobs)
     os.ftruncate(fd, offset)  # a file of exactly the layout's length, even if it ends in empty tensors
+
+
+class _Job:
+    """A call that may run on a thread of its own while the caller works.
+
+    start() runs it in the background; result() waits for it (or runs it
+    now if it never started) and returns its value or raises its error.
+    """
+
+    def __init__(self, fn) -> None:
+        self._fn = fn
+        self._thread: threading.Thread | None = None
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as e:  # handed to the caller by result()
+            self._error = e
+        self._done = True
+
+    def start(self) -> None:
+        if self._thread is None and not self._done:
+            self._thread = threading.Thread(target=self._run, name="mfgit-job", daemon=True)
+            self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def result(self) -> Any:
+        if self._thread is None and not self._done:
+            self._run()
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _parallel_map(fn, items) -> list:
