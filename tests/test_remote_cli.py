@@ -350,3 +350,27 @@ def test_fsck_repair_from_names_what_the_remote_cannot_supply(world):
     assert f"object {local_only} is not available intact on hub" in res.stdout
     assert f"corrupt object {local_only}" in res.stdout  # still reported, and still there: nothing was lost
     assert repo.store.has(local_only)
+
+
+@pytest.mark.parametrize("kind", ["folder", "s3"])
+def test_push_never_sends_a_damaged_local_object(world, kind):
+    from mfgit.cli.errors import DAMAGED
+
+    remote = world.new_remote(kind)
+    a = world.site(f"damaged-push-{kind}", remote)
+    c1 = world.commit(a, "one", "base")
+    world.push(a, "hub", "main")
+    c2 = world.commit(a, "two", "update")
+    repo = Repository.open(a)
+    new = set(repo.read_adapter(repo.read_commit(c2).adapter).tensor_ids())
+    new -= set(repo.read_adapter(repo.read_commit(c1).adapter).tensor_ids())
+    bad = sorted(new)[0]
+    repo.store.corrupt(bad, 300)
+
+    res = world.cli("push", "hub", "main", cwd=a)
+    assert res.returncode == DAMAGED
+    line = one_line_error(res.stderr)
+    assert bad in line and "it was not sent" in line and "--repair-from" in line
+    assert remote.ref() == c1  # the remote did not move
+    assert bad not in remote.object_ids()  # and never got the damaged bytes
+    world.assert_consistent(remote)

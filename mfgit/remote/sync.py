@@ -302,7 +302,7 @@ def push(repo: "Repository", transport: Transport, remote_name: str, src: str, d
 
     def upload(oids: list[str]) -> None:
         if oids:
-            transport.put_many(((object_key(o), repo.store.read_stored(o)) for o in oids), on_done)
+            transport.put_many(((object_key(o), _outgoing(repo, o)) for o in oids), on_done)
 
     if missing:
         # Dependencies first, each group finished before the next starts:
@@ -335,6 +335,22 @@ def push(repo: "Repository", transport: Transport, remote_name: str, src: str, d
     _update_tracking(repo, remote_name, dst_ref, local)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _outgoing(repo: "Repository", oid: str) -> bytes:
+    """A local object's stored bytes, checked (XXH3-128) before they leave.
+
+    A damaged local copy is never sent: the push stops with the object's
+    name, the remote keeps its ref, and the fix is fsck --repair-from.
+    """
+    from mfgit.store.objectstore import check_frame
+
+    data = repo.store.read_stored(oid)
+    try:
+        check_frame(oid, data)
+    except CorruptObject as e:
+        raise CorruptObject(oid, e.expected, e.actual, e.algorithm, "the local copy; it was not sent") from None
+    return data
 
 
 def _missing_on_remote(transport: Transport, candidates: list[str]) -> list[str]:
@@ -675,7 +691,7 @@ def push_notes(repo: "Repository", transport: Transport, remote_name: str, *, re
         for group in (blobs, [o for o in missing if o == commit.adapter], [o for o in missing if o == local]):
             if group:
                 sizes = [repo.store.stored_size(o) for o in group]
-                transport.put_many(((object_key(o), repo.store.read_stored(o)) for o in group), None)
+                transport.put_many(((object_key(o), _outgoing(repo, o)) for o in group), None)
                 objects += len(group)
                 nbytes += sum(sizes)
         try:

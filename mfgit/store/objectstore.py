@@ -108,6 +108,25 @@ def encode_stored_tensor(head: bytes, raw: bytes | memoryview, dtype: str, *, re
     return [encode_stored("tensor", head + bytes(raw))]
 
 
+def check_frame(oid: str, data: bytes | memoryview) -> None:
+    """Check stored file bytes without decoding them: length and XXH3-128.
+
+    What every read checks first; enough to know that a file is the bytes
+    that were written (not that they are the object: that is the SHA-256
+    of the decoded payload, see decode_stored(verify=True)).
+    """
+    mv = memoryview(data)
+    if len(mv) < HEADER_SIZE:
+        raise CorruptObject(oid, "a header", f"{len(mv)} bytes", "length", "file is truncated")
+    xx = bytes(mv[_DIGEST_AT])
+    (stored_len,) = struct.unpack_from("<Q", mv, 24)
+    body = mv[HEADER_SIZE:]
+    actual = _digest(mv, body)
+    if len(body) != stored_len or actual != xx:
+        raise CorruptObject(oid, xx.hex(), actual.hex(), "xxh3-128",
+                            f"stored {len(body)} of {stored_len} bytes" if len(body) != stored_len else "")
+
+
 def decode_stored(oid: str, data: bytes | memoryview, *, verify: bool,
                   out: bytearray | None = None) -> tuple[str, bytes]:
     """Check and decode stored file bytes; returns (kind, decoded payload).
@@ -117,16 +136,11 @@ def decode_stored(oid: str, data: bytes | memoryview, *, verify: bool,
     valid until `out` is reused. Other codecs return new bytes as usual.
     """
     mv = memoryview(data)
-    if len(mv) < HEADER_SIZE:
-        raise CorruptObject(oid, "a header", f"{len(mv)} bytes", "length", "file is truncated")
-    magic, version, kind_code, cdc, _r, xx, stored_len, raw_len = _HEADER.unpack_from(mv)
-    body = mv[HEADER_SIZE:]
     # The digest first: it covers the header too, so any damaged byte --
     # magic, kind, codec, lengths or payload -- is reported as corruption.
-    actual = _digest(mv, body)
-    if len(body) != stored_len or actual != xx:
-        raise CorruptObject(oid, xx.hex(), actual.hex(), "xxh3-128",
-                            f"stored {len(body)} of {stored_len} bytes" if len(body) != stored_len else "")
+    check_frame(oid, mv)
+    magic, version, kind_code, cdc, _r, xx, stored_len, raw_len = _HEADER.unpack_from(mv)
+    body = mv[HEADER_SIZE:]
     if magic != MAGIC:
         raise CorruptObject(oid, MAGIC.hex(), bytes(magic).hex(), "magic", "not an mfgit object file")
     if version != STORE_VERSION or kind_code not in _CODE_KIND:
