@@ -374,3 +374,24 @@ def test_push_never_sends_a_damaged_local_object(world, kind):
     assert remote.ref() == c1  # the remote did not move
     assert bad not in remote.object_ids()  # and never got the damaged bytes
     world.assert_consistent(remote)
+
+
+def test_fsck_repair_from_refuses_an_unknown_remote_even_when_nothing_is_damaged(world, site):
+    res = world.cli("fsck", "--repair-from", "no-such-remote", cwd=site)
+    assert res.returncode != 0
+    assert "no-such-remote" in one_line_error(res.stderr)
+
+
+def test_repair_reports_a_sound_local_object_as_not_repaired(world):
+    from mfgit.api.remotes import open_remote
+    from mfgit.remote.sync import repair_objects
+
+    remote = world.new_remote("folder")
+    a = world.site("repair-sound", remote)
+    c1 = world.commit(a, "one", "base")
+    world.push(a, "hub", "main")
+    repo = Repository.open(a)
+    sound = repo.read_commit(c1).adapter
+    _, transport = open_remote(repo, "hub")
+    with transport:
+        assert repair_objects(repo, transport, [sound]) == ([], [sound])  # the remote had nothing better

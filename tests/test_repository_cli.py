@@ -753,3 +753,40 @@ def test_every_json_output_is_one_document(cli, repo_dir, adapter_dir, args):
     out = cli.ok(*args, cwd=repo_dir).stdout
     value = json.loads(out)  # the whole stdout, nothing before or after
     assert isinstance(value, dict) and value
+
+
+def test_checkout_files_get_the_same_permissions_under_the_umask(repo_dir, adapter_dir, tmp_path):
+    repo = Repository.open(repo_dir)
+    repo.commit(adapter_dir("perm", seed=75), message="perm")
+    old = os.umask(0o002)
+    try:
+        out = repo.checkout("HEAD", to=tmp_path / "out")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["adapter_model.safetensors"] == modes["adapter_config.json"] == 0o664, modes
+    assert set(modes.values()) == {0o664}  # and any other file of the adapter (a README)
+
+
+def test_parallel_work_stops_starting_tensors_after_an_error():
+    import threading
+    import time
+
+    from mfgit.api.repository import _parallel_map
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> int:
+        with lock:
+            started.append(i)
+        if i == 0:
+            time.sleep(0.3)  # a big tensor still being processed
+        if i == 1:
+            raise ValueError("bad tensor")
+        return i
+
+    with pytest.raises(ValueError, match="bad tensor"):
+        _parallel_map(work, range(200))
+    assert len(started) < 10  # not the 198 others
+    assert _parallel_map(lambda i: i * i, range(50)) == [i * i for i in range(50)]

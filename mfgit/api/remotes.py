@@ -147,15 +147,15 @@ def fsck_repair(repo: "Repository", remote: str, *, read_data: bool = False) -> 
     from mfgit.api.maintenance import fsck
     from mfgit.remote.sync import repair_objects
 
-    report = fsck(repo, read_data=read_data)
-    todo = [c["id"] for c in report["corrupt"]] + [m["id"] for m in report["missing"]]
-    if not todo:
-        report["repair"] = {"remote": remote, "repaired": [], "unavailable": []}
-        return report
-    name, transport = open_remote(repo, remote)
+    name, transport = open_remote(repo, remote)  # a mistyped remote is refused even when nothing is damaged
     repaired: list[str] = []
     unavailable: set[str] = set()
     try:
+        report = fsck(repo, read_data=read_data)
+        todo = [c["id"] for c in report["corrupt"]] + [m["id"] for m in report["missing"]]
+        if not todo:
+            report["repair"] = {"remote": remote, "repaired": [], "unavailable": []}
+            return report
         tried: set[str] = set()
         while todo:
             tried.update(todo)

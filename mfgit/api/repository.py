@@ -546,7 +546,7 @@ class Repository:
                 return raw
 
             weights_tmp = staging / peftfmt.WEIGHTS_NAME
-            fd = os.open(weights_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(weights_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask, like open()
             try:
                 _write_safetensors_parallel(fd, specs, fetch, adapter.metadata)
                 os.fsync(fd)
@@ -1049,7 +1049,12 @@ def _pread_into(fd: int, out: memoryview, offset: int, where: str) -> None:
     """Fill `out` from `fd` at `offset`; a file that ends early is a clear error."""
     got = 0
     while got < len(out):
-        n = os.preadv(fd, [out[got:]], offset + got)
+        if hasattr(os, "preadv"):
+            n = os.preadv(fd, [out[got:]], offset + got)
+        else:  # no preadv (some BSDs, older macOS): read, then copy into place
+            chunk = os.pread(fd, len(out) - got, offset + got)
+            n = len(chunk)
+            out[got : got + n] = chunk
         if n == 0:
             raise InvalidAdapter(where, f"the file shrank while it was read (got {got} of {len(out)} bytes at {offset}); "
                                  "commit again once the adapter is written")
@@ -1134,20 +1139,22 @@ class _Job:
 def _parallel_map(fn, items) -> list:
     """fn over items on up to four threads, results in order.
 
-    The first error is raised once the running calls end; calls not yet
-    started are cancelled, so a bad tensor fails a commit or checkout at
-    once instead of after every other tensor was processed.
+    At the first error, calls not yet started are cancelled and the error
+    is raised once the running ones end: a bad tensor fails a commit or a
+    checkout at once instead of after every other tensor was processed.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
-    try:
-        out = list(pool.map(fn, items))
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    return out
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f in done and f.exception() is not None]
+        if failed:
+            for f in pending:
+                f.cancel()
+            wait(pending)
+            raise failed[0].exception()
+    return [f.result() for f in futures]
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

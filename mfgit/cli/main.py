@@ -33,6 +33,19 @@ class MfgitGroup(click.Group):
             ctx.exit(code)
 
 
+def _quiet_blas() -> None:
+    """For commands that move tensor bytes and do no linear algebra.
+
+    numpy (the byte planes of stored tensors) loads OpenBLAS, whose worker
+    threads busy-wait after start-up: on a small machine they take a core
+    from hashing and compression, which these commands never give back.
+    Set before numpy loads, so it lasts for the process; a user's own
+    setting wins. Not for merge, search, eval or demo, which do use BLAS.
+    """
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def _repo(ctx: click.Context):
     from mfgit.api.repository import Repository
 
@@ -112,6 +125,7 @@ def config(ctx, key, value, global_, unset, list_):
 @click.pass_context
 def commit(ctx, adapter, message, meta, code, allow_pickle, allow_empty, as_json, sign):
     """Record the PEFT adapter directory ADAPTER as a new commit."""
+    _quiet_blas()
     repo = _repo(ctx)
     info = repo.commit(adapter, message, meta=list(meta), code=code, allow_pickle=allow_pickle, allow_empty=allow_empty,
                        sign=repo.signer() if sign else None)
@@ -216,6 +230,7 @@ def switch(ctx, name, start, create, orphan):
 @click.pass_context
 def checkout(ctx, rev, to, force):
     """Write the adapter of REV as a PEFT adapter directory."""
+    _quiet_blas()
     repo = _repo(ctx)
     out = repo.checkout(rev, Path(ctx.obj["cwd"]) / to, force=force)
     click.echo(f"Wrote {out}")
@@ -264,6 +279,7 @@ def status(ctx, as_json):
 @click.pass_context
 def fsck(ctx, read_data, repair_from, as_json):
     """Check the repository: missing, corrupt and dangling objects, bad refs."""
+    _quiet_blas()
     repo = _repo(ctx)
     report = repo.fsck(read_data=read_data, repair_from=repair_from)
     if as_json:
@@ -463,6 +479,7 @@ def push(ctx, remote_name, refspecs, force, quiet, as_json, notes):
 @click.pass_context
 def fetch(ctx, remote_name, branches, quiet, as_json, notes):
     """Download new commits of REMOTE's branches into refs/remotes/REMOTE/*."""
+    _quiet_blas()
     repo = _repo(ctx)
     with _transfer_bar(quiet or as_json, "fetch") as progress:
         report = repo.fetch(remote_name, branches=list(branches) or None, progress=progress)
@@ -483,6 +500,7 @@ def fetch(ctx, remote_name, branches, quiet, as_json, notes):
 @click.pass_context
 def pull(ctx, remote_name, branch, quiet, as_json):
     """Fetch REMOTE's BRANCH and fast-forward the current branch to it."""
+    _quiet_blas()
     from mfgit.api.remotes import DivergedBranches
 
     repo = _repo(ctx)
@@ -510,6 +528,7 @@ def pull(ctx, remote_name, branch, quiet, as_json):
 @click.pass_context
 def clone(ctx, url, directory, endpoint, region, profile, quiet, as_json):
     """Copy the repository at URL into DIRECTORY, with its branches as origin/*."""
+    _quiet_blas()
     from mfgit.api import remotes
 
     cwd = Path(ctx.obj["cwd"])
@@ -794,12 +813,6 @@ def gc(ctx, prune, dry_run, as_json):
 
 
 def main(argv: list[str] | None = None) -> None:
-    # numpy (byte planes of stored tensors) loads OpenBLAS, whose worker
-    # threads busy-wait after start-up: on a small machine they take a core
-    # away from hashing and compression, and mfgit never calls BLAS through
-    # numpy. A user's own setting wins.
-    if "numpy" not in sys.modules:
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     cli.main(args=argv, prog_name="mfgit")
 
 

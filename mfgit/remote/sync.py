@@ -520,10 +520,12 @@ def repair_objects(repo: "Repository", transport: Transport, oids: list[str]) ->
         except KeyNotFound:
             return oid, False
         try:
-            repo.store.put_received(oid, data)
+            # False when the local copy verifies after all (a malformed
+            # object whose bytes are the id's, a passing read error): the
+            # remote had nothing better, so nothing was repaired.
+            return oid, repo.store.put_received(oid, data)
         except (CorruptObject, MalformedObject):
             return oid, False
-        return oid, True
 
     repaired, unavailable = [], []
     for oid, ok in _bounded_map(one, list(dict.fromkeys(oids)), _CHECK_WORKERS):

@@ -248,8 +248,14 @@ class ObjectStore(ABC):
                 # Repair: the local copy is damaged and these verified bytes
                 # are the object. Replacing it is the one exception to
                 # write-once, and it is atomic like any write.
-                self.delete(oid)
+                self._replace_stored(oid, bytes(data))
+                return True
         return self._write_stored(oid, bytes(data))
+
+    def _replace_stored(self, oid: str, data: bytes) -> None:
+        """Put verified bytes in place of a damaged copy (readers see one or the other)."""
+        self.delete(oid)
+        self._write_stored(oid, data)
 
 
 class MemoryStore(ObjectStore):
@@ -312,7 +318,23 @@ class DiskStore(ObjectStore):
 
     def has(self, oid: str) -> bool:
         # A plain string path: has() runs once per tensor on every commit.
-        return is_object_id(oid) and os.path.exists(f"{self._root_s}/{oid[:2]}/{oid[2:]}")
+        # Absent is False; any other error (an unreadable folder) is raised.
+        if not is_object_id(oid):
+            return False
+        try:
+            os.stat(f"{self._root_s}/{oid[:2]}/{oid[2:]}")
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+
+    def _replace_stored(self, oid: str, data: bytes) -> None:
+        # The verified bytes go to a temporary name, durable, then renamed
+        # over the damaged file: at every instant the id names one or the
+        # other, never nothing.
+        path = self._path(oid)
+        tmp = write_new_file(path, [data], sync=True)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
 
     def read_stored(self, oid: str) -> bytes:
         try:
