@@ -41,7 +41,7 @@ from mfgit.objects.model import Adapter, Commit, Tag, TensorHeader, decode_objec
 from mfgit.refs import ANY, DiskRefs, RefStore, check_branch_name, check_ref_name
 from mfgit.refs.refstore import SYMREF, utc_now
 from mfgit.store import DiskStore, ObjectStore
-from mfgit.store.fileio import atomic_write, fsync_dir
+from mfgit.store.fileio import atomic_write, fsync_dir, start_writeback
 
 GITDIR = ".mfgit"
 HEADS = "refs/heads/"
@@ -1092,6 +1092,7 @@ def _write_safetensors_parallel(fd: int, specs, fetch, metadata) -> None:
         if len(raw) != n:
             raise MalformedObject(name, f"tensor has {len(raw)} bytes, expected {n}")
         _pwrite_all(fd, memoryview(raw), at)
+        start_writeback(fd, at, n)  # the final fsync then finds most of the file written
 
     _parallel_map(one, jobs)
     os.ftruncate(fd, offset)  # a file of exactly the layout's length, even if it ends in empty tensors
