@@ -790,3 +790,22 @@ def test_parallel_work_stops_starting_tensors_after_an_error():
         _parallel_map(work, range(200))
     assert len(started) < 10  # not the 198 others
     assert _parallel_map(lambda i: i * i, range(50)) == [i * i for i in range(50)]
+
+
+def test_dash_c_makes_every_relative_path_relative_to_its_folder(cli, repo_dir, adapter_dir, tmp_path):
+    # `mfgit -C PATH ...` runs as if started in PATH: the adapter, --code and
+    # --to given relative to PATH, from anywhere else.
+    import git
+
+    src = adapter_dir("dash-c", seed=76)
+    shutil.copytree(src, repo_dir / "runs" / "epoch1")
+    code = repo_dir / "code"
+    git.Repo.init(code).close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    c = cli.json("-C", repo_dir, "commit", "runs/epoch1", "-m", "relative", "--code", "code", "--json", cwd=elsewhere)
+    assert c["provenance"]["source"]["name"] == "epoch1"
+    assert c["provenance"]["code"] is not None
+    cli.ok("-C", repo_dir, "checkout", "HEAD", "--to", "out", cwd=elsewhere)
+    assert_same_tensors(repo_dir / "out", src)
+    assert not (elsewhere / "out").exists()

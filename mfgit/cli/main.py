@@ -127,8 +127,9 @@ def commit(ctx, adapter, message, meta, code, allow_pickle, allow_empty, as_json
     """Record the PEFT adapter directory ADAPTER as a new commit."""
     _quiet_blas()
     repo = _repo(ctx)
-    info = repo.commit(adapter, message, meta=list(meta), code=code, allow_pickle=allow_pickle, allow_empty=allow_empty,
-                       sign=repo.signer() if sign else None)
+    cwd = Path(ctx.obj["cwd"])  # relative paths are relative to -C PATH, as for every command
+    info = repo.commit(cwd / adapter, message, meta=list(meta), code=(cwd / code) if code else None,
+                       allow_pickle=allow_pickle, allow_empty=allow_empty, sign=repo.signer() if sign else None)
     if as_json:
         _emit_json(info.to_dict())
     else:
