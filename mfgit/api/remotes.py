@@ -141,21 +141,19 @@ def fsck_repair(repo: "Repository", remote: str, *, read_data: bool = False) -> 
     fsck names is downloaded, checked in full and stored (a damaged copy is
     replaced); repaired adapters and commits can reveal objects missing
     below them, so the walk is repeated until nothing new is missing. The
-    report returned is a fresh fsck of the result, with a ``repair`` entry:
+    report describes the repository after the repair (fsck runs again when
+    anything was repaired), with a ``repair`` entry:
     the remote, the ids repaired and those the remote could not supply.
     """
     from mfgit.api.maintenance import fsck
     from mfgit.remote.sync import repair_objects
 
-    name, transport = open_remote(repo, remote)  # a mistyped remote is refused even when nothing is damaged
+    _, transport = open_remote(repo, remote)  # a mistyped remote is refused even when nothing is damaged
     repaired: list[str] = []
     unavailable: set[str] = set()
     try:
         report = fsck(repo, read_data=read_data)
         todo = [c["id"] for c in report["corrupt"]] + [m["id"] for m in report["missing"]]
-        if not todo:
-            report["repair"] = {"remote": remote, "repaired": [], "unavailable": []}
-            return report
         tried: set[str] = set()
         while todo:
             tried.update(todo)
@@ -169,7 +167,8 @@ def fsck_repair(repo: "Repository", remote: str, *, read_data: bool = False) -> 
             todo = [oid for oid in sorted(missing) if oid not in tried]
     finally:
         transport.close()
-    report = fsck(repo, read_data=read_data)
+    if repaired:  # check the result again; with nothing repaired the first report stands
+        report = fsck(repo, read_data=read_data)
     report["repair"] = {"remote": remote, "repaired": sorted(repaired), "unavailable": sorted(unavailable)}
     return report
 

@@ -102,6 +102,14 @@ class PlaneScratch:
         return self._buf[: width * n].reshape(width, n)
 
 
+def thread_scratch() -> PlaneScratch:
+    """This thread's PlaneScratch (made on first use)."""
+    scratch = getattr(_LOCAL, "scratch", None)
+    if scratch is None:
+        scratch = _LOCAL.scratch = PlaneScratch()
+    return scratch
+
+
 def encode_float_planes(raw: memoryview, dtype: str, scratch: PlaneScratch | None = None) -> list | None:
     """Byte-plane encoding of a float tensor's raw bytes as a list of chunks.
 

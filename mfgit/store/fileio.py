@@ -121,11 +121,11 @@ def sync_filesystem(path: str | os.PathLike) -> None:
     One syncfs after writing a batch of object files costs one journal
     commit instead of one per file; elsewhere fall back to os.sync().
     """
-    _libc = _c_library()
-    if _libc and hasattr(_libc, "syncfs"):
+    libc = _c_library()
+    if libc and hasattr(libc, "syncfs"):
         fd = os.open(path, os.O_RDONLY)
         try:
-            if _libc.syncfs(fd) == 0:
+            if libc.syncfs(fd) == 0:
                 return
         finally:
             os.close(fd)

@@ -84,9 +84,6 @@ def encode_stored(kind: str, payload: bytes | memoryview) -> bytes:
     return _frame(kind, cdc, stored, len(payload))
 
 
-_SCRATCH = threading.local()
-
-
 def encode_stored_tensor(head: bytes, raw: bytes | memoryview, dtype: str, *, reuse: bool = False) -> list:
     """Stored bytes of a tensor, as chunks: its header plain, raw bytes by byte planes.
 
@@ -95,11 +92,7 @@ def encode_stored_tensor(head: bytes, raw: bytes | memoryview, dtype: str, *, re
     encodes the next tensor.
     """
     raw = memoryview(raw)
-    scratch = None
-    if reuse:
-        scratch = getattr(_SCRATCH, "planes", None) or codec.PlaneScratch()
-        _SCRATCH.planes = scratch
-    planes = codec.encode_float_planes(raw, dtype, scratch)
+    planes = codec.encode_float_planes(raw, dtype, codec.thread_scratch() if reuse else None)
     if planes is not None:
         size = sum(len(c) for c in planes)
         if size < len(raw):
