@@ -26,7 +26,6 @@ from mfgit.objects.model import Adapter
 
 LINEAR_FAMILY = ("linear", "task_arithmetic")
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -105,9 +104,6 @@ def check_inputs(inputs: Sequence[MergeInput], strategy: str) -> None:
         bad = peftfmt.variants(inp.adapter.config)
         if bad:
             raise UnsupportedAdapterVariant(inp.label, bad[0])
-        for mod, m in inp.adapter.modules.items():
-            if m.get("kind", "linear") != "linear" and STRATEGIES[strategy].kind == "dense":
-                pass  # embeddings merge like linear layers: ΔW is B·A up to a transpose
     base0 = first.adapter.base_model or {}
     for inp in inputs[1:]:
         base = inp.adapter.base_model or {}
@@ -248,7 +244,3 @@ def output_config(inputs: Sequence[MergeInput], stats: dict[str, dict[str, Any]]
     if targets:
         base["target_modules"] = sorted(targets)
     return base
-
-
-def dtype_name(t: torch.dtype) -> str:
-    return _DTYPE_NAMES.get(t, str(t))

@@ -1,0 +1,102 @@
+"""Merges computed from the inputs' factors alone, never a dense out×in matrix.
+
+Each function merges one module as its strategy's entry in
+:data:`mfgit.merge.strategies.STRATEGIES` says. ``linear`` (also
+``task_arithmetic``) and ``svd`` concatenate the weighted factors, which is
+exact, and truncate optimally through a QR of the factors (``linear`` only
+under a rank policy other than ``sum``). ``tsv`` and ``iso_c`` work on SVDs
+of factor products taken through the same QR
+(:func:`mfgit.merge.lowrank.lowrank_svd`).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from mfgit.merge.lowrank import RankPolicy, balanced_split, lowrank_svd, select_rank, truncate_factors
+from mfgit.merge.updates import ModuleInputs, ModuleResult, result
+
+__all__ = ["linear", "svd", "tsv", "iso_c"]
+
+
+def _numerical_rank(s: torch.Tensor, shape: tuple[int, int]) -> int:
+    """Number of singular values above σ₀·max(out, in)·eps(fp32) (numpy/torch matrix_rank rule)."""
+    if s.numel() == 0:
+        return 0
+    top = float(s[0])
+    if top <= 0.0:
+        return 0
+    tol = top * max(shape) * torch.finfo(torch.float32).eps
+    return int((s > tol).sum())
+
+
+def _zero_result(out_f: int, in_f: int, rank: int | None, device: torch.device) -> ModuleResult:
+    r = 1 if rank is None else max(0, min(1, rank))
+    B = torch.zeros((out_f, r), dtype=torch.float32, device=device)
+    A = torch.zeros((r, in_f), dtype=torch.float32, device=device)
+    return ModuleResult(B, A, r, 1.0)
+
+
+def _concat(present: list[tuple[int, float, torch.Tensor, torch.Tensor]], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    B = torch.cat([(scale * w) * b for _, w, b, _ in present], dim=1)
+    A = torch.cat([a for _, _, _, a in present], dim=0)
+    return B, A
+
+
+def linear(m: ModuleInputs, p: Mapping[str, float], policy: RankPolicy) -> ModuleResult:
+    """λ Σ wᵢ BᵢAᵢ as concatenated factors: exact (rank Σ rᵢ) with --rank sum, else truncated as ``svd``."""
+    if policy.kind == "sum":
+        B, A = _concat(m.inputs, p["lambda"])
+        return result(B, A, 1.0)
+    return svd(m, p, policy)
+
+
+def svd(m: ModuleInputs, p: Mapping[str, float], policy: RankPolicy) -> ModuleResult:
+    B, A = _concat(m.inputs, p["lambda"])
+    Bo, Ao, kept = truncate_factors(B, A, policy.rank_for(m.ranks, m.limit), policy.energy)
+    return result(Bo, Ao, kept)
+
+
+def tsv(m: ModuleInputs, p: Mapping[str, float], policy: RankPolicy) -> ModuleResult:
+    K = policy.rank_for(m.ranks, m.limit)
+    budget = K if K is not None else min(int(sum(m.ranks)), m.limit)
+    comps = []
+    for _i, w, b, a in m.inputs:
+        if w == 0.0:
+            continue
+        U, s, Vh = lowrank_svd(b, a)
+        nz = _numerical_rank(s, m.shape)
+        if nz > 0:
+            comps.append((w, U, s, Vh, nz))
+    if not comps or budget == 0:
+        return _zero_result(m.shape[0], m.shape[1], K, m.device)
+    k = max(1, budget // len(comps))
+    U_cat = torch.cat([U[:, : min(k, nz)] for _, U, _, _, nz in comps], dim=1)
+    S_cat = torch.cat([w * s[: min(k, nz)] for w, _, s, _, nz in comps])
+    Vh_cat = torch.cat([Vh[: min(k, nz)] for _, _, _, Vh, nz in comps], dim=0)
+    # Orthogonal Procrustes / polar factor: the orthonormal matrix nearest to U_cat.
+    P, _, Qh = torch.linalg.svd(U_cat, full_matrices=False)
+    U_perp = P @ Qh
+    P2, _, Qh2 = torch.linalg.svd(Vh_cat, full_matrices=False)
+    Vh_perp = P2 @ Qh2
+    B = U_perp * (p["alpha"] * S_cat).unsqueeze(0)
+    Bo, Ao, kept = truncate_factors(B, Vh_perp, K, policy.energy)
+    return result(Bo, Ao, kept)
+
+
+def iso_c(m: ModuleInputs, p: Mapping[str, float], policy: RankPolicy) -> ModuleResult:
+    K = policy.rank_for(m.ranks, m.limit)
+    B, A = _concat(m.inputs, 1.0)
+    U, s, Vh = lowrank_svd(B, A)
+    r0 = _numerical_rank(s, m.shape)
+    if r0 == 0 or p["alpha"] == 0.0:
+        return _zero_result(m.shape[0], m.shape[1], K, m.device)
+    sbar = s[:r0].mean()
+    flat = (p["alpha"] * sbar).expand(r0).clone()
+    # Directions keep the order of the task-arithmetic spectrum, so a
+    # truncation keeps the dominant directions of Σ wᵢΔWᵢ.
+    r, kept = select_rank(flat.abs(), K, policy.energy)
+    Bo, Ao = balanced_split(U[:, :r], flat[:r], Vh[:r])
+    return result(Bo, Ao, kept)

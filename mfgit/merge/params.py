@@ -1,0 +1,99 @@
+"""Strategy parameters: what one is (name, default, allowed range, help) and how given values are checked."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from mfgit.errors import MergeError
+
+__all__ = ["ANY", "Range", "Param", "Check", "validate"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of allowed values; a bound of None is unbounded."""
+
+    lo: float | None
+    hi: float | None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, x: float) -> bool:
+        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
+            return False
+        if self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi):
+            return False
+        return True
+
+    def text(self) -> str:
+        if self.lo is None and self.hi is None:
+            return "any finite number"
+        left = "(" if self.lo_open or self.lo is None else "["
+        right = ")" if self.hi_open or self.hi is None else "]"
+        lo = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        return f"{left}{lo}, {hi}{right}"
+
+
+ANY = Range(None, None)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a strategy."""
+
+    name: str
+    default: float
+    range: Range
+    help: str
+
+
+# A check of the resolved values together, for constraints no single range can say; raises MergeError.
+Check = Callable[[Mapping[str, float]], None]
+
+# Alternative spellings -> parameter name: ``lambda`` is a Python keyword.
+_ALIASES = {"lambda_": "lambda"}
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a float, or None where it is not a number (a bool is not one, though float() takes it)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def validate(strategy: str, declared: Sequence[Param], given: Mapping | None, check: Check | None = None) -> dict:
+    """The values of ``declared`` from ``given``, defaults filled in, as floats.
+
+    The given names come first, in their order, then the defaults. Raises
+    MergeError for an unknown name, a name given twice (under an alias), a
+    value that is not a finite number, one outside its range (the message
+    names the parameter and the range), or one that ``check`` refuses.
+    """
+    table = {p.name: p for p in declared}
+    out: dict[str, float] = {}
+    for raw_name, value in (given or {}).items():
+        name = _ALIASES.get(raw_name, raw_name)
+        if name not in table:
+            allowed = ", ".join(table) or "none"
+            raise MergeError(f"strategy {strategy!r} has no parameter {raw_name!r} (its parameters: {allowed})")
+        if name in out:
+            alias = next(a for a, n in _ALIASES.items() if n == name)
+            raise MergeError(f"parameter {name!r} given twice (as {name!r} and {alias!r})")
+        rng = table[name].range
+        x = _number(value)
+        if x is None:
+            raise MergeError(f"{strategy} parameter {name} must be a number in {rng.text()}, got {value!r}")
+        if not math.isfinite(x) or not rng.contains(x):
+            raise MergeError(f"{strategy} parameter {name} must be in {rng.text()}, got {value!r}")
+        out[name] = x
+    for p in declared:
+        out.setdefault(p.name, float(p.default))
+    if check is not None:
+        check(out)
+    return out
