@@ -4,7 +4,7 @@ A content-addressed store for adapters, one branch per site, weight-space
 merges with provenance, and remotes on a shared folder or S3.
 """
 
-__version__ = "0.1.0"
+from mfgit.version import __version__
 
 __all__ = ["Repository", "__version__"]
 

@@ -273,6 +273,45 @@ class NonFastForward(MfgitError):
         self.remote = remote
 
 
+class DivergedBranches(NonFastForward):
+    """pull: the current branch and the remote branch both have commits the
+    other lacks, so there is no fast-forward; they must be merged."""
+
+    def __init__(self, branch: str, remote_branch: str, ours: str, theirs: str):
+        MfgitError.__init__(self, f"cannot fast-forward {branch} to {remote_branch}: both have commits the other "
+                                  f"lacks ({ours[:12]}, {theirs[:12]})")
+        self.ref, self.local, self.remote = f"refs/heads/{branch}", ours, theirs
+        self.branch, self.remote_branch = branch, remote_branch
+
+
+class KeyNotFound(RemoteError):
+    """A remote does not have a key that was asked for.
+
+    A `RemoteError` (an mfgit error): code that expects the key may be absent
+    catches it; where it escapes, the CLI reports it as a remote error."""
+
+    def __init__(self, key: str, remote: str = ""):
+        super().__init__(remote, f"{key} does not exist")
+        if not remote:
+            self.message = f"{key} does not exist on the remote"
+            self.args = (self.message,)
+        self.key = key
+
+
+class InvalidKey(RemoteError):
+    """A key that would leave the remote's root or is otherwise not allowed.
+
+    Keys can come from a remote's content (ref names in a listing), so this
+    is an mfgit error, not a programming error."""
+
+    def __init__(self, key: str, reason: str, remote: str = ""):
+        super().__init__(remote, f"refusing key {key!r}: {reason}")
+        if not remote:
+            self.message = f"refusing remote key {key!r}: {reason}"
+            self.args = (self.message,)
+        self.key = key
+
+
 # --- signatures ------------------------------------------------------------
 
 
@@ -303,6 +342,14 @@ class PreconditionFailed(MfgitError):
 
 
 # --- signing keys (added with mfgit.audit) ---------------------------------
+
+
+class DemoError(MfgitError):
+    """`mfgit demo` cannot run as asked (a bad option, a work directory in use)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class SigningKeyError(MfgitError):

@@ -35,7 +35,7 @@ def site_score(model, data):
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     """hub + three signed site repositories (each with its own data) + a coordinator."""
-    from mfgit.api.audit import keygen
+    from mfgit.audit.keys import keygen
     from mfgit.api.repository import Repository
 
     shared = demo_sites(tmp_path_factory)
@@ -108,7 +108,7 @@ def test_candidates_evaluated_at_the_sites_then_selected(net):
         received[name] = {n["commit"]: n["values"]["score"] for n in notes}
         report = repo.push_notes("origin")
         assert report["status"] in ("new", "updated")
-    from mfgit.api import notes as notes_api
+    from mfgit.repo import notes as notes_api
 
     hub = Repository.open(net["hub"])
     assert notes_api.count(notes_api.read_index(hub)) == 12  # every site's notes, unioned
@@ -165,7 +165,7 @@ def test_candidates_evaluated_at_the_sites_then_selected(net):
 
 def test_notes_on_the_command_line_and_across_remotes(net, tmp_path):
     """eval / notes show / log / push --notes / fetch --notes through the real command; fsck and gc keep notes."""
-    from mfgit.api import notes as notes_api
+    from mfgit.repo import notes as notes_api
     from mfgit.api.repository import Repository
     from mfgit.objects.canonical import canonical_json
 
@@ -232,9 +232,9 @@ def test_notes_on_the_command_line_and_across_remotes(net, tmp_path):
 def test_push_notes_retries_when_another_site_pushes_first(net):
     """The remote ref moves between our read and our swap: we union with theirs and swap again."""
     from mfgit.api import notes as notes_api
-    from mfgit.api.remotes import open_remote
+    from mfgit.remote.registry import open_remote
     from mfgit.api.repository import Repository
-    from mfgit.remote import sync
+    from mfgit.remote import notes as sync
 
     a = net["sites"][SITES[2]]["repo"]
     b = net["sites"][SITES[0]]["repo"]

@@ -383,8 +383,8 @@ def test_fsck_repair_from_refuses_an_unknown_remote_even_when_nothing_is_damaged
 
 
 def test_repair_reports_a_sound_local_object_as_not_repaired(world):
-    from mfgit.api.remotes import open_remote
-    from mfgit.remote.sync import repair_objects
+    from mfgit.remote.registry import open_remote
+    from mfgit.remote.fetch import repair_objects
 
     remote = world.new_remote("folder")
     a = world.site("repair-sound", remote)

@@ -56,7 +56,7 @@ class Remote:
     client: object = None  # boto3 client (S3), for corrupting objects
 
     def transport(self):
-        from mfgit.remote.transport import open_transport
+        from mfgit.remote.registry import open_transport
 
         return open_transport(self.url, self.s3)
 

@@ -772,7 +772,7 @@ def test_parallel_work_stops_starting_tensors_after_an_error():
     import threading
     import time
 
-    from mfgit.api.repository import _parallel_map
+    from mfgit.parallel import parallel_map as _parallel_map
 
     started: list[int] = []
     lock = threading.Lock()

@@ -205,7 +205,7 @@ def test_l1_penalty_enters_the_objective(sites):
 
 
 def test_layer_weights_search(sites):
-    from mfgit.api.search import layer_groups, merge_layer_weights
+    from mfgit.merge.layers import layer_groups, merge_layer_weights
     from mfgit.merge.engine import MergeInput, Recipe
     from mfgit.merge.lowrank import RankPolicy
 

@@ -21,7 +21,7 @@ from mfgit.objects import Adapter, Commit, Tag, TensorHeader, object_id, tensor_
 from mfgit.objects.model import split_tensor_payload
 from mfgit.store import DiskStore, MemoryStore
 from mfgit.store import fileio
-from mfgit.store.objectstore import HEADER_SIZE, encode_stored
+from mfgit.store.frame import HEADER_SIZE, encode_stored
 
 # --- fixtures and helpers -----------------------------------------------------------
 
@@ -421,7 +421,7 @@ def test_disk_crash_before_rename_leaves_only_a_temporary_name(tmp_path, monkeyp
     def crash(*a, **k):
         raise Killed()
 
-    monkeypatch.setattr("mfgit.store.objectstore.os.replace", crash)
+    monkeypatch.setattr("mfgit.store.disk.os.replace", crash)
     payload = random_bytes(10_000, seed=1)
     with pytest.raises(Killed):
         store.put("blob", payload)

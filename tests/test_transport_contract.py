@@ -19,14 +19,10 @@ from mfgit.errors import (
     RemoteUnreachable,
 )
 from mfgit.remote.local import LocalTransport
-from mfgit.remote.transport import (
-    InvalidKey,
-    KeyNotFound,
-    RemoteURL,
-    Transport,
-    open_transport,
-    parse_remote_url,
-)
+from mfgit.errors import InvalidKey, KeyNotFound
+from mfgit.remote.registry import open_transport
+from mfgit.remote.transport import Transport
+from mfgit.remote.url import RemoteURL, parse_remote_url
 
 try:  # the rootdir on sys.path (python -m pytest, or tests/ a package)
     from tests.seaweed import free_ports, seaweed  # noqa: F401

@@ -1,36 +1,40 @@
-"""Remote verbs: remote add/remove/list, push, fetch, pull, clone."""
+"""Remote verbs: remote add/remove/list, push, fetch, pull, clone, notes transfer, repair from a remote."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mfgit.errors import ConfigError, InvalidRemoteURL, MfgitError, NonFastForward, RefExists, RemoteNotFound
-from mfgit.objects.model import is_object_id
-from mfgit.refs import check_remote_name
-
-if TYPE_CHECKING:
-    from mfgit.api.repository import Repository
-    from mfgit.remote.transport import Transport
-
-S3_OPTION_KEYS = ("endpoint", "region", "profile")
-
-
-class DivergedBranches(NonFastForward):
-    """pull: the current branch and the remote branch both have commits the
-    other lacks, so there is no fast-forward; they must be merged."""
-
-    def __init__(self, branch: str, remote_branch: str, ours: str, theirs: str):
-        MfgitError.__init__(self, f"cannot fast-forward {branch} to {remote_branch}: both have commits the other "
-                                  f"lacks ({ours[:12]}, {theirs[:12]})")
-        self.ref, self.local, self.remote = f"refs/heads/{branch}", ours, theirs
-        self.branch, self.remote_branch = branch, remote_branch
+from mfgit.audit.verify import check_push as check_push_policy
+from mfgit.errors import DivergedBranches, InvalidRemoteURL, KeyNotFound, MfgitError, OutputNotEmpty, RefExists
+from mfgit.errors import RemoteNotFound
+from mfgit.refs import HEADS, REMOTES, check_remote_name
+from mfgit.remote.fetch import fetch as fetch_objects
+from mfgit.remote.fetch import repair_objects
+from mfgit.remote.notes import fetch_notes as fetch_notes_from
+from mfgit.remote.notes import push_notes as push_notes_to
+from mfgit.remote.protocol import remote_head
+from mfgit.remote.push import push as push_ref
+from mfgit.remote.registry import S3_CONFIG_KEYS, open_remote, tracking_name
+from mfgit.remote.transport import Transport
+from mfgit.remote.url import parse_remote_url
+from mfgit.repo.base import BaseRepository
+from mfgit.repo.branches import branches
+from mfgit.repo.fsck import fsck
+from mfgit.repo.history import is_ancestor
+from mfgit.repo.reachability import reachable, tip_ids
 
 
-def remote_add(repo: "Repository", name: str, url: str, **s3: str | None) -> None:
-    from mfgit.remote.transport import parse_remote_url
 
+def absolute_url(url: str, base: str | os.PathLike) -> str:
+    """`url` checked (http://, ssh://, user@host:, bad buckets... are refused); a path made absolute from `base`."""
+    parsed = parse_remote_url(url, base=str(Path(base).absolute()))
+    return str(parsed.path) if parsed.scheme == "file" else url
+
+
+def remote_add(repo: BaseRepository, name: str, url: str, **s3: str | None) -> None:
     check_remote_name(name)
     if repo.config.repo.get(f"remote.{name}.url") is not None:
         raise RefExists(f"remote {name}")
@@ -38,67 +42,56 @@ def remote_add(repo: "Repository", name: str, url: str, **s3: str | None) -> Non
     if parsed.scheme == "file":
         url = str(Path(parsed.path).absolute())
     repo.config.set(f"remote.{name}.url", url)
-    for key in S3_OPTION_KEYS:
+    for key in S3_CONFIG_KEYS:
         if s3.get(key):
             repo.config.set(f"remote.{name}.{key}", str(s3[key]))
 
 
-def remote_remove(repo: "Repository", name: str) -> None:
+def remote_remove(repo: BaseRepository, name: str) -> None:
     if repo.config.repo.get(f"remote.{name}.url") is None:
         raise RemoteNotFound(name)
     repo.config.repo.remove_section(f'remote "{name}"')
-    for ref in repo.refs.names(f"refs/remotes/{name}/"):
-        repo.refs.update(ref, None, who=repo._who(), message=f"remote remove {name}")
+    for ref in repo.refs.names(f"{REMOTES}{name}/"):
+        repo.refs.update(ref, None, who=repo.who(), message=f"remote remove {name}")
 
 
-def remotes(repo: "Repository") -> list[dict[str, Any]]:
+def remotes(repo: BaseRepository) -> list[dict[str, Any]]:
     out = []
-    for section in repo.config.repo.sections():
-        if section.startswith('remote "'):
-            name = section[len('remote "'):-1]
-            entry = {"name": name, "url": repo.config.repo.get(f"remote.{name}.url")}
-            for key in S3_OPTION_KEYS:
-                v = repo.config.repo.get(f"remote.{name}.{key}")
-                if v:
-                    entry[key] = v
-            out.append(entry)
-    return sorted(out, key=lambda e: e["name"])
-
-
-def open_remote(repo: "Repository", name_or_url: str) -> tuple[str, "Transport"]:
-    """(name used for tracking refs, transport) for a configured remote or a URL."""
-    from mfgit.remote.transport import open_transport
-
-    try:
-        url = repo.config.get(f"remote.{name_or_url}.url")
-    except ConfigError:
-        url = None  # not a remote name ("../hub", "s3://b/p"): a URL
-    if url is not None:
-        opts = {}
-        for key, opt in (("endpoint", "endpoint_url"), ("region", "region"), ("profile", "profile")):
-            v = repo.config.get(f"remote.{name_or_url}.{key}")
+    for name in repo.config.subsections("remote"):
+        entry = {"name": name, "url": repo.config.repo.get(f"remote.{name}.url")}
+        for key in S3_CONFIG_KEYS:
+            v = repo.config.repo.get(f"remote.{name}.{key}")
             if v:
-                opts[opt] = v
-        return name_or_url, open_transport(url, opts or None)
-    if "/" in name_or_url or name_or_url.startswith(("s3:", "file:", ".")):
-        return "_url", open_transport(name_or_url, None)
-    raise RemoteNotFound(name_or_url)
+                entry[key] = v
+        out.append(entry)
+    return out
 
 
-def open_remote_name(repo: "Repository", name_or_url: str) -> str:
-    """The name open_remote uses for tracking refs: the remote's, or "_url"."""
+def _check_push(repo: BaseRepository, transport: Transport, remote_name: str, src: str, dst: str | None) -> None:
+    """Refuse a push to a protected branch whose new commits fail `verify --signatures`."""
+    local = repo.resolve(src)
+    if dst is None:
+        dst = src[len(HEADS):] if src.startswith(HEADS) else src
+    dst_ref = dst if dst.startswith("refs/") else HEADS + dst
+    if not dst_ref.startswith(HEADS):
+        return
     try:
-        return name_or_url if repo.config.get(f"remote.{name_or_url}.url") is not None else "_url"
-    except ConfigError:
-        return "_url"
+        current = transport.get_versioned(dst_ref)
+    except KeyNotFound:
+        current = None
+    remote_value = current[0].decode("utf-8", "replace").strip() if current is not None else None
+    try:
+        policy_text = transport.get("allowed_signers").decode("utf-8")
+    except KeyNotFound:
+        policy_text = None
+    check_push_policy(repo, local, dst_ref[len(HEADS):], remote_value=remote_value, remote_policy_text=policy_text,
+                      remote_name=remote_name)
 
 
-def push(repo: "Repository", remote: str, refspecs: list[str] | None = None, *, force: bool = False,
+def push(repo: BaseRepository, remote: str, refspecs: list[str] | None = None, *, force: bool = False,
          progress=None) -> dict[str, Any]:
-    from mfgit.remote.sync import push as _push
-
-    name, transport = open_remote(repo, remote)
-    try:
+    """Upload missing objects, then move the remote branches by compare-and-swap."""
+    with open_remote(repo, remote) as (name, transport):
         specs = refspecs or [repo.head_branch() or "HEAD"]
         reports = []
         for spec in specs:
@@ -110,30 +103,33 @@ def push(repo: "Repository", remote: str, refspecs: list[str] | None = None, *, 
                 if branch is None:
                     raise InvalidRemoteURL(spec, "HEAD is detached; name the destination: push REMOTE HEAD:BRANCH")
                 dst = branch
-            from mfgit.api.audit import check_push  # protected branches: refuse commits failing verify --signatures
-
-            check_push(repo, transport, name, src, dst or None)
-            reports.append(_push(repo, transport, name, src, dst or None, force=force_one, progress=progress))
-        total = {"objects": sum(r.objects for r in reports), "bytes": sum(r.bytes for r in reports),
-                 "skipped": sum(r.skipped for r in reports), "refs": [x for r in reports for x in r.refs],
-                 "seconds": round(sum(r.seconds for r in reports), 4),
-                 "negotiation_seconds": round(sum(r.negotiation_seconds for r in reports), 4)}
-        return total
-    finally:
-        transport.close()
+            _check_push(repo, transport, name, src, dst or None)
+            reports.append(push_ref(repo, transport, name, src, dst or None, force=force_one, progress=progress))
+        return {"objects": sum(r.objects for r in reports), "bytes": sum(r.bytes for r in reports),
+                "skipped": sum(r.skipped for r in reports), "refs": [x for r in reports for x in r.refs],
+                "seconds": round(sum(r.seconds for r in reports), 4),
+                "negotiation_seconds": round(sum(r.negotiation_seconds for r in reports), 4)}
 
 
-def fetch(repo: "Repository", remote: str, *, branches: list[str] | None = None, progress=None) -> dict[str, Any]:
-    from mfgit.remote.sync import fetch as _fetch
-
-    name, transport = open_remote(repo, remote)
-    try:
-        return _fetch(repo, transport, name, refs=branches, progress=progress).to_dict()
-    finally:
-        transport.close()
+def fetch(repo: BaseRepository, remote: str, *, branches: list[str] | None = None, progress=None) -> dict[str, Any]:
+    """Download what the remote has and we lack; update refs/remotes/<remote>/*."""
+    with open_remote(repo, remote) as (name, transport):
+        return fetch_objects(repo, transport, name, refs=branches, progress=progress).to_dict()
 
 
-def fsck_repair(repo: "Repository", remote: str, *, read_data: bool = False) -> dict[str, Any]:
+def push_notes(repo: BaseRepository, remote: str) -> dict[str, Any]:
+    """Union our notes with the remote's and move its refs/notes/metrics by compare-and-swap."""
+    with open_remote(repo, remote) as (name, transport):
+        return push_notes_to(repo, transport, name)
+
+
+def fetch_notes(repo: BaseRepository, remote: str) -> dict[str, Any]:
+    """Download the remote's notes and union them into ours."""
+    with open_remote(repo, remote) as (name, transport):
+        return fetch_notes_from(repo, transport, name)
+
+
+def fsck_repair(repo: BaseRepository, remote: str, *, read_data: bool = False) -> dict[str, Any]:
     """fsck, then fetch sound copies of every missing or corrupt object from `remote`.
 
     fetch never does this on its own: it asks only for commits it lacks,
@@ -145,13 +141,9 @@ def fsck_repair(repo: "Repository", remote: str, *, read_data: bool = False) -> 
     anything was repaired), with a ``repair`` entry:
     the remote, the ids repaired and those the remote could not supply.
     """
-    from mfgit.api.maintenance import fsck
-    from mfgit.remote.sync import repair_objects
-
-    _, transport = open_remote(repo, remote)  # a mistyped remote is refused even when nothing is damaged
     repaired: list[str] = []
     unavailable: set[str] = set()
-    try:
+    with open_remote(repo, remote) as (_, transport):  # a mistyped remote is refused even when nothing is damaged
         report = fsck(repo, read_data=read_data)
         todo = [c["id"] for c in report["corrupt"]] + [m["id"] for m in report["missing"]]
         tried: set[str] = set()
@@ -163,36 +155,31 @@ def fsck_repair(repo: "Repository", remote: str, *, read_data: bool = False) -> 
             if not got:
                 break
             missing: dict[str, str] = {}
-            repo.reachable([v for v in repo.ref_tips().values() if is_object_id(v)], missing=missing)
+            reachable(repo, tip_ids(repo), missing=missing)
             todo = [oid for oid in sorted(missing) if oid not in tried]
-    finally:
-        transport.close()
     if repaired:  # check the result again; with nothing repaired the first report stands
         report = fsck(repo, read_data=read_data)
     report["repair"] = {"remote": remote, "repaired": sorted(repaired), "unavailable": sorted(unavailable)}
     return report
 
 
-def pull(repo: "Repository", remote: str, branch: str | None = None, *, progress=None) -> dict[str, Any]:
+def pull(repo: BaseRepository, remote: str, branch: str | None = None, *, progress=None) -> dict[str, Any]:
     """Fetch, then fast-forward the current branch to REMOTE/BRANCH."""
     current = repo.head_branch()
     if current is None:
         raise MfgitError("HEAD is detached; switch to a branch before pulling")
     branch = branch or current
     report = fetch(repo, remote, branches=[branch], progress=progress)
-    name = open_remote_name(repo, remote)
-    tracking = f"refs/remotes/{name}/{branch}"
-    theirs = repo.refs.read(tracking)
+    theirs = repo.refs.read(f"{REMOTES}{tracking_name(repo, remote)}/{branch}")
     if theirs is None:
         raise RemoteNotFound(f"{remote}/{branch}")
     ours = repo.head()
-    ref = f"refs/heads/{current}"
     if ours == theirs:
         report["merge"] = "already up to date"
-    elif ours is None or repo.is_ancestor(ours, theirs):
-        repo.refs.update(ref, theirs, ours, who=repo._who(), message=f"pull {remote} {branch}: fast-forward")
+    elif ours is None or is_ancestor(repo, ours, theirs):
+        repo.refs.update(HEADS + current, theirs, ours, who=repo.who(), message=f"pull {remote} {branch}: fast-forward")
         report["merge"] = "fast-forward"
-    elif repo.is_ancestor(theirs, ours):
+    elif is_ancestor(repo, theirs, ours):
         report["merge"] = "already ahead"
     else:
         raise DivergedBranches(current, f"{remote}/{branch}", ours, theirs)
@@ -201,39 +188,29 @@ def pull(repo: "Repository", remote: str, branch: str | None = None, *, progress
 
 
 def clone(url: str, directory: str | os.PathLike, *, s3: dict[str, str] | None = None, progress=None,
-          bare: bool = False) -> tuple["Repository", dict[str, Any]]:
-    from mfgit.api.repository import Repository
-    from mfgit.remote.sync import remote_head
-
+          bare: bool = False) -> tuple[BaseRepository, dict[str, Any]]:
+    """A new repository at `directory` with the remote's branches as origin/*, and the fetch report."""
     target = Path(directory)
     if target.exists() and any(target.iterdir()):
-        from mfgit.errors import OutputNotEmpty
-
         raise OutputNotEmpty(str(target))
-    repo = Repository.init(target, bare=bare)
+    repo = BaseRepository.init(target, bare=bare)
     try:
         remote_add(repo, "origin", url, **(s3 or {}))
         report = fetch(repo, "origin", progress=progress)
-        _, transport = open_remote(repo, "origin")
-        try:
+        with open_remote(repo, "origin") as (_, transport):
             head = remote_head(transport)
-        finally:
-            transport.close()
-        branch = None
-        if head and head.startswith("refs/heads/") and repo.refs.read(f"refs/remotes/origin/{head[11:]}"):
-            branch = head[11:]
+        if head and head.startswith(HEADS) and repo.refs.read(f"{REMOTES}origin/{head[len(HEADS):]}"):
+            branch = head[len(HEADS):]
         else:
-            names = [r["name"][len("origin/"):] for r in repo.branches(remote=True)]
+            names = [r["name"][len("origin/"):] for r in branches(repo, remote=True)]
             branch = "main" if "main" in names else (names[0] if names else None)
         if branch:
-            oid = repo.refs.read(f"refs/remotes/origin/{branch}")
-            repo.refs.update(f"refs/heads/{branch}", oid, None, who=repo._who(), message=f"clone: from {url}")
-            repo.refs.set_symbolic("HEAD", f"refs/heads/{branch}", who=repo._who(), message="clone")
+            oid = repo.refs.read(f"{REMOTES}origin/{branch}")
+            repo.refs.update(HEADS + branch, oid, None, who=repo.who(), message=f"clone: from {url}")
+            repo.refs.set_symbolic("HEAD", HEADS + branch, who=repo.who(), message="clone")
         report["branch"] = branch
         return repo, report
     except BaseException:
         # A failed clone leaves nothing behind that looks like a repository.
-        import shutil
-
-        shutil.rmtree(target if not bare else target, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)
         raise

@@ -15,12 +15,10 @@ from typing import TYPE_CHECKING, Any
 from mfgit.formats.peft import module_scaling
 
 if TYPE_CHECKING:
-    from mfgit.api.repository import Repository
-
-PEFT_PREFIX = "base_model.model."
+    from mfgit.repo.base import BaseRepository
 
 
-def blame(repo: "Repository", rev: str = "HEAD", *, first_parent: bool = True) -> dict[str, Any]:
+def blame(repo: "BaseRepository", rev: str = "HEAD", *, first_parent: bool = True) -> dict[str, Any]:
     tip = repo.resolve(rev)
     commits: dict[str, Any] = {}
     values: dict[str, dict[str, tuple[str, str, float]]] = {}
@@ -70,12 +68,3 @@ def blame(repo: "Repository", rev: str = "HEAD", *, first_parent: bool = True) -
             "scaling": target[2],
         })
     return {"rev": rev, "commit": tip, "first_parent": first_parent, "modules": rows}
-
-
-def blame_text(d: dict[str, Any]) -> str:
-    lines = []
-    for r in d["modules"]:
-        name = r["module"][len(PEFT_PREFIX):] if r["module"].startswith(PEFT_PREFIX) else r["module"]
-        who = r["author"].get("name", "") if isinstance(r["author"], dict) else ""
-        lines.append(f"{r['commit'][:10]} {(r['site'] or '-'):<14} {r['timestamp'][:19]} {who:<16} {name}  ({r['subject']})")
-    return "\n".join(lines) + ("\n" if lines else "")

@@ -29,14 +29,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mfgit.errors import MalformedObject
+from mfgit.formats.dtypes import DTYPES
 from mfgit.formats.peft import module_scaling
 
 if TYPE_CHECKING:
-    from mfgit.api.repository import Repository
+    from mfgit.repo.base import BaseRepository
 
 SIG_DIGITS = 8
-PEFT_PREFIX = "base_model.model."
-_NP_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
 
 
 def num(x: float | None, digits: int = SIG_DIGITS) -> float | None:
@@ -49,14 +48,14 @@ def num(x: float | None, digits: int = SIG_DIGITS) -> float | None:
     return 0.0 if v == 0 else v
 
 
-def load_array(repo: "Repository", tid: str) -> np.ndarray:
+def load_array(repo: "BaseRepository", tid: str) -> np.ndarray:
     """A stored tensor as a float64 numpy array (F64, F32, F16, BF16)."""
     header, raw = repo.read_tensor(tid)
     if header.dtype == "BF16":
         u = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
         arr = u.view(np.float32)
-    elif header.dtype in _NP_DTYPES:
-        arr = np.frombuffer(raw, dtype=_NP_DTYPES[header.dtype])
+    elif header.dtype in ("F16", "F32", "F64"):
+        arr = np.frombuffer(raw, dtype=DTYPES[header.dtype].numpy)
     else:
         raise MalformedObject(tid, f"a LoRA factor of dtype {header.dtype} cannot be compared")
     return arr.astype(np.float64).reshape(header.shape)
@@ -96,7 +95,7 @@ def subspace_overlap(B1: np.ndarray, B2: np.ndarray) -> dict[str, Any]:
 
 
 class _Side:
-    def __init__(self, repo: "Repository", cid: str):
+    def __init__(self, repo: "BaseRepository", cid: str):
         self.repo = repo
         self.commit_id = cid
         self.commit = repo.read_commit(cid)
@@ -127,7 +126,7 @@ class _Side:
         return self._cache[module]
 
 
-def diff(repo: "Repository", rev_a: str, rev_b: str, *, stat: bool = False) -> dict[str, Any]:
+def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) -> dict[str, Any]:
     a = _Side(repo, repo.resolve(rev_a))
     b = _Side(repo, repo.resolve(rev_b))
     names = sorted(set(a.adapter.modules) | set(b.adapter.modules))
@@ -200,52 +199,3 @@ def diff(repo: "Repository", rev_a: str, rev_b: str, *, stat: bool = False) -> d
         "summary": summary,
         "modules": modules,
     }
-
-
-# -- text ----------------------------------------------------------------------------------------
-
-
-def _g(x: float | None, digits: int = 4) -> str:
-    return "-" if x is None else f"{x:.{digits}g}"
-
-
-def _short(name: str) -> str:
-    return name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
-
-
-def summary_line(d: dict[str, Any]) -> str:
-    s = d["summary"]
-    line = (f"{s['modules']} module(s): {s['changed']} changed, {s['added']} added, {s['removed']} removed, "
-            f"{s['unchanged']} unchanged")
-    if s["rel_diff"] is not None:
-        line += f"; ‖ΔW_B − ΔW_A‖/‖ΔW_A‖ = {_g(s['rel_diff'])}"
-    if s["cosine"] is not None:
-        line += f", cosine {_g(s['cosine'])}"
-    return line
-
-
-def diff_text(d: dict[str, Any], *, stat: bool = False) -> str:
-    lines = [f"diff {d['a']['commit'][:10]} ({d['a']['rev']}) -> {d['b']['commit'][:10]} ({d['b']['rev']})"]
-    if d["identical"]:
-        lines.append("the adapters are identical")
-    for k, v in d["config"].items():
-        lines.append(f"config {k}: {v['a']!r} -> {v['b']!r}")
-    marks = {"changed": "M", "added": "A", "removed": "D", "unchanged": " "}
-    for m in d["modules"]:
-        if m["status"] == "unchanged":
-            continue
-        name = _short(m["name"])
-        if m["status"] == "changed":
-            if stat:
-                lines.append(f"M  {name}  rel {_g(m['rel_diff'])}")
-                continue
-            sub = m.get("subspace") or {}
-            ranks = f"r {m['rank_a']}" if m["rank_a"] == m["rank_b"] else f"r {m['rank_a']}->{m['rank_b']}"
-            lines.append(f"M  {name}  {ranks}  |ΔW_A| {_g(m['norm_a'])}  |ΔW_B| {_g(m['norm_b'])}  "
-                         f"rel {_g(m['rel_diff'])}  cos {_g(m['cosine'])}  subspace cos² {_g(sub.get('mean_cos2'))}")
-        else:
-            r = m["rank_b"] if m["status"] == "added" else m["rank_a"]
-            n = m["norm_b"] if m["status"] == "added" else m["norm_a"]
-            lines.append(f"{marks[m['status']]}  {name}  r {r}  |ΔW| {_g(n)}")
-    lines.append(summary_line(d))
-    return "\n".join(lines) + "\n"

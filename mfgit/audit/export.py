@@ -29,14 +29,18 @@ import base64
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from mfgit.audit.keys import load_ec_private_key
+from mfgit.audit.lineage import lineage
 from mfgit.errors import SigningKeyError, UnsafePath
+from mfgit.render.audit import leaf_weight_text
+from mfgit.repo.checkout import checkout
+from mfgit.store.fileio import atomic_write
 
 if TYPE_CHECKING:
-    from mfgit.api.repository import Repository
+    from mfgit.repo.base import BaseRepository
 
 SIGNATURE_NAME = "model.sig"
 CARD_NAME = "README.md"
@@ -51,24 +55,14 @@ BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 
 def _write_file(out: Path, name: str, data: bytes) -> Path:
     target = out / name
-    fd, tmp = tempfile.mkstemp(prefix=".mfgit-export-", dir=out)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)  # replaces a symlink itself, never follows it
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(target, data, mode=0o644)  # replaces a symlink itself, never follows it
     return target
 
 
 # -- model card ----------------------------------------------------------------------------------
 
 
-def model_card(repo: "Repository", cid: str, lineage: dict[str, Any]) -> str:
+def model_card(repo: "BaseRepository", cid: str, lineage: dict[str, Any]) -> str:
     import yaml
 
     commit = repo.read_commit(cid)
@@ -109,10 +103,7 @@ def model_card(repo: "Repository", cid: str, lineage: dict[str, Any]) -> str:
                   "graph, summed over paths).", "",
                   "| site | commit | author | time | effective weight |", "|---|---|---|---|---|"]
         for lf in lineage["leaves"]:
-            if lf["linear"]:
-                w = f"{lf['effective_weight']:.6g}" + ("" if lf["exact"] else " (rank-truncated)")
-            else:
-                w = "not linear"
+            w = leaf_weight_text(lf)
             who = lf["author"].get("name", "") if isinstance(lf["author"], dict) else ""
             lines.append(f"| {lf['site'] or '-'} | `{lf['commit'][:10]}` | {who} | {lf['timestamp']} | {w} |")
         lines += ["", f"{len(lineage['nodes']) - len(lineage['leaves'])} merge commit(s) lead from the leaves to "
@@ -208,7 +199,7 @@ def sign_statement(statement: dict[str, Any], private_key) -> dict[str, Any]:
     }
 
 
-def manifest_key_path(repo: "Repository", explicit: str | os.PathLike | None = None) -> Path:
+def manifest_key_path(repo: "BaseRepository", explicit: str | os.PathLike | None = None) -> Path:
     value = explicit or repo.config.get("signing.manifestKey") or repo.config.get("signing.key")
     if not value:
         raise SigningKeyError("(none)", "no key to sign the manifest with: set signing.manifestKey (an ECDSA key: "
@@ -222,10 +213,8 @@ def manifest_key_path(repo: "Repository", explicit: str | os.PathLike | None = N
 # -- the verb ------------------------------------------------------------------------------------
 
 
-def export(repo: "Repository", rev: str, outdir: str | os.PathLike, *, card: bool = False, manifest: bool = False,
+def export(repo: "BaseRepository", rev: str, outdir: str | os.PathLike, *, card: bool = False, manifest: bool = False,
            force: bool = False, key: str | os.PathLike | None = None) -> dict[str, Any]:
-    from mfgit.audit.lineage import lineage
-    from mfgit.audit.signing import load_ec_private_key
 
     cid = repo.resolve(rev)
     private_key = None
@@ -233,7 +222,7 @@ def export(repo: "Repository", rev: str, outdir: str | os.PathLike, *, card: boo
     if manifest:  # fail before writing anything when there is no usable key
         key_path = manifest_key_path(repo, key)
         private_key = load_ec_private_key(key_path)
-    out = Path(repo.checkout(cid, outdir, force=force))
+    out = Path(checkout(repo, cid, outdir, force=force))
     report: dict[str, Any] = {"commit": cid, "dir": str(out), "card": None, "manifest": None}
     if card:
         text = model_card(repo, cid, lineage(repo, cid))

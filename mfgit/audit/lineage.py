@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from mfgit.audit.diff import num
 from mfgit.errors import MfgitError
+from mfgit.render.audit import KEPT_ENERGY_EXACT
 
 if TYPE_CHECKING:
-    from mfgit.api.repository import Repository
+    from mfgit.repo.base import BaseRepository
 
-_TRUNCATED = 1.0 - 1e-9
 
 
 def _subject(msg: str) -> str:
@@ -67,7 +67,7 @@ def _node(cid: str, commit) -> dict[str, Any]:
     return node
 
 
-def lineage(repo: "Repository", rev: str = "HEAD") -> dict[str, Any]:
+def lineage(repo: "BaseRepository", rev: str = "HEAD") -> dict[str, Any]:
     root = repo.resolve(rev)
     nodes: dict[str, dict[str, Any]] = {}
     order: list[str] = []
@@ -112,7 +112,7 @@ def lineage(repo: "Repository", rev: str = "HEAD") -> dict[str, Any]:
         linear = node["linear"]
         lam = node["lambda"] if linear else None
         ke = (node.get("kept_energy") or {}).get("min", 1.0)
-        truncated = ke is not None and ke < _TRUNCATED
+        truncated = ke is not None and ke < KEPT_ENERGY_EXACT
         for inp in node["inputs"]:
             for leaf, c in coefficients(inp["commit"], trail + (cid,)).items():
                 cur = out.setdefault(leaf, {"weight": 0.0, "paths": 0, "exact": True, "nonlinear_via": []})
@@ -171,82 +171,3 @@ def lineage(repo: "Repository", rev: str = "HEAD") -> dict[str, Any]:
         "leaves": leaves,
         "missing": missing,
     }
-
-
-# -- text and Graphviz ---------------------------------------------------------------------------
-
-
-def _fmt_w(w) -> str:
-    return "-" if w is None else f"{w:.6g}"
-
-
-def _node_title(n: dict[str, Any]) -> str:
-    if n["kind"] == "merge":
-        r = n.get("recipe") or {}
-        bits = [f"merge {r.get('strategy')}"]
-        if n.get("lambda") not in (None, 1.0):
-            bits.append(f"λ={n['lambda']:g}")
-        ke = (n.get("kept_energy") or {}).get("min")
-        if ke is not None and ke < _TRUNCATED:
-            bits.append(f"kept energy {ke:.4f}")
-        return " ".join(bits)
-    return f"site {n['site']}" if n["site"] else "commit"
-
-
-def lineage_text(d: dict[str, Any]) -> str:
-    nodes = {n["id"]: n for n in d["nodes"]}
-    lines = [f"lineage of {d['root'][:10]} ({d['rev']})"]
-    shown: set[str] = set()
-
-    def walk(cid: str, prefix: str, last: bool, weight, depth: int) -> None:
-        n = nodes.get(cid)
-        branch = "" if depth == 0 else ("└── " if last else "├── ")
-        w = "" if depth == 0 else f"w={_fmt_w(weight)}  "
-        if n is None:
-            lines.append(f"{prefix}{branch}{w}{cid[:10]} (missing)")
-            return
-        who = n["author"].get("name", "") if isinstance(n["author"], dict) else ""
-        again = " (shown above)" if cid in shown and n["kind"] == "merge" else ""
-        lines.append(f"{prefix}{branch}{w}{cid[:10]} {_node_title(n)}  {who}  {n['timestamp']}  {n['subject']}{again}")
-        if n["kind"] != "merge" or again:
-            return
-        shown.add(cid)
-        child_prefix = prefix + ("" if depth == 0 else ("    " if last else "│   "))
-        inputs = n["inputs"]
-        for i, inp in enumerate(inputs):
-            walk(inp["commit"], child_prefix, i == len(inputs) - 1, inp["weight"], depth + 1)
-
-    walk(d["root"], "", True, None, 0)
-    lines.append("")
-    lines.append(f"leaves (effective weight in {d['root'][:10]}):")
-    for lf in d["leaves"]:
-        if lf["linear"]:
-            w = _fmt_w(lf["effective_weight"]) + ("" if lf["exact"] else " (rank-truncated)")
-        else:
-            w = "not linear (via " + ", ".join(v[:10] for v in lf["nonlinear_via"]) + ")"
-        lines.append(f"  {(lf['site'] or '-'):<20} {lf['commit'][:10]}  {w}")
-    return "\n".join(lines) + "\n"
-
-
-def _dot_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def lineage_dot(d: dict[str, Any]) -> str:
-    leaf_w = {lf["commit"]: lf for lf in d["leaves"]}
-    out = ["digraph lineage {", "  rankdir=TB;", '  node [fontname="Helvetica", fontsize=10];',
-           '  edge [fontname="Helvetica", fontsize=9];']
-    for n in d["nodes"]:
-        if n["kind"] == "merge":
-            label = f"{_node_title(n)}\n{n['id'][:10]}\n{n['subject']}"
-            attrs = f"shape=box, style=\"rounded,filled\", fillcolor={_dot_str('#dbe8ff' if n['linear'] else '#ffe1c7')}"
-        else:
-            lf = leaf_w.get(n["id"])
-            eff = ("effective " + _fmt_w(lf["effective_weight"]) if lf and lf["linear"] else "not linear") if lf else ""
-            label = f"{_node_title(n)}\n{n['id'][:10]}\n{n['subject']}\n{eff}"
-            attrs = f"shape=ellipse, style=filled, fillcolor={_dot_str('#e3f6e3')}"
-        out.append(f"  {_dot_str(n['id'])} [label={_dot_str(label)}, {attrs}];")
-    for e in d["edges"]:
-        out.append(f"  {_dot_str(e['from'])} -> {_dot_str(e['to'])} [label={_dot_str(_fmt_w(e['weight']))}];")
-    out.append("}")
-    return "\n".join(out) + "\n"

@@ -28,14 +28,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable
 
-from mfgit.audit.signing import AllowedSigners, check_signature, judge
-from mfgit.errors import CorruptObject, MalformedObject, MfgitError, ObjectNotFound
-from mfgit.objects.model import Commit, Tag, decode_object, is_object_id
+from mfgit.audit.policy import AllowedSigners, judge, load_policy
+from mfgit.audit.signing import check_signature
+from mfgit.errors import CorruptObject, MalformedObject, MfgitError, ObjectNotFound, SignatureError
+from mfgit.objects.model import Commit, Tag, decode_object, is_object_id, split_tensor_payload
+from mfgit.refs import HEADS, REMOTES, TAGS, check_branch_name
 
 if TYPE_CHECKING:
-    from mfgit.api.repository import Repository
+    from mfgit.repo.base import BaseRepository
 
-HEADS = "refs/heads/"
 DEFAULT_TOLERANCE = 1e-4
 
 
@@ -50,7 +51,7 @@ def _merge_named_commits(commit: Commit) -> list[str]:
     return [c for c in out if isinstance(c, str) and is_object_id(c)]
 
 
-def history(repo: "Repository", tip: str, *, exclude: Iterable[str] = ()) -> list[str]:
+def history(repo: "BaseRepository", tip: str, *, exclude: Iterable[str] = ()) -> list[str]:
     """Commit ids reachable from `tip` (parents and merge inputs), newest first by timestamp."""
     seen: set[str] = set(exclude)
     order: list[tuple[str, str]] = []
@@ -75,7 +76,7 @@ def history(repo: "Repository", tip: str, *, exclude: Iterable[str] = ()) -> lis
 # -- integrity ---------------------------------------------------------------------------------
 
 
-def check_integrity(repo: "Repository", commits: list[str], tag: str | None = None) -> dict[str, Any]:
+def check_integrity(repo: "BaseRepository", commits: list[str], tag: str | None = None) -> dict[str, Any]:
     problems: list[dict[str, Any]] = []
     counts = {"commits": 0, "adapters": 0, "tensors": 0, "blobs": 0, "tags": 0, "bytes": 0}
     checked: set[str] = set()
@@ -129,8 +130,6 @@ def check_integrity(repo: "Repository", commits: list[str], tag: str | None = No
             if tp is None:
                 continue
             counts["tensors"] += 1
-            from mfgit.objects.model import split_tensor_payload
-
             try:
                 header, _raw = split_tensor_payload(tp)
             except Exception as e:  # noqa: BLE001
@@ -151,7 +150,7 @@ def check_integrity(repo: "Repository", commits: list[str], tag: str | None = No
 # -- reproduce ---------------------------------------------------------------------------------
 
 
-def check_reproduce(repo: "Repository", commits: list[str], *, tolerance: float = DEFAULT_TOLERANCE,
+def check_reproduce(repo: "BaseRepository", commits: list[str], *, tolerance: float = DEFAULT_TOLERANCE,
                     device: str | None = None) -> list[dict[str, Any]]:
     out = []
     for cid in commits:
@@ -166,7 +165,9 @@ def check_reproduce(repo: "Repository", commits: list[str], *, tolerance: float 
         entry: dict[str, Any] = {"commit": cid, "recorded_device": recorded, "tolerance": tolerance,
                                  "strategy": ((c.provenance or {}).get("recipe") or {}).get("strategy")}
         try:
-            r = repo.reproduce_merge(cid, device=dev)
+            from mfgit.merge.replay import reproduce  # torch: only when merges are re-run
+
+            r = reproduce(repo, cid, device=dev)
         except Exception as e:  # noqa: BLE001 - a merge that cannot be re-run is a finding, not a crash
             entry.update(ok=False, identical=False, max_abs_diff=None, device=None,
                          reason=f"cannot re-run the merge: {e}")
@@ -193,23 +194,17 @@ def check_reproduce(repo: "Repository", commits: list[str], *, tolerance: float 
 # -- signatures --------------------------------------------------------------------------------
 
 
-def _label_branch(repo: "Repository", parent: str, label: str | None) -> str | None:
+def _label_branch(repo: "BaseRepository", parent: str, label: str | None) -> str | None:
     """The branch a merge's recorded revision name designates, if it is one."""
-    from mfgit.refs import check_branch_name
-
     if not label:
         return None
     name = label
     if name.startswith(HEADS):
         name = name[len(HEADS):]
-    elif name.startswith("refs/remotes/"):
-        name = name[len("refs/remotes/"):].split("/", 1)[-1]
+    elif name.startswith(REMOTES):
+        name = name[len(REMOTES):].split("/", 1)[-1]
     else:
-        try:
-            remote_names = [r["name"] for r in repo.remotes()]
-        except Exception:  # noqa: BLE001 - a bare or odd repository: no remotes
-            remote_names = []
-        for r in remote_names:
+        for r in repo.config.subsections("remote"):
             if name.startswith(r + "/"):
                 name = name[len(r) + 1:]
                 break
@@ -224,7 +219,7 @@ def _label_branch(repo: "Repository", parent: str, label: str | None) -> str | N
     return name
 
 
-def _side_branch(repo: "Repository", parent: str, label: str | None) -> str | None:
+def _side_branch(repo: "BaseRepository", parent: str, label: str | None) -> str | None:
     named = _label_branch(repo, parent, label)
     if named is not None:
         return named
@@ -235,7 +230,7 @@ def _side_branch(repo: "Repository", parent: str, label: str | None) -> str | No
     return f"sites/{c.site}" if c.site else None
 
 
-def attribute(repo: "Repository", tip: str, branch: str | None, *,
+def attribute(repo: "BaseRepository", tip: str, branch: str | None, *,
               exclude: set[str] | None = None) -> list[tuple[str, str | None]]:
     """(commit, branch) pairs: every commit reachable from `tip` with the branch it belongs to."""
     exclude = exclude or set()
@@ -272,37 +267,7 @@ def attribute(repo: "Repository", tip: str, branch: str | None, *,
     return out
 
 
-def policy_path(repo: "Repository"):
-    from pathlib import Path
-
-    value = repo.config.get("signing.allowedSigners")
-    if value:
-        p = Path(value).expanduser()
-        if not p.is_absolute():
-            p = (repo.worktree or repo.gitdir or Path(".")) / p
-        return p
-    if repo.gitdir is not None:
-        return repo.gitdir / "allowed_signers"
-    return None
-
-
-def load_policy(repo: "Repository") -> AllowedSigners | None:
-    """The repository's allowed signers, or None when it has none.
-
-    A path set with config ``signing.allowedSigners`` must exist (a missing
-    policy file must not silently turn protection off); the default
-    ``<gitdir>/allowed_signers`` is optional.
-    """
-    p = policy_path(repo)
-    if p is None:
-        return None
-    explicit = bool(repo.config.get("signing.allowedSigners"))
-    if not p.exists() and not explicit:
-        return None
-    return AllowedSigners.load(p)
-
-
-def check_signatures(repo: "Repository", tip: str, branch: str | None, policies: list[AllowedSigners], *,
+def check_signatures(repo: "BaseRepository", tip: str, branch: str | None, policies: list[AllowedSigners], *,
                      exclude: set[str] | None = None) -> list[dict[str, Any]]:
     out = []
     cache: dict[str, Any] = {}
@@ -334,7 +299,7 @@ def _ts(c) -> str:
     return c.timestamp if isinstance(c, Commit) else ""
 
 
-def check_tag_signature(repo: "Repository", tag_id: str, policies: list[AllowedSigners]) -> dict[str, Any]:
+def check_tag_signature(repo: "BaseRepository", tag_id: str, policies: list[AllowedSigners]) -> dict[str, Any]:
     try:
         t = repo.read_object(tag_id)
     except MfgitError as e:
@@ -356,7 +321,7 @@ def check_tag_signature(repo: "Repository", tag_id: str, policies: list[AllowedS
 # -- the verb ----------------------------------------------------------------------------------
 
 
-def rev_branch(repo: "Repository", rev: str) -> str | None:
+def rev_branch(repo: "BaseRepository", rev: str) -> str | None:
     """The branch a revision names, if it names one (``main``, ``refs/heads/main``, ``HEAD``)."""
     if rev in ("HEAD", "@"):
         return repo.head_branch()
@@ -369,8 +334,8 @@ def rev_branch(repo: "Repository", rev: str) -> str | None:
     return None
 
 
-def _annotated_tag(repo: "Repository", rev: str) -> str | None:
-    for ref in ([rev] if rev.startswith("refs/") else ["refs/tags/" + rev]):
+def _annotated_tag(repo: "BaseRepository", rev: str) -> str | None:
+    for ref in ([rev] if rev.startswith("refs/") else [TAGS + rev]):
         try:
             value = repo.refs.read(ref)
         except MfgitError:
@@ -385,7 +350,7 @@ def _annotated_tag(repo: "Repository", rev: str) -> str | None:
     return None
 
 
-def verify(repo: "Repository", rev: str = "HEAD", *, reproduce: bool = False, signatures: bool = False,
+def verify(repo: "BaseRepository", rev: str = "HEAD", *, reproduce: bool = False, signatures: bool = False,
            branch: str | None = None, tolerance: float = DEFAULT_TOLERANCE, device: str | None = None) -> dict[str, Any]:
     tag = _annotated_tag(repo, rev)
     tip = repo.resolve(rev)
@@ -427,7 +392,7 @@ def verify(repo: "Repository", rev: str = "HEAD", *, reproduce: bool = False, si
 # -- push --------------------------------------------------------------------------------------
 
 
-def check_push(repo: "Repository", local: str, dst_branch: str, *, remote_value: str | None,
+def check_push(repo: "BaseRepository", local: str, dst_branch: str, *, remote_value: str | None,
                remote_policy_text: str | None, remote_name: str) -> None:
     """Refuse (SignatureError) to push commits to a protected branch that would fail verify --signatures.
 
@@ -436,8 +401,6 @@ def check_push(repo: "Repository", local: str, dst_branch: str, *, remote_value:
     in the remote branch's history are not judged again; everything else that
     would become reachable from it is, with its branch attribution.
     """
-    from mfgit.errors import SignatureError
-
     policies = []
     local_policy = load_policy(repo)
     if local_policy is not None:
@@ -452,33 +415,3 @@ def check_push(repo: "Repository", local: str, dst_branch: str, *, remote_value:
     for e in check_signatures(repo, local, dst_branch, policies, exclude=exclude):
         if not e["ok"]:
             raise SignatureError(e["commit"], f"refusing to push to protected branch {dst_branch}: {e['reason']}")
-
-
-# -- text --------------------------------------------------------------------------------------
-
-
-def verify_text(r: dict[str, Any]) -> str:
-    lines = [f"verify {r['commit'][:10]} ({r['rev']}{', branch ' + r['branch'] if r['branch'] else ''}): "
-             f"{r['commits']} commit(s)"]
-    i = r["integrity"]
-    lines.append(f"integrity: {'ok' if i['ok'] else 'FAILED'} — {i['commits']} commits, {i['adapters']} adapters, "
-                 f"{i['tensors']} tensors, {i['blobs']} files checked (SHA-256)")
-    for p in i["problems"]:
-        lines.append(f"  FAIL {p['commit'][:10]}  {p['what']}: {p['error']}")
-    if r.get("reproduce") is not None:
-        rep = r["reproduce"]
-        lines.append(f"reproduce: {'ok' if rep['ok'] else 'FAILED'} — {len(rep['merges'])} merge(s)")
-        for m in rep["merges"]:
-            dev = f"{m.get('device')} vs recorded {m.get('recorded_device')}"
-            lines.append(f"  {'ok  ' if m['ok'] else 'FAIL'} {m['commit'][:10]}  {m['strategy']}  {dev}: {m['reason']}")
-    if r.get("signatures") is not None:
-        s = r["signatures"]
-        lines.append(f"signatures: {'ok' if s['ok'] else 'FAILED'} — policy {s['policy'] or '(no allowed signers)'}")
-        for e in s["commits"]:
-            lines.append(f"  {'ok  ' if e['ok'] else 'FAIL'} {e['commit'][:10]}  {e['branch'] or '-'}  "
-                         f"{e['key_id'] or ''}{'  ' if e['key_id'] else ''}{e['reason']}")
-        for t in s["tags"]:
-            lines.append(f"  {'ok  ' if t['ok'] else 'FAIL'} tag {t.get('name', t['tag'][:10])}  {t['reason']}")
-    n = len(r["failures"])
-    lines.append("verify: ok" if r["ok"] else f"verify: FAILED ({n} problem{'s' if n != 1 else ''})")
-    return "\n".join(lines) + "\n"

@@ -73,9 +73,11 @@ TABLE: list[tuple[type, int, Fix]] = [
     (E.RemoteUnreachable, REMOTE, _fix("check the URL and the endpoint, and that you are online")),
     (E.RemoteError, REMOTE, _fix("check the remote's URL with: mfgit remote -v")),
     (E.PreconditionFailed, CONFLICT, _fix("someone else updated it at the same time; fetch and try again")),
+    (E.DivergedBranches, REJECTED, lambda e: f"merge them: mfgit merge {e.remote_branch}, then push"),
     (E.NonFastForward, REJECTED, _fix("fetch first, merge the remote branch, then push again; or push --force to overwrite")),
     (E.SignatureError, SIGNATURE, _fix("see docs/audit.md on signing keys and allowed signers")),
     (E.SigningKeyError, BAD_INPUT, _fix("make a key with: mfgit keygen PATH, then: mfgit config signing.key PATH")),
+    (E.DemoError, USAGE, _fix("")),
     (E.ScoreError, BAD_INPUT, _fix("see docs/search-and-eval.md for what a score function receives and returns")),
 ]
 

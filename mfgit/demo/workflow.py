@@ -37,6 +37,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mfgit.errors import DemoError
+
 SITE_NAMES = ["amsterdam", "boston", "chennai", "dakar", "edinburgh", "fukuoka", "geneva", "houston", "izmir"]
 MIN_SITES, MAX_SITES = 2, len(SITE_NAMES) - 1
 
@@ -51,10 +53,6 @@ TUNE = {"budget": 40, "bounds": (-1.5, 1.5), "l1": 0.05}
 ABOUT = ("A tiny transformer (about 19 k parameters; the 30 features of a sample are its tokens) on the "
          "Wisconsin Diagnostic Breast Cancer data bundled with scikit-learn (569 samples, 30 features): "
          "a demonstration of the workflow, not a clinical model.")
-
-
-class DemoError(Exception):
-    """A demo that cannot start (bad arguments, a work directory in use)."""
 
 
 def _site_names(n: int) -> tuple[list[str], str]:
@@ -386,14 +384,11 @@ def delta_difference(repo, rev_a: str, rev_b: str) -> dict[str, Any]:
 
 
 def _lineage_page(repo, path: Path) -> str | None:
-    """The lineage of main as one HTML page, when this mfgit has the lineage writer."""
+    """The lineage of main as one HTML page."""
+    from mfgit.render.html import lineage_html
+
     try:
-        from mfgit.audit.html import lineage_html
-        from mfgit.audit.lineage import lineage
-    except Exception:  # noqa: BLE001 - optional: an mfgit without the lineage page
-        return None
-    try:
-        path.write_text(lineage_html(lineage(repo, "main")), encoding="utf-8")
+        path.write_text(lineage_html(repo.lineage("main")), encoding="utf-8")
     except Exception:  # noqa: BLE001 - the demo never fails on an optional extra
         return None
     return str(path)

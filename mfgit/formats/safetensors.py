@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterable
 
 from mfgit.errors import SafetensorsError
+from mfgit.formats.dtypes import DTYPE_SIZES
 
 __all__ = [
     "DTYPE_SIZES",
@@ -40,23 +41,6 @@ __all__ = [
     "write",
 ]
 
-DTYPE_SIZES: dict[str, int] = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "U16": 2,
-    "U32": 4,
-    "U64": 8,
-    "BOOL": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-}
 
 MAX_HEADER_SIZE = 100_000_000
 

@@ -1,4 +1,4 @@
-"""The merge planner: checks inputs, streams modules, folds scaling, seeds RNGs.
+"""The merge engine: checks inputs, streams modules, folds scaling, seeds RNGs.
 
 It works on adapter manifests and a tensor loader passed in, so it knows
 nothing of repositories. One module at a time: load each input's factors
@@ -20,12 +20,12 @@ import torch
 
 from mfgit.errors import IncompatibleAdapters, MergeError, UnsupportedAdapterVariant
 from mfgit.formats import peft as peftfmt
+from mfgit.formats.dtypes import MERGE_OUTPUT_DTYPES, torch_dtype
 from mfgit.merge.lowrank import RankPolicy
 from mfgit.merge.strategies import STRATEGIES, Factor, merge_module, resolve_params
 from mfgit.objects.model import Adapter
 
 LINEAR_FAMILY = ("linear", "task_arithmetic")
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -139,13 +139,13 @@ def _factors(inp: MergeInput, module: str, load: Callable[[str, torch.device], t
     return Factor(B=B * scaling, A=A)
 
 
-def _output_dtype(inputs: Sequence[MergeInput], forced: str | None) -> str:
+def output_dtype(inputs: Sequence[MergeInput], forced: str | None) -> str:
     if forced:
-        if forced.upper() not in _DTYPES:
-            raise MergeError(f"--dtype must be one of {', '.join(_DTYPES)}, got {forced!r}")
+        if forced.upper() not in MERGE_OUTPUT_DTYPES:
+            raise MergeError(f"--dtype must be one of {', '.join(MERGE_OUTPUT_DTYPES)}, got {forced!r}")
         return forced.upper()
     dtypes = {t["dtype"] for inp in inputs for t in inp.adapter.tensors.values()}
-    if len(dtypes) == 1 and next(iter(dtypes)) in _DTYPES:
+    if len(dtypes) == 1 and next(iter(dtypes)) in MERGE_OUTPUT_DTYPES:
         return next(iter(dtypes))
     return "F32"
 
@@ -157,7 +157,8 @@ def merge_adapters(inputs: Sequence[MergeInput], recipe: Recipe,
     t0 = time.perf_counter()
     check_inputs(inputs, recipe.strategy)
     device = pick_device(recipe.device)
-    out_dtype = _output_dtype(inputs, recipe.dtype)
+    out_dtype = output_dtype(inputs, recipe.dtype)
+    out_torch_dtype = torch_dtype(out_dtype)
     modules = sorted({m for inp in inputs for m in inp.adapter.modules})
     weights = [float(inp.weight) for inp in inputs]
     tensors: dict[str, torch.Tensor] = {}
@@ -178,8 +179,8 @@ def merge_adapters(inputs: Sequence[MergeInput], recipe: Recipe,
         src = next(inp for inp in inputs if module in inp.adapter.modules)
         m = src.adapter.modules[module]
         names[module] = (m["lora_A"], m["lora_B"])
-        tensors[m["lora_A"]] = res.A.to("cpu", _DTYPES[out_dtype]).contiguous()
-        tensors[m["lora_B"]] = res.B.to("cpu", _DTYPES[out_dtype]).contiguous()
+        tensors[m["lora_A"]] = res.A.to("cpu", out_torch_dtype).contiguous()
+        tensors[m["lora_B"]] = res.B.to("cpu", out_torch_dtype).contiguous()
         stats[module] = {"rank": int(res.rank), "kept_energy": float(res.kept_energy)}
         del factors, res
         if progress:

@@ -40,6 +40,14 @@ class Range:
 ANY = Range(None, None)
 
 
+class ResolvedParams(dict):
+    """Parameters `validate` has checked and completed for `strategy`: the engine does not check them again."""
+
+    def __init__(self, strategy: str, values: Mapping) -> None:
+        super().__init__(values)
+        self.strategy = strategy
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of a strategy."""

@@ -63,7 +63,7 @@ from mfgit.merge import factorspace, fuse, sparsify
 from mfgit.merge.fuse import Fuse
 # factorize_dense is called through this module's global: benchmarks.gpu wraps it to capture the dense ΔW.
 from mfgit.merge.lowrank import RankPolicy, factorize_dense
-from mfgit.merge.params import ANY, Check, Param, Range, validate
+from mfgit.merge.params import ANY, Check, Param, Range, ResolvedParams, validate
 from mfgit.merge.sparsify import Sparsify, uniform
 from mfgit.merge.updates import Factor, ModuleInputs, ModuleResult, result
 
@@ -316,7 +316,7 @@ def resolve_params(strategy: str, params: dict) -> dict:
             check refuses together.
     """
     spec = _spec(strategy)
-    return validate(strategy, spec.parameters, params, spec.check)
+    return ResolvedParams(strategy, validate(strategy, spec.parameters, params, spec.check))
 
 
 def merge_module(
@@ -350,7 +350,9 @@ def merge_module(
             that no input adapts.
     """
     spec = _spec(strategy)
-    p = resolve_params(strategy, params)
+    # Parameters are validated once, where the recipe is resolved; only raw ones are checked here.
+    resolved = isinstance(params, ResolvedParams) and params.strategy == strategy
+    p = params if resolved else resolve_params(strategy, params)
     if len(weights) != len(factors):
         raise MergeError(f"{len(factors)} inputs but {len(weights)} weights")
     ws: list[float] = []

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mfgit.errors import MalformedObject
+from mfgit.formats.dtypes import DTYPE_SIZES, element_count
 from mfgit.objects.canonical import CanonicalError, canonical_json, parse_canonical
 
 KINDS = ("tensor", "blob", "adapter", "commit", "tag")
@@ -64,6 +65,21 @@ def split_tensor_payload(payload: bytes | memoryview) -> tuple[TensorHeader, mem
     if nl < 0:
         raise CanonicalError("tensor payload has no header")
     return TensorHeader.decode(head[:nl]), mv[nl + 1 :]
+
+
+def decode_tensor(oid: str, payload: bytes | memoryview) -> tuple[TensorHeader, memoryview]:
+    """A tensor payload's header and raw bytes, checked: a known dtype, and exactly dtype × shape bytes."""
+    try:
+        header, raw = split_tensor_payload(payload)
+    except Exception as e:  # noqa: BLE001 - whatever the header's fault, it is a malformed object
+        raise MalformedObject(oid, f"bad tensor header: {e}") from None
+    size = DTYPE_SIZES.get(header.dtype)
+    if size is None:
+        raise MalformedObject(oid, f"unknown dtype {header.dtype}")
+    n = element_count(header.shape)
+    if n * size != len(raw):
+        raise MalformedObject(oid, f"{header.dtype}{list(header.shape)} needs {n * size} bytes, object has {len(raw)}")
+    return header, raw
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from mfgit.errors import InvalidRefName
 
+# Where each kind of ref lives (git's layout); spelled here and nowhere else.
+HEADS = "refs/heads/"
+TAGS = "refs/tags/"
+REMOTES = "refs/remotes/"
+NOTES_REF = "refs/notes/metrics"
+SYMREF = "ref: "  # the value of a symbolic ref (HEAD) starts with this
+
 _FORBIDDEN_CHARS = set(" ~^:?*[\\")
 
 

@@ -13,18 +13,17 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
 from mfgit.errors import RefConflict
 from mfgit.objects.model import is_object_id
-from mfgit.refs.names import check_ref_name
+from mfgit.objects.timestamp import utc_now
+from mfgit.refs.names import SYMREF, check_ref_name
 from mfgit.store.fileio import LockedFile
 
 ANY = object()  # expected value that matches anything (forced updates)
-SYMREF = "ref: "
 
 
 @dataclass(frozen=True)
@@ -37,11 +36,6 @@ class ReflogEntry:
 
     def to_dict(self) -> dict:
         return {"old": self.old, "new": self.new, "who": self.who, "time": self.time, "message": self.message}
-
-
-def utc_now() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
 
 
 def _check_name(name: str) -> None:
@@ -98,6 +92,10 @@ class RefStore(ABC):
                 return value
             name = value[len(SYMREF):]
         return None
+
+    def stale_locks(self) -> list[Path]:
+        """Lock files left by killed writers (never broken automatically; fsck reports them)."""
+        return []
 
     def items(self, prefix: str = "refs/") -> dict[str, str]:
         out = {}

@@ -24,8 +24,9 @@ import socket
 import stat
 import time
 
-from mfgit.errors import LockHeld, PreconditionFailed, RemoteError, RemoteUnreachable
-from mfgit.remote.transport import InvalidKey, KeyNotFound, Transport, check_key, check_prefix, is_valid_key
+from mfgit.errors import InvalidKey, KeyNotFound, LockHeld, PreconditionFailed, RemoteError, RemoteUnreachable
+from mfgit.remote.transport import Transport, check_key, check_prefix, is_valid_key
+from mfgit.store.fileio import fsync_dir
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
@@ -33,19 +34,6 @@ _O_BINARY = getattr(os, "O_BINARY", 0)
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # not possible on this platform (Windows)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class LocalTransport(Transport):
@@ -125,7 +113,7 @@ class LocalTransport(Transport):
             except OSError:
                 pass
             raise self._fail("write", key, exc) from None
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
     # -- the interface -------------------------------------------------------------------
 
@@ -180,7 +168,7 @@ class LocalTransport(Transport):
             if exc.errno in (errno.EISDIR, errno.EPERM) and os.path.isdir(path):
                 return  # a folder is not a key
             raise self._fail("delete", key, exc) from None
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
 
     def get_versioned(self, key: str) -> tuple[bytes, str] | None:
         data = self._read(key, self._path(key))

@@ -21,15 +21,12 @@ import botocore.exceptions as bx
 import botocore.session
 from botocore.config import Config
 
-from mfgit.errors import PreconditionFailed, RemoteAuthError, RemoteError, RemoteUnreachable
-from mfgit.remote.transport import (
-    S3_OPTION_NAMES,
-    KeyNotFound,
-    Transport,
-    check_key,
-    check_prefix,
-    is_valid_key,
-)
+from mfgit.errors import KeyNotFound, PreconditionFailed, RemoteAuthError, RemoteError, RemoteUnreachable
+from mfgit.remote.transport import Transport, check_key, check_prefix, is_valid_key
+
+# What S3Transport takes (mfgit.remote.registry.open_transport documents each).
+S3_OPTION_NAMES = ("endpoint_url", "region", "profile", "access_key_id", "secret_access_key",
+                   "addressing_style", "connect_timeout", "read_timeout")
 
 _AUTH_REASONS = {
     "InvalidAccessKeyId": "the access key id is not known to the server",

@@ -1,5 +1,7 @@
 """Bytes by id: put / get / has / iterate, atomic writes, verify on read."""
 
-from mfgit.store.objectstore import DiskStore, MemoryStore, ObjectStore, StoredObject
+from mfgit.store.disk import DiskStore
+from mfgit.store.memory import MemoryStore
+from mfgit.store.objectstore import ObjectStore
 
-__all__ = ["DiskStore", "MemoryStore", "ObjectStore", "StoredObject"]
+__all__ = ["DiskStore", "MemoryStore", "ObjectStore"]

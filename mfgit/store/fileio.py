@@ -44,7 +44,9 @@ def write_new_file(path: Path, chunks, *, sync: bool = True, mode: int = 0o444) 
     False). The temporary file is removed if writing fails.
     """
     tmp = temp_path_for(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    # Private until complete: the final mode is set only once the bytes are
+    # written, so a key file (0600) is never readable by others, not even briefly.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         for chunk in chunks:
             mv = memoryview(chunk)
@@ -68,7 +70,10 @@ def write_new_file(path: Path, chunks, *, sync: bool = True, mode: int = 0o444) 
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace `path` with `data` atomically and durably."""
+    """Replace `path` with `data` atomically and durably.
+
+    A symbolic link at `path` is replaced itself, never followed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = write_new_file(path, [data], sync=True, mode=mode)

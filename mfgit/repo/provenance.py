@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -127,15 +126,11 @@ def _installed_versions(names: tuple[str, ...]) -> dict[str, str]:
 
 
 def library_versions() -> dict[str, str]:
-    import mfgit
+    from mfgit.version import __version__
 
-    out = {"mfgit": mfgit.__version__, "python": platform.python_version()}
+    out = {"mfgit": __version__, "python": platform.python_version()}
     versions = _installed_versions(("torch", "peft", "safetensors"))
     for name in ("torch", "peft", "safetensors"):
         if name in versions:
             out[name] = versions[name]
     return out
-
-
-def pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)

@@ -14,6 +14,8 @@ import html
 import json
 from typing import Any
 
+from mfgit.render.audit import leaf_weight_text
+
 NODE_W = 210
 NODE_H = 66
 GAP_X = 34
@@ -237,10 +239,7 @@ def lineage_html(d: dict[str, Any]) -> str:
     sub = html.escape(root["subject"]) if root else ""
     rows = []
     for lf in d["leaves"]:
-        if lf["linear"]:
-            w = f"{lf['effective_weight']:.6g}" + ("" if lf["exact"] else " (rank-truncated)")
-        else:
-            w = "not linear"
+        w = leaf_weight_text(lf)
         author = lf["author"].get("name", "") if isinstance(lf["author"], dict) else ""
         rows.append(f'<tr><td>{html.escape(lf["site"] or "-")}</td>'
                     f'<td class="mono"><a href="#" data-id="{lf["commit"]}">{lf["commit"][:10]}</a></td>'

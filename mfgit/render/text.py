@@ -1,79 +1,13 @@
-"""Text and JSON rendering of API results for the terminal."""
+"""Text renderings of the repository verbs' results: log, show, status, fsck, notes, merge searches.
+
+Each function takes the JSON document the verb returns (docs/json.md) and
+returns text for a terminal; none reads a repository.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
-
-
-class progress_bar:
-    """A progress bar on stderr when it is a terminal; silent otherwise.
-
-    Used as ``with progress_bar(label) as cb: work(progress=cb)`` where the
-    work calls ``cb(done, total, item)``.
-    """
-
-    def __init__(self, label: str, *, quiet: bool = False, unit: str = ""):
-        import sys
-
-        self.label = label
-        self.enabled = not quiet and sys.stderr.isatty()
-        self.unit = unit
-        self._bar = None
-
-    def __enter__(self):
-        return self.update
-
-    def update(self, done: int, total: int, item: str = "") -> None:
-        if not self.enabled:
-            return
-        import click
-
-        if self._bar is None:
-            self._bar = click.progressbar(length=total, label=self.label, file=None, show_pos=True)
-            self._bar.__enter__()
-        self._bar.update(done - self._bar.pos)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-
-
-class byte_progress:
-    """Bytes-and-rate progress on stderr (a terminal only): ``cb(done, total)``."""
-
-    def __init__(self, label: str, *, quiet: bool = False):
-        import sys
-        import time
-
-        self.label = label
-        self.enabled = not quiet and sys.stderr.isatty()
-        self.t0 = time.perf_counter()
-        self.last = 0.0
-
-    def __enter__(self):
-        return self.update
-
-    def update(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        import sys
-        import time
-
-        now = time.perf_counter()
-        if now - self.last < 0.1 and done < total:
-            return
-        self.last = now
-        rate = done / max(now - self.t0, 1e-9)
-        pct = 100.0 * done / total if total else 100.0
-        sys.stderr.write(f"\r{self.label}: {pct:5.1f}% {human_bytes(done)} / {human_bytes(total)}, {human_bytes(rate)}/s ")
-        sys.stderr.flush()
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            import sys
-
-            sys.stderr.write("\n")
 
 
 def human_bytes(n: float) -> str:
@@ -84,38 +18,13 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
-def decorations(repo) -> dict[str, list[str]]:
-    """commit id → names pointing at it (HEAD -> branch, tags, remote branches)."""
-    out: dict[str, list[str]] = {}
-    head = repo.head()
-    head_branch = repo.head_branch()
-    for ref, oid in repo.refs.items("refs/").items():
-        if ref.startswith("refs/heads/"):
-            name = ref[len("refs/heads/"):]
-            label = f"HEAD -> {name}" if name == head_branch else name
-        elif ref.startswith("refs/tags/"):
-            try:
-                oid = repo.resolve(ref)
-            except Exception:
-                continue
-            label = f"tag: {ref[len('refs/tags/'):]}"
-        elif ref.startswith("refs/remotes/"):
-            label = ref[len("refs/remotes/"):]
-        else:
-            continue
-        out.setdefault(oid, []).append(label)
-    if head and head_branch is None:
-        out.setdefault(head, []).insert(0, "HEAD")
-    for labels in out.values():
-        labels.sort(key=lambda s: (not s.startswith("HEAD"), s.startswith("tag:"), s))
-    return out
-
-
-def commit_json(info, decorations: dict[str, list[str]], notes: dict[str, list] | None = None) -> dict[str, Any]:
-    d = info.to_dict()
-    d["refs"] = decorations.get(info.id, [])
-    if notes and notes.get(info.id):
-        d["notes"] = notes[info.id]
+def commit_json(commit: dict[str, Any], decorations: dict[str, list[str]],
+                notes: dict[str, list] | None = None) -> dict[str, Any]:
+    """A commit document (commit fields and ``id``) with the names pointing at it and its notes."""
+    d = dict(commit)
+    d["refs"] = decorations.get(d["id"], [])
+    if notes and notes.get(d["id"]):
+        d["notes"] = notes[d["id"]]
     return d
 
 
@@ -123,36 +32,36 @@ def _subject(msg: str) -> str:
     return msg.splitlines()[0] if msg else ""
 
 
-def _commit_block(info, decorations, notes: dict[str, list] | None = None) -> str:
-    c = info.commit
-    deco = decorations.get(info.id)
-    lines = [f"commit {info.id}" + (f" ({', '.join(deco)})" if deco else "")]
-    if len(c.parents) > 1:
-        lines.append("Merge: " + " ".join(p[:10] for p in c.parents))
-    lines.append(f"Author: {c.author.get('name')} <{c.author.get('email')}>")
-    if c.site:
-        lines.append(f"Site:   {c.site}")
-    lines.append(f"Date:   {c.timestamp}")
-    if c.signature:
-        lines.append(f"Signed: {c.signature.get('key_id', c.signature.get('format', 'yes'))}")
-    for n in (notes or {}).get(info.id, []):
+def _commit_block(c: dict[str, Any], decorations, notes: dict[str, list] | None = None) -> str:
+    deco = decorations.get(c["id"])
+    lines = [f"commit {c['id']}" + (f" ({', '.join(deco)})" if deco else "")]
+    if len(c["parents"]) > 1:
+        lines.append("Merge: " + " ".join(p[:10] for p in c["parents"]))
+    lines.append(f"Author: {c['author'].get('name')} <{c['author'].get('email')}>")
+    if c["site"]:
+        lines.append(f"Site:   {c['site']}")
+    lines.append(f"Date:   {c['timestamp']}")
+    if c.get("signature"):
+        lines.append(f"Signed: {c['signature'].get('key_id', c['signature'].get('format', 'yes'))}")
+    for n in (notes or {}).get(c["id"], []):
         lines.append("Note:   " + note_line(n))
     lines.append("")
-    lines.extend("    " + ln for ln in (c.message.splitlines() or [""]))
+    lines.extend("    " + ln for ln in (c["message"].splitlines() or [""]))
     lines.append("")
     return "\n".join(lines) + "\n"
 
 
-def log_text(commits, decorations, *, graph: bool = False, oneline: bool = False,
+def log_text(commits: list[dict[str, Any]], decorations, *, graph: bool = False, oneline: bool = False,
              notes: dict[str, list] | None = None) -> str:
+    """`commits`: commit documents (fields and ``id``), newest first."""
     if not graph:
         if oneline:
             out = []
-            for info in commits:
-                deco = decorations.get(info.id)
-                out.append(f"{info.id[:10]}{' (' + ', '.join(deco) + ')' if deco else ''} {_subject(info.commit.message)}\n")
+            for c in commits:
+                deco = decorations.get(c["id"])
+                out.append(f"{c['id'][:10]}{' (' + ', '.join(deco) + ')' if deco else ''} {_subject(c['message'])}\n")
             return "".join(out)
-        return "".join(_commit_block(i, decorations, notes) for i in commits)
+        return "".join(_commit_block(c, decorations, notes) for c in commits)
     return graph_text(commits, decorations, oneline=oneline)
 
 
@@ -160,8 +69,8 @@ def graph_text(commits, decorations, *, oneline: bool = True) -> str:
     """A lane graph in git's style: one column per line of descent."""
     columns: list[str] = []
     out: list[str] = []
-    for info in commits:
-        oid = info.id
+    for c in commits:
+        oid = c["id"]
         if oid not in columns:
             columns.append(oid)
         idx = columns.index(oid)
@@ -174,12 +83,11 @@ def graph_text(commits, decorations, *, oneline: bool = True) -> str:
             idx = columns.index(oid)
         row = " ".join("*" if i == idx else "|" for i in range(len(columns)))
         deco = decorations.get(oid)
-        c = info.commit
-        text = f"{oid[:10]}{' (' + ', '.join(deco) + ')' if deco else ''} {_subject(c.message)}"
+        text = f"{oid[:10]}{' (' + ', '.join(deco) + ')' if deco else ''} {_subject(c['message'])}"
         if not oneline:
-            text += f"  [{c.site or c.author.get('name')}, {c.timestamp[:19]}]"
+            text += f"  [{c['site'] or c['author'].get('name')}, {c['timestamp'][:19]}]"
         out.append(f"{row}  {text}")
-        parents = list(c.parents)
+        parents = list(c["parents"])
         if not parents:
             columns.pop(idx)
             continue
@@ -192,11 +100,7 @@ def graph_text(commits, decorations, *, oneline: bool = True) -> str:
 
 
 def show_text(data: dict[str, Any], decorations) -> str:
-    from mfgit.api.repository import CommitInfo
-    from mfgit.objects.model import Commit
-
-    info = CommitInfo(data["id"], Commit.from_dict(data["commit"]))
-    text = _commit_block(info, decorations, {data["id"]: data.get("notes") or []})
+    text = _commit_block({**data["commit"], "id": data["id"]}, decorations, {data["id"]: data.get("notes") or []})
     a = data["adapter"]
     base = a["base_model"] or {}
     text += (
@@ -257,19 +161,6 @@ def fsck_text(report: dict[str, Any]) -> str:
     verdict = "ok" if report["ok"] else "DAMAGED"
     lines.append(f"checked {report['objects_checked']} objects{' (full SHA-256)' if report['read_data'] else ''}: {verdict}")
     return "\n".join(lines) + "\n"
-
-
-# -- search, candidates and notes (docs/search-and-eval.md) ----------------------------------------
-
-
-def notes_by_commit(repo, commit_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """commit id → its checked notes, for the commits listed (empty when the repository has no notes)."""
-    from mfgit.api import notes as notes_api
-
-    if repo.refs.read(notes_api.NOTES_REF) is None:
-        return {}
-    index = notes_api.read_index(repo)
-    return {cid: notes_api.notes_for(repo, cid, index) for cid in commit_ids if cid in index}
 
 
 def _values_text(values: dict[str, Any]) -> str:

@@ -1,0 +1,1 @@
+"""The commands of `mfgit`, one module per area; each lists its commands in COMMANDS."""

@@ -1,0 +1,139 @@
+"""diff, lineage, blame, verify, keygen, export (docs/audit.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mfgit.cli import errors as cli_errors
+from mfgit.cli.common import emit_json, open_repo
+from mfgit.render.audit import blame_text, diff_text, lineage_dot, lineage_text, verify_text
+
+
+@click.command("diff")
+@click.argument("rev_a")
+@click.argument("rev_b", default="HEAD", required=False)
+@click.option("--stat", is_flag=True, help="Only the modules that differ and the relative change of each.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/audit.md).")
+@click.pass_context
+def diff_cmd(ctx, rev_a, rev_b, stat, as_json):
+    """Compare the adapters of REV_A and REV_B (default HEAD) module by module."""
+    data = open_repo(ctx).diff(rev_a, rev_b, stat=stat)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(diff_text(data, stat=stat), nl=False)
+
+
+@click.command()
+@click.argument("rev", default="HEAD", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/audit.md).")
+@click.option("--dot", is_flag=True, help="Print the graph in Graphviz DOT.")
+@click.option("--html", "html_out", type=click.Path(), default=None, metavar="FILE",
+              help="Write one self-contained HTML page drawing the graph.")
+@click.pass_context
+def lineage(ctx, rev, as_json, dot, html_out):
+    """The merge graph of REV down to its site commits, with effective weights."""
+    repo = open_repo(ctx)
+    data = repo.lineage(rev)
+    if html_out:
+        target = repo.write_lineage_page(data, Path(ctx.obj["cwd"]) / html_out)
+        if not (as_json or dot):
+            click.echo(f"Wrote {target}")
+    if as_json:
+        emit_json(data)
+    elif dot:
+        click.echo(lineage_dot(data), nl=False)
+    elif not html_out:
+        click.echo(lineage_text(data), nl=False)
+
+
+@click.command()
+@click.argument("rev", default="HEAD", required=False)
+@click.option("--all", "all_parents", is_flag=True, help="Follow any parent with the same module, not only the first.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/audit.md).")
+@click.pass_context
+def blame(ctx, rev, all_parents, as_json):
+    """For each module of REV, the commit that last changed it."""
+    data = open_repo(ctx).blame(rev, first_parent=not all_parents)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(blame_text(data), nl=False)
+
+
+@click.command()
+@click.argument("rev", default="HEAD", required=False)
+@click.option("--reproduce", is_flag=True, help="Re-run every merge in the history from its recorded recipe.")
+@click.option("--signatures", is_flag=True, help="Check signatures against the allowed signers.")
+@click.option("--branch", default=None, help="Judge REV's history as branch BRANCH (default: the branch REV names).")
+@click.option("--tolerance", type=float, default=None, help="Max |ΔW difference| accepted across device types (default 1e-4).")
+@click.option("--device", default=None, help="Device for --reproduce (default: the recorded device type if present, else cpu).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/audit.md).")
+@click.pass_context
+def verify(ctx, rev, reproduce, signatures, branch, tolerance, device, as_json):
+    """Check REV: object integrity, and optionally merge reproducibility and signatures."""
+    repo = open_repo(ctx)
+    extra = {"tolerance": tolerance} if tolerance is not None else {}
+    report = repo.verify(rev, reproduce=reproduce, signatures=signatures, branch=branch, device=device, **extra)
+    if as_json:
+        emit_json(report)
+    else:
+        click.echo(verify_text(report), nl=False)
+    if not report["ok"]:
+        checks = {f["check"] for f in report["failures"]}
+        ctx.exit(cli_errors.DAMAGED if "integrity" in checks else
+                 cli_errors.SIGNATURE if "signature" in checks else cli_errors.MERGE)
+
+
+@click.command()
+@click.argument("path", required=False)
+@click.option("-t", "--type", "key_type", type=click.Choice(["ed25519", "ecdsa-p256"]), default="ed25519",
+              show_default=True, help="ecdsa-p256 also signs model-signing manifests (export --manifest).")
+@click.option("--comment", default=None, help="Comment of the public key (default: user.email).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing key file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def keygen(ctx, path, key_type, comment, force, as_json):
+    """Make a signing key: PATH (mode 0600) and PATH.pub."""
+    from mfgit.api.keys import keygen as make_key
+
+    if path is not None:
+        path = Path(ctx.obj["cwd"]) / Path(path).expanduser()
+    info = make_key(path, key_type=key_type, comment=comment, force=force)
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"Wrote private key {info['private_key']} (mode 0600) and public key {info['public_key']}")
+    if info.get("public_key_pem"):
+        click.echo(f"PEM public key (for model_signing verify): {info['public_key_pem']}")
+    click.echo(f"key id {info['key_id']}")
+    click.echo(f"use it: mfgit config signing.key {info['private_key']}")
+    click.echo(f"allowed_signers line (replace * with branch patterns): {info['allowed_signers_line']}")
+
+
+@click.command()
+@click.argument("rev")
+@click.argument("outdir", type=click.Path())
+@click.option("--card", is_flag=True, help="Write README.md: a model card with base_model, lineage and recipe.")
+@click.option("--manifest", is_flag=True, help="Write model.sig: an OpenSSF model-signing manifest, signed.")
+@click.option("--key", type=click.Path(), default=None, help="ECDSA key for --manifest (default: signing.manifestKey, then signing.key).")
+@click.option("-f", "--force", is_flag=True, help="Write into a non-empty directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def export(ctx, rev, outdir, card, manifest, key, force, as_json):
+    """Write REV as a PEFT adapter directory OUTDIR, with a model card and a signed manifest."""
+    cwd = Path(ctx.obj["cwd"])
+    report = open_repo(ctx).export(rev, cwd / outdir, card=card, manifest=manifest, force=force,
+                               key=(cwd / Path(key).expanduser()) if key else None)
+    if as_json:
+        emit_json(report)
+        return
+    click.echo(f"Wrote {report['dir']} ({len(report['files'])} files)")
+    if report["manifest"]:
+        click.echo(f"Signed manifest {report['manifest']}; check it with: model_signing verify key "
+                   f"--signature {report['manifest']} --public_key PUBLIC_KEY.pem {report['dir']}")
+
+
+COMMANDS = [diff_cmd, lineage, blame, verify, keygen, export]

@@ -1,0 +1,102 @@
+"""merge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mfgit.cli.common import emit_json, import_path, open_repo
+from mfgit.cli.progress import progress_bar
+from mfgit.render import text as render
+
+
+def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
+    from mfgit.repo.provenance import parse_meta
+
+    return parse_meta(list(items))
+
+
+@click.command()
+@click.argument("revs", nargs=-1)
+@click.option("-s", "--strategy", default=None, help="linear, task_arithmetic, svd, ties, dare_linear, dare_ties, breadcrumbs, della, magnitude_prune, tsv, iso_c (default linear).")
+@click.option("--weights", default=None, metavar="W1,W2,...", help="One weight per revision, in order.")
+@click.option("--weights-from", default=None, metavar="KEY", help="Weights proportional to commit metadata KEY (e.g. samples).")
+@click.option("--density", type=float, default=None, help="Fraction kept (ties, magnitude_prune).")
+@click.option("--drop-rate", type=float, default=None, help="Drop probability p (dare_*, della).")
+@click.option("--lambda", "lambda_", type=float, default=None, help="Scale of the merged update (λ).")
+@click.option("--param", "extra", multiple=True, metavar="NAME=VALUE", help="Any other strategy parameter (repeatable).")
+@click.option("--rank", default=None, help="Output rank: N, sum, or max (default: the largest input rank).")
+@click.option("--energy", type=float, default=None, help="Smallest rank per module keeping this fraction of energy.")
+@click.option("--seed", type=int, default=None, help="Seed of every random mask (default 0).")
+@click.option("--device", default=None, help="auto (default), cpu or cuda[:N].")
+@click.option("--dtype", default=None, help="Output dtype (F32, BF16, F16); default: the inputs'.")
+@click.option("-m", "--message", default=None, help="Commit message.")
+@click.option("--recipe", type=click.Path(), default=None, help="Read the merge from a YAML recipe file.")
+@click.option("--rebuild", is_flag=True, help="Re-merge all current leaves of the composite from scratch.")
+@click.option("--no-commit", is_flag=True, help="Do not commit; write the result with --to.")
+@click.option("--to", type=click.Path(), default=None, help="Also write the result as a PEFT adapter directory.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty --to directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result and provenance as JSON.")
+@click.option("-S", "--sign", is_flag=True, help="Sign the merge commit with the key in config signing.key.")
+@click.option("--search", type=click.Choice(["weights", "layer-weights"]), default=None,
+              help="Search the weights (per revision, or per revision and layer) that minimise --score.")
+@click.option("--score", default=None, metavar="MODULE:FUNC", help="Your score function (lower is better); see docs/search-and-eval.md.")
+@click.option("--base", "base_spec", default=None, metavar="MODULE:FUNC", help="Base model factory (default: base_model() in the score module).")
+@click.option("--data", "data_spec", default=None, metavar="MODULE:FUNC", help="Data loader (default: load_data() in the score module, if any).")
+@click.option("--budget", type=int, default=None, help="Optimiser proposals to evaluate (default 40).")
+@click.option("--bounds", default=None, metavar="LOW,HIGH", help="Bounds of every searched weight (default -1.5,1.5).")
+@click.option("--l1", type=float, default=None, help="L1 penalty on the searched weights (default 0; MedForge uses 0.05).")
+@click.option("--candidates", type=int, default=None, metavar="N", help="Publish N candidate composites on candidates/<round>/<k> for the sites to evaluate.")
+@click.option("--from-candidates", default=None, metavar="ROUND", help="Commit the candidate of ROUND chosen by the sites' notes (--select-by).")
+@click.option("--select-by", default=None, metavar="NAME,...", help="Evaluation names (mfgit eval --name) to choose by.")
+@click.option("--select-rule", type=click.Choice(["worst", "mean"]), default=None, help="Best worst-site score (default) or best mean.")
+@click.pass_context
+def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda_, extra, rank, energy, seed,
+          device, dtype, message, recipe, rebuild, no_commit, to, force, as_json, sign, search, score, base_spec,
+          data_spec, budget, bounds, l1, candidates, from_candidates, select_by, select_rule):
+    """Merge the adapters of REVS in weight space into the current branch."""
+    repo = open_repo(ctx)
+    if score or search or from_candidates or candidates:
+        import_path(ctx)
+    params = _parse_params(extra)
+    for key, value in (("density", density), ("drop_rate", drop_rate), ("lambda", lambda_)):
+        if value is not None:
+            params[key] = value
+    wlist = None
+    if weights is not None:
+        try:
+            wlist = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"{weights!r}: give numbers separated by commas", param_hint="--weights") from None
+    cwd = Path(ctx.obj["cwd"])
+    with progress_bar("merging modules") as progress:
+        report = repo.merge(
+            list(revs), strategy=strategy, weights=wlist, weights_from=weights_from, params=params, rank=rank,
+            energy=energy, seed=seed, device=device, dtype=dtype, message=message, no_commit=no_commit,
+            to=(cwd / to) if to else None, rebuild=rebuild, force=force,
+            recipe=(cwd / recipe) if recipe else None, progress=progress, sign=repo.signer() if sign else None,
+            search=search, score=score, base=base_spec, data=data_spec, budget=budget, bounds=bounds, l1=l1,
+            candidates=candidates, from_candidates=from_candidates, select_by=select_by, select_rule=select_rule,
+        )
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    if getattr(report, "candidates", None) is not None:
+        click.echo(render.candidates_text(report.to_dict()), nl=False)
+        return
+    prov = report.provenance
+    if report.commit:
+        click.echo(f"[{repo.head_branch() or 'detached HEAD'} {report.commit[:10]}] merged "
+                   f"{len(prov['leaves'])} leaf/leaves with {prov['recipe']['strategy']} "
+                   f"({prov['integration']['mode']}) on {prov['device']['type']}")
+    if report.output_dir:
+        click.echo(f"Wrote {report.output_dir}")
+    e = prov["kept_energy"]
+    click.echo(f"kept energy: min {e['min']:.4f}, mean {e['mean']:.4f}; {prov['wall_time_s']:.2f} s")
+    if prov.get("search") or prov.get("selection"):
+        click.echo(render.search_text(prov), nl=False)
+
+
+COMMANDS = [merge]

@@ -1,0 +1,1 @@
+"""Merging adapters: strategies (tensor math), the engine that streams modules, the planner."""

@@ -1,0 +1,111 @@
+"""Running work on a few threads: hashing, compression and file I/O release the GIL.
+
+One place for the three shapes the pipelines need: a call in the background
+(`Job`), a map that fails fast (`parallel_map`), and a bounded streaming map
+for transfers (`bounded_map`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import Any, Callable, Iterable, Iterator
+
+
+class Job:
+    """A call that may run on a thread of its own while the caller works.
+
+    start() runs it in the background; result() waits for it (or runs it
+    now if it never started) and returns its value or raises its error.
+    """
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._fn = fn
+        self._thread: threading.Thread | None = None
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as e:  # handed to the caller by result()
+            self._error = e
+        self._done = True
+
+    def start(self) -> None:
+        if self._thread is None and not self._done:
+            self._thread = threading.Thread(target=self._run, name="mfgit-job", daemon=True)
+            self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def result(self) -> Any:
+        if self._thread is None and not self._done:
+            self._run()
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list:
+    """fn over items on up to four threads, results in order.
+
+    At the first error, calls not yet started are cancelled and the error
+    is raised once the running ones end: a bad tensor fails a commit or a
+    checkout at once instead of after every other tensor was processed.
+    """
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f in done and f.exception() is not None]
+        if failed:
+            for f in pending:
+                f.cancel()
+            wait(pending)
+            raise failed[0].exception()
+    return [f.result() for f in futures]
+
+
+def bounded_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
+    """fn over items on a thread pool, at most 2*workers in flight (so a
+    generator of large payloads is not read ahead without bound); results in
+    completion order. The first exception stops submission and is raised
+    once the running calls have finished."""
+    workers = max(1, workers)
+    window = 2 * workers
+    it = iter(items)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mfgit-transfer")
+    pending: set[Future] = set()
+    error: BaseException | None = None
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and error is None and len(pending) < window:
+                try:
+                    item = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending.add(pool.submit(fn, item))
+            if not pending:
+                break
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                exc = fut.exception()
+                if exc is not None:
+                    if error is None:
+                        error = exc
+                    continue
+                if error is None:
+                    yield fut.result()
+        if error is not None:
+            raise error
+    finally:
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)

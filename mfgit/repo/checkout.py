@@ -1,0 +1,134 @@
+"""The checkout pipeline: a commit's adapter out as a PEFT adapter directory.
+
+The safetensors file is laid out first (the library's order and offsets),
+then each worker reads, checks and decodes a tensor into its own reused
+buffer and writes it in place; everything is staged in a temporary
+directory inside the target and moved into place only once every tensor
+was read and checked, so a corrupt object leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from mfgit.errors import MalformedObject
+from mfgit.formats import peft as peftfmt
+from mfgit.formats import safetensors as st
+from mfgit.formats.dtypes import nbytes
+from mfgit.objects.model import Adapter
+from mfgit.parallel import parallel_map
+from mfgit.store.fileio import fsync_dir, start_writeback
+
+if TYPE_CHECKING:
+    from mfgit.repo.base import BaseRepository
+
+
+def checkout(repo: "BaseRepository", rev: str, to: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write the adapter of `rev` as a PEFT adapter directory at `to`.
+
+    Every tensor is checked against its digest as it is read; on any error
+    the partial output is removed and nothing is left at the final names.
+    """
+    cid = repo.resolve(rev)
+    adapter = repo.read_adapter(repo.read_commit(cid).adapter)
+    return write_adapter_dir(repo, adapter, to, force=force)
+
+
+def write_adapter_dir(repo: "BaseRepository", adapter: Adapter, to: str | os.PathLike, *,
+                      force: bool = False) -> Path:
+    for name in adapter.files:
+        peftfmt.safe_join(Path(to), name)  # refuse before writing anything
+    created = not os.path.lexists(to)
+    out = peftfmt.prepare_output_dir(to, force=force)
+    staging = Path(tempfile.mkdtemp(prefix=".mfgit-checkout-", dir=out))
+    try:
+        names = sorted(adapter.tensors)
+        specs = [(n, adapter.tensors[n]["dtype"], tuple(adapter.tensors[n]["shape"])) for n in names]
+        local = threading.local()
+
+        def fetch(name: str) -> memoryview:
+            t = adapter.tensors[name]
+            # Decoded into this thread's buffer, reused tensor after tensor.
+            buf = getattr(local, "buf", None)
+            if buf is None:
+                buf = local.buf = bytearray()
+            header, raw = repo.read_tensor(t["id"], out=buf)
+            if header.dtype != t["dtype"] or list(header.shape) != list(t["shape"]):
+                raise MalformedObject(t["id"], f"manifest says {t['dtype']}{t['shape']}, "
+                                               f"object is {header.dtype}{list(header.shape)}")
+            return raw
+
+        weights_tmp = staging / peftfmt.WEIGHTS_NAME
+        fd = os.open(weights_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask, like open()
+        try:
+            write_safetensors_parallel(fd, specs, fetch, adapter.metadata)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        (staging / peftfmt.CONFIG_NAME).write_bytes(peftfmt.config_bytes(adapter.config))
+        for name, bid in adapter.files.items():
+            (staging / name).write_bytes(repo.read_object(bid).data)
+        for entry in sorted(staging.iterdir()):
+            os.replace(entry, peftfmt.safe_join(out, entry.name))
+        fsync_dir(out)
+    except BaseException:
+        if created:  # leave no trace of a failed checkout
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def write_safetensors_parallel(fd: int, specs: Iterable[tuple[str, str, tuple[int, ...]]],
+                               fetch: Callable[[str], memoryview], metadata: dict | None) -> None:
+    """Write a safetensors file laid out as the library does, tensors in parallel.
+
+    The layout fixes every tensor's offset up front, so each worker fetches
+    (reads, checks, decodes) a tensor into its own reused buffer and writes
+    it in place with pwrite: no tensor waits for the one before it, and
+    memory stays at one buffer per worker. `fetch(name)` returns the raw
+    bytes, valid until the same thread fetches again.
+    """
+    entries = [(name, dtype, shape, nbytes(dtype, shape)) for name, dtype, shape in specs]
+    head, order = st.library_layout(entries, metadata)
+    by_name = {e[0]: e for e in entries}
+    jobs = []
+    offset = len(head)
+    for name in order:
+        n = by_name[name][3]
+        jobs.append((name, n, offset))
+        offset += n
+    _pwrite_all(fd, memoryview(head), 0)
+
+    def one(job: tuple[str, int, int]) -> None:
+        name, n, at = job
+        raw = fetch(name)
+        if len(raw) != n:
+            raise MalformedObject(name, f"tensor has {len(raw)} bytes, expected {n}")
+        _pwrite_all(fd, memoryview(raw), at)
+        start_writeback(fd, at, n)  # the final fsync then finds most of the file written
+
+    parallel_map(one, jobs)
+    os.ftruncate(fd, offset)  # a file of exactly the layout's length, even if it ends in empty tensors
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
+
+
+def load_adapter(repo: "BaseRepository", base_model, rev: str = "HEAD", *, adapter_name: str = "default", **kwargs):
+    """Load `rev` onto `base_model` as a peft.PeftModel."""
+    from peft import PeftModel
+
+    with tempfile.TemporaryDirectory(prefix="mfgit-load-") as tmp:
+        path = checkout(repo, rev, Path(tmp) / "adapter")
+        return PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name, **kwargs)

@@ -1,0 +1,192 @@
+"""The commit pipeline: a PEFT adapter directory (or a PeftModel) in, a commit out.
+
+The user's files are only ever read (invariant 6). Tensors are read with
+pread on a few threads, hashed, compressed and written as one store batch;
+the manifest, then the commit, then the ref (invariant 4). The stat cache
+lets a re-commit of an unchanged directory skip reading any tensor.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mfgit.errors import InvalidAdapter, NothingToCommit
+from mfgit.formats import peft as peftfmt
+from mfgit.formats import safetensors as st
+from mfgit.objects.model import Adapter, TensorHeader, tensor_id
+from mfgit.parallel import Job, parallel_map
+from mfgit.repo.crash import crashpoint
+from mfgit.repo.provenance import code_revision, library_versions, parse_meta
+from mfgit.repo.statcache import StatCache, quick_digest
+from mfgit.repo.tensors import put_torch_tensors
+
+if TYPE_CHECKING:
+    from mfgit.repo.base import BaseRepository, CommitInfo, Signer
+
+
+def base_model_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The base model identity a PEFT config records."""
+    return {"name": config.get("base_model_name_or_path"), "revision": config.get("revision")}
+
+
+def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str] | dict | None = None,
+           code: str | os.PathLike | None = None, allow_pickle: bool = False, allow_empty: bool = False,
+           author: dict[str, str] | None = None, timestamp: str | None = None,
+           sign: "Signer | None" = None) -> "CommitInfo":
+    """Commit a PEFT adapter directory (or a PeftModel) on the current branch.
+
+    Raises InvalidAdapter / PickleRefused / SafetensorsError for bad input,
+    NothingToCommit if the adapter equals HEAD's (unless allow_empty),
+    RefConflict if the branch moved meanwhile. The source is only read.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        with tempfile.TemporaryDirectory(prefix="mfgit-peft-") as tmp:
+            source.save_pretrained(tmp)
+            return commit(repo, tmp, message, meta=meta, code=code, allow_empty=allow_empty,
+                          author=author, timestamp=timestamp, sign=sign)
+    path = Path(source)
+    ident = author or repo.identity()
+    adir = peftfmt.inspect_adapter_dir(path, allow_pickle=allow_pickle)
+    branch_ref, parent = repo.commit_target()
+    # Reading the code revision (GitPython: ~50 ms, mostly its import)
+    # overlaps the tensor import when there is one: the workers spend
+    # their time in hashing, compression and I/O, outside the GIL.
+    code_job = Job(lambda: code_revision(code, required=True) if code else code_revision(path))
+    try:
+        adapter_id = import_adapter(repo, adir, before_import=code_job.start)
+        if parent is not None and not allow_empty:
+            if repo.read_commit(parent).adapter == adapter_id:
+                raise NothingToCommit(adapter_id)
+    except BaseException:
+        code_job.wait()
+        raise
+    code_info = code_job.result()
+    provenance = {
+        "kind": "import",
+        "source": {
+            "name": path.resolve().name,
+            "format": "pickle" if adir.pickled else "safetensors",
+            "files": sorted([peftfmt.CONFIG_NAME, adir.weights.name] + [f.name for f in adir.extra_files]),
+        },
+        "base_model": base_model_of(adir.config),
+        "code": code_info,
+        "meta": parse_meta(meta),
+        "tool": library_versions(),
+    }
+    return repo.write_commit(adapter_id, [parent] if parent else [], message, provenance,
+                             branch_ref, parent, ident, timestamp, sign=sign)
+
+
+def import_adapter(repo: "BaseRepository", adir: peftfmt.AdapterDir, *, before_import=None) -> str:
+    """Store the adapter's tensors and manifest; return the manifest id.
+
+    `before_import` is called when the stat cache cannot answer and the
+    tensors are about to be read.
+    """
+    cache = StatCache(repo.gitdir / "statcache.json") if repo.gitdir else None
+    files = [adir.path / peftfmt.CONFIG_NAME, adir.weights, *adir.extra_files]
+    digest_fn = lambda: quick_digest(files[0], adir.weights)  # noqa: E731
+    if cache is not None and not adir.pickled:
+        cached = cache.lookup(adir.path, files, digest_fn)
+        if cached and repo.store.has(cached) and _adapter_complete(repo, cached):
+            return cached
+    if before_import is not None:
+        before_import()
+    adapter = _import_pickle(repo, adir) if adir.pickled else _import_safetensors(repo, adir)
+    aid = repo.put_adapter(adapter)
+    crashpoint("after-adapter-object")
+    if cache is not None and not adir.pickled:
+        cache.record(adir.path, files, digest_fn(), aid)
+    return aid
+
+
+def _adapter_complete(repo: "BaseRepository", aid: str) -> bool:
+    try:
+        adapter = repo.read_adapter(aid)
+    except Exception:  # noqa: BLE001 - an unreadable cached entry only means: import again
+        return False
+    return all(repo.store.has(t) for t in adapter.referenced_ids())
+
+
+def _pread_into(fd: int, out: memoryview, offset: int, where: str) -> None:
+    """Fill `out` from `fd` at `offset`; a file that ends early is a clear error."""
+    got = 0
+    while got < len(out):
+        if hasattr(os, "preadv"):
+            n = os.preadv(fd, [out[got:]], offset + got)
+        else:  # no preadv (some BSDs, older macOS): read, then copy into place
+            chunk = os.pread(fd, len(out) - got, offset + got)
+            n = len(chunk)
+            out[got : got + n] = chunk
+        if n == 0:
+            raise InvalidAdapter(where, f"the file shrank while it was read (got {got} of {len(out)} bytes at {offset}); "
+                                 "commit again once the adapter is written")
+        got += n
+
+
+def _import_safetensors(repo: "BaseRepository", adir: peftfmt.AdapterDir) -> Adapter:
+    where = str(adir.weights)
+    with repo.store.batch():
+        # Read each tensor into memory with pread rather than mapping the
+        # user's file: bytes that change or vanish while we work (a
+        # checkpoint rewritten in place, a truncated file) can then
+        # never make the stored bytes differ from the hashed ones, nor
+        # kill the process with SIGBUS — a short read is a clear error.
+        header = st.read_header(adir.weights)
+        infos = list(header.tensors.values())
+        fd = os.open(adir.weights, os.O_RDONLY)
+        try:
+            local = threading.local()
+
+            def one(info: st.TensorInfo) -> tuple[str, str]:
+                th = TensorHeader(info.dtype, tuple(info.shape))
+                # One read buffer per thread, reused: a fresh one per
+                # tensor costs a page fault per 4 KiB and an munmap.
+                buf = getattr(local, "buf", None)
+                if buf is None or len(buf) < info.nbytes:
+                    buf = local.buf = bytearray(max(info.nbytes, 1 << 20))
+                raw = memoryview(buf)[: info.nbytes]
+                _pread_into(fd, raw, header.data_offset + info.start, where)
+                tid = tensor_id(th, raw)
+                repo.store.put_tensor(th, raw, tid)
+                crashpoint("during-tensors")
+                return info.name, tid
+
+            # hashlib, zstd, numpy and pread release the GIL on large
+            # buffers: two threads keep both cores busy on a big adapter.
+            ids = dict(parallel_map(one, infos))
+        finally:
+            os.close(fd)
+        tensors = {i.name: {"id": ids[i.name], "dtype": i.dtype, "shape": list(i.shape)} for i in infos}
+        files = _store_extra_files(repo, adir)
+        crashpoint("after-tensors")
+    modules = peftfmt.lora_modules({k: (v["dtype"], tuple(v["shape"])) for k, v in tensors.items()}, where)
+    return Adapter(config=adir.config, base_model=base_model_of(adir.config), tensors=dict(sorted(tensors.items())),
+                   modules=modules, metadata=header.metadata, files=files)
+
+
+def _import_pickle(repo: "BaseRepository", adir: peftfmt.AdapterDir) -> Adapter:
+    state = peftfmt.load_pickle_tensors(adir.weights)
+    tensors = put_torch_tensors(repo.store, state)
+    files = _store_extra_files(repo, adir)
+    modules = peftfmt.lora_modules({k: (v["dtype"], tuple(v["shape"])) for k, v in tensors.items()}, str(adir.weights))
+    return Adapter(config=adir.config, base_model=base_model_of(adir.config), tensors=tensors, modules=modules,
+                   metadata={"format": "pt"}, files=files)
+
+
+def _store_extra_files(repo: "BaseRepository", adir: peftfmt.AdapterDir) -> dict[str, str]:
+    return {f.name: repo.store.put("blob", f.read_bytes()) for f in adir.extra_files}
+
+
+def store_adapter(repo: "BaseRepository", config: dict, tensors: dict[str, Any], metadata: dict | None = None,
+                  base_model: dict | None = None) -> str:
+    """Store torch tensors and their manifest as a new adapter (a merge's output); return its id."""
+    entries = put_torch_tensors(repo.store, tensors)
+    modules = peftfmt.lora_modules({k: (v["dtype"], tuple(v["shape"])) for k, v in entries.items()}, "merge output")
+    adapter = Adapter(config=config, base_model=base_model or base_model_of(config), tensors=entries,
+                      modules=modules, metadata=metadata or {"format": "pt"}, files={})
+    return repo.put_adapter(adapter)
