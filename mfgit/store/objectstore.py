@@ -73,6 +73,25 @@ class ObjectStore(ABC):
             raise
         self.end_batch()
 
+    # -- writers and gc -------------------------------------------------------
+
+    def freshen(self, oid: str) -> bool:
+        """Mark an existing object as just used (git's rule): True if it exists, False if it must be written.
+
+        A writer that reuses an object instead of writing it freshens it, so
+        that gc, which deletes only unreachable objects older than its grace
+        period, cannot delete what a new ref is about to reach.
+        """
+        return self.has(oid)
+
+    @contextlib.contextmanager
+    def exclusive(self, timeout: float = 10.0) -> Iterator["ObjectStore"]:
+        """Hold off every writer of this store for the duration (what gc deletes under)."""
+        yield self
+
+    def close(self) -> None:
+        """Release what the store holds (its writer lock); it can be used again afterwards."""
+
     # -- leftovers of interrupted writes ---------------------------------
 
     def temp_files(self) -> list[Path]:
