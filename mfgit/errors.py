@@ -203,6 +203,15 @@ class UnsafePath(MfgitError):
         self.reason = reason
 
 
+class OutputInTheWay(MfgitError):
+    """checkout --force would replace something that is not a regular file (a directory, a symbolic link)."""
+
+    def __init__(self, path: str, what: str):
+        super().__init__(f"refusing to replace {path}: it is {what}; nothing was written")
+        self.path = path
+        self.what = what
+
+
 class NothingToCommit(MfgitError):
     def __init__(self, adapter_id: str):
         super().__init__(f"nothing to commit: the adapter is unchanged since HEAD ({adapter_id[:12]})")

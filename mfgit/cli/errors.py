@@ -62,6 +62,7 @@ TABLE: list[tuple[type, int, Fix]] = [
     (E.SafetensorsError, BAD_INPUT, _fix("the file is damaged or not a safetensors file; re-save the adapter with save_pretrained")),
     (E.InvalidAdapter, BAD_INPUT, _fix("give a PEFT LoRA adapter directory as written by save_pretrained")),
     (E.OutputNotEmpty, BAD_INPUT, _fix("choose an empty directory, or pass --force to overwrite")),
+    (E.OutputInTheWay, BAD_INPUT, _fix("remove it, or check out into another directory")),
     (E.UnsafePath, BAD_INPUT, _fix("the adapter names a file outside the output directory; it was not written")),
     (E.NothingToCommit, REJECTED, _fix("the adapter is already committed; pass --allow-empty to record it again")),
     (E.IncompatibleAdapters, MERGE, _fix("merge only adapters of the same base model and shapes")),

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from mfgit.errors import MalformedObject
+from mfgit.errors import MalformedObject, OutputInTheWay
 from mfgit.formats import peft as peftfmt
 from mfgit.formats import safetensors as st
 from mfgit.formats.dtypes import nbytes
@@ -39,12 +39,29 @@ def checkout(repo: "BaseRepository", rev: str, to: str | os.PathLike, *, force: 
     return write_adapter_dir(repo, adapter, to, force=force)
 
 
+def _check_destinations(out: Path, names: list[str]) -> None:
+    """Every name the checkout will write is absent or a regular file.
+
+    Checked before anything is written, and again just before the files
+    are moved into place: a refusal half way through would leave a mix of
+    old and new files, which is exactly what --force must never do.
+    """
+    for name in names:
+        target = out / name
+        if os.path.islink(target):
+            raise OutputInTheWay(str(target), "a symbolic link")
+        if os.path.lexists(target) and not os.path.isfile(target):
+            raise OutputInTheWay(str(target), "a directory" if os.path.isdir(target) else "not a regular file")
+
+
 def write_adapter_dir(repo: "BaseRepository", adapter: Adapter, to: str | os.PathLike, *,
                       force: bool = False) -> Path:
     for name in adapter.files:
         peftfmt.safe_join(Path(to), name)  # refuse before writing anything
+    names = [peftfmt.WEIGHTS_NAME, peftfmt.CONFIG_NAME, *adapter.files]
     created = not os.path.lexists(to)
     out = peftfmt.prepare_output_dir(to, force=force)
+    _check_destinations(out, names)
     staging = Path(tempfile.mkdtemp(prefix=".mfgit-checkout-", dir=out))
     try:
         names = sorted(adapter.tensors)
@@ -73,8 +90,11 @@ def write_adapter_dir(repo: "BaseRepository", adapter: Adapter, to: str | os.Pat
         (staging / peftfmt.CONFIG_NAME).write_bytes(peftfmt.config_bytes(adapter.config))
         for name, bid in adapter.files.items():
             (staging / name).write_bytes(repo.read_object(bid).data)
+        _check_destinations(out, names)
+        # Renames of regular files over regular files in one directory: none
+        # of them can be refused now, so the new adapter lands whole.
         for entry in sorted(staging.iterdir()):
-            os.replace(entry, peftfmt.safe_join(out, entry.name))
+            os.replace(entry, out / entry.name)
         fsync_dir(out)
     except BaseException:
         if created:  # leave no trace of a failed checkout
