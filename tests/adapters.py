@@ -141,8 +141,9 @@ def make_minilm_adapter(
     r: int = 8,
     lora_alpha: float = 16,
     target_modules=("query", "value"),
+    **lora: object,
 ) -> Path:
-    """Save a PEFT LoRA adapter for the real all-MiniLM-L6-v2."""
+    """Save a PEFT LoRA adapter for the real all-MiniLM-L6-v2 (`lora`: other LoraConfig fields)."""
     from peft import LoraConfig
 
     config = LoraConfig(
@@ -151,6 +152,7 @@ def make_minilm_adapter(
         target_modules=list(target_modules) if not isinstance(target_modules, str) else target_modules,
         lora_dropout=0.0,
         bias="none",
+        **lora,
     )
     return _fill_and_save(minilm_model(), config, out_dir, seed, torch.float32)
 

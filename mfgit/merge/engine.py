@@ -209,8 +209,35 @@ def _pad_zero_ranks(tensors, names, stats):
     return tensors
 
 
+# What decides which modules of the base model PEFT adapts when it loads an adapter.
+_SELECTORS = ("target_modules", "layers_to_transform", "layers_pattern", "exclude_modules")
+
+
+def _targets(inputs: Sequence[MergeInput], modules: Sequence[str]) -> dict[str, Any]:
+    """The selectors of the output: PEFT must adapt exactly the merged modules, no more, no fewer.
+
+    When every input selects modules the same way, that way is kept. Plain
+    name lists without layer restrictions are unioned (each name adapts the
+    same modules of the shared base in every input). Anything else — a
+    regex, ``layers_to_transform``, exclusions that differ — is replaced by
+    the explicit list of the merged modules' names, which PEFT matches
+    exactly (a list entry equal to a module's full name selects that module).
+    """
+    configs = [inp.adapter.config for inp in inputs]
+    if all(all(c.get(k) == configs[0].get(k) for k in _SELECTORS) for c in configs):
+        return {}
+    lists = [c.get("target_modules") for c in configs]
+    unrestricted = all(not c.get("layers_to_transform") and not c.get("layers_pattern") and not c.get("exclude_modules")
+                       for c in configs)
+    if unrestricted and all(isinstance(t, list) for t in lists):
+        return {"target_modules": sorted({name for t in lists for name in t})}
+    inner = [m[len(peftfmt.PEFT_PREFIX):] if m.startswith(peftfmt.PEFT_PREFIX) else m for m in modules]
+    return {"target_modules": sorted(inner), "layers_to_transform": None, "layers_pattern": None,
+            "exclude_modules": None}
+
+
 def output_config(inputs: Sequence[MergeInput], stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A plain LoRA config with scaling 1 for every module.
+    """A plain LoRA config with scaling 1 for every module, selecting exactly the merged modules.
 
     The most common output rank becomes ``r`` (= ``lora_alpha``); modules of
     another rank get exact (regex-escaped) ``rank_pattern`` / ``alpha_pattern``
@@ -226,13 +253,6 @@ def output_config(inputs: Sequence[MergeInput], stats: dict[str, dict[str, Any]]
             key = re.escape(inner)
             rank_pattern[key] = s["rank"]
             alpha_pattern[key] = s["rank"]
-    targets: set[str] = set()
-    for inp in inputs:
-        tm = inp.adapter.config.get("target_modules")
-        if isinstance(tm, str):
-            targets = set()
-            break
-        targets.update(tm or [])
     base.update({
         "r": common,
         "lora_alpha": common,
@@ -242,6 +262,5 @@ def output_config(inputs: Sequence[MergeInput], stats: dict[str, dict[str, Any]]
         "use_dora": False,
         "init_lora_weights": True,
     })
-    if targets:
-        base["target_modules"] = sorted(targets)
+    base.update(_targets(inputs, sorted(stats)))
     return base
