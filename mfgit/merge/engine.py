@@ -10,11 +10,15 @@ element-wise strategies, a few dense out×in matrices of that module.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -167,24 +171,28 @@ def merge_adapters(inputs: Sequence[MergeInput], recipe: Recipe,
     # Masks are seeded by content (the input's adapter id), so the same
     # adapters give the same merge whoever committed them, and when.
     seed_ids = [inp.adapter.id for inp in inputs]
-    for k, module in enumerate(modules):
+
+    def one(module: str) -> tuple[str, torch.Tensor, torch.Tensor, int, float]:
         factors = [_factors(inp, module, load, device) for inp in inputs]
 
-        def rng(i: int, _module=module) -> torch.Generator:
+        def rng(i: int) -> torch.Generator:
             g = torch.Generator(device="cpu")
-            g.manual_seed(module_seed(recipe.seed, recipe.strategy, _module, seed_ids[i]))
+            g.manual_seed(module_seed(recipe.seed, recipe.strategy, module, seed_ids[i]))
             return g
 
         res = merge_module(recipe.strategy, factors, weights, recipe.params, rng, recipe.policy)
-        src = next(inp for inp in inputs if module in inp.adapter.modules)
-        m = src.adapter.modules[module]
-        names[module] = (m["lora_A"], m["lora_B"])
-        tensors[m["lora_A"]] = res.A.to("cpu", out_torch_dtype).contiguous()
-        tensors[m["lora_B"]] = res.B.to("cpu", out_torch_dtype).contiguous()
-        stats[module] = {"rank": int(res.rank), "kept_energy": float(res.kept_energy)}
-        del factors, res
-        if progress:
-            progress(k + 1, len(modules), module)
+        return (module, res.A.to("cpu", out_torch_dtype).contiguous(), res.B.to("cpu", out_torch_dtype).contiguous(),
+                int(res.rank), float(res.kept_energy))
+
+    with module_parallelism(device) as workers:
+        for k, (module, A, B, rank, kept) in enumerate(_in_order(one, modules, workers)):
+            src = next(inp for inp in inputs if module in inp.adapter.modules)
+            m = src.adapter.modules[module]
+            names[module] = (m["lora_A"], m["lora_B"])
+            tensors[m["lora_A"]], tensors[m["lora_B"]] = A, B
+            stats[module] = {"rank": rank, "kept_energy": kept}
+            if progress:
+                progress(k + 1, len(modules), module)
     tensors = _pad_zero_ranks(tensors, names, stats)
     config = output_config(inputs, stats)
     if device.type == "cuda":
@@ -194,6 +202,49 @@ def merge_adapters(inputs: Sequence[MergeInput], recipe: Recipe,
         device_name = "cpu"
     return MergeOutput(tensors=tensors, config=config, modules=stats, device=device.type,
                        device_name=device_name, dtype=out_dtype, seconds=time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def module_parallelism(device: torch.device) -> Iterator[int]:
+    """One thread per module, several modules at once: bits that do not depend on the thread count.
+
+    LAPACK's QR and SVD (and BLAS reductions) on the CPU give other bits
+    with other intra-op thread counts (torch.linalg.qr differs on 1 and 2
+    threads from 24 columns up), so a merge re-run with OMP_NUM_THREADS=1
+    did not reproduce one made with two threads. Each module is therefore
+    computed on a single intra-op thread, and the cores are used by merging
+    up to as many modules at a time (torch releases the GIL): the result
+    is the same whatever the thread count. Yields the number of modules to
+    merge at once; restores the thread setting afterwards. On CUDA the
+    modules go one at a time and nothing is changed.
+    """
+    if device.type != "cpu":
+        yield 1
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield max(1, min(before, os.cpu_count() or 1, 4))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _in_order(fn: Callable[[str], Any], items: Sequence[str], workers: int) -> Iterator[Any]:
+    """fn over items, up to `workers` at once, results in the items' order (memory: `workers` modules)."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    # OpenMP's thread count is per thread: each worker sets its own, or it
+    # would compute with the process default and give other bits.
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mfgit-merge",
+                            initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _pad_zero_ranks(tensors, names, stats):
