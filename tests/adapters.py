@@ -24,6 +24,7 @@ import torch  # noqa: E402
 __all__ = [
     "TINY_LLAMA_NAME",
     "delta_weights",
+    "make_gpt2_adapter",
     "make_lora_adapter",
     "make_minilm_adapter",
     "minilm_model",
@@ -132,6 +133,28 @@ def make_lora_adapter(
         alpha_pattern=dict(alpha_pattern or {}),
     )
     return _fill_and_save(model, config, out_dir, seed, dtype)
+
+
+def tiny_gpt2(seed: int = 0):
+    """A deterministic tiny GPT-2: its attention and MLP layers are Conv1D (weights stored in × out)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    model.eval()
+    return model
+
+
+def make_gpt2_adapter(out_dir, *, seed: int = 0, r: int = 4, lora_alpha: float = 8,
+                      target_modules=("c_attn", "c_fc")) -> Path:
+    """Save a PEFT LoRA adapter of the tiny GPT-2, fan_in_fan_out as PEFT sets it for Conv1D."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=list(target_modules), lora_dropout=0.0,
+                        bias="none", fan_in_fan_out=True)
+    return _fill_and_save(tiny_gpt2(), config, out_dir, seed, torch.float32)
 
 
 def make_minilm_adapter(

@@ -193,8 +193,6 @@ def variants(config: dict[str, Any]) -> list[str]:
         out.append("DoRA (use_dora)")
     if config.get("lora_bias"):
         out.append("lora_bias")
-    if config.get("fan_in_fan_out"):
-        out.append("fan_in_fan_out")
     if config.get("modules_to_save"):
         out.append("modules_to_save (fully trained modules)")
     for key in ("use_qalora", "corda_config", "eva_config", "layer_replication", "trainable_token_indices"):

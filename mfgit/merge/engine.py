@@ -108,6 +108,12 @@ def check_inputs(inputs: Sequence[MergeInput], strategy: str) -> None:
         bad = peftfmt.variants(inp.adapter.config)
         if bad:
             raise UnsupportedAdapterVariant(inp.label, bad[0])
+    flags = {bool(inp.adapter.config.get("fan_in_fan_out")) for inp in inputs}
+    if len(flags) > 1:
+        other = next(inp for inp in inputs if bool(inp.adapter.config.get("fan_in_fan_out")) != bool(
+            first.adapter.config.get("fan_in_fan_out")))
+        raise IncompatibleAdapters("fan_in_fan_out", first.label, other.label,
+                                   "one stores its layers transposed (GPT-2 Conv1D), the other does not")
     base0 = first.adapter.base_model or {}
     for inp in inputs[1:]:
         base = inp.adapter.base_model or {}
@@ -131,8 +137,21 @@ def check_inputs(inputs: Sequence[MergeInput], strategy: str) -> None:
                 shapes[mod] = (inp.label, (out_f, in_f), kind)
 
 
+def transposed(adapter: Adapter, module: str) -> bool:
+    """Whether the base layer stores ΔW as (B·A)ᵀ: embeddings (num_embeddings × dim) and
+    fan_in_fan_out layers (GPT-2's Conv1D, in × out), as PEFT's get_delta_weight does."""
+    return adapter.modules[module].get("kind") == "embedding" or bool(adapter.config.get("fan_in_fan_out"))
+
+
 def _factors(inp: MergeInput, module: str, load: Callable[[str, torch.device], torch.Tensor],
              device: torch.device) -> Factor | None:
+    """The input's update of `module` as factors of ΔW in the base layer's own layout.
+
+    Strategies that work row by row (DELLA ranks each row) then act on the
+    same rows as for a plain linear layer and as mergekit does on the full
+    weight: tokens of an embedding, input features of a Conv1D. For the
+    transposed layouts ΔW = (s·B·A)ᵀ = Aᵀ·(s·B)ᵀ, exactly.
+    """
     m = inp.adapter.modules.get(module)
     if m is None:
         return None
@@ -140,6 +159,8 @@ def _factors(inp: MergeInput, module: str, load: Callable[[str, torch.device], t
     A = load(a.tensors[m["lora_A"]]["id"], device).to(torch.float32)
     B = load(a.tensors[m["lora_B"]]["id"], device).to(torch.float32)
     _r, _alpha, scaling = peftfmt.module_scaling(a.config, module, m["r"])
+    if transposed(a, module):
+        return Factor(B=A.T.contiguous(), A=(B * scaling).T.contiguous())
     return Factor(B=B * scaling, A=A)
 
 
@@ -181,7 +202,10 @@ def merge_adapters(inputs: Sequence[MergeInput], recipe: Recipe,
             return g
 
         res = merge_module(recipe.strategy, factors, weights, recipe.params, rng, recipe.policy)
-        return (module, res.A.to("cpu", out_torch_dtype).contiguous(), res.B.to("cpu", out_torch_dtype).contiguous(),
+        B, A = res.B, res.A
+        if transposed(next(inp.adapter for inp in inputs if module in inp.adapter.modules), module):
+            B, A = A.T, B.T  # back to PEFT's factors: ΔW_layer = Bᵣ·Aᵣ = (Aᵣᵀ·Bᵣᵀ)ᵀ
+        return (module, A.to("cpu", out_torch_dtype).contiguous(), B.to("cpu", out_torch_dtype).contiguous(),
                 int(res.rank), float(res.kept_energy))
 
     with module_parallelism(device) as workers:
