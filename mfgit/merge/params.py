@@ -56,6 +56,14 @@ class Param:
     default: float
     range: Range
     help: str
+    # Another name under which the value is given as 1 − this parameter: mergekit and PEFT call
+    # DARE's and DELLA's keep fraction `density`, where the papers (and mfgit) use the drop rate.
+    complement: str | None = None
+
+    def complement_range(self) -> Range:
+        r = self.range
+        return Range(None if r.hi is None else 1.0 - r.hi, None if r.lo is None else 1.0 - r.lo,
+                     lo_open=r.hi_open, hi_open=r.lo_open)
 
 
 # A check of the resolved values together, for constraints no single range can say; raises MergeError.
@@ -84,22 +92,28 @@ def validate(strategy: str, declared: Sequence[Param], given: Mapping | None, ch
     names the parameter and the range), or one that ``check`` refuses.
     """
     table = {p.name: p for p in declared}
+    complements = {p.complement: p for p in declared if p.complement}
     out: dict[str, float] = {}
+    spelled: dict[str, str] = {}
     for raw_name, value in (given or {}).items():
         name = _ALIASES.get(raw_name, raw_name)
+        flip = name in complements and name not in table
+        if flip:
+            name = complements[name].name
         if name not in table:
-            allowed = ", ".join(table) or "none"
+            allowed = ", ".join(list(table) + list(complements)) or "none"
             raise MergeError(f"strategy {strategy!r} has no parameter {raw_name!r} (its parameters: {allowed})")
         if name in out:
-            alias = next(a for a, n in _ALIASES.items() if n == name)
-            raise MergeError(f"parameter {name!r} given twice (as {name!r} and {alias!r})")
-        rng = table[name].range
+            raise MergeError(f"parameter {name!r} given twice (as {spelled[name]!r} and {raw_name!r})")
+        rng = table[name].complement_range() if flip else table[name].range
         x = _number(value)
         if x is None:
-            raise MergeError(f"{strategy} parameter {name} must be a number in {rng.text()}, got {value!r}")
+            raise MergeError(f"{strategy} parameter {raw_name} must be a number in {rng.text()}, got {value!r}")
         if not math.isfinite(x) or not rng.contains(x):
-            raise MergeError(f"{strategy} parameter {name} must be in {rng.text()}, got {value!r}")
-        out[name] = x
+            raise MergeError(f"{strategy} parameter {raw_name} must be in {rng.text()}, got {value!r}")
+        # 15 significant digits: density 0.7 gives drop rate 0.3, not 0.30000000000000004.
+        out[name] = float(f"{1.0 - x:.15g}") if flip else x
+        spelled[name] = raw_name
     for p in declared:
         out.setdefault(p.name, float(p.default))
     if check is not None:

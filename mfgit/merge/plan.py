@@ -25,20 +25,16 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 from mfgit.errors import MergeError
 from mfgit.merge.engine import LINEAR_FAMILY, MergeInput, MergeOutput, Recipe
 from mfgit.merge.lowrank import RankPolicy
+from mfgit.merge.recipes import load_recipe, mergekit_differences
 from mfgit.repo.provenance import library_versions
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository
-
-RECIPE_KEYS = {"strategy", "inputs", "weights", "weights_from", "params", "rank", "energy", "seed", "device",
-               "dtype", "message", "rebuild"}
-
 
 @dataclass(frozen=True)
 class MergeRequest:
@@ -57,12 +53,14 @@ class MergeRequest:
     message: str | None = None
     rebuild: bool = False
     force: bool = False  # re-merge a leaf already in the composite
+    recipe_source: Mapping[str, Any] | None = None  # the mergekit configuration the request came from
 
     def with_recipe_file(self, path: str | os.PathLike) -> "MergeRequest":
-        """This request completed from a YAML recipe file; what the request already says wins."""
-        r = load_recipe(path)
+        """This request completed from a YAML recipe file (mfgit's or mergekit's); what the request already says wins."""
+        r, source = load_recipe(path)
         return dataclasses.replace(
             self,
+            recipe_source=source,
             revs=self.revs or tuple(r.get("inputs") or ()),
             strategy=self.strategy or r.get("strategy"),
             weights=self.weights if self.weights is not None else _tuple(r.get("weights")),
@@ -80,24 +78,6 @@ class MergeRequest:
 
 def _tuple(v: Any) -> tuple | None:
     return None if v is None else tuple(v)
-
-
-def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
-    import yaml
-
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MergeError(f"recipe {p} does not exist") from None
-    except yaml.YAMLError as e:
-        raise MergeError(f"recipe {p} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise MergeError(f"recipe {p} must be a mapping of keys ({', '.join(sorted(RECIPE_KEYS))})")
-    unknown = set(data) - RECIPE_KEYS
-    if unknown:
-        raise MergeError(f"recipe {p}: unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(RECIPE_KEYS))}")
-    return data
 
 
 @dataclass
@@ -148,6 +128,9 @@ class MergePlan:
             "dtype": {"compute": "F32", "output": out.dtype},
             "versions": library_versions(),
             "wall_time_s": round(seconds, 3),
+            **({"recipe_source": {"format": "mergekit", "config": dict(self.request.recipe_source),
+                                  "differences": mergekit_differences(self.request.recipe_source)}}
+               if self.request.recipe_source is not None else {}),
         }
 
 

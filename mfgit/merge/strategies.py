@@ -144,7 +144,7 @@ _FRACTION = Range(0.0, 1.0, hi_open=True)  # [0, 1)
 _LAMBDA = Param("lambda", 1.0, ANY, "λ, the scale of the merged update")
 _ALPHA = Param("alpha", 1.0, ANY, "α, the scale of the merged update")
 _DENSITY = Param("density", 0.2, Range(0.0, 1.0, lo_open=True), "fraction of each ΔWᵢ kept, by magnitude")
-_DARE_DROP = Param("drop_rate", 0.9, _DROP, "probability of dropping an element of ΔWᵢ")
+_DARE_DROP = Param("drop_rate", 0.9, _DROP, "probability of dropping an element of ΔWᵢ", complement="density")
 
 
 def _check_breadcrumbs(p: Mapping[str, float]) -> None:
@@ -245,7 +245,7 @@ STRATEGIES: dict[str, StrategySpec] = {
             "della",
             "dense",
             (
-                Param("drop_rate", 0.3, _DROP, "mean probability of dropping an element of ΔWᵢ"),
+                Param("drop_rate", 0.3, _DROP, "mean probability of dropping an element of ΔWᵢ", complement="density"),
                 Param("epsilon", 0.14, Range(0.0, 0.5, hi_open=True),
                       "spread of the drop probability over a row, from the smallest magnitude to the largest"),
                 _LAMBDA,

@@ -23,7 +23,7 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("-s", "--strategy", default=None, help="linear, task_arithmetic, svd, ties, dare_linear, dare_ties, breadcrumbs, della, magnitude_prune, tsv, iso_c (default linear).")
 @click.option("--weights", default=None, metavar="W1,W2,...", help="One weight per revision, in order.")
 @click.option("--weights-from", default=None, metavar="KEY", help="Weights proportional to commit metadata KEY (e.g. samples).")
-@click.option("--density", type=float, default=None, help="Fraction kept (ties, magnitude_prune).")
+@click.option("--density", type=float, default=None, help="Fraction kept (ties, magnitude_prune; for dare_* and della the keep rate 1 - drop rate, as mergekit names it).")
 @click.option("--drop-rate", type=float, default=None, help="Drop probability p (dare_*, della).")
 @click.option("--lambda", "lambda_", type=float, default=None, help="Scale of the merged update (λ).")
 @click.option("--param", "extra", multiple=True, metavar="NAME=VALUE", help="Any other strategy parameter (repeatable).")
