@@ -265,8 +265,8 @@ def test_search_errors_are_one_line(sites):
     repo = _repo(sites)
     repo.switch("errors", orphan=True)
     revs = [f"sites/{s}" for s in SITES]
-    with pytest.raises(MergeError, match="linear-family"):
-        repo.merge(revs, strategy="ties", search="weights", score=ce_loss, base=_base_factory(sites))
+    with pytest.raises(MergeError, match="sparsifying strategy"):
+        repo.merge(revs, strategy="linear", search="weights+density", score=ce_loss, base=_base_factory(sites))
     with pytest.raises(MergeError, match="bounds"):
         repo.merge(revs, search="weights", score=ce_loss, base=_base_factory(sites), bounds=(1, -1))
     with pytest.raises(ScoreError, match="base model"):
@@ -299,3 +299,22 @@ def test_cli_search_with_a_score_module(sites, tmp_path):
     assert {k: s["scorer"][k] for k in ("score", "base", "data")} == {
         "score": "scoremod:score", "base": "scoremod:base_model", "data": "scoremod:load_data"}
     assert s["l1"] == 0.05 and s["bounds"] == [-1.0, 1.0] and len(s["evaluations"]) == 6
+
+
+def test_search_tunes_weights_and_density_of_a_sparsifying_strategy_and_replays(sites):
+    """mergekit-evolve's habit: any strategy's weights, and its density, searched; the merge replays bit for bit."""
+    repo = _repo(sites)
+    repo.switch("ties-search", orphan=True)
+    revs = [f"sites/{s}" for s in SITES]
+    report = repo.merge(revs, strategy="ties", density=0.5, rank=8, search="weights+density", score=ce_loss,
+                        base=_base_factory(sites), data=_public(sites), budget=6, seed=3)
+    prov = report.provenance
+    s = prov["search"]
+    assert s["mode"] == "weights+density" and len(s["evaluations"]) == 7
+    assert s["sparsity"]["param"] == "density" and s["start"]["weights"][-1] == 0.5
+    chosen = s["chosen"]
+    assert prov["recipe"]["strategy"] == "ties" and prov["recipe"]["params"]["density"] == chosen["density"]
+    assert [i["weight"] for i in prov["inputs"]] == chosen["weights"]
+    assert all(0.01 <= e["weights"][-1] <= 1.0 for e in s["evaluations"])
+    (m,) = repo.verify(report.commit, reproduce=True)["reproduce"]["merges"]
+    assert m["outcome"] == "bit-identical", m

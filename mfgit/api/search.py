@@ -1,6 +1,6 @@
 """Searched merge weights: a gradient-free optimiser proposes weights, each is merged and scored.
 
-``merge --search weights|layer-weights --score MOD:FUNC`` (docs/search-and-eval.md):
+``merge --search weights|layer-weights|weights+density --score MOD:FUNC`` (docs/search-and-eval.md):
 a gradient-free optimiser (nevergrad's NGOpt, seeded explicitly) proposes
 weight vectors within bounds; each proposal is merged *in ΔW space by the
 merge engine* (an exact linear merge of the factors — never A and B scaled
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from mfgit.merge.plan import MergePlan
     from mfgit.repo.base import BaseRepository
 
-MODES = ("weights", "layer-weights")
+MODES = ("weights", "layer-weights", "weights+density")
 DEFAULT_BOUNDS = (-1.5, 1.5)  # LoraHub's and MedForge's
 DEFAULT_BUDGET = 40
 OPTIMISER = "nevergrad.NGOpt"
@@ -57,6 +57,7 @@ class SearchResult:
     matrix: list[list[float]] | None  # per input and layer (layer-weights mode)
     output: "MergeOutput"
     record: dict[str, Any]
+    recipe: "Recipe"  # the merge's recipe with the chosen density, when one was searched
 
 
 def check_bounds(bounds: Any) -> tuple[float, float]:
@@ -107,10 +108,25 @@ def _rounded(xs: Sequence[float]) -> list[float]:
     return [float(x) for x in xs]
 
 
+def sparsity_param(recipe: "Recipe") -> tuple[str, tuple[float, float]] | None:
+    """The parameter that sets how much a sparsifying strategy keeps (density or drop rate), with search bounds."""
+    from mfgit.merge.strategies import STRATEGIES
+
+    for p in STRATEGIES[recipe.strategy].parameters:
+        if p.name in ("density", "drop_rate"):
+            r = p.range
+            # Open ends are kept off by a margin: density 0 keeps nothing, drop rate 1 drops everything.
+            lo = (r.lo or 0.0) + (0.01 if r.lo_open else 0.0)
+            hi = (r.hi if r.hi is not None else 1.0) - (0.01 if r.hi_open else 0.0)
+            return p.name, (lo, hi)
+    return None
+
+
 def run_search(inputs: Sequence["MergeInput"], recipe: "Recipe", load, scorer: Scorer, *, mode: str,
                budget: int, bounds: tuple[float, float], l1: float, seed: int,
                say: Callable[[str], Any] | None = None) -> SearchResult:
-    """Search the weights of `inputs` (a linear merge) that minimise score + l1·Σ|w|.
+    """Search the weights of `inputs` (and, with ``weights+density``, the strategy's density) that minimise
+    score + l1·Σ|w|, each candidate merged by the engine with the merge's strategy.
 
     The starting point is the inputs' own weights (the merge's default:
     uniform, from metadata, or explicit), clipped to the bounds; it is
@@ -129,12 +145,25 @@ def run_search(inputs: Sequence["MergeInput"], recipe: "Recipe", load, scorer: S
     per = len(groups) if groups else 1
     start = [min(max(float(inp.weight), lo), hi) for inp in inputs]
     x0 = [w for w in start for _ in range(per)]
+    sparsity = sparsity_param(recipe) if mode == "weights+density" else None
+    if mode == "weights+density":
+        if sparsity is None:
+            raise MergeError(f"--search weights+density needs a sparsifying strategy (one with a density or drop "
+                             f"rate); {recipe.strategy} has neither")
+        s_name, (s_lo, s_hi) = sparsity
+        x0.append(min(max(float(recipe.params[s_name]), s_lo), s_hi))
+
+    def recipe_for(x: Sequence[float]) -> "Recipe":
+        if sparsity is None:
+            return recipe
+        return dataclasses.replace(recipe, params={**recipe.params, sparsity[0]: float(x[-1])}).resolved()
 
     def build(x: Sequence[float]) -> "MergeOutput":
         if groups:
             matrix = [list(x[i * per:(i + 1) * per]) for i in range(n)]
             return merge_layer_weights(inputs, recipe, matrix, groups, load)
-        return merge_adapters([dataclasses.replace(inp, weight=float(w)) for inp, w in zip(inputs, x)], recipe, load)
+        return merge_adapters([dataclasses.replace(inp, weight=float(w)) for inp, w in zip(inputs, x[:n])],
+                              recipe_for(x), load)
 
     evaluations: list[dict[str, Any]] = []
     cache: dict[tuple[float, ...], dict[str, Any]] = {}
@@ -148,7 +177,7 @@ def run_search(inputs: Sequence["MergeInput"], recipe: "Recipe", load, scorer: S
             out = build(x)
             values = loader.score(out)
             s = values["score"]
-            penalty = l1 * sum(abs(v) for v in x)
+            penalty = l1 * sum(abs(v) for v in x[:n * per])  # the weights only, not the density
             obj = s + penalty if math.isfinite(s) else math.inf
             hit = {"score": s if math.isfinite(s) else None, "objective": obj if math.isfinite(obj) else None}
             if len(values) > 1:
@@ -163,8 +192,13 @@ def run_search(inputs: Sequence["MergeInput"], recipe: "Recipe", load, scorer: S
             say(f"search {entry['index']:>3}/{budget}: score {shown}")
         return hit["objective"] if hit["objective"] is not None else _FAILED
 
-    # As LoraHub and MedForge parametrise it: bounded, mutation scale (HIGH - LOW) / 6.
-    param = ng.p.Array(init=np.asarray(x0, dtype=np.float64), lower=lo, upper=hi)
+    # As LoraHub and MedForge parametrise it: bounded, mutation scale (HIGH - LOW) / 6; a searched
+    # density has its own bounds, the strategy's range.
+    if sparsity is None:
+        param = ng.p.Array(init=np.asarray(x0, dtype=np.float64), lower=lo, upper=hi)
+    else:
+        param = ng.p.Array(init=np.asarray(x0, dtype=np.float64), lower=np.asarray([lo] * n + [sparsity[1][0]]),
+                           upper=np.asarray([hi] * n + [sparsity[1][1]]))
     param.random_state = np.random.RandomState(int(seed) % (2 ** 32))
     optimiser = ng.optimizers.NGOpt(parametrization=param, budget=budget, num_workers=1)
     selected = None
@@ -185,7 +219,7 @@ def run_search(inputs: Sequence["MergeInput"], recipe: "Recipe", load, scorer: S
     obj, idx, out, x = best
     chosen = evaluations[idx]
     matrix = [list(x[i * per:(i + 1) * per]) for i in range(n)] if groups else None
-    weights = [sum(row) / len(row) for row in matrix] if matrix else list(x)
+    weights = [sum(row) / len(row) for row in matrix] if matrix else list(x[:n])
     record: dict[str, Any] = {
         "mode": mode,
         "optimiser": {"name": OPTIMISER, "version": optimiser_version(), "selected": selected},
@@ -199,12 +233,15 @@ def run_search(inputs: Sequence["MergeInput"], recipe: "Recipe", load, scorer: S
                    **({"groups": list(groups), "order": "input-major: w[i * groups + g]"} if groups else {})},
         "start": {"weights": list(x0), "score": evaluations[0]["score"], "objective": evaluations[0]["objective"]},
         "evaluations": evaluations,
-        "chosen": {"index": idx, "weights": list(x), "score": chosen["score"], "objective": chosen["objective"],
-                   **({"matrix": matrix} if matrix else {})},
+        "chosen": {"index": idx, "weights": list(x[:n * per]), "score": chosen["score"],
+                   "objective": chosen["objective"], **({"matrix": matrix} if matrix else {}),
+                   **({sparsity[0]: float(x[-1])} if sparsity else {})},
+        **({"sparsity": {"param": sparsity[0], "bounds": list(sparsity[1]), "start": x0[-1],
+                         "order": "the last coordinate of every evaluation's weights"}} if sparsity else {}),
         "scored": len(cache),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    return SearchResult(weights, matrix, out, record)
+    return SearchResult(weights, matrix, out, record, recipe_for(x))
 
 
 def run_for_plan(repo: "BaseRepository", plan: "MergePlan", request: SearchRequest) -> tuple["MergePlan", "MergeOutput", dict[str, Any]]:
@@ -214,14 +251,15 @@ def run_for_plan(repo: "BaseRepository", plan: "MergePlan", request: SearchReque
     the returned plan carries the chosen ones, and its leaves follow (for a
     composite named as an input, its leaves are scaled, as the linear merge does).
     """
-    if not plan.linear:
-        raise MergeError("--search needs a linear-family strategy (linear, task_arithmetic): only there is a "
-                         "candidate an exact weighted sum of the inputs' updates")
+    if plan.integration.get("mode") == "incremental":
+        raise MergeError(f"--search over an incremental {plan.recipe.strategy} integration would weigh the old "
+                         "composite as one input; add --rebuild to search the weights of every leaf")
     budget, bounds, l1 = check_search_args(request.mode, request.budget, request.bounds, request.l1)
     scorer = resolve_scorer(request.score, request.base, request.data)
     res = run_search(plan.inputs, plan.recipe, lambda oid, dev: repo.load_tensor(oid, device=dev), scorer,
                      mode=request.mode, budget=budget, bounds=bounds, l1=l1, seed=int(plan.recipe.seed))
-    return plan.with_weights(repo, res.weights), res.output, res.record
+    chosen = dataclasses.replace(plan.with_weights(repo, res.weights), recipe=res.recipe)
+    return chosen, res.output, res.record
 
 
 def check_integration(old_provenance: dict | None, search: str | None) -> None:

@@ -40,7 +40,7 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty --to directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and provenance as JSON.")
 @click.option("-S", "--sign", is_flag=True, help="Sign the merge commit with the key in config signing.key.")
-@click.option("--search", type=click.Choice(["weights", "layer-weights"]), default=None,
+@click.option("--search", type=click.Choice(["weights", "layer-weights", "weights+density"]), default=None,
               help="Search the weights (per revision, or per revision and layer) that minimise --score.")
 @click.option("--score", default=None, metavar="MODULE:FUNC", help="Your score function (lower is better); see docs/search-and-eval.md.")
 @click.option("--base", "base_spec", default=None, metavar="MODULE:FUNC", help="Base model factory (default: base_model() in the score module).")
