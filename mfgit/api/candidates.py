@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository, Signer
 
 SELECT_RULES = ("worst", "mean")
+SELECTION_RULE = ("per --select-by name, only trusted notes count, all from one site (two sites: refused); a "
+                  "site's own later note replaces its earlier one; notes of other sites never compete on time")
 CANDIDATE_SIGMA = 0.5  # the spread of the candidate design (log-normal jitter of the default weights)
 CANDIDATES_PREFIX = "candidates/"
 
@@ -173,10 +175,6 @@ def find_candidates(repo: "BaseRepository", rid: str) -> dict[int, str]:
         if found:
             break
     return found
-
-
-SELECTION_RULE = ("per --select-by name, only trusted notes count, all from one site (two sites: refused); a "
-                  "site's own later note replaces its earlier one; notes of other sites never compete on time")
 
 
 def _site(note: dict[str, Any]) -> str:

@@ -385,12 +385,8 @@ def rev_branches(repo: "BaseRepository", rev: str, tip: str, branch: str | None 
     named = named_branch(repo, rev)
     out: list[str | None] = [named] if named else containing_branches(repo, tip)
     if not out:
-        try:
-            site = repo.read_commit(tip).site
-        except MfgitError:
-            site = None
-        if site:
-            out = [f"sites/{site}"]
+        out = [_side_branch(repo, tip, None)]  # on no branch: sites/<site> of the commit, if it records one
+    out = [b for b in out if b]
     if branch and branch not in out:
         out.append(branch)
     return out or [None]
