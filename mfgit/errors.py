@@ -380,3 +380,26 @@ class ScoreError(MfgitError):
         super().__init__(f"score function {spec}: {reason}")
         self.spec = spec
         self.reason = reason
+
+
+# --- trusted notes at selection (added with mfgit.audit.notes trust) ---------
+
+
+class NoNotesPolicy(MfgitError):
+    """Selection by notes without an allowed-signers policy: no key may speak for a site, so no note counts."""
+
+    def __init__(self, path: str):
+        super().__init__(f"no note can be trusted to choose a candidate: this repository has no allowed-signers "
+                         f"policy ({path})")
+        self.path = path
+
+
+class ConflictingEvaluations(MfgitError):
+    """Trusted notes of one evaluation name come from more than one site: whose score it is is not decided."""
+
+    def __init__(self, name: str, sites: list[str], notes: list[str]):
+        super().__init__(f"trusted notes named {name} come from {len(sites)} sites ({', '.join(sites)}); "
+                         f"a name must be one site's evaluation")
+        self.name = name
+        self.sites = sites
+        self.notes = notes

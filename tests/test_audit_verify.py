@@ -239,8 +239,12 @@ def test_unsigned_commit_on_protected_branch(work, fresh):
     (f,) = rep["failures"]
     assert f["branch"] == "sites/a" and "unsigned commit on protected branch sites/a" in f["reason"]
     assert f["commit"] == cli.json("show", "sites/a", "--json")["id"]
-    # The same history judged as an unprotected branch passes.
-    assert cli.json("verify", "sites/a", "--signatures", "--branch", "scratch", "--json")["failures"] == []
+    # --branch adds a branch to judge on; it never lifts the protection of the branch REV names.
+    res = cli("verify", "sites/a", "--signatures", "--branch", "scratch", "--json")
+    assert res.returncode == SIGNATURE
+    rep = json.loads(res.stdout)
+    assert rep["branches"] == ["sites/a", "scratch"]
+    assert [(f["commit"], f["branch"]) for f in rep["failures"]] == [(f["commit"], "sites/a")]
 
 
 def test_key_not_allowed_for_the_branch(work, fresh):
@@ -263,6 +267,106 @@ def test_key_not_allowed_for_the_branch(work, fresh):
     assert res.returncode == SIGNATURE
     rep = json.loads(res.stdout)
     assert [(f["branch"], f["check"]) for f in rep["failures"]] == [("sites/b", "signature")]
+
+
+def _signature_lines(text: str, policy: str) -> list[str]:
+    """The per-commit lines of verify's signatures section, with the policy's path taken out."""
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("signatures: "))
+    body = [ln.replace(policy, "<policy>") for ln in lines[start + 1:] if ln.startswith("  ")]
+    assert lines[-1].startswith("verify: ")
+    return body
+
+
+def test_remote_tracking_ref_and_commit_ids_of_a_protected_branch_get_its_policy(work, fresh, tmp_path):
+    """Regression: `verify --signatures` on `origin/sites/a` or a commit id applied no branch policy.
+
+    An unsigned commit, one signed by a key outside the allowed signers and one
+    signed by a key allowed only for sites/b, on protected sites/a, all passed
+    ("verify: ok", exit 0) when named as `origin/sites/a` or by id; with the local
+    name they exit 9. Every way of naming them now gives what the local name gives,
+    and none of them can be pushed to the protected branch.
+    """
+    cli, repo, keys = work
+    cli.ok("keygen", tmp_path / "mallory", "--comment", "mallory@elsewhere")
+    cli.ok("switch", "sites/a")
+    cli.ok("config", "site", "hospital-a")
+    cli.ok("commit", fresh(70), "-m", "unsigned")
+    cli.ok("config", "signing.key", tmp_path / "mallory")
+    cli.ok("commit", fresh(71), "-m", "signed by a key outside the policy", "-S")
+    cli.ok("config", "signing.key", keys / "site-b")
+    cli.ok("commit", fresh(72), "-m", "signed by site b's key", "-S")
+    policy = repo / ".mfgit" / "allowed_signers"
+    source = json.loads(cli("verify", "sites/a", "--signatures", "--json").stdout)["signatures"]["policy"]
+
+    def judged(c: Cli, rev: str) -> list[str]:
+        res = c("verify", rev, "--signatures")
+        assert res.returncode == SIGNATURE, f"verify {rev}: exit {res.returncode}\n{res.stdout}{res.stderr}"
+        return _signature_lines(res.stdout, source)
+
+    expected = judged(cli, "sites/a")
+    fails = [ln for ln in expected if ln.startswith("  FAIL")]
+    assert len(fails) == 3, expected
+    assert "unsigned commit on protected branch sites/a" in fails[2]
+    assert "not allowed for branch sites/a" in fails[1] and "allowed only" not in fails[1]
+    assert "not allowed for branch sites/a" in fails[0] and "allowed only for sites/b,sites/b-*" in fails[0]
+    expected_1 = judged(cli, "sites/a~1")
+
+    # A participant without the policy publishes them on the shared folder.
+    hub = tmp_path / "hub.mfgit"
+    cli.ok("init", "--bare", hub)
+    cli.ok("remote", "add", "origin", hub)
+    assert "refusing to push to protected branch sites/a" in cli.fails("push", "origin", "sites/a", code=SIGNATURE)
+    aside = tmp_path / "policy-aside"
+    shutil.move(policy, aside)
+    cli.ok("push", "origin", "sites/a")
+    shutil.move(aside, policy)
+    cli.ok("fetch", "origin")
+    tip = cli.json("show", "sites/a", "--json")["id"]
+    for rev in ("origin/sites/a", "refs/remotes/origin/sites/a", tip, tip[:10]):
+        assert judged(cli, rev) == expected, rev
+
+    # An auditor who only fetched: no local branch at all, only remote-tracking ones.
+    auditor = tmp_path / "auditor"
+    cli.ok("init", auditor)
+    aud = cli.at(auditor)
+    aud.ok("remote", "add", "origin", hub)
+    aud.ok("fetch", "origin")
+    aud.ok("config", "signing.allowedSigners", policy)
+    for rev in ("origin/sites/a", "refs/remotes/origin/sites/a", tip, tip[:10]):
+        assert judged(aud, rev) == expected, rev
+    assert judged(aud, "origin/sites/a~1") == expected_1
+    assert judged(aud, tip + "~1") == expected_1
+    rep = json.loads(aud("verify", tip, "--signatures", "--json").stdout)
+    assert rep["branch"] == "sites/a" and rep["branches"] == ["sites/a"] and rep["signatures"]["protected"]
+
+    # Pushing them to the protected branch of another remote is refused, however they are named.
+    hub2 = tmp_path / "hub2.mfgit"
+    aud.ok("init", "--bare", hub2)
+    aud.ok("remote", "add", "second", hub2)
+    for spec in ("origin/sites/a:sites/a", f"{tip}:sites/a", "refs/remotes/origin/sites/a:refs/heads/sites/a",
+                 f"{tip[:10]}:refs/heads/sites/a", "origin/sites/a"):
+        line = aud.fails("push", "second", spec, code=SIGNATURE)
+        assert "refusing to push to" in line and "sites/a" in line, (spec, line)
+    assert not [p for p in (hub2 / "refs").rglob("*") if p.is_file()]
+    # Named for another, unprotected branch on purpose, they may go there (as from the local name).
+    aud.ok("push", "second", "origin/sites/a:scratch")
+
+
+def test_commit_on_no_branch_is_judged_on_its_sites_branch(work, fresh):
+    """A commit no branch contains is judged on sites/<site> of the site it records."""
+    cli, repo, _ = work
+    cli.ok("config", "site", "a")
+    cli.ok("switch", "-c", "loose", "sites/a")
+    cli.ok("commit", fresh(73), "-m", "unsigned, then left on no branch")
+    cid = cli.json("show", "--json")["id"]
+    cli.ok("switch", "sites/a")
+    cli.ok("branch", "-D", "loose")
+    res = cli("verify", cid, "--signatures", "--json")
+    assert res.returncode == SIGNATURE
+    rep = json.loads(res.stdout)
+    assert rep["branches"] == ["sites/a"]
+    assert [(f["commit"], f["branch"]) for f in rep["failures"]] == [(cid, "sites/a")]
 
 
 def test_changed_allowed_signers_entry(work):

@@ -3,8 +3,9 @@
 Three hospitals (the demo's real breast-cancer sites) and a coordinator
 share a bare hub. The coordinator publishes candidate composites; each site
 scores them on its own held-out data and pushes only the numbers; the
-coordinator chooses by the sites' notes. No site data ever reaches another
-repository or the score function of another site.
+coordinator chooses by the sites' notes — only those signed by a key its
+allowed-signers file lists for the site the note claims. No site data ever
+reaches another repository or the score function of another site.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def net(tmp_path_factory):
     coord.config.set("user.email", "coord@example.org")
     coord.remote_add("origin", str(hub))
     coord.fetch("origin")
+    # Only notes signed by a key allowed for the site they claim count: the coordinator lists each site's key.
+    (coord.gitdir / "allowed_signers").write_text(
+        "".join(f"sites/{name} {(root / 'keys' / f'{name}.pub').read_text().strip()}\n" for name in SITES))
     return {"root": root, "hub": hub, "sites": sites, "coord": coord, "shared": shared}
 
 
@@ -261,3 +265,163 @@ def test_push_notes_retries_when_another_site_pushes_first(net):
     hub_index = notes_api.read_index(Repository.open(net["hub"]))
     have = {i for v in hub_index.values() for i in v}
     assert set(ids_a) <= have and set(ids_b) <= have
+
+
+LIAR = '''
+from scoremod import base_model, load_data  # noqa: F401  the honest sites' base model and data
+
+
+def score(model, data):
+    return {"score": -100.0}  # whatever makes the candidate look best
+'''
+
+
+def test_forged_notes_never_select_and_are_shown_untrusted(net, tmp_path):
+    """Regression: selection used unsigned notes and notes signed by any key, the latest per name.
+
+    A participant's future-dated note claiming another site's name overrode that
+    site's real score and the worst candidate was chosen; `notes show` printed
+    forged notes as good. Now a note counts only when signed by a key the
+    coordinator's allowed signers list for the site it claims: a note claiming
+    another site (signed by the participant's own key), an unsigned note, one
+    signed by an unlisted key, a future-dated one and a signed note replayed onto
+    another commit are shown untrusted with their reasons, the selection records
+    them as rejected, and the honest candidate wins.
+    """
+    import hashlib
+    import shutil
+
+    from mfgit.api.notes import make_note
+    from mfgit.api.repository import Repository
+    from mfgit.audit.keys import load_signing_key
+    from mfgit.repo import notes as notes_api
+
+    root, hub, keys = net["root"], net["hub"], net["root"] / "keys"
+    cli = Cli(tmp_path / "home", root, isolated_env(tmp_path / "home"))
+    code = tmp_path / "evalcode"
+    code.mkdir()
+    (code / "scoremod.py").write_text((net["shared"]["root"] / "scoremod.py").read_text(encoding="utf-8"),
+                                      encoding="utf-8")
+    (code / "liar.py").write_text(LIAR, encoding="utf-8")
+    coord_dir = root / "coordinator"
+    coord = cli.at(coord_dir)
+    names = [f"{s}-val" for s in SITES]
+
+    # A round of three candidates, evaluated honestly by the three sites from the command line.
+    coord.ok("switch", "--orphan", "forgery-round")
+    made = coord.json("merge", *[f"origin/sites/{s}" for s in SITES], "-s", "linear", "--candidates", "3",
+                      "--seed", "11", "--json")
+    rid, cands = made["round"], [c["commit"] for c in made["candidates"]]
+    coord.ok("push", "origin", *[c["branch"] for c in made["candidates"]])
+    honest: dict[str, dict[str, float]] = {}
+    for name in SITES:
+        site = cli.at(root / name)
+        site.ok("fetch", "origin")
+        written = site.json("-C", root / name, "eval", *[f"origin/candidates/{rid}/{k}" for k in range(3)], "--score", "scoremod:score",
+                            "--name", f"{name}-val", "--json", cwd=code)["notes"]
+        assert all(n["signature"]["status"] == "good" and n["ok"] for n in written)
+        honest[name] = {n["commit"]: n["values"]["score"] for n in written}
+        site.ok("push", "origin", "--notes")
+    worst_of = {c: max(honest[s][c] for s in SITES) for c in cands}
+    best, worst = min(cands, key=lambda c: (worst_of[c], cands.index(c))), max(cands, key=lambda c: worst_of[c])
+    assert best != worst
+
+    # Mallory, a participant (site boston's key), and whoever else can write to the shared folder.
+    mal_dir = tmp_path / "mallory"
+    mal = cli.at(mal_dir)
+    cli.ok("init", mal_dir)
+    mal.ok("config", "user.name", "Mallory")
+    mal.ok("config", "user.email", "mallory@boston.example")
+    mal.ok("remote", "add", "origin", hub)
+    mal.ok("fetch", "origin", "--notes")
+    target = f"origin/candidates/{rid}/{cands.index(worst)}"
+    forged: dict[str, str] = {}
+
+    def lie(kind: str, site: str, *args: str) -> None:
+        mal.ok("config", "site", site)
+        (n,) = mal.json("-C", mal_dir, "eval", target, "--score", "liar:score", "--name", f"{site}-val", "--json", *args,
+                        cwd=code)["notes"]
+        assert n["values"]["score"] == -100.0 and n["ok"]
+        forged[kind] = n["id"]
+
+    mal.ok("config", "signing.key", keys / SITES[1])
+    lie("other site", SITES[0], "--sign")  # claims amsterdam, signed by boston's own (allowed) key
+    lie("unsigned", SITES[2], "--no-sign")
+    mal.ok("keygen", tmp_path / "mallory-key")
+    mal.ok("config", "signing.key", tmp_path / "mallory-key")
+    lie("unlisted key", SITES[1], "--sign")
+    m = Repository.open(mal_dir)
+    m.config.set("user.site", SITES[1])
+    future = make_note(m, worst, f"{SITES[1]}-val", {"score": -100.0}, key=load_signing_key(keys / SITES[1]),
+                                 timestamp="2100-01-01T00:00:00.000000Z")
+    (forged["future"],) = notes_api.add_notes(m, [future])
+    # amsterdam's real, signed note about the best candidate, filed under the worst one
+    replayed = next(n["id"] for n in m.notes_for(best) if n["measured_by"]["site"] == SITES[0])
+    index = notes_api.read_index(m)
+    index[worst] = sorted(set(index[worst]) | {replayed})
+    m.refs.update(notes_api.NOTES_REF, notes_api.write_snapshot(m, index), m.refs.read(notes_api.NOTES_REF))
+    forged["replayed"] = replayed
+    mal.ok("push", "origin", "--notes")
+
+    # boston measures the best candidate again: its own later note replaces its earlier one
+    b = net["sites"][SITES[1]]["repo"]
+    b.fetch_notes("origin")
+    earlier = next(n["id"] for n in b.notes_for(best) if n["name"] == f"{SITES[1]}-val")
+    (later,) = notes_api.add_notes(b, [make_note(b, best, f"{SITES[1]}-val",
+                                                           {"score": honest[SITES[1]][best]},
+                                                           key=load_signing_key(keys / SITES[1]))])
+    b.push_notes("origin")
+
+    coord.ok("fetch", "origin", "--notes")
+    res = coord("notes", "show", target)
+    assert res.returncode == 9  # the replayed note fails its checks (about another commit)
+    shown = {n["id"]: n for n in json.loads(coord("notes", "show", target, "--json").stdout)["notes"]}
+    reasons = {kind: shown[nid]["trust"]["reason"] for kind, nid in forged.items()}
+
+    def stable(reason: str) -> str:  # the time of reading is part of the future-dated reason
+        return reason.split(" (read at ")[0]
+
+    assert not any(shown[nid]["trust"]["trusted"] for nid in forged.values())
+    assert sum(n["trust"]["trusted"] for n in shown.values()) == 3  # the three honest notes
+    assert f"claims site {SITES[0]}" in reasons["other site"] and f"allowed only for sites/{SITES[1]}" in reasons["other site"]
+    assert reasons["unsigned"].startswith("unsigned")
+    assert f"not allowed for sites/{SITES[1]}" in reasons["unlisted key"] and "allowed only" not in reasons["unlisted key"]
+    assert "in the future" in reasons["future"]
+    assert f"about commit {best[:12]}" in reasons["replayed"]
+    for kind, nid in forged.items():
+        block = res.stdout.split(f"note {nid}", 1)[1].split("\nnote ", 1)[0]
+        assert block.startswith(("  UNTRUSTED", "  (NOT OK")), kind
+        assert f"  trust      UNTRUSTED: {stable(reasons[kind])}" in block, kind
+    assert "untrusted: claims site" in coord.ok("log", "-n", "1", target).stdout
+
+    # The selection: the honest candidate wins, and the commit records what was rejected and why.
+    sel = coord.json("merge", "--from-candidates", rid, "--select-by", ",".join(names), "--json")
+    sel = sel["provenance"]["selection"]
+    assert sel["chosen"]["commit"] == best and sel["chosen"]["aggregate"] == pytest.approx(worst_of[best])
+    policy_bytes = (coord_dir / ".mfgit" / "allowed_signers").read_bytes()
+    assert sel["trust"]["policy"]["sha256"] == hashlib.sha256(policy_bytes).hexdigest()
+    assert sel["trust"]["policy"]["source"].endswith("allowed_signers")
+    assert "allowed-signers policy for branch sites/<S>" in sel["trust"]["rule"]
+    rows = {r["commit"]: r for r in sel["candidates"]}
+    rejected = {r["note"]: r["reason"] for r in rows[worst]["rejected"]}
+    for kind, nid in forged.items():
+        assert stable(rejected[nid]) == f"untrusted: {stable(reasons[kind])}", kind
+    assert rows[worst]["aggregate"] == pytest.approx(worst_of[worst])  # its honest scores, not -100
+    assert {v["site"] for v in rows[worst]["scores"].values()} == set(SITES)
+    assert rows[best]["scores"][f"{SITES[1]}-val"]["note"] == later
+    assert {r["note"]: r["reason"] for r in rows[best]["rejected"]}[earlier].startswith("replaced by the site's later")
+
+    # Two sites with trusted notes of one name: whose evaluation it is is undecided, refused.
+    copy = tmp_path / "coordinator-copy"
+    shutil.copytree(coord_dir, copy, symlinks=True)
+    other = cli.at(copy)
+    other.ok("switch", "--orphan", "conflict")
+    c = net["sites"][SITES[2]]["repo"]
+    claim = make_note(c, best, f"{SITES[0]}-val", {"score": 0.0}, key=load_signing_key(keys / SITES[2]))
+    notes_api.add_notes(Repository.open(copy), [claim])
+    line = other.fails("merge", "--from-candidates", rid, "--select-by", ",".join(names), code=8)
+    assert f"trusted notes named {SITES[0]}-val come from 2 sites ({SITES[0]}, {SITES[2]})" in line
+    # No allowed-signers policy: no note is trusted, and the one line says how to set one up.
+    (copy / ".mfgit" / "allowed_signers").unlink()
+    line = other.fails("merge", "--from-candidates", rid, "--select-by", ",".join(names), code=9)
+    assert "no allowed-signers policy" in line and "docs/audit.md" in line and "sites/<site>" in line

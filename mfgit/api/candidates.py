@@ -4,8 +4,9 @@
 merge's default weights, each committed on ``candidates/<round>/<k>``. Sites
 evaluate them on their own data (``mfgit eval``) and push only the numbers
 (notes); ``merge --from-candidates ROUND --select-by NAME,...`` then commits
-the candidate with the best worst-site (or mean) score, recording the table
-it chose from.
+the candidate with the best worst-site (or mean) score by the notes that
+count — signed by a key the allowed-signers policy allows for the site they
+claim —, recording the table it chose from and every note it rejected.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from mfgit.api.search import check_bounds
-from mfgit.audit.notes import notes_for
-from mfgit.errors import MergeError, MfgitError, RefExists
+from mfgit.audit.notes import FUTURE_SKEW_SECONDS, TRUST_RULE, NoteTrust, notes_for
+from mfgit.audit.policy import policy_path
+from mfgit.errors import ConflictingEvaluations, MergeError, MfgitError, NoNotesPolicy, RefExists
 from mfgit.merge.engine import merge_adapters
 from mfgit.objects.canonical import canonical_json
 from mfgit.refs import HEADS, REMOTES
 from mfgit.repo.importer import store_adapter
+from mfgit.repo.notes import read_index
 
 if TYPE_CHECKING:
     from mfgit.merge.engine import MergeInput, MergeOutput, Recipe
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository, Signer
 
 SELECT_RULES = ("worst", "mean")
+SELECTION_RULE = ("per --select-by name, only trusted notes count, all from one site (two sites: refused); a "
+                  "site's own later note replaces its earlier one; notes of other sites never compete on time")
 CANDIDATE_SIGMA = 0.5  # the spread of the candidate design (log-normal jitter of the default weights)
 CANDIDATES_PREFIX = "candidates/"
 
@@ -172,19 +177,46 @@ def find_candidates(repo: "BaseRepository", rid: str) -> dict[int, str]:
     return found
 
 
+def _site(note: dict[str, Any]) -> str:
+    return str((note.get("measured_by") or {}).get("site"))
+
+
+def _name_sites(notes: dict[int, list[dict[str, Any]]], names: list[str]) -> None:
+    """Refuse a name whose trusted notes come from more than one site: whose evaluation it is is undecided."""
+    for name in names:
+        by_site: dict[str, list[str]] = {}
+        for k in sorted(notes):
+            for n in notes[k]:
+                if n.get("name") == name and n["trust"]["trusted"]:
+                    by_site.setdefault(_site(n), []).append(n["id"])
+        if len(by_site) > 1:
+            raise ConflictingEvaluations(name, sorted(by_site), sorted(i for ids in by_site.values() for i in ids))
+
+
 def _pick_note(notes: list[dict[str, Any]], name: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The latest usable note called `name` (and the rejected ones)."""
-    usable, rejected = [], []
+    """The note called `name` that counts (the trusted site's latest) and the rejected ones, with why."""
+    trusted, rejected = [], []
     for n in notes:
         if n.get("name") != name:
             continue
-        score = (n.get("values") or {}).get("score")
-        if not n.get("ok") or not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
-            rejected.append({"note": n["id"], "reason": n.get("problem") or "no finite score"})
-            continue
-        usable.append(n)
-    usable.sort(key=lambda n: (n.get("timestamp") or "", n["id"]))
-    return (usable[-1] if usable else None), rejected
+        if not n["trust"]["trusted"]:
+            rejected.append({"note": n["id"], "name": name, "site": (n.get("measured_by") or {}).get("site"),
+                             "reason": f"untrusted: {n['trust']['reason']}"})
+        else:
+            trusted.append(n)
+    # One site (checked by _name_sites), so its own dates order its own notes.
+    trusted.sort(key=lambda n: (n.get("timestamp") or "", n["id"]))
+    for n in trusted[:-1]:
+        rejected.append({"note": n["id"], "name": name, "site": _site(n),
+                         "reason": f"replaced by the site's later note {trusted[-1]['id'][:12]}"})
+    if not trusted:
+        return None, rejected
+    last = trusted[-1]
+    score = (last.get("values") or {}).get("score")
+    if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
+        rejected.append({"note": last["id"], "name": name, "site": _site(last), "reason": "no finite score"})
+        return None, rejected
+    return last, rejected
 
 
 def select_candidate(repo: "BaseRepository", request: SelectionRequest, *, message: str | None = None,
@@ -192,10 +224,14 @@ def select_candidate(repo: "BaseRepository", request: SelectionRequest, *, messa
     """Commit the candidate of round `rid` whose site scores are best under `rule`.
 
     Scores are the ``score`` values (lower is better) of the notes named in
-    `select_by` attached to each candidate commit; notes with a bad
-    signature, or about another commit, are not used. ``worst``: the
-    candidate with the lowest worst-site score; ``mean``: the lowest mean.
-    Only candidates with a usable note for every name compete. The commit's
+    `select_by` attached to each candidate commit. Only trusted notes count
+    (mfgit.audit.notes: signed by a key allowed for the site they claim, about
+    that commit, not dated in the future); each name must come from one site,
+    whose latest note counts (``SELECTION_RULE``). ``worst``: the candidate
+    with the lowest worst-site score; ``mean``: the lowest mean. Only
+    candidates with a counted note for every name compete. The provenance
+    records the rule, the policy (source and SHA-256), every note used and
+    every note of those names rejected, with why. The commit's
     adapter is the chosen candidate's own (what the sites evaluated), on the
     current branch, which must still be where the candidates were built.
     Returns (commit, adapter, provenance).
@@ -214,20 +250,24 @@ def select_candidate(repo: "BaseRepository", request: SelectionRequest, *, messa
     if not found:
         raise MergeError(f"no candidates of round {rid}: look for branches candidates/{rid}/* (mfgit branch -a); "
                          f"fetch them first if they were published elsewhere")
+    trust = NoteTrust.of(repo, strict=True)
+    if trust.policy is None:
+        raise NoNotesPolicy(str(policy_path(repo)))
     branch_ref, tip = repo.commit_target()
+    index = read_index(repo)
+    notes_of = {k: notes_for(repo, found[k], index, trust=trust) for k in sorted(found)}
+    _name_sites(notes_of, names)
     table = []
     for k in sorted(found):
         cid = found[k]
-        notes = notes_for(repo, cid)
         row: dict[str, Any] = {"index": k, "commit": cid, "scores": {}, "rejected": []}
         for name in names:
-            note, rejected = _pick_note(notes, name)
+            note, rejected = _pick_note(notes_of[k], name)
             row["rejected"].extend(rejected)
             if note is not None:
-                row["scores"][name] = {"score": note["values"]["score"], "note": note["id"],
-                                       "site": (note.get("measured_by") or {}).get("site"),
+                row["scores"][name] = {"score": note["values"]["score"], "note": note["id"], "site": _site(note),
                                        "signature": note["signature"]["status"],
-                                       "key_id": note["signature"].get("key_id")}
+                                       "key_id": note["signature"].get("key_id"), "trust": note["trust"]["reason"]}
         missing = [n for n in names if n not in row["scores"]]
         if missing:
             row["aggregate"] = None
@@ -239,8 +279,9 @@ def select_candidate(repo: "BaseRepository", request: SelectionRequest, *, messa
     complete = [r for r in table if r["aggregate"] is not None]
     if not complete:
         need = "; ".join(f"candidate {r['index']} lacks {', '.join(r['missing'])}" for r in table[:4])
-        raise MergeError(f"no candidate of round {rid} has a usable note for every name in --select-by ({need}); "
-                         f"fetch the sites' notes first: mfgit fetch REMOTE --notes")
+        raise MergeError(f"no candidate of round {rid} has a trusted note for every name in --select-by ({need}); "
+                         f"fetch the sites' notes first (mfgit fetch REMOTE --notes) and see why notes are "
+                         f"untrusted: mfgit notes show REV")
     winner = min(complete, key=lambda r: (r["aggregate"], r["index"]))
     chosen = repo.read_commit(winner["commit"])
     prov = dict(chosen.provenance)
@@ -256,6 +297,9 @@ def select_candidate(repo: "BaseRepository", request: SelectionRequest, *, messa
         "round": rid, "rule": rule, "select_by": names, "objective": "score (lower is better)",
         "chosen": {"index": winner["index"], "commit": winner["commit"], "aggregate": winner["aggregate"],
                    "weights": cand.get("weights")},
+        "trust": {"rule": f"{TRUST_RULE}; {SELECTION_RULE}", "time": trust.now,
+                  "future_skew_seconds": FUTURE_SKEW_SECONDS,
+                  "policy": {"source": trust.policy.source, "sha256": trust.policy.sha256}},
         "candidates": table, "design": cand.get("design"), "of": cand.get("of"),
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from mfgit.audit.notes import notes_for, read_note
+from mfgit.audit.notes import NoteTrust, notes_for, read_note
 from mfgit.errors import ScoreError
 from mfgit.objects.canonical import canonical_json
 from mfgit.objects.timestamp import utc_now
@@ -27,9 +27,13 @@ if TYPE_CHECKING:
 
 
 def show(repo: "BaseRepository", rev: str = "HEAD") -> dict[str, Any]:
+    """The notes on REV, checked and judged. ``ok``: every note passes its checks (a note can be ok
+    and still untrusted, e.g. unsigned: ``trusted`` / ``untrusted`` count them)."""
     cid = repo.resolve(rev)
     notes = notes_for(repo, cid)
-    return {"commit": cid, "notes": notes, "ok": all(n["ok"] for n in notes)}
+    trusted = sum(1 for n in notes if n["trust"]["trusted"])
+    return {"commit": cid, "notes": notes, "ok": all(n["ok"] for n in notes), "trusted": trusted,
+            "untrusted": len(notes) - trusted}
 
 
 def listing(repo: "BaseRepository") -> dict[str, Any]:
@@ -121,4 +125,5 @@ def evaluate(repo: "BaseRepository", revs: Iterable[str], *, score: Any, name: s
             model.unload()  # back to the plain base model for the next revision
         notes.append(make_note(repo, cid, name, values, scorer=scorer.record, code=code_info, message=message, key=key))
     ids = add_notes(repo, notes)
-    return [read_note(repo, i, n["commit"]) for n, i in zip(notes, ids)]
+    trust = NoteTrust.of(repo)
+    return [read_note(repo, i, n["commit"], adapter=n["adapter"], trust=trust) for n, i in zip(notes, ids)]

@@ -68,13 +68,13 @@ def remotes(repo: BaseRepository) -> list[dict[str, Any]]:
 
 
 def _check_push(repo: BaseRepository, transport: Transport, remote_name: str, src: str, dst: str | None) -> None:
-    """Refuse a push to a protected branch whose new commits fail `verify --signatures`."""
+    """Refuse a push whose new commits would fail `verify --signatures` on the remote (see check_push)."""
     local = repo.resolve(src)
+    published = None
     if dst is None:
         dst = src[len(HEADS):] if src.startswith(HEADS) else src
+        published = src  # the destination is named after the source: the source's branch is published too
     dst_ref = dst if dst.startswith("refs/") else HEADS + dst
-    if not dst_ref.startswith(HEADS):
-        return
     try:
         current = transport.get_versioned(dst_ref)
     except KeyNotFound:
@@ -84,8 +84,8 @@ def _check_push(repo: BaseRepository, transport: Transport, remote_name: str, sr
         policy_text = transport.get("allowed_signers").decode("utf-8")
     except KeyNotFound:
         policy_text = None
-    check_push_policy(repo, local, dst_ref[len(HEADS):], remote_value=remote_value, remote_policy_text=policy_text,
-                      remote_name=remote_name)
+    check_push_policy(repo, local, dst_ref, remote_value=remote_value, remote_policy_text=policy_text,
+                      remote_name=remote_name, src_rev=published or (None if dst_ref.startswith(HEADS) else src))
 
 
 def push(repo: BaseRepository, remote: str, refspecs: list[str] | None = None, *, force: bool = False,

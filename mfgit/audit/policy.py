@@ -16,6 +16,7 @@ must carry a valid signature by a key listed for a pattern that matches it.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +45,10 @@ class AllowedSigner:
 class AllowedSigners:
     source: str
     entries: tuple[AllowedSigner, ...]
+    sha256: str = ""  # of the file's bytes: what a record of a decision names the policy by
 
     @classmethod
-    def parse(cls, text: str, source: str) -> "AllowedSigners":
+    def parse(cls, text: str, source: str, *, sha256: str | None = None) -> "AllowedSigners":
         entries = []
         for n, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
@@ -63,18 +65,19 @@ class AllowedSigners:
             except (ValueError, SigningKeyError) as e:
                 raise SigningKeyError(source, f"line {n}: {e}") from None
             entries.append(AllowedSigner(patterns, key, " ".join(parts[3:]), n))
-        return cls(source, tuple(entries))
+        return cls(source, tuple(entries), sha256 or hashlib.sha256(text.encode("utf-8")).hexdigest())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AllowedSigners":
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            raw = p.read_bytes()
+            text = raw.decode("utf-8")
         except FileNotFoundError:
             raise SigningKeyError(str(p), "the allowed-signers file does not exist") from None
         except UnicodeDecodeError:
             raise SigningKeyError(str(p), "the allowed-signers file is not UTF-8 text") from None
-        return cls.parse(text, str(p))
+        return cls.parse(text, str(p), sha256=hashlib.sha256(raw).hexdigest())
 
     def protected(self, branch: str | None) -> bool:
         return branch is not None and any(e.matches(branch) for e in self.entries)

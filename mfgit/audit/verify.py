@@ -12,27 +12,34 @@ and signatures against the allowed-signers policy.
 * **signatures**: each commit is attributed to a branch (below) and its
   signature judged by `mfgit.audit.signing.judge`.
 
-Branch attribution. REV's own branch (REV names it, or ``branch=``) owns the
-first-parent chain. At a merge commit, the parent that was the branch's tip
+Branch attribution. Signature policy follows the branch a commit belongs
+to, however it is named. REV's branches (``rev_branches``) are the branch REV
+names — a local branch (``sites/a``, ``refs/heads/sites/a``) or a
+remote-tracking one (``origin/sites/a``, ``refs/remotes/origin/sites/a``), both
+``sites/a`` —, else every branch, local or remote-tracking (normalised the same
+way), that the commit belongs to by the attribution below, else ``sites/<site>``
+of the site the commit records (the project's convention: site S commits on
+``sites/S``); ``branch=`` (``--branch``) adds one, it never replaces them, so
+no way of naming a commit lifts a protection. Each branch owns the first-parent
+chain from REV. At a merge commit, the parent that was the branch's tip
 (``integration.base``, or the first parent unless it was one of the named
 inputs of a one-shot merge) stays on the branch; every other parent starts a
 side branch: the revision name the merge recorded for it when that names a
 branch (``sites/a``, ``origin/sites/a`` → ``sites/a``, ``m1``; not
 ``HEAD~1``, an id or other revision expressions), else ``sites/<site>`` of
-the site the commit records (the project's convention: site S commits on
-``sites/S``), else none. A commit reached along
-several attributions is judged under each.
+the commit, else none. A commit reached along several attributions is judged
+under each: protected under any, it must pass.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from mfgit.audit.policy import AllowedSigners, judge, load_policy
 from mfgit.audit.signing import check_signature
 from mfgit.errors import CorruptObject, MalformedObject, MfgitError, ObjectNotFound, SignatureError
 from mfgit.objects.model import Commit, Tag, decode_object, is_object_id, split_tensor_payload
-from mfgit.refs import HEADS, REMOTES, TAGS, check_branch_name
+from mfgit.refs import HEADS, REMOTES, SYMREF, TAGS, check_branch_name
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository
@@ -231,13 +238,14 @@ def _side_branch(repo: "BaseRepository", parent: str, label: str | None) -> str 
     return f"sites/{c.site}" if c.site else None
 
 
-def attribute(repo: "BaseRepository", tip: str, branch: str | None, *,
+def attribute(repo: "BaseRepository", tip: str, branches: Sequence[str | None], *,
               exclude: set[str] | None = None) -> list[tuple[str, str | None]]:
-    """(commit, branch) pairs: every commit reachable from `tip` with the branch it belongs to."""
+    """(commit, branch) pairs: every commit reachable from `tip` with the branch it belongs to,
+    `tip` itself on each of `branches`."""
     exclude = exclude or set()
     out: list[tuple[str, str | None]] = []
     seen: set[tuple[str, str | None]] = set()
-    stack: list[tuple[str, str | None]] = [(tip, branch)]
+    stack: list[tuple[str, str | None]] = [(tip, b) for b in (list(branches) or [None])]
     while stack:
         cid, b = stack.pop()
         if (cid, b) in seen or cid in exclude:
@@ -268,11 +276,12 @@ def attribute(repo: "BaseRepository", tip: str, branch: str | None, *,
     return out
 
 
-def check_signatures(repo: "BaseRepository", tip: str, branch: str | None, policies: list[AllowedSigners], *,
-                     exclude: set[str] | None = None) -> list[dict[str, Any]]:
+def check_signatures(repo: "BaseRepository", tip: str, branches: Sequence[str | None],
+                     policies: list[AllowedSigners], *, exclude: set[str] | None = None) -> list[dict[str, Any]]:
+    """Every commit reachable from `tip` judged for each branch it belongs to (`tip` on `branches`)."""
     out = []
     cache: dict[str, Any] = {}
-    for cid, b in attribute(repo, tip, branch, exclude=exclude):
+    for cid, b in attribute(repo, tip, branches, exclude=exclude):
         entry: dict[str, Any] = {"commit": cid, "branch": b}
         if cid not in cache:
             try:
@@ -322,17 +331,66 @@ def check_tag_signature(repo: "BaseRepository", tag_id: str, policies: list[Allo
 # -- the verb ----------------------------------------------------------------------------------
 
 
-def rev_branch(repo: "BaseRepository", rev: str) -> str | None:
-    """The branch a revision names, if it names one (``main``, ``refs/heads/main``, ``HEAD``)."""
+def ref_branch(ref: str) -> str | None:
+    """The branch a full ref is: ``refs/heads/X`` and ``refs/remotes/R/X`` are both X."""
+    if ref.startswith(HEADS):
+        return ref[len(HEADS):] or None
+    if ref.startswith(REMOTES):
+        rest = ref[len(REMOTES):].split("/", 1)
+        return rest[1] if len(rest) == 2 and rest[1] and rest[1] != "HEAD" else None
+    return None
+
+
+def named_branch(repo: "BaseRepository", rev: str) -> str | None:
+    """The branch REV names, if it names one, looked up in the order revisions resolve.
+
+    ``HEAD`` is the checked-out branch; ``sites/a`` and ``refs/heads/sites/a`` are
+    ``sites/a``, and so are ``origin/sites/a`` and ``refs/remotes/origin/sites/a``
+    (the same branch, as last fetched). Ids, tags and expressions (``X~1``) name
+    no branch: their commit's branches are found by ``containing_branches``.
+    """
     if rev in ("HEAD", "@"):
         return repo.head_branch()
-    name = rev[len(HEADS):] if rev.startswith(HEADS) else rev
-    try:
-        if repo.refs.read(HEADS + name) is not None:
-            return name
-    except MfgitError:
+    if any(ch in rev for ch in "~^:") or (is_object_id(rev) and repo.store.has(rev)):
         return None
+    for ref in ([rev] if rev.startswith("refs/") else [HEADS + rev, TAGS + rev, REMOTES + rev]):
+        try:
+            value = repo.refs.read(ref)
+        except MfgitError:
+            continue
+        if value is None:
+            continue
+        if value.startswith(SYMREF):  # refs/remotes/origin/HEAD -> the branch it points at
+            ref = value[len(SYMREF):]
+        return ref_branch(ref)
     return None
+
+
+def containing_branches(repo: "BaseRepository", commit_id: str) -> list[str]:
+    """Every branch, local or remote-tracking (normalised by ``ref_branch``), that `commit_id`
+    belongs to: the branches the attribution walk from each branch's tip assigns it to."""
+    found: set[str] = set()
+    walked: set[tuple[str, str]] = set()
+    for prefix in (HEADS, REMOTES):
+        for ref, tip in sorted(repo.refs.items(prefix).items()):
+            name = ref_branch(ref)
+            if name is None or not is_object_id(tip) or (tip, name) in walked:
+                continue
+            walked.add((tip, name))
+            found.update(b for c, b in attribute(repo, tip, [name]) if c == commit_id and b)
+    return sorted(found)
+
+
+def rev_branches(repo: "BaseRepository", rev: str, tip: str, branch: str | None = None) -> list[str | None]:
+    """The branches REV's commit is judged on (module docstring, "Branch attribution")."""
+    named = named_branch(repo, rev)
+    out: list[str | None] = [named] if named else containing_branches(repo, tip)
+    if not out:
+        out = [_side_branch(repo, tip, None)]  # on no branch: sites/<site> of the commit, if it records one
+    out = [b for b in out if b]
+    if branch and branch not in out:
+        out.append(branch)
+    return out or [None]
 
 
 def _annotated_tag(repo: "BaseRepository", rev: str) -> str | None:
@@ -355,10 +413,10 @@ def verify(repo: "BaseRepository", rev: str = "HEAD", *, reproduce: bool = False
            branch: str | None = None, tolerance: float = DEFAULT_TOLERANCE, device: str | None = None) -> dict[str, Any]:
     tag = _annotated_tag(repo, rev)
     tip = repo.resolve(rev)
-    if branch is None:
-        branch = rev_branch(repo, rev)
+    branches = rev_branches(repo, rev, tip, branch)
     commits = history(repo, tip)
-    report: dict[str, Any] = {"rev": rev, "commit": tip, "branch": branch, "commits": len(commits)}
+    report: dict[str, Any] = {"rev": rev, "commit": tip, "branch": branches[0],
+                              "branches": [b for b in branches if b], "commits": len(commits)}
     failures: list[dict[str, Any]] = []
     integrity = check_integrity(repo, commits, tag)
     report["integrity"] = integrity
@@ -373,12 +431,12 @@ def verify(repo: "BaseRepository", rev: str = "HEAD", *, reproduce: bool = False
     if signatures:
         policy = load_policy(repo)
         policies = [policy] if policy is not None else []
-        entries = check_signatures(repo, tip, branch, policies)
+        entries = check_signatures(repo, tip, branches, policies)
         tags = [check_tag_signature(repo, tag, policies)] if tag else []
         report["signatures"] = {
             "ok": all(e["ok"] for e in entries) and all(t["ok"] for t in tags),
             "policy": policy.source if policy is not None else None,
-            "protected": bool(policy and policy.protected(branch)),
+            "protected": bool(policy and any(policy.protected(b) for b in branches)),
             "commits": entries,
             "tags": tags,
         }
@@ -393,14 +451,19 @@ def verify(repo: "BaseRepository", rev: str = "HEAD", *, reproduce: bool = False
 # -- push --------------------------------------------------------------------------------------
 
 
-def check_push(repo: "BaseRepository", local: str, dst_branch: str, *, remote_value: str | None,
-               remote_policy_text: str | None, remote_name: str) -> None:
-    """Refuse (SignatureError) to push commits to a protected branch that would fail verify --signatures.
+def check_push(repo: "BaseRepository", local: str, dst_ref: str, *, remote_value: str | None,
+               remote_policy_text: str | None, remote_name: str, src_rev: str | None = None) -> None:
+    """Refuse (SignatureError) a push whose new commits would fail verify --signatures on the remote.
 
     Policies: the repository's own allowed signers and, when the remote keeps
-    one (an ``allowed_signers`` file at its top), the remote's. Commits already
-    in the remote branch's history are not judged again; everything else that
-    would become reachable from it is, with its branch attribution.
+    one (an ``allowed_signers`` file at its top), the remote's. The pushed tip
+    is judged on the branch `dst_ref` is (``ref_branch``) and, when `src_rev`
+    is given (the destination was named after the source, or is no branch),
+    on the branches of that revision (``rev_branches``: pushing
+    ``origin/sites/a`` or an id of it publishes ``sites/a``). When any of
+    those is protected, its history is judged with the same attribution as
+    verify (side branches on their own branches). Commits already in the
+    remote ref's history are not judged again.
     """
     policies = []
     local_policy = load_policy(repo)
@@ -408,11 +471,19 @@ def check_push(repo: "BaseRepository", local: str, dst_branch: str, *, remote_va
         policies.append(local_policy)
     if remote_policy_text is not None:
         policies.append(AllowedSigners.parse(remote_policy_text, f"{remote_name}:allowed_signers"))
-    if not any(p.protected(dst_branch) for p in policies):
+    if not policies:
+        return
+    dst_branch = ref_branch(dst_ref)
+    branches: list[str | None] = [dst_branch] if dst_branch else []
+    if src_rev is not None:
+        branches += [b for b in rev_branches(repo, src_rev, local) if b not in branches]
+    if not any(p.protected(b) for p in policies for b in branches):
         return
     exclude: set[str] = set()
     if remote_value and is_object_id(remote_value) and repo.store.has(remote_value):
         exclude = set(history(repo, remote_value))
-    for e in check_signatures(repo, local, dst_branch, policies, exclude=exclude):
+    protected = dst_branch is not None and any(p.protected(dst_branch) for p in policies)
+    what = f"protected branch {dst_branch}" if protected else f"branch {dst_branch}" if dst_branch else dst_ref
+    for e in check_signatures(repo, local, branches, policies, exclude=exclude):
         if not e["ok"]:
-            raise SignatureError(e["commit"], f"refusing to push to protected branch {dst_branch}: {e['reason']}")
+            raise SignatureError(e["commit"], f"refusing to push to {what}: {e['reason']}")

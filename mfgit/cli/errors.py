@@ -80,6 +80,11 @@ TABLE: list[tuple[type, int, Fix]] = [
     (E.SigningKeyError, BAD_INPUT, _fix("make a key with: mfgit keygen PATH, then: mfgit config signing.key PATH")),
     (E.DemoError, USAGE, _fix("")),
     (E.ScoreError, BAD_INPUT, _fix("see docs/search-and-eval.md for what a score function receives and returns")),
+    (E.NoNotesPolicy, SIGNATURE, _fix("list each site's public key for branch sites/<site> in that file, one line "
+                                      "'sites/<site> ssh-ed25519 AAAA... comment' (see docs/audit.md), or name one "
+                                      "with: mfgit config signing.allowedSigners PATH")),
+    (E.ConflictingEvaluations, MERGE, _fix("select by names that one site each evaluates (mfgit eval --name "
+                                           "SITE-val); see docs/search-and-eval.md")),
 ]
 
 

@@ -172,15 +172,18 @@ def _values_text(values: dict[str, Any]) -> str:
 
 
 def note_line(n: dict[str, Any], *, with_commit: bool = False) -> str:
-    """One line for a note: name, values, who (site), when, signature status."""
+    """One line for a note: name, values, who (site), when, signature status, and whether it counts."""
     who = n.get("measured_by") or {}
     sig = n.get("signature") or {}
     status = {"good": f"signed {sig.get('key_id')}", "unsigned": "unsigned"}.get(sig.get("status"), "BAD SIGNATURE")
+    trust = n.get("trust") or {"trusted": False, "reason": "not judged"}
     head = f"{str(n.get('commit'))[:10]} " if with_commit else ""
     line = (f"{head}{n.get('name')}: {_values_text(n.get('values') or {})}  [{who.get('site') or who.get('name')}, "
-            f"{str(n.get('timestamp'))[:19]}, {status}]")
+            f"{str(n.get('timestamp'))[:19]}, {status}, {'trusted' if trust['trusted'] else 'UNTRUSTED'}]")
     if n.get("ok") is False:
         line += f"  !! {n.get('problem')}"
+    elif not trust["trusted"]:
+        line += f"  untrusted: {trust.get('reason')}"
     return line
 
 
@@ -192,7 +195,9 @@ def notes_text(data: dict[str, Any]) -> str:
         who = n.get("measured_by") or {}
         sig = n.get("signature") or {}
         code = n.get("code") or {}
-        lines.append(f"note {n['id']}{'' if n.get('ok') else '  (NOT OK: ' + str(n.get('problem')) + ')'}")
+        trust = n.get("trust") or {"trusted": False, "reason": "not judged"}
+        lines.append(f"note {n['id']}{'' if n.get('ok') else '  (NOT OK: ' + str(n.get('problem')) + ')'}"
+                     f"{'' if trust['trusted'] else '  UNTRUSTED'}")
         lines.append(f"  name       {n.get('name')}")
         lines.append(f"  values     {_values_text(n.get('values') or {})}")
         lines.append(f"  measured   {who.get('name')} <{who.get('email')}>" + (f", site {who['site']}" if who.get("site") else ""))
@@ -205,7 +210,12 @@ def notes_text(data: dict[str, Any]) -> str:
         lines.append(f"  adapter    {n.get('adapter')}")
         lines.append(f"  signature  {sig.get('status')}" + (f" {sig.get('key_id')}" if sig.get("key_id") else "")
                      + (f": {sig.get('reason')}" if sig.get("status") == "bad" else ""))
-    lines.append("notes: " + ("ok" if data["ok"] else "SOME NOTES FAILED THEIR CHECKS"))
+        lines.append(f"  trust      {'trusted' if trust['trusted'] else 'UNTRUSTED'}: {trust.get('reason')}")
+    counts = ""
+    if data["notes"]:
+        trusted = sum(1 for n in data["notes"] if (n.get("trust") or {}).get("trusted"))
+        counts = f" ({trusted} trusted, {len(data['notes']) - trusted} untrusted)"
+    lines.append("notes: " + ("ok" if data["ok"] else "SOME NOTES FAILED THEIR CHECKS") + counts)
     return "\n".join(lines) + "\n"
 
 
