@@ -67,7 +67,7 @@ def blame(ctx, rev, all_parents, as_json):
 @click.argument("rev", default="HEAD", required=False)
 @click.option("--reproduce", is_flag=True, help="Re-run every merge in the history from its recorded recipe.")
 @click.option("--signatures", is_flag=True, help="Check signatures against the allowed signers.")
-@click.option("--branch", default=None, help="Judge REV's history as branch BRANCH (default: the branch REV names).")
+@click.option("--branch", default=None, help="Also judge REV's history as branch BRANCH (besides the branches REV is on).")
 @click.option("--tolerance", type=float, default=None, help="Max |ΔW difference| accepted across device types (default 1e-4).")
 @click.option("--device", default=None, help="Device for --reproduce (default: the recorded device type if present, else cpu).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/audit.md).")
