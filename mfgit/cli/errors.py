@@ -79,6 +79,8 @@ TABLE: list[tuple[type, int, Fix]] = [
     (E.SigningKeyError, BAD_INPUT, _fix("make a key with: mfgit keygen PATH, then: mfgit config signing.key PATH")),
     (E.DemoError, USAGE, _fix("")),
     (E.ScoreError, BAD_INPUT, _fix("see docs/search-and-eval.md for what a score function receives and returns")),
+    (E.InvalidObject, BAD_INPUT, _fix("the value comes from the input, the identity (user.name, user.email, user.site) "
+                                      "or the API call; correct it and try again")),
 ]
 
 
