@@ -413,3 +413,22 @@ def test_catastrophic_backtracking_key_is_matched_in_linear_time():
         assert not key_matches("(a+)+b", "a" * n)
     assert key_matches("(a+)+b", "x." + "a" * 60 + "b")
     assert time.perf_counter() - t0 < 1.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70) | st.floats() | st.text(max_size=4)
+    | st.builds(lambda x: __import__("numpy").float64(x), st.floats()) | st.just("\ud800") | st.just(object()),
+    lambda children: st.lists(children, max_size=3) | st.tuples(children)
+    | st.dictionaries(st.text(max_size=3) | st.just("\udc80") | st.integers(), children, max_size=3),
+    max_leaves=10))
+def test_the_json_value_rules_have_one_answer(value):
+    from mfgit.formats.jsonvalue import JSONValueError, _first_problem, check_value
+
+    try:
+        check_value(value)
+        refused = False
+    except JSONValueError as e:
+        refused = True
+        assert "breaks a rule" not in e.reason  # the full pass named the value the fast pass found
+    assert _first_problem(value, 64) == refused

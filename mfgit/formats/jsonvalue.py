@@ -77,6 +77,8 @@ def loads_strict(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
 
 
 def _string_problem(s: str) -> str | None:
+    if s.isascii():
+        return None
     try:
         s.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -88,11 +90,47 @@ def _key_text(k: str) -> str:
     return k if len(k) <= 40 and k.isprintable() and k.isascii() else repr(k[:40])
 
 
+def _first_problem(value: Any, max_depth: int) -> bool:
+    """Whether `value` breaks a rule: a fast pass without paths (the common case is no problem).
+    The same tests as check_value's, in the same order (subclasses such as numpy's float64 pass)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if v is None or isinstance(v, bool):
+            continue
+        if isinstance(v, str):
+            if _string_problem(v):
+                return True
+        elif isinstance(v, int):
+            if not INT_MIN <= v <= INT_MAX:
+                return True
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                return True
+        elif isinstance(v, dict):
+            if depth >= max_depth:
+                return True
+            for k, item in v.items():
+                if not isinstance(k, str) or _string_problem(k):
+                    return True
+                stack.append((item, depth + 1))
+        elif isinstance(v, (list, tuple)):
+            if depth >= max_depth:
+                return True
+            stack.extend((item, depth + 1) for item in v)
+        else:
+            return True
+    return False
+
+
 def check_value(value: Any, *, max_depth: int = MAX_DEPTH, where: str = "$") -> None:
     """Raise JSONValueError unless `value` holds only what `loads_strict` accepts.
 
-    Iterative, so that a deep value cannot exhaust the interpreter's stack.
+    Iterative, so that a deep value cannot exhaust the interpreter's stack;
+    paths are built only to name a problem once one is found.
     """
+    if not _first_problem(value, max_depth):
+        return
     stack: list[tuple[Any, str, int]] = [(value, where, 0)]
     while stack:
         v, path, depth = stack.pop()
@@ -123,3 +161,4 @@ def check_value(value: Any, *, max_depth: int = MAX_DEPTH, where: str = "$") -> 
                 stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v))
         else:
             raise JSONValueError(path, f"a {type(v).__name__} is not a JSON value")
+    raise JSONValueError(where, "breaks a rule of strict JSON")  # pragma: no cover - the passes agree

@@ -226,8 +226,9 @@ def check_ranks(config: Mapping[str, Any], modules: Mapping[str, Mapping[str, An
     entry) is the rank of its saved factors; InvalidAdapter naming the first
     module that disagrees. PEFT could not load such an adapter, and any
     scaling computed from it would be wrong."""
+    _checked(config, where)
     for name, m in modules.items():
-        module_scaling(config, name, int(m["r"]), where=where)
+        _scaling(config, name, int(m["r"]), where)
 
 
 def pattern_key(patterns: Mapping[str, Any], module: str) -> str | None:
@@ -250,23 +251,35 @@ def module_scaling(config: Mapping[str, Any], module: str, rank: int, *,
     InvalidAdapter when the config cannot scale the module (see
     `check_scaling_config`) or gives it another rank than `rank`.
     """
-    inner = module[len(PEFT_PREFIX):] if module.startswith(PEFT_PREFIX) else module
+    _checked(config, where or module)
+    return _scaling(config, module, rank, where or module)
+
+
+def _checked(config: Mapping[str, Any], where: str) -> None:
     try:
         check_scaling_config(config)
-        rp = config.get("rank_pattern") or {}
-        ap = config.get("alpha_pattern") or {}
+    except ValueError as e:
+        raise InvalidAdapter(where, str(e)) from None
+
+
+def _scaling(config: Mapping[str, Any], module: str, rank: int, where: str) -> tuple[int, float, float]:
+    """module_scaling of a config that passed check_scaling_config."""
+    inner = module[len(PEFT_PREFIX):] if module.startswith(PEFT_PREFIX) else module
+    rp = config.get("rank_pattern") or {}
+    ap = config.get("alpha_pattern") or {}
+    try:
         rk = pattern_key(rp, inner)
         ak = pattern_key(ap, inner)
-    except ValueError as e:  # PatternError included
-        raise InvalidAdapter(where or module, str(e)) from None
+    except PatternError as e:
+        raise InvalidAdapter(where, str(e)) from None
     r = rp[rk] if rk is not None else config["r"]
     alpha = float(ap[ak] if ak is not None else config.get("lora_alpha", config["r"]))
     if r != rank:
         # The tensors are the truth; a config that disagrees would make PEFT
         # fail to load them, so say so rather than scale by the wrong r.
         src = f"rank_pattern[{_short(rk)}]" if rk is not None else "r"
-        raise InvalidAdapter(where or module, f"module {module}: the config gives rank {r} ({src}) but the saved "
-                                              f"factors have rank {rank}")
+        raise InvalidAdapter(where, f"module {module}: the config gives rank {r} ({src}) but the saved "
+                                    f"factors have rank {rank}")
     if config.get("use_rslora"):
         scaling = alpha / math.sqrt(r)
     else:
@@ -326,7 +339,7 @@ def file_name_problem(name: Any) -> str | None:
         return "not a plain name inside the directory"
     if name.startswith("."):
         return "a hidden name (leading dot)"
-    if any(unicodedata.category(c) == "Cc" for c in name):
+    if not name.isprintable() and any(unicodedata.category(c) == "Cc" for c in name):
         return "it contains control characters"
     if len(name.encode("utf-8")) > 255:
         return "longer than 255 bytes"
@@ -346,7 +359,7 @@ def tensor_name_problem(name: Any) -> str | None:
         return "not valid Unicode (a lone surrogate)"
     if len(name) > MAX_TENSOR_NAME:
         return f"longer than {MAX_TENSOR_NAME} characters"
-    if any(unicodedata.category(c) == "Cc" for c in name):
+    if not name.isprintable() and any(unicodedata.category(c) == "Cc" for c in name):
         return "it contains control characters"
     return None
 

@@ -20,15 +20,17 @@ class CanonicalError(ValueError):
     """A value cannot be encoded canonically (NaN, non-string key, ...)."""
 
 
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
 def canonical_json(value: Any) -> bytes:
     """Encode `value` canonically. Raises CanonicalError for unencodable values."""
     try:
         check_value(value)
     except JSONValueError as e:
         raise CanonicalError(str(e)) from None
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _dumps(value)
 
 
 def parse_canonical(data: bytes) -> Any:
@@ -37,6 +39,7 @@ def parse_canonical(data: bytes) -> Any:
         value = loads_strict(data)
     except JSONValueError as e:
         raise CanonicalError(str(e)) from None
-    if canonical_json(value) != data:
+    # loads_strict checked the value against the same rules canonical_json does.
+    if _dumps(value) != data:
         raise CanonicalError("not in canonical form")
     return value

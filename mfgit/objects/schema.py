@@ -34,7 +34,6 @@ from typing import Any, Callable, Mapping
 from mfgit.errors import InvalidAdapter
 from mfgit.formats.dtypes import DTYPE_SIZES
 from mfgit.formats.peft import check_ranks, file_name_problem, lora_modules, tensor_name_problem
-from mfgit.objects.canonical import canonical_json
 
 ADAPTER_FORMAT = 1
 NOTE_FORMAT = "mfgit-note/1"
@@ -85,7 +84,7 @@ def _string(value: Any, where: str, *, text: bool = False, empty: bool = True) -
     if text:
         if len(value) > MAX_NAME_CHARS:
             raise SchemaError(where, f"longer than {MAX_NAME_CHARS} characters")
-        if any(unicodedata.category(c) == "Cc" for c in value):
+        if not value.isprintable() and any(unicodedata.category(c) == "Cc" for c in value):
             raise SchemaError(where, "holds control characters")
     return value
 
@@ -234,8 +233,8 @@ def adapter(value: Any) -> dict[str, Any]:
         derived = lora_modules(shapes, "tensors", require=False)
     except InvalidAdapter as e:
         raise SchemaError("tensors", e.reason) from None
-    # Compared as encoded, so that 8 and 8.0 (equal in Python) differ here as in the id.
-    if canonical_json(modules) != canonical_json(derived):
+    # type(r) too: 8.0 and True equal 8 in Python, but not in the encoding.
+    if modules != derived or any(type(m.get("r")) is not int for m in modules.values()):
         bad = next((m for m in sorted(set(modules) | set(derived)) if modules.get(m) != derived.get(m)), "?")
         want = derived.get(bad)
         raise SchemaError(f"modules[{bad[:80]!r}]",
