@@ -432,3 +432,46 @@ def test_the_json_value_rules_have_one_answer(value):
         refused = True
         assert "breaks a rule" not in e.reason  # the full pass named the value the fast pass found
     assert _first_problem(value, 64) == refused
+
+
+# -- ECDSA signatures: one form ------------------------------------------------------------------
+
+_P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _ecdsa_signed_commit() -> tuple[dict[str, Any], Any]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from mfgit.audit.keys import SigningKey
+
+    key = SigningKey("test", ec.generate_private_key(ec.SECP256R1()))
+    value = valid_commit()
+    del value["signature"]
+    value["signature"] = key.signature_for(Commit.from_dict(value).signing_payload())
+    return value, key
+
+
+def test_ecdsa_signatures_are_made_and_accepted_in_low_s_form_only():
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+    from mfgit.audit.signing import check_signature
+
+    for _ in range(8):  # half of all raw ECDSA signatures are high-S
+        value, _key = _ecdsa_signed_commit()
+        r, s = decode_dss_signature(base64.b64decode(value["signature"]["sig"]))
+        assert s <= _P256_N // 2
+        assert check_signature(decode("commit", value)).status == "good"
+    # The bug: (r, n - s) verifies too, so anyone could give the signed commit a second id.
+    twin = json.loads(json.dumps(value))
+    twin["signature"]["sig"] = base64.b64encode(encode_dss_signature(r, _P256_N - s)).decode()
+    assert "high S" in refused("commit", twin)
+
+
+def test_compressed_ecdsa_public_key_is_refused_at_decode():
+    from cryptography.hazmat.primitives import serialization
+
+    value, key = _ecdsa_signed_commit()
+    compressed = key.private.public_key().public_bytes(serialization.Encoding.X962,
+                                                       serialization.PublicFormat.CompressedPoint)
+    value["signature"]["public_key"] = base64.b64encode(compressed).decode()
+    assert "uncompressed" in refused("commit", value)

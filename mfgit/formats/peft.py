@@ -14,7 +14,7 @@ import os
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from mfgit.errors import InvalidAdapter, OutputNotEmpty, PickleRefused, UnsafePath
 from mfgit.formats.jsonvalue import JSONValueError, loads_strict

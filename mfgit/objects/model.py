@@ -6,6 +6,11 @@ Every object has a kind and a decoded payload; its id is the SHA-256 of
 file bytes; for the others their canonical JSON. The kind is hashed so that
 bytes of one kind can never be taken for another. How a store keeps the
 payload (compressed or not) never changes the id.
+
+Every structured object is read and written through the one schema
+(`mfgit.objects.schema`): `decode_object` and `decode_tensor` raise only
+MalformedObject, and ``encode`` raises InvalidObject rather than produce
+bytes that would be refused when read.
 """
 
 from __future__ import annotations

@@ -140,13 +140,49 @@ def _canonical_b64(value: Any, where: str, *, padded: bool = True) -> bytes:
     return raw
 
 
+# The order of the P-256 group (SEC 2, secp256r1).
+_P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _der_integer(data: bytes, at: int, where: str) -> tuple[int, int]:
+    if data[at:at + 1] != b"\x02" or at + 2 > len(data):
+        raise SchemaError(where, "is not a DER ECDSA signature")
+    n = data[at + 1]
+    body = data[at + 2:at + 2 + n]
+    # Minimal DER: no length forms above 127 here, no needless leading zero, non-negative.
+    if n == 0 or n > 33 or len(body) != n or body[0] & 0x80 or (n > 1 and body[0] == 0 and not body[1] & 0x80):
+        raise SchemaError(where, "is not a minimal DER ECDSA signature")
+    return int.from_bytes(body, "big"), at + 2 + n
+
+
+def _ecdsa_p256_signature(raw: bytes, where: str) -> None:
+    """DER SEQUENCE {r, s} with 0 < r < n and 0 < s <= n/2 ("low S"): (r, n - s)
+    verifies as well, so without this rule anyone could give a signed
+    object a second id with a good signature."""
+    if len(raw) < 8 or raw[0] != 0x30 or raw[1] != len(raw) - 2:
+        raise SchemaError(where, "is not a DER ECDSA signature")
+    r, at = _der_integer(raw, 2, where)
+    s, at = _der_integer(raw, at, where)
+    if at != len(raw) or not 0 < r < _P256_N or not 0 < s < _P256_N:
+        raise SchemaError(where, "is not a DER ECDSA signature")
+    if s > _P256_N // 2:
+        raise SchemaError(where, "has a high S value; the one accepted form of an ECDSA signature has S <= n/2")
+
+
 def signature(value: Any, where: str = "signature") -> dict[str, str]:
     """{format, public_key, key_id, sig}: exactly these, each a string in its one spelling."""
     _fields(value, where, {"format", "public_key", "key_id", "sig"})
     if not isinstance(value["format"], str) or not _SIG_FORMAT.fullmatch(value["format"]):
         raise SchemaError(f"{where}.format", "must be a signature format name such as ed25519")
-    _canonical_b64(value["public_key"], f"{where}.public_key")
-    _canonical_b64(value["sig"], f"{where}.sig")
+    key = _canonical_b64(value["public_key"], f"{where}.public_key")
+    sig = _canonical_b64(value["sig"], f"{where}.sig")
+    if value["format"] == "ed25519" and (len(key) != 32 or len(sig) != 64):
+        raise SchemaError(where, "an ed25519 key is 32 bytes and its signature 64")
+    if value["format"] == "ecdsa-p256":
+        # One spelling of the key too: the compressed point names the same key.
+        if len(key) != 65 or key[0] != 4:
+            raise SchemaError(f"{where}.public_key", "must be the uncompressed P-256 point (65 bytes, 0x04 first)")
+        _ecdsa_p256_signature(sig, f"{where}.sig")
     key_id = value["key_id"]
     if not isinstance(key_id, str) or not key_id.startswith("SHA256:"):
         raise SchemaError(f"{where}.key_id", "must be an OpenSSH fingerprint SHA256:<base64>")
