@@ -403,3 +403,16 @@ class ConflictingEvaluations(MfgitError):
         self.name = name
         self.sites = sites
         self.notes = notes
+
+
+# --- objects checked before they are written (added with mfgit.objects.schema) ---
+
+
+class InvalidObject(MfgitError):
+    """An object about to be written breaks the object schema (mfgit.objects.schema):
+    written, it could never be read back. `kind` is the object's kind, `reason` the rule."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(f"cannot write this {kind}: {reason}")
+        self.kind = kind
+        self.reason = reason

@@ -24,7 +24,7 @@ from tests.adapters import delta_weights, make_lora_adapter, module_key, tiny_ll
 
 SITES = ("a", "b", "c", "d")
 SAMPLES = {"a": 100, "b": 300, "c": 50, "d": 250}
-FIXED_TIME = "2024-05-01T12:00:00Z"
+FIXED_TIME = "2024-05-01T12:00:00.000000Z"
 
 # name -> make_lora_adapter keywords (the base model is one shared tiny Llama)
 SPECS = {

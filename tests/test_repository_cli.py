@@ -68,7 +68,7 @@ def make_merge_commit(repo_dir: Path, first: str, second: str, branch: str = "ma
         site="coordinator",
         timestamp="2999-01-01T00:00:00.000000Z",  # newest of all
         message=message,
-        provenance={"kind": "merge", "inputs": [first, second]},
+        provenance={"kind": "merge", "inputs": [{"commit": first}, {"commit": second}]},
     )
     cid = repo.put_commit(commit)
     ref = "refs/heads/" + branch

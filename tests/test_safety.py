@@ -28,7 +28,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mfgit.api.repository import Repository
+from mfgit.errors import InvalidObject, UnsafePath
 from mfgit.objects import Adapter, Commit
+from mfgit.objects.canonical import canonical_json
+from mfgit.repo.checkout import write_adapter_dir
 from tests.conftest import AUTHOR_EMAIL, AUTHOR_NAME, Cli, build_adapter, isolated_env
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -405,15 +408,18 @@ def test_checkout_refuses_a_non_empty_directory_without_force(cli, repo_dir, ada
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "notes.txt"]
 
 
-@pytest.mark.parametrize("evil", ["../evil", "../../evil", "/tmp/mfgit-evil-abs", "sub/evil", ".hidden", "..", "a\\b"])
-def test_checkout_never_writes_outside_its_target(cli, repo_dir, adapter_dir, tmp_path, evil):
+@pytest.mark.parametrize("evil", ["../evil", "../../evil", "/tmp/mfgit-evil-abs", "sub/evil", ".hidden", "..", "a\\b",
+                                  "adapter_model.safetensors", "ADAPTER_CONFIG.JSON"])
+def test_checkout_never_writes_outside_its_target_nor_over_the_adapter_files(cli, repo_dir, adapter_dir, tmp_path,
+                                                                             evil):
+    # A crafted manifest naming such a file is refused when it is read (the
+    # object schema), before checkout could write anything.
     cli.ok("commit", adapter_dir("a", seed=8), "-m", "one", cwd=repo_dir)
     repo = Repository.open(repo_dir)
     good = repo.read_adapter(repo.read_commit(repo.head()).adapter)
     blob = repo.store.put("blob", b"malicious content\n")
-    bad = Adapter(config=good.config, base_model=good.base_model, tensors=good.tensors, modules=good.modules,
-                  metadata=good.metadata, files={"README.md": good.files["README.md"], evil: blob})
-    aid = repo.put_adapter(bad)
+    bad = {**good.to_dict(), "files": {"README.md": good.files["README.md"], evil: blob}}
+    aid = repo.store.put("adapter", canonical_json(bad))
     commit = Commit(adapter=aid, parents=(repo.head(),), author={"name": AUTHOR_NAME, "email": AUTHOR_EMAIL},
                     site=None, timestamp="2030-01-01T00:00:00.000000Z", message="evil", provenance={"kind": "import"})
     repo.refs.update("refs/heads/evil", repo.put_commit(commit), None)
@@ -422,10 +428,22 @@ def test_checkout_never_writes_outside_its_target(cli, repo_dir, adapter_dir, tm
         if target.name == "empty":
             target.mkdir()
             listing = tree_listing(tmp_path)
-        line = cli.fails("checkout", "evil", "--to", target, cwd=repo_dir, code=4)
-        assert "refusing to write" in line and repr(evil) in line
+        line = cli.fails("checkout", "evil", "--to", target, cwd=repo_dir, code=5)
+        assert f"object {aid} is malformed" in line and repr(evil) in line
         assert tree_listing(tmp_path) == listing  # nothing written anywhere, not even the target
     assert not Path("/tmp/mfgit-evil-abs").exists()
+    with pytest.raises(InvalidObject):  # and no mfgit code can write such a manifest
+        repo.put_adapter(Adapter.from_dict(bad))
+
+
+def test_checkout_refuses_an_unsafe_file_name_of_an_adapter_built_in_memory(cli, repo_dir, adapter_dir, tmp_path):
+    cli.ok("commit", adapter_dir("a", seed=8), "-m", "one", cwd=repo_dir)
+    repo = Repository.open(repo_dir)
+    good = repo.read_adapter(repo.read_commit(repo.head()).adapter)
+    bad = Adapter.from_dict({**good.to_dict(), "files": {"../evil": good.files["README.md"]}})
+    with pytest.raises(UnsafePath):
+        write_adapter_dir(repo, bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "evil").exists()
 
 
 # --- repository-level refusals -----------------------------------------------------------------------

@@ -6,6 +6,13 @@ first parent only by default (``first_parent=True``, the branch's own
 history), or any parent, the first that matches, with ``first_parent=False``
 (git's rule for following a same-content parent through merges). Where no
 parent has the same value, that commit is the one that changed the module.
+
+Scalings come from `mfgit.formats.peft.module_scaling`, which matches
+``rank_pattern`` / ``alpha_pattern`` keys in time linear in the module name
+(`mfgit.formats.patterns`): the walk reads every ancestor's config, so one
+hostile key anywhere in the history must not be able to stall it. Every
+adapter read has passed the object schema, so each of its modules has
+factors and a scaling.
 """
 
 from __future__ import annotations

@@ -12,6 +12,13 @@ applies folded in, `mfgit.formats.peft.module_scaling`):
   of B_A and B_B (singular values of Q_Aᵀ Q_B for orthonormal bases Q), and
   their mean square ``mean_cos2`` (1: same subspace, 0: orthogonal).
 
+A module whose factors have other shapes on the two sides (another input
+or output size, or linear on one side and embedding on the other) is
+*changed* with ``shapes`` {a, b}: its two updates live in different spaces,
+so it has no difference norm, cosine or subspace overlap, and the totals
+count it as removed and added. Saved tensors that belong to no module are
+listed under ``tensors`` when they differ (added, removed, changed).
+
 Everything is exact and computed from the factors, never from a dense ΔW:
 ‖BA‖_F = ‖R_B R_Aᵀ‖_F with B = Q_B R_B and Aᵀ = Q_A R_A (QR), applied to
 B = [B_A, −B_B], A = [A_A; A_B] for the difference, and
@@ -48,9 +55,15 @@ def num(x: float | None, digits: int = SIG_DIGITS) -> float | None:
     return 0.0 if v == 0 else v
 
 
-def load_array(repo: "BaseRepository", tid: str) -> np.ndarray:
-    """A stored tensor as a float64 numpy array (F64, F32, F16, BF16)."""
+def load_array(repo: "BaseRepository", tid: str, entry: dict[str, Any] | None = None) -> np.ndarray:
+    """A stored tensor as a float64 numpy array (F64, F32, F16, BF16).
+
+    With `entry` (the manifest's {id, dtype, shape}), the object must be what
+    the manifest says it is, as checkout and verify require too."""
     header, raw = repo.read_tensor(tid)
+    if entry is not None and (header.dtype != entry["dtype"] or list(header.shape) != list(entry["shape"])):
+        raise MalformedObject(tid, f"manifest says {entry['dtype']}{entry['shape']}, "
+                                   f"object is {header.dtype}{list(header.shape)}")
     if header.dtype == "BF16":
         u = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
         arr = u.view(np.float32)
@@ -113,17 +126,35 @@ class _Side:
     def scaling(self, module: str) -> float:
         return module_scaling(self.adapter.config, module, self.rank(module))[2]
 
+    def shape(self, module: str) -> tuple[str, int, int]:
+        """(kind, out, in) of the module's update ΔW = B·A; the schema makes A and B 2-D."""
+        m = self.adapter.modules[module]
+        return (m["kind"], self.adapter.tensors[m["lora_B"]]["shape"][0], self.adapter.tensors[m["lora_A"]]["shape"][1])
+
     def factors(self, module: str) -> tuple[np.ndarray, np.ndarray]:
         """(s·B, A) as 2-D float64 arrays (out × r, r × in)."""
         if module not in self._cache:
             m = self.adapter.modules[module]
-            r = self.rank(module)
-            A = load_array(self.repo, self.adapter.tensors[m["lora_A"]]["id"])
-            B = load_array(self.repo, self.adapter.tensors[m["lora_B"]]["id"])
-            A = A.reshape(r, -1) if A.ndim != 2 else A
-            B = B.reshape(B.shape[0], -1) if B.ndim != 2 else B
+            ta, tb = self.adapter.tensors[m["lora_A"]], self.adapter.tensors[m["lora_B"]]
+            A, B = load_array(self.repo, ta["id"], ta), load_array(self.repo, tb["id"], tb)
             self._cache[module] = (B * self.scaling(module), A)
         return self._cache[module]
+
+    def loose_tensors(self) -> dict[str, str]:
+        """Saved tensors that belong to no module: name → id."""
+        in_modules = {n for m in self.adapter.modules.values() for n in (m["lora_A"], m["lora_B"])}
+        return {n: t["id"] for n, t in self.adapter.tensors.items() if n not in in_modules}
+
+
+def _loose_tensor_changes(a: _Side, b: _Side) -> list[dict[str, Any]]:
+    ta, tb = a.loose_tensors(), b.loose_tensors()
+    out = []
+    for name in sorted(set(ta) | set(tb)):
+        if ta.get(name) == tb.get(name):
+            continue
+        status = "added" if name not in ta else "removed" if name not in tb else "changed"
+        out.append({"name": name, "status": status, "id_a": ta.get(name), "id_b": tb.get(name)})
+    return out
 
 
 def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) -> dict[str, Any]:
@@ -136,8 +167,10 @@ def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) 
     for name in names:
         in_a, in_b = name in a.adapter.modules, name in b.adapter.modules
         entry: dict[str, Any] = {"name": name}
+        comparable = True
         if in_a and in_b:
             status = "unchanged" if a.key(name) == b.key(name) else "changed"
+            comparable = a.shape(name) == b.shape(name)
         else:
             status = "added" if in_b else "removed"
         counts[status] += 1
@@ -157,6 +190,11 @@ def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) 
         entry["norm_b"] = num(nb) if in_b else None
         if status == "unchanged":
             nd, inner = 0.0, na * na
+        elif status == "changed" and not comparable:
+            entry["shapes"] = {"a": list(a.shape(name)[1:]), "b": list(b.shape(name)[1:])}
+            if a.shape(name)[0] != b.shape(name)[0]:
+                entry["kinds"] = {"a": a.shape(name)[0], "b": b.shape(name)[0]}
+            nd, inner = math.sqrt(na * na + nb * nb), 0.0
         elif status == "changed":
             nd = _frob_of_product(np.concatenate([Ba, -Bb], axis=1), np.concatenate([Aa, Ab], axis=0))
             inner = _inner(Ba, Aa, Bb, Ab)
@@ -166,7 +204,11 @@ def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) 
         tot_b2 += nb * nb
         tot_d2 += nd * nd
         tot_in += inner
-        if status == "changed":
+        if status == "changed" and not comparable:
+            entry.update(norm_diff=None, rel_diff=None, cosine=None)
+            if not stat:
+                entry["subspace"] = {"cosines": [], "mean_cos2": None}
+        elif status == "changed":
             entry["norm_diff"] = num(nd)
             entry["rel_diff"] = num(nd / na) if na > 0 else None
             entry["cosine"] = num(inner / (na * nb)) if na > 0 and nb > 0 else None
@@ -198,4 +240,5 @@ def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) 
         "config": config,
         "summary": summary,
         "modules": modules,
+        "tensors": _loose_tensor_changes(a, b),
     }

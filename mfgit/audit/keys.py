@@ -144,11 +144,17 @@ class SigningKey:
         hashes, _, ec, _ = _crypto()
         if self.public.format == "ed25519":
             return self.private.sign(data)
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
         try:  # RFC 6979 deterministic ECDSA where cryptography has it
             algo = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
         except TypeError:  # pragma: no cover - older cryptography
             algo = ec.ECDSA(hashes.SHA256())
-        return self.private.sign(data, algo)
+        r, s = decode_dss_signature(self.private.sign(data, algo))
+        # (r, n - s) verifies too; the object schema accepts only the low-S
+        # form, so that no one can give a signed object a second id.
+        n = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+        return encode_dss_signature(r, min(s, n - s))
 
     def signature_for(self, payload: bytes) -> dict[str, str]:
         pub = self.public

@@ -85,6 +85,8 @@ TABLE: list[tuple[type, int, Fix]] = [
                                       "with: mfgit config signing.allowedSigners PATH")),
     (E.ConflictingEvaluations, MERGE, _fix("select by names that one site each evaluates (mfgit eval --name "
                                            "SITE-val); see docs/search-and-eval.md")),
+    (E.InvalidObject, BAD_INPUT, _fix("the value comes from the input, the identity (user.name, user.email, user.site) "
+                                      "or the API call; correct it and try again")),
 ]
 
 

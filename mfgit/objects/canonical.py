@@ -1,68 +1,45 @@
 """Canonical JSON: the one byte encoding of every structured object.
 
 UTF-8, keys sorted, no insignificant whitespace, no NaN or Infinity, floats
-in Python's shortest round-trip form. The same value always has the same
-bytes, so the same object always has the same id.
+in Python's shortest round-trip form, integers of at most 64 bits, nesting
+at most `mfgit.formats.jsonvalue.MAX_DEPTH` deep, strings of valid Unicode
+(no lone surrogates). The same value always has the same bytes, so the same
+object always has the same id; bytes that are not the canonical encoding of
+what they parse to are not an object.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
+
+from mfgit.formats.jsonvalue import JSONValueError, check_value, loads_strict
 
 
 class CanonicalError(ValueError):
     """A value cannot be encoded canonically (NaN, non-string key, ...)."""
 
 
-def _check(value: Any, path: str) -> None:
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise CanonicalError(f"{path}: {value!r} is not allowed in canonical JSON")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise CanonicalError(f"{path}: key {k!r} is not a string")
-            _check(v, f"{path}.{k}")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check(v, f"{path}[{i}]")
-    elif value is None or isinstance(value, (str, int, bool)):
-        return
-    else:
-        raise CanonicalError(f"{path}: {type(value).__name__} cannot be encoded")
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def canonical_json(value: Any) -> bytes:
     """Encode `value` canonically. Raises CanonicalError for unencodable values."""
-    _check(value, "$")
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
-
-
-def _reject_constant(name: str) -> Any:
-    raise CanonicalError(f"{name} is not allowed in canonical JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    out: dict = {}
-    for k, v in pairs:
-        if k in out:
-            raise CanonicalError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
+    try:
+        check_value(value)
+    except JSONValueError as e:
+        raise CanonicalError(str(e)) from None
+    return _dumps(value)
 
 
 def parse_canonical(data: bytes) -> Any:
     """Parse bytes that must be canonical JSON; re-encoding must give the same bytes."""
     try:
-        value = json.loads(
-            data.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_no_duplicates
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        value = loads_strict(data)
+    except JSONValueError as e:
         raise CanonicalError(str(e)) from None
-    if canonical_json(value) != data:
+    # loads_strict checked the value against the same rules canonical_json does.
+    if _dumps(value) != data:
         raise CanonicalError("not in canonical form")
     return value

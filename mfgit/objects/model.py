@@ -6,6 +6,11 @@ Every object has a kind and a decoded payload; its id is the SHA-256 of
 file bytes; for the others their canonical JSON. The kind is hashed so that
 bytes of one kind can never be taken for another. How a store keeps the
 payload (compressed or not) never changes the id.
+
+Every structured object is read and written through the one schema
+(`mfgit.objects.schema`): `decode_object` and `decode_tensor` raise only
+MalformedObject, and ``encode`` raises InvalidObject rather than produce
+bytes that would be refused when read.
 """
 
 from __future__ import annotations
@@ -15,17 +20,30 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from mfgit.errors import MalformedObject
+from mfgit.errors import InvalidObject, MalformedObject
 from mfgit.formats.dtypes import DTYPE_SIZES, element_count
+from mfgit.objects import schema
 from mfgit.objects.canonical import CanonicalError, canonical_json, parse_canonical
+from mfgit.objects.schema import ADAPTER_FORMAT, SchemaError
 
 KINDS = ("tensor", "blob", "adapter", "commit", "tag")
-ADAPTER_FORMAT = 1
-_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+_ID_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def is_object_id(value: str) -> bool:
-    return bool(_ID_RE.match(value))
+    # fullmatch: re.match with "$" would also take an id followed by a newline
+    return isinstance(value, str) and bool(_ID_RE.fullmatch(value))
+
+
+def _encode(kind: str, value: dict[str, Any]) -> bytes:
+    """The canonical bytes of an object about to be written, checked against the schema
+    (`mfgit.objects.schema`): mfgit never writes an object it would refuse to read."""
+    try:
+        data = canonical_json(value)
+        schema.RULES[kind](value)
+    except (CanonicalError, SchemaError) as e:
+        raise InvalidObject(kind, str(e)) from None
+    return data
 
 
 def object_id(kind: str, payload: bytes | memoryview) -> str:
@@ -44,7 +62,8 @@ class TensorHeader:
 
     @classmethod
     def decode(cls, data: bytes) -> "TensorHeader":
-        value = parse_canonical(data)
+        """A header from its canonical bytes; CanonicalError or SchemaError if it is not one."""
+        value = schema.tensor_header(parse_canonical(data))
         return cls(dtype=value["dtype"], shape=tuple(value["shape"]))
 
 
@@ -68,14 +87,12 @@ def split_tensor_payload(payload: bytes | memoryview) -> tuple[TensorHeader, mem
 
 
 def decode_tensor(oid: str, payload: bytes | memoryview) -> tuple[TensorHeader, memoryview]:
-    """A tensor payload's header and raw bytes, checked: a known dtype, and exactly dtype × shape bytes."""
+    """A tensor payload's header and raw bytes, checked: the header schema, and exactly dtype × shape bytes."""
     try:
         header, raw = split_tensor_payload(payload)
-    except Exception as e:  # noqa: BLE001 - whatever the header's fault, it is a malformed object
+    except (CanonicalError, SchemaError) as e:
         raise MalformedObject(oid, f"bad tensor header: {e}") from None
-    size = DTYPE_SIZES.get(header.dtype)
-    if size is None:
-        raise MalformedObject(oid, f"unknown dtype {header.dtype}")
+    size = DTYPE_SIZES[header.dtype]
     n = element_count(header.shape)
     if n * size != len(raw):
         raise MalformedObject(oid, f"{header.dtype}{list(header.shape)} needs {n * size} bytes, object has {len(raw)}")
@@ -116,7 +133,7 @@ class Adapter:
         }
 
     def encode(self) -> bytes:
-        return canonical_json(self.to_dict())
+        return _encode("adapter", self.to_dict())
 
     @property
     def id(self) -> str:
@@ -167,7 +184,7 @@ class Commit:
         return d
 
     def encode(self) -> bytes:
-        return canonical_json(self.to_dict())
+        return _encode("commit", self.to_dict())
 
     def signing_payload(self) -> bytes:
         """The bytes a signature covers: the commit without its signature."""
@@ -217,7 +234,7 @@ class Tag:
         return d
 
     def encode(self) -> bytes:
-        return canonical_json(self.to_dict())
+        return _encode("tag", self.to_dict())
 
     def signing_payload(self) -> bytes:
         return canonical_json(self.to_dict(with_signature=False))
@@ -238,27 +255,38 @@ class Tag:
         )
 
 
-_REQUIRED = {
-    "adapter": {"config", "base_model", "tensors", "modules"},
-    "commit": {"adapter", "parents", "author", "timestamp", "message", "provenance"},
-    "tag": {"name", "target", "tagger", "timestamp", "message"},
-}
+_CLASSES: dict[str, Any] = {"adapter": Adapter, "commit": Commit, "tag": Tag}
 
 
-def decode_object(oid: str, kind: str, payload: bytes) -> Any:
-    """Decode a structured object (adapter, commit, tag) or a blob."""
+def decode_object(oid: str, kind: str, payload: bytes | memoryview) -> Any:
+    """Decode a structured object (adapter, commit, tag) or a blob.
+
+    Every structured object goes through the schema (`mfgit.objects.schema`)
+    and must re-encode to exactly its bytes; anything else raises
+    MalformedObject(oid, reason), and nothing else is raised.
+    """
     if kind == "blob":
         return Blob(bytes(payload))
-    if kind not in _REQUIRED:
+    cls = _CLASSES.get(kind)
+    if cls is None:
         raise MalformedObject(oid, f"cannot decode a {kind} as a structured object")
+    data = bytes(payload)
     try:
-        d = parse_canonical(bytes(payload))
-    except CanonicalError as e:
-        raise MalformedObject(oid, str(e)) from None
-    if not isinstance(d, dict) or not _REQUIRED[kind] <= set(d):
-        raise MalformedObject(oid, f"{kind} lacks fields {sorted(_REQUIRED[kind] - set(d or {}))}")
-    if kind == "adapter":
-        return Adapter.from_dict(d)
-    if kind == "commit":
-        return Commit.from_dict(d)
-    return Tag.from_dict(d)
+        value = schema.RULES[kind](parse_canonical(data))
+    except (CanonicalError, SchemaError) as e:
+        raise MalformedObject(oid, f"{kind} {e}") from None
+    obj = cls.from_dict(value)
+    # parse_canonical checked the bytes are the encoding of `value`; the
+    # object must give back `value` itself (no field dropped, none added).
+    if obj.to_dict() != value:
+        raise MalformedObject(oid, f"{kind} does not re-encode to its own bytes")
+    return obj
+
+
+def decode_note(oid: str, payload: bytes | memoryview) -> dict[str, Any]:
+    """A note blob (format mfgit-note/1) as a dict, checked by the schema; MalformedObject otherwise."""
+    try:
+        return schema.note(parse_canonical(bytes(payload)))
+    except (CanonicalError, SchemaError) as e:
+        raise MalformedObject(oid, f"note {e}") from None
+

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mfgit.errors import InvalidAdapter, NothingToCommit
+from mfgit.errors import InvalidAdapter, InvalidObject, NothingToCommit
 from mfgit.formats import peft as peftfmt
 from mfgit.formats import safetensors as st
 from mfgit.objects.model import Adapter, TensorHeader, tensor_id
@@ -97,11 +97,29 @@ def import_adapter(repo: "BaseRepository", adir: peftfmt.AdapterDir, *, before_i
     if before_import is not None:
         before_import()
     adapter = _import_pickle(repo, adir) if adir.pickled else _import_safetensors(repo, adir)
-    aid = repo.put_adapter(adapter)
+    # Before the manifest exists: a refused adapter leaves at most tensors
+    # that nothing names (gc removes them), and no ref moves.
+    check_tensors(adir.config, {k: (v["dtype"], tuple(v["shape"])) for k, v in adapter.tensors.items()},
+                  str(adir.weights))
+    try:
+        aid = repo.put_adapter(adapter)
+    except InvalidObject as e:  # what the checks above cannot see (e.g. metadata text)
+        raise InvalidAdapter(str(adir.path), e.reason) from None
     crashpoint("after-adapter-object")
     if cache is not None and not adir.pickled:
         cache.record(adir.path, files, digest_fn(), aid)
     return aid
+
+
+def check_tensors(config: dict[str, Any], shapes: dict[str, tuple[str, tuple[int, ...]]], where: str) -> None:
+    """Saved tensors (name → (dtype, shape)) that make a valid manifest with `config`:
+    names a manifest can hold, LoRA modules of positive rank, and the rank PEFT
+    would give each module equal to its factors' (InvalidAdapter naming `where`)."""
+    for name in shapes:
+        problem = peftfmt.tensor_name_problem(name)
+        if problem:
+            raise InvalidAdapter(where, f"tensor name {name[:80]!r}: {problem}")
+    peftfmt.check_ranks(config, peftfmt.lora_modules(shapes, where), where)
 
 
 def _adapter_complete(repo: "BaseRepository", aid: str) -> bool:
@@ -171,6 +189,7 @@ def _import_safetensors(repo: "BaseRepository", adir: peftfmt.AdapterDir) -> Ada
 
 def _import_pickle(repo: "BaseRepository", adir: peftfmt.AdapterDir) -> Adapter:
     state = peftfmt.load_pickle_tensors(adir.weights)
+    check_tensors(adir.config, {k: (str(v.dtype), tuple(v.shape)) for k, v in state.items()}, str(adir.weights))
     tensors = put_torch_tensors(repo.store, state)
     files = _store_extra_files(repo, adir)
     modules = peftfmt.lora_modules({k: (v["dtype"], tuple(v["shape"])) for k, v in tensors.items()}, str(adir.weights))
@@ -185,6 +204,7 @@ def _store_extra_files(repo: "BaseRepository", adir: peftfmt.AdapterDir) -> dict
 def store_adapter(repo: "BaseRepository", config: dict, tensors: dict[str, Any], metadata: dict | None = None,
                   base_model: dict | None = None) -> str:
     """Store torch tensors and their manifest as a new adapter (a merge's output); return its id."""
+    check_tensors(config, {k: (str(v.dtype), tuple(v.shape)) for k, v in tensors.items()}, "merge output")
     entries = put_torch_tensors(repo.store, tensors)
     modules = peftfmt.lora_modules({k: (v["dtype"], tuple(v["shape"])) for k, v in entries.items()}, "merge output")
     adapter = Adapter(config=config, base_model=base_model or base_model_of(config), tensors=entries,
