@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from mfgit.audit.policy import AllowedSigners, load_policy, policy_path
 from mfgit.audit.signing import SignatureCheck, check_signature
-from mfgit.errors import MfgitError, ObjectNotFound, SigningKeyError
-from mfgit.objects.canonical import CanonicalError, canonical_json, parse_canonical
+from mfgit.errors import MalformedObject, MfgitError, ObjectNotFound, SigningKeyError
+from mfgit.objects.canonical import canonical_json
+from mfgit.objects.model import decode_note
 from mfgit.objects.timestamp import utc_now
 from mfgit.refs import NOTES_REF, check_branch_name
 from mfgit.repo.notes import NOTE_FORMAT, read_index
@@ -147,11 +148,9 @@ def read_note(repo: "BaseRepository", nid: str, commit_id: str | None = None, *,
     if kind != "blob":
         return _unreadable(nid, f"a {kind}, not a note blob", "not a note")
     try:
-        note = parse_canonical(bytes(payload))
-        if not isinstance(note, dict):
-            raise CanonicalError("not an object")
-    except CanonicalError as e:
-        return _unreadable(nid, f"not a canonical JSON note ({e})", "unreadable")
+        note = decode_note(nid, payload)  # the one schema: fields, types, one encoding
+    except MalformedObject as e:
+        return _unreadable(nid, f"not a well-formed note ({e.reason})", "unreadable")
     chk = _check(note)
     out = {k: v for k, v in note.items() if k != "signature"}
     out["id"] = nid

@@ -41,7 +41,9 @@ MAX_NAME_CHARS = 4096
 MAX_DIMS = 32
 MAX_ELEMENTS = 1 << 62
 _ID = re.compile(r"[0-9a-f]{64}")
-_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+# mfgit writes microseconds (mfgit.objects.timestamp); a time given through the API may have
+# none or fewer digits, as earlier repositories hold: every such time stays readable.
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
 _SIG_FORMAT = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _MAX_B64 = 8192
 
@@ -103,9 +105,9 @@ def _object_id(value: Any, where: str) -> str:
 
 def _timestamp(value: Any, where: str) -> str:
     if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
-        raise SchemaError(where, "must be a UTC time written YYYY-MM-DDTHH:MM:SS.ffffffZ")
+        raise SchemaError(where, "must be a UTC time written YYYY-MM-DDTHH:MM:SS[.ffffff]Z")
     try:
-        datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ")
+        datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ" if "." in value else "%Y-%m-%dT%H:%M:%SZ")
     except ValueError:
         raise SchemaError(where, f"{value} is not a date and time that exists") from None
     return value

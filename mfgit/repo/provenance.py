@@ -75,7 +75,7 @@ def parse_meta(items: list[str] | dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _typed(v: str) -> Any:
-    if re.fullmatch(r"-?\d+", v):
+    if re.fullmatch(r"-?\d{1,18}", v):  # an integer that fits a signed 64-bit value; longer ones stay text
         return int(v)
     if re.fullmatch(r"-?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?", v):
         f = float(v)
