@@ -7,6 +7,7 @@ Tracebacks are shown only with MFGIT_DEBUG=1.
 
 from __future__ import annotations
 
+import shlex
 from typing import Callable
 
 from mfgit import errors as E
@@ -79,6 +80,13 @@ TABLE: list[tuple[type, int, Fix]] = [
     (E.SigningKeyError, BAD_INPUT, _fix("make a key with: mfgit keygen PATH, then: mfgit config signing.key PATH")),
     (E.DemoError, USAGE, _fix("")),
     (E.ScoreError, BAD_INPUT, _fix("see docs/search-and-eval.md for what a score function receives and returns")),
+    (E.NotARemote, REMOTE, lambda e: (
+        (f"create it with: mfgit init --bare {shlex.quote(e.remote)}, or push --create to make the empty folder one"
+         if e.place == "folder" else "make the empty prefix a remote with: mfgit push --create REMOTE ...") if e.empty else
+        "name an mfgit remote; a new one is made by mfgit init --bare PATH (or push --create into an empty folder "
+        "or S3 prefix)")),
+    (E.InvalidEndpoint, BAD_INPUT, _fix("give it as http://host:port or https://host; credentials go in "
+                                        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile, never in a URL")),
 ]
 
 
