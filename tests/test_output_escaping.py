@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from mfgit.api.repository import Repository
-from tests.conftest import Cli, build_adapter, isolated_env
+from tests.conftest import Cli, build_adapter, isolated_env, one_line_error
 from tests.test_remote_sync import derive_adapter, in_process_env
 
 CSI = "\x1b[31;1mRED\x1b[2J\x1b[H"
@@ -159,6 +159,15 @@ def test_audit_commands_escape_participant_fields(hostile):
     run(cli, "diff", hostile["first"], hostile["crafted"])
 
 
+def test_error_lines_escape_participant_names(hostile):
+    cli = hostile["cli"]
+    res = cli("branch", BRANCH, "main")  # it exists: the error names it
+    assert res.returncode == 4
+    line = one_line_error(res.stderr)
+    assert_clean(res.stderr, "branch (stderr)")
+    assert "sites/evil\\u202ecod\\u2066x\\u2069" in line
+
+
 def _chromium():
     for binary in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(binary)
@@ -223,3 +232,19 @@ def test_escape_rules():
     doc = terminal_doc({"message": "a\nb\x1b", "author": {"name\n": "x\ny"}, "n": [1, "\x07"]})
     assert doc == {"message": "a\nb\\x1b", "author": {"name\\n": "x\\ny"}, "n": [1, "\\x07"]}
     assert json.loads(json.dumps(doc)) == doc
+
+
+def test_notes_renderers_escape_note_fields():
+    """`notes list` / `notes show` render notes whose name, values, site and code URL a site wrote."""
+    from mfgit.render.text import note_line, notes_text
+
+    note = {"id": "n" * 64, "commit": "c" * 64, "adapter": "a" * 64, "name": f"auc{CSI}", "ok": False,
+            "problem": f"bad{OSC0}", "values": {f"score\n{BIDI}": 0.5}, "timestamp": "2026-01-01T00:00:00Z",
+            "measured_by": {"name": AUTHOR, "email": EMAIL, "site": SITE},
+            "scorer": {"score": f"m:f{C1}", "data": CR}, "code": {"commit": "x", "remote_url": OSC8},
+            "signature": {"status": "bad", "key_id": f"k{BIDI}", "reason": f"r{CSI}"}}
+    line = note_line(note, with_commit=True)
+    assert_clean(line, "note_line") and "\n" not in line
+    text = notes_text({"commit": "c" * 64, "notes": [note], "ok": False})
+    assert_clean(text, "notes_text")
+    assert len(text.splitlines()) == 11  # commit, note and its 9 fields, verdict: no field added a line

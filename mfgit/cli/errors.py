@@ -11,6 +11,7 @@ import shlex
 from typing import Callable
 
 from mfgit import errors as E
+from mfgit.render.escape import terminal
 
 # exit codes (documented in docs/cli.md)
 OK = 0
@@ -81,17 +82,25 @@ TABLE: list[tuple[type, int, Fix]] = [
     (E.DemoError, USAGE, _fix("")),
     (E.ScoreError, BAD_INPUT, _fix("see docs/search-and-eval.md for what a score function receives and returns")),
     (E.NotARemote, REMOTE, lambda e: (
-        (f"create it with: mfgit init --bare {shlex.quote(e.remote)}, or push --create to make the empty folder one"
-         if e.place == "folder" else "make the empty prefix a remote with: mfgit push --create REMOTE ...") if e.empty else
         "name an mfgit remote; a new one is made by mfgit init --bare PATH (or push --create into an empty folder "
-        "or S3 prefix)")),
+        "or S3 prefix)" if not e.empty else
+        f"create it with: mfgit init --bare {shlex.quote(e.remote)}, or push --create to make the empty folder one"
+        if e.place == "folder" else "make the empty prefix a remote with: mfgit push --create REMOTE ...")),
     (E.InvalidEndpoint, BAD_INPUT, _fix("give it as http://host:port or https://host; credentials go in "
                                         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile, never in a URL")),
 ]
 
 
 def lookup(exc: BaseException) -> tuple[int, str]:
-    """(exit code, one-line message) for a raised error."""
+    """(exit code, one-line message) for a raised error.
+
+    The line is escaped for the terminal (docs/design.md, invariant 13): an
+    error may quote a name or message a participant wrote."""
+    code, line = _lookup(exc)
+    return code, terminal(line.replace("\n", " "))
+
+
+def _lookup(exc: BaseException) -> tuple[int, str]:
     for typ, code, fix in TABLE:
         if isinstance(exc, typ):
             msg = str(exc).replace("\n", " ")

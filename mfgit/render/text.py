@@ -9,6 +9,7 @@ invariant 13).
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -269,3 +270,19 @@ def candidates_text(d: dict[str, Any]) -> str:
     lines.append(f"then here:    mfgit fetch REMOTE --notes && mfgit merge --from-candidates {d['round']} "
                  "--select-by NAME1,NAME2")
     return "\n".join(lines) + "\n"
+
+
+def _escaping(render):
+    """`render` with its document escaped for the terminal first (docs/design.md, invariant 13)."""
+
+    @functools.wraps(render)
+    def escaped(doc: dict[str, Any], *args: Any, **kwargs: Any) -> str:
+        return render(terminal_doc(doc), *args, **kwargs)
+
+    return escaped
+
+
+# The notes renderers, as the notes commands call them: a note's name,
+# values, site and problem are participants' text too.
+note_line = _escaping(note_line)
+notes_text = _escaping(notes_text)

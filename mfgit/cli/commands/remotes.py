@@ -11,7 +11,7 @@ from mfgit.cli.progress import byte_progress
 from mfgit.render import text as render
 from mfgit.render.escape import terminal
 
-TIMEOUT_HELP = ("S3: seconds one request may take, retries included (default: remote.NAME.timeout, else 120); "
+TIMEOUT_HELP = ("S3: seconds one operation may take, retries included (default: remote.NAME.timeout, else 120); "
                 "see docs/remotes.md.")
 _SECONDS = click.FloatRange(min=0, min_open=True)
 
@@ -77,7 +77,8 @@ def _transfer_summary(verb: str, report: dict) -> str:
     for r in report.get("refs", []):
         old = terminal((r.get("old") or "")[:10]) or "(new)"
         new = terminal((r.get("new") or "")[:10]) or "(deleted)"
-        lines.append(f"  {terminal(r['ref'])}: {old} -> {new}" + (f" ({terminal(r['status'])})" if r.get("status") else ""))
+        status = f" ({terminal(r['status'])})" if r.get("status") else ""
+        lines.append(f"  {terminal(r['ref'])}: {old} -> {new}{status}")
     lines.append(f"{verb} {report['objects']} object(s), {render.human_bytes(report['bytes'])} "
                  f"in {report['seconds']:.2f} s ({render.human_bytes(rate)}/s); {report.get('skipped', 0)} already there")
     return "\n".join(lines)
@@ -95,10 +96,7 @@ def _transfer_summary(verb: str, report: dict) -> str:
 @click.option("--timeout", type=_SECONDS, default=None, metavar="SECONDS", help=TIMEOUT_HELP)
 @click.pass_context
 def push(ctx, remote_name, refspecs, force, quiet, as_json, notes, create, timeout):
-    """Send branches to REMOTE: objects first, then the ref by compare-and-swap.
-
-    REMOTE must be an mfgit remote (mfgit init --bare PATH); --create makes an
-    empty folder or S3 prefix one."""
+    """Send branches to REMOTE (an mfgit remote; --create makes an empty one): objects, then the ref by compare-and-swap."""
     from mfgit.api import remotes
 
     repo = open_repo(ctx)

@@ -154,7 +154,8 @@ def branch(ctx, name, start, delete, force_delete, force, remotes, all_, as_json
         emit_json({"current": repo.head_branch(), "branches": local, "remotes": remote})
         return
     for b in local:
-        click.echo(f"{'*' if b['current'] else ' '} {terminal(b['name']):<24} {b['commit'][:10]} {terminal(b['subject'])}")
+        mark = "*" if b["current"] else " "
+        click.echo(f"{mark} {terminal(b['name']):<24} {b['commit'][:10]} {terminal(b['subject'])}")
     for b in remote:
         click.echo(f"  remotes/{terminal(b['name']):<16} {b['commit'][:10]} {terminal(b['subject'])}")
     if not local and not remote and repo.head_branch():
