@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from mfgit.api.repository import Repository
-from tests.conftest import Cli, build_adapter, isolated_env
+from tests.conftest import build_adapter
+from tests.test_output_escaping import repo_as
 from tests.test_remote_sync import derive_adapter, in_process_env
 
 SCRIPT = "<script>alert(1)</script>"
@@ -54,11 +55,7 @@ def hostile_adapter(src: Path, dst: Path) -> Path:
 @pytest.fixture(scope="module")
 def cards(tmp_path_factory, adapter_store):
     root = tmp_path_factory.mktemp("card-injection")
-    env = isolated_env(root / "home", MFGIT_AUTHOR_NAME=AUTHOR, MFGIT_AUTHOR_EMAIL=EMAIL)
-    cli = Cli(root / "home", root, env)
-    repo_dir = root / "repo"
-    cli.ok("init", repo_dir)
-    cli = cli.at(repo_dir)
+    cli, repo_dir, env = repo_as(root, AUTHOR, EMAIL)
     one = derive_adapter(build_adapter(adapter_store, seed=1), root / "a1", change=0)
     two = derive_adapter(one, root / "a2")
     for d in (one, two):

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from mfgit.api.repository import Repository
+from tests.browser import headless_chromium, severe_errors
 from tests.conftest import Cli, build_adapter, isolated_env, one_line_error
 from tests.test_remote_sync import derive_adapter, in_process_env
 
@@ -53,15 +52,19 @@ def assert_clean(text: str, what: str) -> None:
     assert m is None, f"{what}: raw {m.group(0)!r} at {m.start()}: {text[max(0, m.start() - 60):m.start() + 60]!r}"
 
 
+def repo_as(root: Path, author: str, email: str) -> tuple[Cli, Path, dict[str, str]]:
+    """A new repository at root/repo and the `mfgit` command run in it as `author` <`email`>."""
+    env = isolated_env(root / "home", MFGIT_AUTHOR_NAME=author, MFGIT_AUTHOR_EMAIL=email)
+    repo_dir = root / "repo"
+    Cli(root / "home", root, env).ok("init", repo_dir)
+    return Cli(root / "home", repo_dir, env), repo_dir, env
+
+
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory, adapter_store):
     """A repository with commits, a merge, a branch and a tag whose every participant field is hostile."""
     root = tmp_path_factory.mktemp("hostile-output")
-    env = isolated_env(root / "home", MFGIT_AUTHOR_NAME=AUTHOR, MFGIT_AUTHOR_EMAIL=EMAIL)
-    cli = Cli(root / "home", root, env)
-    repo_dir = root / "repo"
-    cli.ok("init", repo_dir)
-    cli = cli.at(repo_dir)
+    cli, repo_dir, env = repo_as(root, AUTHOR, EMAIL)
     one = build_adapter(adapter_store, seed=1)
     two = derive_adapter(one, root / "adapter-two")
     cli.ok("config", "site", SITE.replace("\n", " "))  # config refuses line breaks; the commit below has one
@@ -168,14 +171,6 @@ def test_error_lines_escape_participant_names(hostile):
     assert "sites/evil\\u202ecod\\u2066x\\u2069" in line
 
 
-def _chromium():
-    for binary in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(binary)
-        if path:
-            return path
-    return None
-
-
 def test_lineage_page_shows_hostile_text_as_text(hostile, tmp_path):
     cli = hostile["cli"]
     page = tmp_path / "lineage.html"
@@ -184,22 +179,9 @@ def test_lineage_page_shows_hostile_text_as_text(hostile, tmp_path):
     assert_clean(html, "the lineage page")
     assert html.count("<script") == 2 and "<img" not in html and "<b>" not in html
 
-    chromium, driver = _chromium(), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("chromium and chromedriver are not installed (apt-get install -y chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
+    with headless_chromium(tmp_path) as browser:
+        from selenium.webdriver.common.by import By
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                "--window-size=1400,1000", f"--user-data-dir={profile}"):
-        opts.add_argument(arg)
-    browser = webdriver.Chrome(service=Service(driver), options=opts)
-    try:
         browser.get(page.as_uri())
         assert browser.title == f"Lineage of {cli.json('show', 'main', '--json')['id'][:10]}"
         for node in (hostile["crafted"], hostile["first"], cli.json("show", "main", "--json")["id"]):
@@ -216,10 +198,7 @@ def test_lineage_page_shows_hostile_text_as_text(hostile, tmp_path):
             "return [document.querySelectorAll('img').length, document.querySelectorAll('script').length,"
             " document.querySelectorAll('b').length, document.querySelectorAll('a[href^=\"http\"]').length]")
         assert counts == [0, 2, 0, 0]
-        errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"] if hasattr(browser, "get_log") else []
-        assert not errors, errors
-    finally:
-        browser.quit()
+        assert not severe_errors(browser)
 
 
 def test_escape_rules():
@@ -244,7 +223,8 @@ def test_notes_renderers_escape_note_fields():
             "scorer": {"score": f"m:f{C1}", "data": CR}, "code": {"commit": "x", "remote_url": OSC8},
             "signature": {"status": "bad", "key_id": f"k{BIDI}", "reason": f"r{CSI}"}}
     line = note_line(note, with_commit=True)
-    assert_clean(line, "note_line") and "\n" not in line
+    assert_clean(line, "note_line")
+    assert "\n" not in line
     text = notes_text({"commit": "c" * 64, "notes": [note], "ok": False})
     assert_clean(text, "notes_text")
     assert len(text.splitlines()) == 11  # commit, note and its 9 fields, verdict: no field added a line

@@ -23,7 +23,8 @@ import pytest
 
 from mfgit.api.repository import Repository
 from tests.conftest import one_line_error
-from tests.test_remote_sync import Remote, fsck_ok, head, in_process_env, make_world
+from tests.test_remote_cli import site, world  # noqa: F401  (module fixtures: a world with S3, a site with a commit)
+from tests.test_remote_sync import Remote, fsck_ok, head
 
 try:
     from tests.seaweed import seaweed  # noqa: F401  (session fixture)
@@ -32,21 +33,6 @@ except ImportError:  # pragma: no cover
 
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYSECRETKEY"
 SLACK = 10.0  # seconds for the process to start and stop on a loaded machine
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, seaweed, adapter_store):
-    root = tmp_path_factory.mktemp("remote-hostile")
-    w = make_world(root, seaweed, adapter_store, "hostile")
-    with in_process_env(w.cli.env):
-        yield w
-
-
-@pytest.fixture(scope="module")
-def site(world) -> Path:
-    path = world.site("plain")
-    world.commit(path, "one", "base")
-    return path
 
 
 def no_secret(world, *texts: str) -> None:
