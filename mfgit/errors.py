@@ -415,4 +415,29 @@ class InvalidObject(MfgitError):
     def __init__(self, kind: str, reason: str):
         super().__init__(f"cannot write this {kind}: {reason}")
         self.kind = kind
+
+
+# --- remotes: creation, endpoints, time limits ---------------------------------------------
+
+
+class NotARemote(MfgitError):
+    """A push, fetch or clone names a folder or S3 prefix that holds no mfgit remote.
+
+    `empty` tells whether it holds nothing at all (then ``push --create`` may
+    make it a remote); a place that holds anything else is never made one."""
+
+    def __init__(self, remote: str, *, empty: bool, place: str = "folder"):
+        super().__init__(f"remote {remote}: is not an mfgit remote (" +
+                         (f"the {place} is empty)" if empty else f"the {place} has no mfgit config but is not empty)"))
+        self.remote = remote
+        self.empty = empty
+        self.place = place  # "folder" or "S3 prefix"
+
+
+class InvalidEndpoint(MfgitError):
+    """An S3 endpoint URL that cannot be used, or that holds credentials (it is shown redacted)."""
+
+    def __init__(self, endpoint: str, reason: str):
+        super().__init__(f"invalid S3 endpoint {endpoint!r}: {reason}")
+        self.endpoint = endpoint
         self.reason = reason

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.adapters import delta_weights
+from tests.browser import headless_chromium, severe_errors
 from tests.conftest import Cli, build_adapter, isolated_env
 
 SITES = ("a", "b", "c", "d")
@@ -164,14 +164,6 @@ def test_blame_first_parent(env):
     assert text.count(ids["sites/a"][:10]) == 1 and text.count(ids["sites/a~1"][:10]) == 3
 
 
-def _chromium():
-    for binary in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(binary)
-        if path:
-            return path
-    return None
-
-
 def test_html_page_in_headless_chromium(env, tmp_path):
     cli, *_ = env
     page = tmp_path / "lineage.html"
@@ -183,22 +175,9 @@ def test_html_page_in_headless_chromium(env, tmp_path):
     assert html.count('class="node') == 7
     assert cli.ok("lineage", "main", "--html", page).stdout and page.read_text(encoding="utf-8") == html
 
-    chromium, driver = _chromium(), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("chromium and chromedriver are not installed (apt-get install -y chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
+    with headless_chromium(tmp_path) as browser:
+        from selenium.webdriver.common.by import By
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                "--window-size=1400,1000", f"--user-data-dir={profile}"):
-        opts.add_argument(arg)
-    browser = webdriver.Chrome(service=Service(driver), options=opts)
-    try:
         browser.get(page.as_uri())
         nodes = browser.find_elements(By.CSS_SELECTOR, "svg#graph g.node")
         assert len(nodes) == 7
@@ -222,7 +201,4 @@ def test_html_page_in_headless_chromium(env, tmp_path):
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
         # No script errors.
-        errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"] if hasattr(browser, "get_log") else []
-        assert not errors, errors
-    finally:
-        browser.quit()
+        assert not severe_errors(browser)

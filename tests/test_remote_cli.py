@@ -98,7 +98,7 @@ def test_nothing_in_a_url_or_path_is_executed(world, tmp_path):
     assert head(tmp_path / "copy") == head(a)
     s3_url = f"s3://{world.bucket}/{evil}/hub"
     cli.ok("remote", "add", "s3hub", s3_url, cwd=a)
-    cli.ok("push", "-q", "s3hub", cwd=a)
+    cli.ok("push", "-q", "--create", "s3hub", cwd=a)
     with Remote("s3", s3_url, s3=world.seaweed.s3_options()).transport() as t:
         assert t.get("refs/heads/main").decode().strip() == head(a)
     for where in (tmp_path, a, Path.cwd(), world.root):
@@ -118,8 +118,8 @@ def test_unusable_remotes_give_one_clear_line(world, site):
     repo.remote_add("gone", str(world.root / "no" / "such" / "folder"))
     (world.root / "empty-folder").mkdir()
     repo.remote_add("empty", str(world.root / "empty-folder"))
-    world.push(site, "s3hub")
     wrong = "wrong-" + uuid.uuid4().hex
+    repo.push("s3hub", create=True)
 
     cases = [
         # (command, environment changes, exit code, words in the line)
@@ -130,7 +130,8 @@ def test_unusable_remotes_give_one_clear_line(world, site):
         (("fetch", "s3hub"), {"AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000000"}, 6, ["access key id"]),
         (("fetch", "s3hub"), {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, 6, ["no AWS credentials"]),
         (("fetch", "gone"), {}, 6, ["the folder does not exist", "mfgit init --bare"]),
-        (("fetch", "empty"), {}, 6, ["is not an mfgit repository"]),
+        (("fetch", "empty"), {}, 6, ["is not an mfgit remote (the folder is empty)", "mfgit init --bare"]),
+        (("push", "empty"), {}, 6, ["is not an mfgit remote (the folder is empty)", "push --create"]),
         (("fetch", "nosuchremote"), {}, 4, ["no such remote: nosuchremote"]),
     ]
     for args, env, code, words in cases:
@@ -161,7 +162,7 @@ def test_sites_and_coordinator_over_s3(world):
     cli.ok("init", "--site", "coordinator", coord)
     cli.ok("commit", world.adapters["one"], "-m", "base adapter", cwd=coord)
     cli.ok("remote", "add", "hub", url, cwd=coord)
-    first = cli.json("push", "hub", "--json", cwd=coord)
+    first = cli.json("push", "hub", "--create", "--json", cwd=coord)
     assert set(first) >= {"objects", "bytes", "refs", "skipped", "seconds"}
     assert first["objects"] > 0 and first["bytes"] > 0
     assert first["refs"][0]["ref"] == "refs/heads/main" and first["refs"][0]["status"] == "new"
@@ -230,7 +231,7 @@ def test_credentials_never_stored_and_endpoint_from_config(world):
     world.commit(a, "one", "base")
     cli.ok("remote", "add", "hub", url, cwd=a)
     cli.ok("config", "remote.hub.endpoint", sw.endpoint_url, cwd=a)
-    cli.ok("push", "-q", "hub", cwd=a)
+    cli.ok("push", "-q", "--create", "hub", cwd=a)
     assert f"endpoint={sw.endpoint_url}" in cli.ok("remote", "-v", cwd=a).stdout
 
     b = world.fresh("b")

@@ -86,6 +86,13 @@ class Remote:
         else:
             self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{self._key(oid)}", Body=data)
 
+    def create(self) -> None:
+        """Make the empty prefix a remote, as `mfgit push --create` does (a folder: mfgit init --bare)."""
+        from mfgit.remote.protocol import ensure_remote
+
+        with self.transport() as t:
+            ensure_remote(t, create=True)
+
     def wipe(self) -> None:
         """Empty the remote completely (a remote recreated from scratch)."""
         if self.kind == "folder":
@@ -122,8 +129,10 @@ class World:
             Repository.init(path, bare=True)
             return Remote("folder", str(path), path=path)
         prefix = f"hub-{uuid.uuid4().hex[:10]}"
-        return Remote("s3", f"s3://{self.bucket}/{prefix}", bucket=self.bucket, prefix=prefix,
-                      s3=self.seaweed.s3_options(), client=self.seaweed.client())
+        remote = Remote("s3", f"s3://{self.bucket}/{prefix}", bucket=self.bucket, prefix=prefix,
+                        s3=self.seaweed.s3_options(), client=self.seaweed.client())
+        remote.create()
+        return remote
 
     def site(self, name: str, remote: Remote | None = None, remote_name: str = "hub") -> Path:
         from mfgit.api.repository import Repository
@@ -624,6 +633,8 @@ def test_push_to_a_recreated_remote_sends_everything(world, kind):
     remote.wipe()
     if kind == "folder":
         Repository.init(remote.path, bare=True)
+    else:
+        remote.create()
     world.commit(a, "two", "on top")
     again = world.push_json(a, "hub")
     assert again["objects"] == first["objects"] + 3, (first, again)

@@ -113,6 +113,30 @@ def test_delete(transport):
     transport.delete("refs/heads/gone")  # deleting an absent key is not an error
 
 
+def test_is_empty_only_when_nothing_is_there(transport):
+    assert transport.is_empty()
+    transport.put("notes.txt", b"someone's file")
+    assert not transport.is_empty()
+    transport.delete("notes.txt")
+    assert transport.is_empty()
+
+
+def test_local_folder_with_only_foreign_entries_is_not_empty(tmp_path):
+    """A folder whose entries are no keys (a hidden lock, a folder, a symlink) is still someone's: not empty."""
+    for entry in ("sub", ".x.lock", "link"):
+        root = tmp_path / entry / "remote"
+        root.mkdir(parents=True)
+        target = root / entry
+        if entry == "sub":
+            target.mkdir()
+        elif entry == "link":
+            target.symlink_to(tmp_path)
+        else:
+            target.write_text("held")
+        t = open_transport(str(root))
+        assert t.list("") == [] and not t.is_empty(), entry
+
+
 def test_overwrite(transport):
     transport.put("HEAD", b"first, and longer than the second")
     transport.put("HEAD", b"second")

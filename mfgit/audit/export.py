@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from mfgit.audit.keys import load_ec_private_key
 from mfgit.audit.lineage import lineage
 from mfgit.errors import SigningKeyError, UnsafePath
-from mfgit.render.audit import leaf_weight_text
+from mfgit.render.card import model_card
 from mfgit.repo.checkout import checkout
 from mfgit.store.fileio import atomic_write
 
@@ -62,73 +62,40 @@ def _write_file(out: Path, name: str, data: bytes) -> Path:
 # -- model card ----------------------------------------------------------------------------------
 
 
-def model_card(repo: "BaseRepository", cid: str, lineage: dict[str, Any]) -> str:
-    import yaml
-
+def card_document(repo: "BaseRepository", cid: str, lineage: dict[str, Any]) -> dict[str, Any]:
+    """What the model card of `cid` shows, as data (`mfgit.render.card.model_card` writes the text)."""
     commit = repo.read_commit(cid)
     adapter = repo.read_adapter(commit.adapter)
     prov = commit.provenance or {}
     is_merge = prov.get("kind") == "merge"
-    front: dict[str, Any] = {}
-    base = (adapter.base_model or {}).get("name") or adapter.config.get("base_model_name_or_path")
-    if base:
-        front["base_model"] = base
-    front["base_model_relation"] = "merge" if is_merge else "adapter"
-    front["library_name"] = "peft"
-    front["tags"] = ["lora", "peft", "mfgit"] + (["merge"] if is_merge else [])
-    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
-    subject = commit.message.splitlines()[0] if commit.message else cid[:10]
-    lines += [f"# {subject}", ""]
-    kind = "a merge composite of site adapters" if is_merge else "a LoRA adapter"
-    lines += [f"This is {kind}" + (f" for `{base}`" if base else "") + ", exported by mfgit.", ""]
-    author = commit.author or {}
-    lines += [
-        "| | |", "|---|---|",
-        f"| commit | `{cid}` |",
-        f"| adapter | `{commit.adapter}` |",
-        f"| author | {author.get('name', '')} &lt;{author.get('email', '')}&gt; |",
-        f"| site | {commit.site or '-'} |",
-        f"| time | {commit.timestamp} |",
-        f"| signed | {('yes, key ' + commit.signature.get('key_id', '?')) if commit.signature else 'no'} |",
-        f"| rank(s) | {', '.join(str(r) for r in sorted({m['r'] for m in adapter.modules.values()}))} |",
-        f"| modules | {len(adapter.modules)} |",
-        "",
-    ]
-    if commit.message and len(commit.message.splitlines()) > 1:
-        lines += ["```text", commit.message.rstrip(), "```", ""]
-    lines += ["## Lineage", ""]
+    doc: dict[str, Any] = {
+        "commit": cid,
+        "adapter": commit.adapter,
+        "message": commit.message,
+        "author": commit.author or {},
+        "site": commit.site,
+        "timestamp": commit.timestamp,
+        "signed_key": commit.signature.get("key_id", "?") if commit.signature else None,
+        "ranks": sorted({m["r"] for m in adapter.modules.values()}),
+        "modules": len(adapter.modules),
+        "base_model": (adapter.base_model or {}).get("name") or adapter.config.get("base_model_name_or_path"),
+        "is_merge": is_merge,
+    }
     if is_merge:
-        lines += ["Leaves (site commits) and their effective weight in this composite: the composite's update is "
-                  "Σ weight × the leaf's update for linear merges (product of weights and λ along the merge "
-                  "graph, summed over paths).", "",
-                  "| site | commit | author | time | effective weight |", "|---|---|---|---|---|"]
-        for lf in lineage["leaves"]:
-            w = leaf_weight_text(lf)
-            who = lf["author"].get("name", "") if isinstance(lf["author"], dict) else ""
-            lines.append(f"| {lf['site'] or '-'} | `{lf['commit'][:10]}` | {who} | {lf['timestamp']} | {w} |")
-        lines += ["", f"{len(lineage['nodes']) - len(lineage['leaves'])} merge commit(s) lead from the leaves to "
-                  "this composite; `mfgit lineage " + cid[:10] + "` shows the graph.", ""]
-        lines += ["## Merge recipe", "", "```yaml"]
-        recipe = {
+        doc["leaves"] = lineage["leaves"]
+        doc["merges"] = len(lineage["nodes"]) - len(lineage["leaves"])
+        doc["recipe"] = {
             "recipe": prov.get("recipe"),
             "inputs": prov.get("inputs"),
             "integration": (prov.get("integration") or {}).get("mode"),
             "kept_energy": prov.get("kept_energy"),
             "device": prov.get("device"),
         }
-        lines += [yaml.safe_dump(recipe, sort_keys=True, allow_unicode=True).rstrip(), "```", ""]
-        lines += [f"Re-run it with `mfgit verify {cid[:10]} --reproduce`.", ""]
     else:
-        src = prov.get("source") or {}
-        code = prov.get("code") or {}
-        lines += [f"Imported from `{src.get('name', '?')}` ({src.get('format', '?')}) at site {commit.site or '-'}."]
-        if code.get("commit"):
-            lines += [f"Training code: `{code.get('commit')}`" + (f" ({code.get('url')})" if code.get("url") else "")
-                      + (" (dirty work tree)" if code.get("dirty") else "") + "."]
-        if prov.get("meta"):
-            lines += ["", "```yaml", yaml.safe_dump(prov["meta"], sort_keys=True).rstrip(), "```"]
-        lines.append("")
-    return "\n".join(lines)
+        doc["source"] = prov.get("source") or {}
+        doc["code"] = prov.get("code") or {}
+        doc["meta"] = prov.get("meta") or {}
+    return doc
 
 
 # -- OpenSSF model-signing manifest ---------------------------------------------------------------
@@ -225,7 +192,7 @@ def export(repo: "BaseRepository", rev: str, outdir: str | os.PathLike, *, card:
     out = Path(checkout(repo, cid, outdir, force=force))
     report: dict[str, Any] = {"commit": cid, "dir": str(out), "card": None, "manifest": None}
     if card:
-        text = model_card(repo, cid, lineage(repo, cid))
+        text = model_card(card_document(repo, cid, lineage(repo, cid)))
         report["card"] = str(_write_file(out, CARD_NAME, text.encode("utf-8")))
     if manifest:
         commit = repo.read_commit(cid)

@@ -7,9 +7,11 @@ Tracebacks are shown only with MFGIT_DEBUG=1.
 
 from __future__ import annotations
 
+import shlex
 from typing import Callable
 
 from mfgit import errors as E
+from mfgit.render.escape import terminal
 
 # exit codes (documented in docs/cli.md)
 OK = 0
@@ -87,11 +89,26 @@ TABLE: list[tuple[type, int, Fix]] = [
                                            "SITE-val); see docs/search-and-eval.md")),
     (E.InvalidObject, BAD_INPUT, _fix("the value comes from the input, the identity (user.name, user.email, user.site) "
                                       "or the API call; correct it and try again")),
+    (E.NotARemote, REMOTE, lambda e: (
+        "name an mfgit remote; a new one is made by mfgit init --bare PATH (or push --create into an empty folder "
+        "or S3 prefix)" if not e.empty else
+        f"create it with: mfgit init --bare {shlex.quote(e.remote)}, or push --create to make the empty folder one"
+        if e.place == "folder" else "make the empty prefix a remote with: mfgit push --create REMOTE ...")),
+    (E.InvalidEndpoint, BAD_INPUT, _fix("give it as http://host:port or https://host; credentials go in "
+                                        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile, never in a URL")),
 ]
 
 
 def lookup(exc: BaseException) -> tuple[int, str]:
-    """(exit code, one-line message) for a raised error."""
+    """(exit code, one-line message) for a raised error.
+
+    The line is escaped for the terminal (docs/design.md, invariant 13): an
+    error may quote a name or message a participant wrote."""
+    code, line = _lookup(exc)
+    return code, terminal(line.replace("\n", " "))
+
+
+def _lookup(exc: BaseException) -> tuple[int, str]:
     for typ, code, fix in TABLE:
         if isinstance(exc, typ):
             msg = str(exc).replace("\n", " ")

@@ -21,7 +21,7 @@ from mfgit.remote.protocol import (
     CHECK_WORKERS,
     Progress,
     TransferReport,
-    check_remote_format,
+    ensure_remote,
     object_key,
     remote_refs,
 )
@@ -37,8 +37,7 @@ def fetch(repo: "BaseRepository", transport: Transport, remote_name: str, *, ref
     """Download the commits of the remote's branches (and tags) that we lack."""
     t0 = time.perf_counter()
     report = TransferReport()
-    if not check_remote_format(transport, create=False):
-        raise RemoteError(transport.url, "is not an mfgit repository (no config); push to it first or create it with mfgit init --bare")
+    ensure_remote(transport)
     all_refs = remote_refs(transport)
     wanted = {}
     for ref, oid in all_refs.items():
@@ -169,8 +168,7 @@ def repair_objects(repo: "BaseRepository", transport: Transport, oids: list[str]
     the ids stored, and those the remote does not have or has damaged too,
     which are left as they were.
     """
-    if not check_remote_format(transport, create=False):
-        raise RemoteError(transport.url, "is not an mfgit repository (no config); name a remote that holds this history")
+    ensure_remote(transport)
 
     def one(oid: str) -> tuple[str, bool]:
         try:

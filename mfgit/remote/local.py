@@ -170,6 +170,13 @@ class LocalTransport(Transport):
             raise self._fail("delete", key, exc) from None
         fsync_dir(os.path.dirname(path))
 
+    def is_empty(self) -> bool:
+        try:
+            with os.scandir(self.root) as entries:
+                return next(entries, None) is None
+        except OSError as exc:
+            raise RemoteError(self.url, f"cannot list the folder: {exc.strerror or exc}") from None
+
     def get_versioned(self, key: str) -> tuple[bytes, str] | None:
         data = self._read(key, self._path(key))
         if data is None:

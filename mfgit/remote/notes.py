@@ -15,7 +15,7 @@ from mfgit.objects.model import is_object_id
 from mfgit.refs import NOTES_REF
 from mfgit.remote.fetch import check_kind, download, verified
 from mfgit.remote.negotiation import missing_on_remote
-from mfgit.remote.protocol import check_remote_format, object_key
+from mfgit.remote.protocol import ensure_remote, object_key
 from mfgit.remote.push import outgoing
 from mfgit.remote.transport import Transport
 from mfgit.repo import notes as notes_store
@@ -81,8 +81,7 @@ def _receive_notes_snapshot(repo: "BaseRepository", transport: Transport, cid: s
 def fetch_notes(repo: "BaseRepository", transport: Transport, remote_name: str) -> dict[str, Any]:
     """Download the remote's notes and union them into the local refs/notes/metrics."""
     t0 = time.perf_counter()
-    if not check_remote_format(transport, create=False):
-        raise RemoteError(transport.url, "is not an mfgit repository (no config)")
+    ensure_remote(transport)
     before = notes_store.count(notes_store.read_index(repo))
     tip, _version = _notes_tip(transport)
     objects = nbytes = 0
@@ -94,7 +93,8 @@ def fetch_notes(repo: "BaseRepository", transport: Transport, remote_name: str) 
             "notes": after, "objects": objects, "bytes": nbytes, "seconds": round(time.perf_counter() - t0, 4)}
 
 
-def push_notes(repo: "BaseRepository", transport: Transport, remote_name: str, *, retries: int = 10) -> dict[str, Any]:
+def push_notes(repo: "BaseRepository", transport: Transport, remote_name: str, *, retries: int = 10,
+               create: bool = False) -> dict[str, Any]:
     """Send our notes: union with the remote's, upload missing objects, then compare-and-swap the ref.
 
     Objects before refs: the note blobs, the snapshot manifest and the
@@ -104,7 +104,7 @@ def push_notes(repo: "BaseRepository", transport: Transport, remote_name: str, *
     union never conflicts and nothing is lost).
     """
     t0 = time.perf_counter()
-    check_remote_format(transport, create=True)
+    ensure_remote(transport, create=create)
     objects = nbytes = 0
     for _ in range(retries):
         tip, version = _notes_tip(transport)

@@ -6,6 +6,11 @@ A remote has the layout of a bare repository: ``config``, ``HEAD``,
 PATH`` makes a remote, and a remote folder can be opened as a repository.
 Every object and ref name read from a remote is data: ids are checked, a
 branch must name a commit, nothing is executed.
+
+Only ``init --bare`` or an explicit ``push --create`` makes a remote
+(`ensure_remote`): a push to a folder or prefix without a remote's
+``config`` is refused, so a typo or the home directory never silently
+becomes one, and ``--create`` writes into an empty place only.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mfgit.errors import KeyNotFound, PreconditionFailed, RemoteError, UnsupportedRepositoryFormat
+from mfgit.errors import KeyNotFound, NotARemote, PreconditionFailed, RemoteError, UnsupportedRepositoryFormat
 from mfgit.objects.model import is_object_id
 from mfgit.refs import HEADS, SYMREF
 from mfgit.remote.transport import Transport
@@ -72,6 +77,22 @@ def check_remote_format(transport: Transport, *, create: bool) -> bool:
         raise RemoteError(transport.url, "its config is unreadable; is this an mfgit remote?") from None
     if fmt != OBJECT_FORMAT or ver != FORMAT_VERSION:
         raise UnsupportedRepositoryFormat(transport.url, fmt, ver)
+    return True
+
+
+def ensure_remote(transport: Transport, *, create: bool = False) -> bool:
+    """Refuse a place that is not an mfgit remote; with `create`, make an empty one a remote.
+
+    Returns True when the remote was created now (it holds nothing yet).
+    A place that holds anything but a remote is never written to, `create`
+    or not: it may be someone's files."""
+    if check_remote_format(transport, create=False):
+        return False
+    if not create:
+        raise NotARemote(transport.url, empty=transport.is_empty(), place=transport.place)
+    if not transport.is_empty():
+        raise NotARemote(transport.url, empty=False, place=transport.place)
+    check_remote_format(transport, create=True)
     return True
 
 

@@ -3,7 +3,9 @@
 Objects before refs: push uploads every object the remote lacks, then moves
 the remote ref by compare-and-swap (S3 If-Match / If-None-Match, a lock file
 on a folder). A push killed at any moment leaves the ref at a complete
-commit; running it again sends only what did not arrive.
+commit; running it again sends only what did not arrive. A push never makes
+a remote of a place that is not one unless asked (`create`), and then only
+of an empty one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from mfgit.errors import CorruptObject, NonFastForward, PreconditionFailed, RefC
 from mfgit.objects.model import is_object_id
 from mfgit.refs import HEADS, REMOTES, check_ref_name
 from mfgit.remote.negotiation import missing_on_remote, plan_push, topo_order
-from mfgit.remote.protocol import Progress, TransferReport, check_remote_format, object_key, remote_refs
+from mfgit.remote.protocol import Progress, TransferReport, ensure_remote, object_key, remote_refs
 from mfgit.remote.transport import Transport
 from mfgit.repo.crash import crashpoint
 from mfgit.repo.history import is_ancestor
@@ -26,16 +28,17 @@ if TYPE_CHECKING:
 
 
 def push(repo: "BaseRepository", transport: Transport, remote_name: str, src: str, dst: str | None = None, *,
-         force: bool = False, progress: Progress | None = None) -> TransferReport:
-    """Push local revision `src` to remote branch `dst` (default: the same name)."""
+         force: bool = False, progress: Progress | None = None, create: bool = False) -> TransferReport:
+    """Push local revision `src` to remote branch `dst` (default: the same name).
+
+    A place that is not an mfgit remote is refused (`NotARemote`); with
+    `create`, an empty one is made a remote first."""
     t0 = time.perf_counter()
     report = TransferReport()
-    # A remote without a config is new (push writes the config before any
-    # object): nothing there to ask about. Otherwise it is checked, and every
-    # candidate object is asked for, so a push killed midway resumes.
-    new_remote = not check_remote_format(transport, create=False)
-    if new_remote:
-        check_remote_format(transport, create=True)
+    # A remote created just now holds nothing: nothing there to ask about.
+    # Otherwise its format is checked, and every candidate object is asked
+    # for, so a push killed midway resumes.
+    new_remote = ensure_remote(transport, create=create)
     local = repo.resolve(src)
     if dst is None:
         dst = src if not src.startswith(HEADS) else src[len(HEADS):]

@@ -7,12 +7,18 @@ server returns it (quotes included).
 
 Every botocore error becomes an mfgit error in one place,
 `S3Transport._errors`; no message built there contains a credential.
+
+Time limits (docs/remotes.md, "Time limits"): each operation — one GET, PUT,
+HEAD or page of a listing, botocore's retries included — ends within
+``timeout`` seconds (`mfgit.remote.deadline`), whatever the server does;
+each attempt to connect within ``connect_timeout``; at most `ATTEMPTS`
+attempts are made. The errors say how long the operation took, how many
+attempts it made and what the limit was.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -22,11 +28,16 @@ import botocore.session
 from botocore.config import Config
 
 from mfgit.errors import KeyNotFound, PreconditionFailed, RemoteAuthError, RemoteError, RemoteUnreachable
+from mfgit.remote import deadline
 from mfgit.remote.transport import Transport, check_key, check_prefix, is_valid_key
+from mfgit.remote.url import check_endpoint_url, redact_url
 
 # What S3Transport takes (mfgit.remote.registry.open_transport documents each).
 S3_OPTION_NAMES = ("endpoint_url", "region", "profile", "access_key_id", "secret_access_key",
-                   "addressing_style", "connect_timeout", "read_timeout")
+                   "addressing_style", "connect_timeout", "timeout")
+DEFAULT_TIMEOUT = 120.0  # seconds one operation may take, from its first attempt to the last byte
+DEFAULT_CONNECT_TIMEOUT = 5.0  # seconds one attempt to connect may take
+ATTEMPTS = 3  # attempts per operation, the first included (botocore total_max_attempts)
 
 _AUTH_REASONS = {
     "InvalidAccessKeyId": "the access key id is not known to the server",
@@ -45,10 +56,6 @@ _AUTH_REASONS = {
 }
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
 _CONFLICT = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/@]*@", r"\1***@", url or "")
 
 
 def _connection_reason(exc: BaseException) -> str:
@@ -84,6 +91,7 @@ def _shared_loader():
 
 class S3Transport(Transport):
     max_workers = 16
+    place = "S3 prefix"
 
     def __init__(self, bucket: str, prefix: str = "", options: dict[str, Any] | None = None):
         opts = {k: v for k, v in (options or {}).items() if v not in (None, "")}
@@ -95,14 +103,20 @@ class S3Transport(Transport):
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self._root = self.prefix + "/" if self.prefix else ""
         self._bucket_checked = False
-        self.read_timeout = float(opts.get("read_timeout", 60))
+        self.timeout = float(opts.get("timeout", DEFAULT_TIMEOUT))
+        self.connect_timeout = float(opts.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
+        if not (self.timeout > 0 and self.connect_timeout > 0):
+            raise ValueError("S3 time limits are numbers of seconds above 0")
         endpoint = opts.get("endpoint_url")
-        self.endpoint_url = endpoint or ""
-        custom = bool(endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+        self.endpoint_url = ""
+        env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        custom = bool(endpoint or env_endpoint)
+        if custom:  # from config, a flag or the environment: refused if it holds credentials
+            check_endpoint_url(endpoint or env_endpoint)
         config = Config(
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=float(opts.get("connect_timeout", 5)),
-            read_timeout=self.read_timeout,
+            retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.timeout,
             max_pool_connections=32,
             s3={"addressing_style": opts.get("addressing_style") or ("path" if custom else "auto")},
         )
@@ -116,24 +130,47 @@ class S3Transport(Transport):
                     aws_access_key_id=opts.get("access_key_id"),
                     aws_secret_access_key=opts.get("secret_access_key"),
                 )
-            except ValueError as exc:
-                raise RemoteError(self.url, f"invalid endpoint {_redact(str(endpoint))!r}: {exc}") from None
+            except ValueError:
+                # botocore's message repeats the endpoint as given: not shown.
+                raise RemoteError(self.url, f"invalid endpoint {redact_url(str(endpoint))!r}") from None
         self.endpoint_url = self._client.meta.endpoint_url
+        deadline.install(self._client, self.timeout)
 
     # -- error mapping: the one place ----------------------------------------------------
 
     @contextmanager
     def _errors(self, op: str, key: str, expected: str | None = None) -> Iterator[None]:
-        """Turn botocore failures of `op` on `key` into mfgit errors."""
-        endpoint = _redact(getattr(self, "endpoint_url", "")) or "the S3 endpoint"
-        try:
-            yield
-        except bx.ClientError as exc:
+        """Run `op` on `key` under the operation time limit; turn botocore failures into mfgit errors."""
+        with deadline.deadline(self.timeout) as d:
+            try:
+                yield
+            except Exception as exc:
+                if d.expired or isinstance(exc, deadline.DeadlineExceeded):
+                    raise RemoteUnreachable(self.url, self._out_of_time(op, key, d)) from exc
+                self._map_error(exc, op, key, expected, d)
+                raise
+            if d.expired:
+                # The watchdog cut the connection: what was read may look like
+                # a whole answer to http.client (end of headers at EOF), but
+                # it is not one.
+                raise RemoteUnreachable(self.url, self._out_of_time(op, key, d))
+
+    def _out_of_time(self, op: str, key: str, d: deadline.Deadline) -> str:
+        endpoint = redact_url(self.endpoint_url) or "the S3 endpoint"
+        target = f" {key}" if key else ""
+        return (f"{endpoint} did not complete {op}{target} within the limit of {self.timeout:g} s: gave up after "
+                f"{d.elapsed():.1f} s and {d.attempts} attempt(s) (the limit is remote.NAME.timeout or --timeout)")
+
+    def _map_error(self, exc: Exception, op: str, key: str, expected: str | None, d: deadline.Deadline) -> None:
+        """Raise the mfgit error for a botocore failure; return for anything else (it is re-raised)."""
+        endpoint = redact_url(self.endpoint_url) or "the S3 endpoint"
+        target = f" {key}" if key else ""
+        tries = f"{d.attempts} attempt(s) in {d.elapsed():.1f} s"
+        if isinstance(exc, bx.ClientError):
             err = exc.response.get("Error", {}) or {}
             meta = exc.response.get("ResponseMetadata", {}) or {}
             code = str(err.get("Code") or meta.get("HTTPStatusCode") or "")
             status = meta.get("HTTPStatusCode")
-            target = f" {key}" if key else ""
             if code == "NoSuchBucket":
                 raise RemoteError(self.url, f"bucket {self.bucket} does not exist") from exc
             if op == "put_if" and (code in _CONFLICT or status == 412 or code in _MISSING_KEY):
@@ -145,29 +182,32 @@ class S3Transport(Transport):
             if code in _MISSING_KEY or status == 404:
                 raise KeyNotFound(key, self.url) from exc
             if code in ("SlowDown", "ServiceUnavailable", "503", "InternalError", "500"):
-                raise RemoteError(self.url, f"the server failed to {op}{target} ({code}); try again later") from exc
+                raise RemoteError(self.url, f"the server failed to {op}{target} ({code}, {tries}); "
+                                            "try again later") from exc
             message = " ".join(str(err.get("Message") or "").split())[:200]
             raise RemoteError(self.url, f"cannot {op}{target}: {code} {message}".strip()) from exc
-        except bx.NoCredentialsError as exc:
+        if isinstance(exc, bx.NoCredentialsError):
             raise RemoteAuthError(self.url, "no AWS credentials found; set AWS_ACCESS_KEY_ID and "
                                             "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or ~/.aws/credentials") from exc
-        except bx.PartialCredentialsError as exc:
+        if isinstance(exc, bx.PartialCredentialsError):
             raise RemoteAuthError(self.url, f"incomplete AWS credentials (missing {exc.kwargs.get('cred_var', '?')})") from exc
-        except bx.ProfileNotFound as exc:
+        if isinstance(exc, bx.ProfileNotFound):
             raise RemoteAuthError(self.url, f"AWS profile {exc.kwargs.get('profile', '?')!r} not found") from exc
-        except (bx.ConnectTimeoutError, bx.EndpointConnectionError) as exc:
-            reason = "connection timed out" if isinstance(exc, bx.ConnectTimeoutError) else _connection_reason(exc)
-            raise RemoteUnreachable(self.url, f"cannot reach {endpoint}: {reason}") from exc
-        except bx.ReadTimeoutError as exc:
-            raise RemoteUnreachable(self.url, f"{endpoint} did not answer within {self.read_timeout:g} s") from exc
-        except bx.ConnectionClosedError as exc:
-            raise RemoteUnreachable(self.url, f"{endpoint} closed the connection") from exc
-        except bx.SSLError as exc:
+        if isinstance(exc, bx.ConnectTimeoutError):
+            raise RemoteUnreachable(self.url, f"cannot reach {endpoint}: connection timed out ({tries}, at most "
+                                              f"{self.connect_timeout:g} s each: remote.NAME.connectTimeout)") from exc
+        if isinstance(exc, bx.EndpointConnectionError):
+            raise RemoteUnreachable(self.url, f"cannot reach {endpoint}: {_connection_reason(exc)} ({tries})") from exc
+        if isinstance(exc, bx.ReadTimeoutError):
+            raise RemoteUnreachable(self.url, f"{endpoint} did not answer {op}{target} ({tries}; the limit is "
+                                              f"{self.timeout:g} s: remote.NAME.timeout or --timeout)") from exc
+        if isinstance(exc, bx.ConnectionClosedError):
+            raise RemoteUnreachable(self.url, f"{endpoint} closed the connection ({tries})") from exc
+        if isinstance(exc, bx.SSLError):
             raise RemoteUnreachable(self.url, f"TLS handshake with {endpoint} failed") from exc
-        except (bx.ConnectionError, bx.HTTPClientError) as exc:
-            raise RemoteUnreachable(self.url, f"cannot reach {endpoint}: {_connection_reason(exc)}") from exc
-        except bx.BotoCoreError as exc:
-            target = f" {key}" if key else ""
+        if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError)):
+            raise RemoteUnreachable(self.url, f"cannot reach {endpoint}: {_connection_reason(exc)} ({tries})") from exc
+        if isinstance(exc, bx.BotoCoreError):
             raise RemoteError(self.url, f"cannot {op}{target}: {type(exc).__name__}") from exc
 
     def _key(self, key: str) -> str:
@@ -214,16 +254,25 @@ class S3Transport(Transport):
     def list(self, prefix: str) -> list[str]:
         check_prefix(prefix, self.url)
         out: list[str] = []
-        with self._errors("list", prefix):
-            pages = self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self._root + prefix)
-            for page in pages:
-                for obj in page.get("Contents", ()) or ():
-                    name = obj["Key"][len(self._root):]
-                    if obj["Key"].startswith(self._root) and is_valid_key(name):
-                        out.append(name)
+        token: str | None = None
+        while True:  # one page per operation: each is under the time limit, not the whole listing
+            with self._errors("list", prefix):
+                page = self._client.list_objects_v2(Bucket=self.bucket, Prefix=self._root + prefix,
+                                                    **({"ContinuationToken": token} if token else {}))
+            for obj in page.get("Contents", ()) or ():
+                name = obj["Key"][len(self._root):]
+                if obj["Key"].startswith(self._root) and is_valid_key(name):
+                    out.append(name)
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token:
+                break
         out.sort()
         return out
+
+    def is_empty(self) -> bool:
+        with self._errors("list", ""):
+            page = self._client.list_objects_v2(Bucket=self.bucket, Prefix=self._root, MaxKeys=1)
+        return not page.get("Contents")
 
     def delete(self, key: str) -> None:
         full = self._key(key)

@@ -15,6 +15,8 @@ Contract (tests/test_transport_contract.py runs it against both):
 * ``list(prefix)`` returns every key that starts with ``prefix`` (a string
   prefix, recursive), sorted.
 * ``delete`` of an absent key is not an error.
+* ``is_empty`` is True only when nothing at all is there (a folder with any
+  entry, key or not, is not empty).
 * ``get_versioned`` / ``put_if`` are compare-and-swap: a version token is
   the ETag on S3 and the SHA-256 of the content on a folder. ``put_if(key,
   data, None)`` succeeds only if the key is absent; ``put_if(key, data, v)``
@@ -112,6 +114,7 @@ class Transport(ABC):
     """Bytes under keys on a remote. See the module docstring for the contract."""
 
     url: str  # display form; never contains credentials
+    place: str = "folder"  # what holds a remote, in messages: "folder" or "S3 prefix"
     max_workers: int = 8  # concurrency of put_many / get_many
 
     @abstractmethod
@@ -134,6 +137,10 @@ class Transport(ABC):
 
     @abstractmethod
     def put_if(self, key: str, data: bytes, expected: str | None) -> str: ...
+
+    def is_empty(self) -> bool:
+        """True if the remote's place holds nothing at all (not even files that are not keys)."""
+        return not self.list("")
 
     def put_many(self, items: Iterable[tuple[str, bytes]], on_done: OnDone | None = None) -> None:
         """Upload concurrently. The first failure is raised after the uploads

@@ -1,7 +1,12 @@
 """Remote URLs: a path, ``file:///path`` or ``s3://bucket[/prefix]``, checked rule by rule.
 
 Nothing in a URL is ever executed or handed to a shell; credentials never
-appear in a URL (they are refused), in `Transport.url` or in an error.
+appear in a URL (they are refused), in `Transport.url` or in an error: every
+message that shows a URL shows `redact_url` of it, with any ``user:password@``
+part and any query string or fragment (where presigned URLs carry their
+signature) replaced by ``***``. S3 endpoints (``--endpoint``,
+``remote.NAME.endpoint``) are checked by `check_endpoint_url` under the same
+rule.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from mfgit.errors import InvalidRemoteURL
+from mfgit.errors import InvalidEndpoint, InvalidRemoteURL
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # NUL and control characters: refused in URLs and keys
 
@@ -40,9 +45,49 @@ _SCP_LIKE = re.compile(r"^[^/:]*@[^/:]+:")
 _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 
 
-def _redact(url: str) -> str:
-    """The URL with any user:password@ part replaced, for error messages."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/@]*@", r"\1***@", url)
+# Up to the first "@", not the first "/": AWS secrets contain "/", and
+# "s3://AKIA:ab/cd@bucket" must not show "cd" (over-redacting a message is harmless).
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^@]*@")
+_QUERY = re.compile(r"[?#].*", re.DOTALL)
+# "AK:SECRET@host/x" has no scheme, yet it is credentials, not a folder name
+# (a folder with such a name is reached as "./AK:...").
+_BARE_USERINFO = re.compile(r"^[^/@:]+:[^@]*@")
+CREDENTIALS_REFUSED = ("credentials never go in URLs; use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                       "a profile or ~/.aws/credentials")
+
+
+def redact_url(url: str) -> str:
+    """`url` as any message may show it: a ``user:password@`` part and a query string or fragment become ``***``."""
+    shown = url or ""
+    shown = _USERINFO.sub(r"\1***@", shown) if _USERINFO.match(shown) else _BARE_USERINFO.sub("***@", shown)
+    return _QUERY.sub(lambda m: m.group(0)[0] + "***", shown)
+
+
+def check_endpoint_url(url: str) -> str:
+    """`url` if it is a usable S3 endpoint (``http(s)://host[:port][/path]``); `InvalidEndpoint` if not.
+
+    Credentials are refused here as in remote URLs: an endpoint is stored in
+    config and printed by ``remote -v``, where a secret must never be."""
+    shown = redact_url(url)
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidEndpoint(shown, "it is empty")
+    if CONTROL.search(url) or url != url.strip() or " " in url:
+        raise InvalidEndpoint(shown, "it contains whitespace or a control character")
+    m = re.match(r"^(https?)://([^/?#]*)(.*)$", url, re.IGNORECASE | re.DOTALL)
+    if not m:
+        raise InvalidEndpoint(shown, "write http://host:port or https://host")
+    authority, rest = m.group(2), m.group(3)
+    if "@" in url:  # anywhere: a secret may hold a "/", and no endpoint needs an "@"
+        raise InvalidEndpoint(shown, CREDENTIALS_REFUSED)
+    if "?" in rest or "#" in rest:
+        raise InvalidEndpoint(shown, "query strings and fragments are not supported (credentials never go in URLs)")
+    host = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
+    if not host.strip("[]"):
+        raise InvalidEndpoint(shown, "it names no host")
+    port = authority[len(host) + 1:] if len(authority) > len(host) else ""
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise InvalidEndpoint(shown, f"invalid port {port!r}")
+    return url
 
 
 def check_bucket_name(name: str) -> str | None:
@@ -76,7 +121,7 @@ def parse_remote_url(url: str, base: str | None = None) -> RemoteURL:
     No expansion of any kind (``~``, ``$VAR``) is done."""
     if not isinstance(url, str) or url.strip() == "":
         raise InvalidRemoteURL(str(url) if isinstance(url, str) else repr(url), "it is empty")
-    shown = _redact(url)
+    shown = redact_url(url)
     if CONTROL.search(url):
         raise InvalidRemoteURL(shown, "it contains NUL or a control character")
     if url != url.strip():
@@ -88,9 +133,12 @@ def parse_remote_url(url: str, base: str | None = None) -> RemoteURL:
         scheme = None  # C:\path on Windows
     if scheme is not None and not (scheme in ("file", "s3") or scheme in _OTHER_SCHEMES or url[m.end():].startswith("//")):
         scheme = None  # "a:b" with no "//": a relative path with a colon
-    if scheme is not None and url[m.end():].startswith("//") and "@" in url[m.end() + 2:].split("/", 1)[0]:
-        raise InvalidRemoteURL(shown, "credentials never go in URLs; use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
-                                      "a profile or ~/.aws/credentials")
+    after = url[m.end() + 2:] if scheme is not None and url[m.end():].startswith("//") else None
+    # user@host, or user:secret@ where the secret holds a "/" (AWS secrets do)
+    if after is not None and ("@" in after.split("/", 1)[0] or ":" in after.split("@", 1)[0] and "@" in after):
+        raise InvalidRemoteURL(shown, CREDENTIALS_REFUSED)
+    if scheme is None and _BARE_USERINFO.match(url):
+        raise InvalidRemoteURL(shown, CREDENTIALS_REFUSED)
     if scheme is not None and scheme not in ("file", "s3"):
         raise InvalidRemoteURL(shown, f"{scheme}: remotes are not supported; use a path, file:///path or s3://bucket/prefix")
     if scheme is None:

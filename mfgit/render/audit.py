@@ -1,7 +1,10 @@
 """Text and Graphviz renderings of the audit reports: diff, blame, lineage, verify.
 
 Each function takes the JSON document the audit verb returns (docs/audit.md)
-and returns text; none reads a repository.
+and returns text; none reads a repository. Every public renderer first passes
+its document through `mfgit.render.escape.terminal_doc` (docs/design.md,
+invariant 13): module names, messages, authors and sites are participants'
+text, and DOT output is read on terminals too.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from mfgit.formats.peft import PEFT_PREFIX
+from mfgit.render.escape import terminal, terminal_doc
 
 # Kept energy below this: the output rank was truncated (the merge is not exact).
 KEPT_ENERGY_EXACT = 1.0 - 1e-9
@@ -26,7 +30,7 @@ def _short(name: str) -> str:
 
 
 def summary_line(d: dict[str, Any]) -> str:
-    s = d["summary"]
+    s = terminal_doc(d["summary"])
     line = (f"{s['modules']} module(s): {s['changed']} changed, {s['added']} added, {s['removed']} removed, "
             f"{s['unchanged']} unchanged")
     if s["rel_diff"] is not None:
@@ -37,11 +41,15 @@ def summary_line(d: dict[str, Any]) -> str:
 
 
 def diff_text(d: dict[str, Any], *, stat: bool = False) -> str:
+    # Config values are shown as Python literals of the exact data (repr
+    # escapes what is not printable); everything else is escaped text.
+    config = [(terminal(k), terminal(repr(v["a"])), terminal(repr(v["b"]))) for k, v in d["config"].items()]
+    d = terminal_doc(d)
     lines = [f"diff {d['a']['commit'][:10]} ({d['a']['rev']}) -> {d['b']['commit'][:10]} ({d['b']['rev']})"]
     if d["identical"]:
         lines.append("the adapters are identical")
-    for k, v in d["config"].items():
-        lines.append(f"config {k}: {v['a']!r} -> {v['b']!r}")
+    for k, a, b in config:
+        lines.append(f"config {k}: {a} -> {b}")
     marks = {"changed": "M", "added": "A", "removed": "D", "unchanged": " "}
     for m in d["modules"]:
         if m["status"] == "unchanged":
@@ -67,6 +75,7 @@ def diff_text(d: dict[str, Any], *, stat: bool = False) -> str:
 
 
 def blame_text(d: dict[str, Any]) -> str:
+    d = terminal_doc(d)
     lines = []
     for r in d["modules"]:
         name = _short(r["module"])
@@ -103,6 +112,7 @@ def _node_title(n: dict[str, Any]) -> str:
 
 
 def lineage_text(d: dict[str, Any]) -> str:
+    d = terminal_doc(d)
     nodes = {n["id"]: n for n in d["nodes"]}
     lines = [f"lineage of {d['root'][:10]} ({d['rev']})"]
     shown: set[str] = set()
@@ -142,6 +152,7 @@ def _dot_str(s: str) -> str:
 
 
 def lineage_dot(d: dict[str, Any]) -> str:
+    d = terminal_doc(d)
     leaf_w = {lf["commit"]: lf for lf in d["leaves"]}
     out = ["digraph lineage {", "  rankdir=TB;", '  node [fontname="Helvetica", fontsize=10];',
            '  edge [fontname="Helvetica", fontsize=9];']
@@ -165,6 +176,7 @@ def lineage_dot(d: dict[str, Any]) -> str:
 
 
 def verify_text(r: dict[str, Any]) -> str:
+    r = terminal_doc(r)
     lines = [f"verify {r['commit'][:10]} ({r['rev']}{', branch ' + r['branch'] if r['branch'] else ''}): "
              f"{r['commits']} commit(s)"]
     i = r["integrity"]

@@ -5,16 +5,18 @@ the lineage as JSON, and a little JavaScript that shows a commit's provenance
 in a side panel when its node is clicked. No network access: no CDN, no web
 fonts, and a Content-Security-Policy that forbids loading anything. Text
 from commits (messages, names) is escaped in the SVG and inserted with
-``textContent`` by the script, never as HTML.
+``textContent`` by the script, never as HTML; control, bidi and other
+invisible characters in it are shown as visible escapes, in the drawing and
+in the panel alike (`mfgit.render.escape`, docs/design.md invariant 13).
 """
 
 from __future__ import annotations
 
-import html
 import json
 from typing import Any
 
 from mfgit.render.audit import leaf_weight_text
+from mfgit.render.escape import html, terminal, terminal_doc
 
 NODE_W = 210
 NODE_H = 66
@@ -74,8 +76,9 @@ def _layout(d: dict[str, Any]) -> dict[str, tuple[float, float]]:
 
 
 def _clip(s: str, n: int) -> str:
-    s = s or ""
-    return s if len(s) <= n else s[: n - 1] + "…"
+    """`s` escaped for HTML, clipped to `n` characters as shown (escapes count as what they print)."""
+    s = terminal(s or "")
+    return html(s if len(s) <= n else s[: n - 1] + "…")
 
 
 def _svg(d: dict[str, Any]) -> tuple[str, int, int]:
@@ -97,10 +100,10 @@ def _svg(d: dict[str, Any]) -> tuple[str, int, int]:
         my = (ay + by) / 2
         w_txt = "-" if e["weight"] is None else f"{e['weight']:.4g}"
         parts.append(
-            f'<g class="edge" data-from="{e["from"]}" data-to="{e["to"]}">'
+            f'<g class="edge" data-from="{html(e["from"])}" data-to="{html(e["to"])}">'
             f'<path d="M{ax:.1f},{ay:.1f} C{ax:.1f},{my:.1f} {bx:.1f},{my:.1f} {bx:.1f},{by - 6:.1f}" '
             f'marker-end="url(#arrow)"/>'
-            f'<text class="w" x="{(ax + bx) / 2:.1f}" y="{my:.1f}">w={html.escape(w_txt)}</text></g>')
+            f'<text class="w" x="{(ax + bx) / 2:.1f}" y="{my:.1f}">w={html(w_txt)}</text></g>')
     for n in d["nodes"]:
         x, y = pos[n["id"]]
         if n["kind"] == "merge":
@@ -121,12 +124,12 @@ def _svg(d: dict[str, Any]) -> tuple[str, int, int]:
         if n["id"] == d["root"]:
             cls += " root"
         parts.append(
-            f'<g class="node {cls}" data-id="{n["id"]}" tabindex="0" role="button" '
+            f'<g class="node {cls}" data-id="{html(n["id"])}" tabindex="0" role="button" '
             f'transform="translate({x},{y})">'
             f'<rect width="{NODE_W}" height="{NODE_H}" rx="8"/>'
-            f'<text x="10" y="18" class="t1">{html.escape(_clip(line1, 30))}</text>'
-            f'<text x="10" y="35" class="t2">{n["id"][:10]} · {html.escape(_clip(n["subject"], 18))}</text>'
-            f'<text x="10" y="53" class="t3">{html.escape(_clip(line3, 32))}</text></g>')
+            f'<text x="10" y="18" class="t1">{_clip(line1, 30)}</text>'
+            f'<text x="10" y="35" class="t2">{html(n["id"][:10])} · {_clip(n["subject"], 18)}</text>'
+            f'<text x="10" y="53" class="t3">{_clip(line3, 32)}</text></g>')
     svg = (f'<svg id="graph" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">'
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
            'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#667"/></marker></defs>'
@@ -179,7 +182,7 @@ _JS = r"""
   function show(id){
     var n = byId[id]; if (!n) return;
     document.querySelectorAll('g.node.selected').forEach(function(g){ g.classList.remove('selected'); });
-    var g = document.querySelector('g.node[data-id="' + id + '"]'); if (g) g.classList.add('selected');
+    var g = document.querySelector('g.node[data-id="' + CSS.escape(id) + '"]'); if (g) g.classList.add('selected');
     panel.className = 'shown'; panel.textContent = '';
     panel.setAttribute('data-commit', id);
     panel.appendChild(el('h2', (n.kind === 'merge' ? 'Merge ' : 'Site commit ') + id.slice(0, 10)));
@@ -233,25 +236,28 @@ def _json_for_script(value: Any) -> str:
 
 
 def lineage_html(d: dict[str, Any]) -> str:
+    # The page shows text, so it carries the document escaped for display
+    # (`mfgit lineage --json` gives the exact data).
+    d = terminal_doc(d)
     svg, _, _ = _svg(d)
     root = next((n for n in d["nodes"] if n["id"] == d["root"]), None)
     title = f"Lineage of {d['root'][:10]}"
-    sub = html.escape(root["subject"]) if root else ""
+    sub = html(root["subject"]) if root else ""
     rows = []
     for lf in d["leaves"]:
         w = leaf_weight_text(lf)
         author = lf["author"].get("name", "") if isinstance(lf["author"], dict) else ""
-        rows.append(f'<tr><td>{html.escape(lf["site"] or "-")}</td>'
-                    f'<td class="mono"><a href="#" data-id="{lf["commit"]}">{lf["commit"][:10]}</a></td>'
-                    f'<td>{html.escape(author)}</td><td>{html.escape(lf["timestamp"])}</td>'
-                    f'<td class="weight">{html.escape(w)}</td><td>{html.escape(lf["subject"])}</td></tr>')
+        rows.append(f'<tr><td>{html(lf["site"] or "-")}</td>'
+                    f'<td class="mono"><a href="#" data-id="{html(lf["commit"])}">{html(lf["commit"][:10])}</a></td>'
+                    f'<td>{html(author)}</td><td>{html(lf["timestamp"])}</td>'
+                    f'<td class="weight">{html(w)}</td><td>{html(lf["subject"])}</td></tr>')
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        f"<header><h1>{html.escape(title)} <span class=\"mono\">({html.escape(d['rev'])})</span></h1>"
+        f"<title>{html(title)}</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>{html(title)} <span class=\"mono\">({html(d['rev'])})</span></h1>"
         f"<p>{sub} — {len(d['nodes'])} commits, {len(d['leaves'])} leaves. "
         "Click a node to see its provenance.</p></header>"
         f"<main><div id=\"graph-wrap\">{svg}</div>"

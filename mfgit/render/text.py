@@ -1,13 +1,19 @@
 """Text renderings of the repository verbs' results: log, show, status, fsck, notes, merge searches.
 
 Each function takes the JSON document the verb returns (docs/json.md) and
-returns text for a terminal; none reads a repository.
+returns text for a terminal; none reads a repository. Every public renderer
+first passes its document through `mfgit.render.escape.terminal_doc`, so no
+string a participant wrote reaches the terminal raw (docs/design.md,
+invariant 13).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
+
+from mfgit.render.escape import terminal_doc, terminal_text
 
 
 def human_bytes(n: float) -> str:
@@ -54,6 +60,7 @@ def _commit_block(c: dict[str, Any], decorations, notes: dict[str, list] | None 
 def log_text(commits: list[dict[str, Any]], decorations, *, graph: bool = False, oneline: bool = False,
              notes: dict[str, list] | None = None) -> str:
     """`commits`: commit documents (fields and ``id``), newest first."""
+    commits, decorations, notes = terminal_doc(commits), terminal_doc(decorations), terminal_doc(notes)
     if not graph:
         if oneline:
             out = []
@@ -67,6 +74,7 @@ def log_text(commits: list[dict[str, Any]], decorations, *, graph: bool = False,
 
 def graph_text(commits, decorations, *, oneline: bool = True) -> str:
     """A lane graph in git's style: one column per line of descent."""
+    commits, decorations = terminal_doc(commits), terminal_doc(decorations)
     columns: list[str] = []
     out: list[str] = []
     for c in commits:
@@ -100,6 +108,11 @@ def graph_text(commits, decorations, *, oneline: bool = True) -> str:
 
 
 def show_text(data: dict[str, Any], decorations) -> str:
+    # The provenance is shown as JSON of the exact data, then escaped line by
+    # line: JSON has no raw newline inside a string, and ensure_ascii=False
+    # keeps names readable while bidi and format characters are escaped.
+    prov_json = terminal_text(json.dumps(data["commit"]["provenance"], indent=2, sort_keys=True, ensure_ascii=False))
+    data, decorations = terminal_doc(data), terminal_doc(decorations)
     text = _commit_block({**data["commit"], "id": data["id"]}, decorations, {data["id"]: data.get("notes") or []})
     a = data["adapter"]
     base = a["base_model"] or {}
@@ -111,12 +124,12 @@ def show_text(data: dict[str, Any], decorations) -> str:
         + ("  rsLoRA" if a["use_rslora"] else "")
         + "\n"
     )
-    prov = data["commit"]["provenance"]
-    text += "Provenance\n" + "\n".join("  " + ln for ln in json.dumps(prov, indent=2, sort_keys=True).splitlines()) + "\n"
+    text += "Provenance\n" + "\n".join("  " + ln for ln in prov_json.splitlines()) + "\n"
     return text
 
 
 def status_text(data: dict[str, Any]) -> str:
+    data = terminal_doc(data)
     lines = []
     if data["detached"]:
         lines.append(f"HEAD detached at {str(data['head'])[:10]}")
@@ -138,6 +151,7 @@ def status_text(data: dict[str, Any]) -> str:
 
 
 def fsck_text(report: dict[str, Any]) -> str:
+    report = terminal_doc(report)
     lines = []
     for c in report["corrupt"]:
         lines.append(f"corrupt object {c['id']}: expected {c['algorithm']} {c['expected']}, got {c['actual']}")
@@ -220,6 +234,7 @@ def notes_text(data: dict[str, Any]) -> str:
 
 
 def notes_transfer_text(verb: str, r: dict[str, Any]) -> str:
+    r = terminal_doc(r)
     if verb == "push":
         return (f"  {r['ref']}: {(r.get('old') or '(new)')[:10]} -> {(r.get('new') or '(none)')[:10]} ({r['status']}); "
                 f"{r['notes']} note(s) on the remote, sent {r['objects']} object(s)")
@@ -227,6 +242,7 @@ def notes_transfer_text(verb: str, r: dict[str, Any]) -> str:
 
 
 def search_text(prov: dict[str, Any]) -> str:
+    prov = terminal_doc(prov)
     lines = []
     s = prov.get("search")
     if s:
@@ -252,6 +268,7 @@ def search_text(prov: dict[str, Any]) -> str:
 
 
 def candidates_text(d: dict[str, Any]) -> str:
+    d = terminal_doc(d)
     lines = [f"round {d['round']}: {len(d['candidates'])} candidate composite(s)"]
     for c in d["candidates"]:
         ws = ", ".join(f"{w:.4g}" for w in c["weights"])
@@ -263,3 +280,19 @@ def candidates_text(d: dict[str, Any]) -> str:
     lines.append(f"then here:    mfgit fetch REMOTE --notes && mfgit merge --from-candidates {d['round']} "
                  "--select-by NAME1,NAME2")
     return "\n".join(lines) + "\n"
+
+
+def _escaping(render):
+    """`render` with its document escaped for the terminal first (docs/design.md, invariant 13)."""
+
+    @functools.wraps(render)
+    def escaped(doc: dict[str, Any], *args: Any, **kwargs: Any) -> str:
+        return render(terminal_doc(doc), *args, **kwargs)
+
+    return escaped
+
+
+# The notes renderers, as the notes commands call them: a note's name,
+# values, site and problem are participants' text too.
+note_line = _escaping(note_line)
+notes_text = _escaping(notes_text)

@@ -9,6 +9,7 @@ import click
 from mfgit.cli import errors as cli_errors
 from mfgit.cli.common import emit_json, open_repo
 from mfgit.render.audit import blame_text, diff_text, lineage_dot, lineage_text, verify_text
+from mfgit.render.escape import terminal, terminal_doc
 
 
 @click.command("diff")
@@ -40,7 +41,7 @@ def lineage(ctx, rev, as_json, dot, html_out):
     if html_out:
         target = repo.write_lineage_page(data, Path(ctx.obj["cwd"]) / html_out)
         if not (as_json or dot):
-            click.echo(f"Wrote {target}")
+            click.echo(f"Wrote {terminal(target)}")
     if as_json:
         emit_json(data)
     elif dot:
@@ -105,6 +106,7 @@ def keygen(ctx, path, key_type, comment, force, as_json):
     if as_json:
         emit_json(info)
         return
+    info = terminal_doc(info)
     click.echo(f"Wrote private key {info['private_key']} (mode 0600) and public key {info['public_key']}")
     if info.get("public_key_pem"):
         click.echo(f"PEM public key (for model_signing verify): {info['public_key_pem']}")
@@ -130,10 +132,11 @@ def export(ctx, rev, outdir, card, manifest, key, force, as_json):
     if as_json:
         emit_json(report)
         return
-    click.echo(f"Wrote {report['dir']} ({len(report['files'])} files)")
-    if report["manifest"]:
-        click.echo(f"Signed manifest {report['manifest']}; check it with: model_signing verify key "
-                   f"--signature {report['manifest']} --public_key PUBLIC_KEY.pem {report['dir']}")
+    where, manifest = terminal(report["dir"]), report["manifest"] and terminal(report["manifest"])
+    click.echo(f"Wrote {where} ({len(report['files'])} files)")
+    if manifest:
+        click.echo(f"Signed manifest {manifest}; check it with: model_signing verify key "
+                   f"--signature {manifest} --public_key PUBLIC_KEY.pem {where}")
 
 
 COMMANDS = [diff_cmd, lineage, blame, verify, keygen, export]

@@ -8,6 +8,7 @@ import click
 
 from mfgit.cli.common import emit_json, open_repo, quiet_blas
 from mfgit.render import text as render
+from mfgit.render.escape import terminal
 
 
 @click.command()
@@ -22,7 +23,7 @@ def init(ctx, path, bare, site, initial_branch):
 
     target = Path(ctx.obj["cwd"]) / path
     repo = Repository.init(target, bare=bare, site=site, initial_branch=initial_branch)
-    click.echo(f"Initialized empty {'bare ' if bare else ''}mfgit repository in {repo.gitdir}")
+    click.echo(f"Initialized empty {'bare ' if bare else ''}mfgit repository in {terminal(repo.gitdir)}")
 
 
 @click.command()
@@ -36,6 +37,8 @@ def config(ctx, key, value, global_, unset, list_):
     """Get or set options: user.name, user.email, site, remote.NAME.url, ..."""
     from mfgit.api.config import user_config
 
+    from mfgit.api.remotes import check_remote_setting
+
     if global_:
         cfg = user_config()
     else:
@@ -44,7 +47,7 @@ def config(ctx, key, value, global_, unset, list_):
     if list_ or key is None:
         items = cfg.global_file.items() if global_ else cfg.items()
         for k, v in sorted(items.items()):
-            click.echo(f"{k}={v}")
+            click.echo(f"{terminal(k)}={terminal(v)}")
         return
     if unset:
         cfg.set(key, None, scope=scope)
@@ -53,8 +56,9 @@ def config(ctx, key, value, global_, unset, list_):
         v = cfg.global_file.get(key) if global_ else cfg.get(key)
         if v is None:
             ctx.exit(1)
-        click.echo(v)
+        click.echo(terminal(v))
         return
+    check_remote_setting(key, value)  # a URL or endpoint with credentials is never stored
     cfg.set(key, value, scope=scope)
 
 
@@ -80,7 +84,7 @@ def commit(ctx, adapter, message, meta, code, allow_pickle, allow_empty, as_json
     else:
         branch = repo.head_branch() or "detached HEAD"
         root = " (root-commit)" if not info.commit.parents else ""
-        click.echo(f"[{branch}{root} {info.id[:10]}] {message.splitlines()[0] if message else ''}")
+        click.echo(f"[{terminal(branch)}{root} {info.id[:10]}] {terminal(message.splitlines()[0] if message else '')}")
 
 
 @click.command()
@@ -138,11 +142,11 @@ def branch(ctx, name, start, delete, force_delete, force, remotes, all_, as_json
         if not name:
             raise click.UsageError("branch -d needs a NAME")
         oid = repo.delete_branch(name, force=force_delete)
-        click.echo(f"Deleted branch {name} (was {oid[:10]}).")
+        click.echo(f"Deleted branch {terminal(name)} (was {oid[:10]}).")
         return
     if name:
         oid = repo.create_branch(name, start, force=force)
-        click.echo(f"Branch {name} at {oid[:10]}")
+        click.echo(f"Branch {terminal(name)} at {oid[:10]}")
         return
     local = [] if remotes else repo.branches()
     remote = repo.branches(remote=True) if (remotes or all_) else []
@@ -150,11 +154,12 @@ def branch(ctx, name, start, delete, force_delete, force, remotes, all_, as_json
         emit_json({"current": repo.head_branch(), "branches": local, "remotes": remote})
         return
     for b in local:
-        click.echo(f"{'*' if b['current'] else ' '} {b['name']:<24} {b['commit'][:10]} {b['subject']}")
+        mark = "*" if b["current"] else " "
+        click.echo(f"{mark} {terminal(b['name']):<24} {b['commit'][:10]} {terminal(b['subject'])}")
     for b in remote:
-        click.echo(f"  remotes/{b['name']:<16} {b['commit'][:10]} {b['subject']}")
+        click.echo(f"  remotes/{terminal(b['name']):<16} {b['commit'][:10]} {terminal(b['subject'])}")
     if not local and not remote and repo.head_branch():
-        click.echo(f"(no commits yet on {repo.head_branch()})")
+        click.echo(f"(no commits yet on {terminal(repo.head_branch())})")
 
 
 @click.command()
@@ -167,7 +172,7 @@ def switch(ctx, name, start, create, orphan):
     """Make NAME the current branch (new commits go there)."""
     repo = open_repo(ctx)
     repo.switch(name, create=create, orphan=orphan, start=start)
-    click.echo(f"Switched to {'a new ' if create or orphan else ''}branch '{name}'")
+    click.echo(f"Switched to {'a new ' if create or orphan else ''}branch '{terminal(name)}'")
 
 
 @click.command()
@@ -180,7 +185,7 @@ def checkout(ctx, rev, to, force):
     quiet_blas()
     repo = open_repo(ctx)
     out = repo.checkout(rev, Path(ctx.obj["cwd"]) / to, force=force)
-    click.echo(f"Wrote {out}")
+    click.echo(f"Wrote {terminal(out)}")
 
 
 @click.command()
@@ -200,7 +205,7 @@ def tag(ctx, name, rev, message, force, as_json, sign):
             emit_json({"tags": tags})
         else:
             for t in tags:
-                click.echo(t["name"])
+                click.echo(terminal(t["name"]))
         return
     repo.tag(name, rev, message=message, force=force, sign=repo.signer() if sign else None)
 

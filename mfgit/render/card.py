@@ -1,0 +1,104 @@
+"""The model card of ``export --card``: a Hugging Face README.md rendered from a card document.
+
+`mfgit.audit.export.card_document` gathers what the card shows (the commit,
+its adapter, the lineage leaves, the recipe or the import provenance); this
+module only writes text and reads no repository. Almost every string in the
+card was written by some participant — messages, names, sites, the base
+model, metadata, the labels of merge inputs — so each goes through
+`mfgit.render.escape` for where it lands (docs/design.md, invariant 13):
+
+* the YAML front matter and the YAML blocks are written by a YAML emitter
+  (`escape.yaml_dump`), never by string formatting;
+* text in a heading, a paragraph or a table cell is escaped Markdown
+  (`escape.markdown`): no participant string can start an element, a
+  heading, a link, an HTML tag or a new table row;
+* names that are identifiers (the base model, file names, URLs, ids) are
+  code spans and the message a fenced block, each with a fence no backtick
+  run inside can close.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mfgit.render.audit import leaf_weight_text
+from mfgit.render.escape import markdown, markdown_block, markdown_code, yaml_dump
+
+
+def _cell(value: Any) -> str:
+    return markdown(value if value not in (None, "") else "-")
+
+
+def _front_matter(doc: dict[str, Any]) -> str:
+    front: dict[str, Any] = {}
+    if doc["base_model"]:
+        front["base_model"] = doc["base_model"]
+    front["base_model_relation"] = "merge" if doc["is_merge"] else "adapter"
+    front["library_name"] = "peft"
+    front["tags"] = ["lora", "peft", "mfgit"] + (["merge"] if doc["is_merge"] else [])
+    return "---\n" + yaml_dump(front, sort_keys=False) + "---\n"
+
+
+def _summary(doc: dict[str, Any]) -> list[str]:
+    author = doc["author"] or {}
+    who = f"{author.get('name', '')} <{author.get('email', '')}>"
+    signed = f"yes, key {doc['signed_key']}" if doc["signed_key"] is not None else "no"
+    return [
+        "| | |", "|---|---|",
+        f"| commit | {markdown_code(doc['commit'], table=True)} |",
+        f"| adapter | {markdown_code(doc['adapter'], table=True)} |",
+        f"| author | {markdown(who)} |",
+        f"| site | {_cell(doc['site'])} |",
+        f"| time | {_cell(doc['timestamp'])} |",
+        f"| signed | {markdown(signed)} |",
+        f"| rank(s) | {markdown(', '.join(str(r) for r in doc['ranks']))} |",
+        f"| modules | {doc['modules']} |",
+        "",
+    ]
+
+
+def _merge_lineage(doc: dict[str, Any]) -> list[str]:
+    cid = doc["commit"]
+    lines = ["Leaves (site commits) and their effective weight in this composite: the composite's update is "
+             "Σ weight × the leaf's update for linear merges (product of weights and λ along the merge "
+             "graph, summed over paths).", "",
+             "| site | commit | author | time | effective weight |", "|---|---|---|---|---|"]
+    for lf in doc["leaves"]:
+        who = lf["author"].get("name", "") if isinstance(lf["author"], dict) else ""
+        lines.append(f"| {_cell(lf['site'])} | {markdown_code(lf['commit'][:10], table=True)} | {_cell(who)} | "
+                     f"{_cell(lf['timestamp'])} | {markdown(leaf_weight_text(lf))} |")
+    lines += ["", f"{doc['merges']} merge commit(s) lead from the leaves to this composite; "
+              f"{markdown_code('mfgit lineage ' + cid[:10])} shows the graph.", ""]
+    lines += ["## Merge recipe", "", markdown_block(yaml_dump(doc["recipe"]), "yaml"), ""]
+    lines += [f"Re-run it with {markdown_code(f'mfgit verify {cid[:10]} --reproduce')}.", ""]
+    return lines
+
+
+def _import_provenance(doc: dict[str, Any]) -> list[str]:
+    src = doc["source"] or {}
+    code = doc["code"] or {}
+    lines = [f"Imported from {markdown_code(src.get('name', '?'))} ({markdown(src.get('format', '?'))}) "
+             f"at site {_cell(doc['site'])}."]
+    if code.get("commit"):
+        lines += [f"Training code: {markdown_code(code['commit'])}"
+                  + (f" ({markdown_code(code['remote_url'])})" if code.get("remote_url") else "")
+                  + (" (dirty work tree)" if code.get("dirty") else "") + "."]
+    if doc["meta"]:
+        lines += ["", markdown_block(yaml_dump(doc["meta"]), "yaml")]
+    lines.append("")
+    return lines
+
+
+def model_card(doc: dict[str, Any]) -> str:
+    """README.md text for a card document (`mfgit.audit.export.card_document`)."""
+    message = doc["message"] or ""
+    subject = message.splitlines()[0] if message.strip() else doc["commit"][:10]
+    kind = "a merge composite of site adapters" if doc["is_merge"] else "a LoRA adapter"
+    base = f" for {markdown_code(doc['base_model'])}" if doc["base_model"] else ""
+    lines = [_front_matter(doc), f"# {markdown(subject)}", "", f"This is {kind}{base}, exported by mfgit.", ""]
+    lines += _summary(doc)
+    if len(message.splitlines()) > 1:
+        lines += [markdown_block(message.rstrip(), "text"), ""]
+    lines += ["## Lineage", ""]
+    lines += _merge_lineage(doc) if doc["is_merge"] else _import_provenance(doc)
+    return "\n".join(lines)
