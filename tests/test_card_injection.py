@@ -31,7 +31,7 @@ EMAIL = "x@evil.example> <a href='http://evil.example'>link</a"
 FENCE_BREAK = "```\n</pre><script>alert(3)</script>\n# Injected heading\n```\n<div onclick=alert(4)>div</div>\n~~~"
 MESSAGE = f"Release # {SCRIPT} [a](http://evil.example) `code` | pipe\n\n{FENCE_BREAK}\n\n## Another heading\n- list"
 BASE = f"meta-llama/Llama-3\n---\n# {SCRIPT}\n<b>bold</b> | a | b |"
-SITE = "hospital | with pipe\n| --- | --- |\n| forged | row |"
+SITE = "hospital | with pipe | --- | --- | forged | row |"  # one-line fields hold no newline (the schema)
 META = {"samples": 100, "notes\n# heading": f"```\n{SCRIPT}\n```", "pipe|key": "a | b"}
 
 
@@ -66,7 +66,7 @@ def cards(tmp_path_factory, adapter_store):
         for name, adapter in (("a", one), ("b", two)):
             cli.ok("switch", "--orphan", f"sites/{name}")
             made = repo.commit(adapter, "placeholder", meta=["samples=100"])
-            # What the site's own tooling may write: newlines and pipes in the site.
+            # What the site's own tooling may write: pipes in the site.
             c = made.commit
             crafted = type(c)(adapter=c.adapter, parents=(), author={"name": AUTHOR, "email": EMAIL}, site=f"{SITE} {name}",
                               timestamp=c.timestamp, message=MESSAGE, provenance={**c.provenance, "meta": META})

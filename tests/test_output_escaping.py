@@ -32,9 +32,13 @@ BIDI = "\u202egnp.exe\u202c \u2066iso\u2069 \u200b\ufeff\u00ad\u3164"
 CR = "ok\rFORGED"
 HTML = "<img src=x onerror=alert(1)></script><script>alert(2)</script><b>bold</b>"
 
-AUTHOR = f"Mallory {CSI}{OSC0}\nAuthor: Alice <alice@hospital-a.example>"
-EMAIL = f"m{OSC8}@evil.example\nDate:   1999-01-01"
-SITE = f"hospital-{BIDI}{C1}\nSite:   hospital-a"
+# One-line fields (author, email, site) cannot hold control characters at all: the object
+# schema refuses them on write and on read (test_control_characters_in_names_are_refused).
+# What they can hold is every invisible and bidi-reordering format character.
+AUTHOR = "Mallory \u202eecilA\u202c \u2066x\u2069\u200b"
+EMAIL = "m\u200b\u202e@evil.example"
+SITE = f"hospital-{BIDI}"
+SITE_B = f"clinic-{BIDI}"  # the second site, also hostile
 META = f"{OSC0}{CSI}\x7f{CR}"
 BRANCH = "sites/evil\u202ecod\u2066x\u2069"
 TAG = "v1\u202e2"
@@ -73,12 +77,11 @@ def hostile(tmp_path_factory, adapter_store):
     with in_process_env(env):
         repo = Repository.open(repo_dir)
         first = repo.head()
-        # The second site's commit is written by its own tooling: nothing
-        # stops a newline in its site or author fields.
+        # The second site's commit is written by its own tooling.
         cli.ok("switch", "--orphan", "sites/b")
         cli.ok("commit", two, "-m", "b", "--meta", "samples=200")
         made = repo.read_commit(repo.head())
-        crafted = type(made)(adapter=made.adapter, parents=(), author={"name": AUTHOR, "email": EMAIL}, site=SITE,
+        crafted = type(made)(adapter=made.adapter, parents=(), author={"name": AUTHOR, "email": EMAIL}, site=SITE_B,
                              timestamp=made.timestamp, message=MESSAGE,
                              provenance={**made.provenance, "meta": {f"k{OSC8}": META, "samples": 200}})
         cid = repo.put_commit(crafted)
@@ -106,10 +109,9 @@ def test_log_escapes_control_sequences_and_newlines_do_not_forge_lines(hostile):
     assert sum(ln.startswith("Author: ") for ln in lines) == n
     assert sum(ln.startswith("Site:   ") for ln in lines) == n
     assert sum(ln.startswith("Date:   ") for ln in lines) == n
-    assert not any(ln.startswith(("Author: Alice", "Date:   1999", "Site:   hospital-a")) for ln in lines)
-    assert "Mallory \\x1b[31;1mRED" in out and "\\x1b]0;window title pwned\\x07" in out
-    assert "\\u202egnp.exe\\u202c" in out and "\\x9b31m" in out and "\\u200b\\ufeff\\xad\\u3164" in out
-    assert "\\nAuthor: Alice" in out and "\\nSite:   hospital-a" in out
+    assert "Mallory \\u202eecilA\\u202c" in out and "\\x1b]0;window title pwned\\x07" in out
+    assert "\\x1b[31;1mRED" in out and "\\u202egnp.exe\\u202c" in out and "\\x9b31m" in out
+    assert "\\u200b\\ufeff\\xad\\u3164" in out
     assert "ok\\rFORGED" in out
     # The message keeps its lines, each indented and escaped.
     assert "    \\u202egnp.exe\\u202c \\u2066iso\\u2069 \\u200b\\ufeff\\xad\\u3164" in lines
@@ -123,7 +125,7 @@ def test_json_output_keeps_the_exact_data(hostile):
     cli = hostile["cli"]
     commits = {c["id"]: c for c in cli.json("log", "--json")["commits"]}
     crafted = commits[hostile["crafted"]]
-    assert crafted["author"] == {"name": AUTHOR, "email": EMAIL} and crafted["site"] == SITE
+    assert crafted["author"] == {"name": AUTHOR, "email": EMAIL} and crafted["site"] == SITE_B
     assert crafted["message"] == MESSAGE and crafted["provenance"]["meta"][f"k{OSC8}"] == META
     assert BRANCH in [b["name"] for b in cli.json("branch", "--json")["branches"]]
 
@@ -227,4 +229,32 @@ def test_notes_renderers_escape_note_fields():
     assert "\n" not in line
     text = notes_text({"commit": "c" * 64, "notes": [note], "ok": False})
     assert_clean(text, "notes_text")
-    assert len(text.splitlines()) == 11  # commit, note and its 9 fields, verdict: no field added a line
+    assert len(text.splitlines()) == 12  # commit, note and its 10 fields, verdict: no field added a line
+
+
+@pytest.mark.parametrize("field", ["name", "email", "site"])
+def test_control_characters_in_names_are_refused(tmp_path, adapter_store, field):
+    """A newline or an escape sequence in an author, email or site would forge log lines: refused at commit,
+    and a crafted commit holding one is a malformed object on read (one line, nothing raw)."""
+    from mfgit.objects.canonical import canonical_json
+
+    hostile = f"Mallory {CSI}\nAuthor: Alice"
+    author, email = (hostile, "m@x") if field == "name" else ("Mallory", hostile) if field == "email" else ("M", "m@x")
+    cli, repo_dir, env = repo_as(tmp_path, author, email)
+    if field == "site":
+        cli = cli.with_env(MFGIT_SITE=hostile)
+    line = cli.fails("commit", build_adapter(adapter_store, seed=1), "-m", "x", code=4)
+    assert "control characters" in line
+    assert_clean(line, "the refusal")
+    clean = Cli(tmp_path / "home", repo_dir, isolated_env(tmp_path / "home"))
+    clean.ok("commit", build_adapter(adapter_store, seed=1), "-m", "x")
+    with in_process_env(clean.env):
+        repo = Repository.open(repo_dir)
+        d = repo.read_commit(repo.head()).to_dict()
+        d["author" if field != "site" else "site"] = ({**d["author"], field: hostile} if field != "site" else hostile)
+        cid = repo.store.put("commit", canonical_json(d))
+        repo.refs.update("refs/heads/main", cid, repo.head(), who="test", message="crafted")
+    res = clean("log")
+    assert res.returncode == 5, res.stderr
+    assert "malformed" in one_line_error(res.stderr)
+    assert_clean(res.stderr + res.stdout, "log of a crafted commit")

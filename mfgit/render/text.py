@@ -9,7 +9,6 @@ invariant 13).
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
@@ -187,6 +186,7 @@ def _values_text(values: dict[str, Any]) -> str:
 
 def note_line(n: dict[str, Any], *, with_commit: bool = False) -> str:
     """One line for a note: name, values, who (site), when, signature status, and whether it counts."""
+    n = terminal_doc(n)  # a note's name, values, site and problem are participants' text
     who = n.get("measured_by") or {}
     sig = n.get("signature") or {}
     status = {"good": f"signed {sig.get('key_id')}", "unsigned": "unsigned"}.get(sig.get("status"), "BAD SIGNATURE")
@@ -202,6 +202,7 @@ def note_line(n: dict[str, Any], *, with_commit: bool = False) -> str:
 
 
 def notes_text(data: dict[str, Any]) -> str:
+    data = terminal_doc(data)
     lines = [f"commit {data['commit']}"]
     if not data["notes"]:
         lines.append("  (no notes)")
@@ -280,19 +281,3 @@ def candidates_text(d: dict[str, Any]) -> str:
     lines.append(f"then here:    mfgit fetch REMOTE --notes && mfgit merge --from-candidates {d['round']} "
                  "--select-by NAME1,NAME2")
     return "\n".join(lines) + "\n"
-
-
-def _escaping(render):
-    """`render` with its document escaped for the terminal first (docs/design.md, invariant 13)."""
-
-    @functools.wraps(render)
-    def escaped(doc: dict[str, Any], *args: Any, **kwargs: Any) -> str:
-        return render(terminal_doc(doc), *args, **kwargs)
-
-    return escaped
-
-
-# The notes renderers, as the notes commands call them: a note's name,
-# values, site and problem are participants' text too.
-note_line = _escaping(note_line)
-notes_text = _escaping(notes_text)
