@@ -415,6 +415,7 @@ class InvalidObject(MfgitError):
     def __init__(self, kind: str, reason: str):
         super().__init__(f"cannot write this {kind}: {reason}")
         self.kind = kind
+        self.reason = reason
 
 
 # --- remotes: creation, endpoints, time limits ---------------------------------------------
