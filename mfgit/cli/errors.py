@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from mfgit import errors as E
+from mfgit.repo.fsck import bad_ref_fix, reflog_fix
 
 # exit codes (documented in docs/cli.md)
 OK = 0
@@ -79,6 +80,12 @@ TABLE: list[tuple[type, int, Fix]] = [
     (E.SigningKeyError, BAD_INPUT, _fix("make a key with: mfgit keygen PATH, then: mfgit config signing.key PATH")),
     (E.DemoError, USAGE, _fix("")),
     (E.ScoreError, BAD_INPUT, _fix("see docs/search-and-eval.md for what a score function receives and returns")),
+    (E.BadRef, DAMAGED, lambda e: f"{bad_ref_fix(e.name)}; mfgit fsck lists every bad ref"),
+    (E.BadReflog, DAMAGED, lambda e: f"drop the damaged lines: {reflog_fix(e.name, 'malformed')}"),
+    (E.DamagedReflogEntry, DAMAGED, lambda e: (
+        f"drop such entries: {reflog_fix(e.name, 'missing')}, or fetch the objects: mfgit fsck --repair-from REMOTE")),
+    (E.BadConfigFile, BAD_INPUT, _fix(
+        "it must be UTF-8 INI text as git writes it ([section] and key = value lines); correct or restore it")),
 ]
 
 
