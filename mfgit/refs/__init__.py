@@ -11,7 +11,8 @@ from mfgit.refs.names import (
     check_ref_name,
     check_remote_name,
 )
-from mfgit.refs.refstore import ANY, DiskRefs, MemoryRefs, RefStore, ReflogBadLine, ReflogEntry, ReflogItem
+from mfgit.refs.disk import DiskRefs
+from mfgit.refs.refstore import ANY, MemoryRefs, RefStore, ReflogBadLine, ReflogEntry, ReflogItem
 
 __all__ = [
     "ANY",

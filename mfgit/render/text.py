@@ -149,9 +149,12 @@ def fsck_text(report: dict[str, Any]) -> str:
         where = f" line {b['line']}" if b["line"] else ""
         lines.append(f"bad reflog {b['ref']}{where}: {b['error']} (drop it with: {b['fix']})")
     for e in report.get("reflog_damage", []):
-        more = f" and {len(e['reaches']) - 1} more" if len(e["reaches"]) > 1 else ""
-        lines.append(f"reflog entry {e['entry']} ({e['id'][:12]}) reaches missing or unreadable object "
-                     f"{e['reaches'][0]}{more} (drop it with: {e['fix']})")
+        if e["reaches"] == [e["id"]]:
+            what = f"names missing or unreadable object {e['id']}"
+        else:
+            more = f" and {len(e['reaches']) - 1} more" if len(e["reaches"]) > 1 else ""
+            what = f"({e['id'][:12]}) reaches missing or unreadable object {e['reaches'][0]}{more}"
+        lines.append(f"reflog entry {e['entry']} {what} (drop it with: {e['fix']})")
     for d in report["dangling"]:
         lines.append(f"dangling {d['kind']} {d['id']}")
     for t in report["temporary_files"]:

@@ -141,10 +141,11 @@ def reflog_reach(repo: "BaseRepository", entries: list[tuple[str, int, str]],
 
 
 def damaged_entries(entries: list[tuple[str, int, str]], damaged: dict[str, dict[str, str]]) -> list[dict]:
-    """One record per reflog entry whose value reaches damage (`damaged`, from reflog_reach)."""
+    """One record per reflog entry whose value reaches damage (`damaged`, from reflog_reach), by ref and @{n}."""
+    hit = sorted({(name, n, v) for name, n, v in entries if v in damaged})
     out, done = [], set()
-    for name, n, v in entries:
-        if v in damaged and (name, n) not in done:
+    for name, n, v in hit:
+        if (name, n) not in done:  # an entry whose old and new both reach damage is one record
             done.add((name, n))
             out.append({"ref": name, "entry": f"{name}@{{{n}}}", "id": v, "reaches": sorted(damaged[v])})
     return out
