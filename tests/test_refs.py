@@ -391,3 +391,11 @@ def test_disk_reflog_lines_that_are_no_entry_are_reported_with_their_line(tmp_pa
     assert (info.value.line, info.value.path) == (2, str(log))
     assert refs.expire_reflog(REF, lambda item: isinstance(item, ReflogBadLine)) == (1, 2)
     assert [e.message for e in refs.reflog(REF)] == ["one", "two"]
+
+
+def test_disk_reflog_strings_that_are_not_valid_unicode_are_damaged_lines(tmp_path):
+    refs = DiskRefs(tmp_path)
+    refs.update(REF, A, None, message="one")
+    log = tmp_path / "logs" / REF
+    log.write_bytes(log.read_bytes().replace(b'"one"', b'"\\ud800"'))
+    assert refs.reflog_scan(REF) == ([], [ReflogBadLine(1, "'message' is not valid Unicode")])

@@ -110,9 +110,10 @@ def test_a_branch_pointing_at_an_adapter_is_refused_as_a_parent(cli, repo_dir, c
     adapter = repo.read_commit(repo.head()).adapter
     ref_file(repo_dir).write_text(adapter + "\n")
     line = cli.fails("commit", committed, "-m", "x", "--allow-empty", cwd=repo_dir, code=cli_errors.DAMAGED)
-    assert "points to a adapter, not a commit" in line or "not a commit" in line
+    assert "refs/heads/main" in line and "points to an adapter, not a commit" in line
     line = cli.fails("log", cwd=repo_dir, code=cli_errors.DAMAGED)
     assert "refs/heads/main" in line
+    assert _bad_ref_names(cli, repo_dir)["refs/heads/main"] == "points to an adapter, not a commit"
 
 
 # --- item 19: bad bytes in refs, HEAD, reflogs and config are one line, fsck goes on --------------

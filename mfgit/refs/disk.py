@@ -98,7 +98,7 @@ class DiskRefs(RefStore):
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise _Unreadable("the file is a symbolic link") from None
-            raise
+            raise _Unreadable(f"cannot be read: {e.strerror}") from None
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
@@ -107,7 +107,10 @@ class DiskRefs(RefStore):
                 raise _Unreadable("not a regular file")
             chunks, size = [], 0
             while limit is None or size <= limit:
-                chunk = os.read(fd, 1 << 16)
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except OSError as e:  # EIO: damage to report, like any other
+                    raise _Unreadable(f"cannot be read: {e.strerror}") from None
                 if not chunk:
                     break
                 chunks.append(chunk)

@@ -106,6 +106,10 @@ def parse_reflog_line(raw: bytes) -> ReflogEntry | str:
     for key in ("who", "time", "message"):
         if not isinstance(d.get(key), str):
             return f"{key!r} is missing or not a string"
+        try:
+            d[key].encode("utf-8")
+        except UnicodeEncodeError:  # a JSON escape of half a surrogate pair: unprintable
+            return f"{key!r} is not valid Unicode"
     return ReflogEntry(d["old"], d["new"], d["who"], d["time"], d["message"])
 
 

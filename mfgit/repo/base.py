@@ -221,7 +221,8 @@ class BaseRepository:
             raise BadRef(name, f"points to missing object {value}", self.refs.location(name)) from None
         if kind == "commit" or (tags and kind == "tag"):
             return value
-        raise BadRef(name, f"points to a {kind}, not a commit", self.refs.location(name))
+        raise BadRef(name, f"points to {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a commit",
+                     self.refs.location(name))
 
     def resolve(self, rev: str) -> str:
         """Resolve a revision to a commit id (tags are peeled); see mfgit.repo.revisions for the syntax."""

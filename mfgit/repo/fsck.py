@@ -64,7 +64,8 @@ def fsck(repo: "BaseRepository", *, read_data: bool = False) -> dict[str, Any]:
         if not repo.store.has(value):
             bad.setdefault(name, f"points to missing object {value}")
         elif kinds.get(value) not in ("commit", "tag"):
-            bad.setdefault(name, f"points to a {kinds.get(value) or 'unreadable object'}, not a commit")
+            kind = kinds.get(value) or "unreadable object"
+            bad.setdefault(name, f"points to {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a commit")
     bad_refs = [{"ref": name, "error": error, "fix": bad_ref_fix(name)} for name, error in sorted(bad.items())]
     bad_reflog = [{"ref": name, "line": line, "error": error, "fix": reflog_fix(name, "malformed")}
                   for name, line, error in scan.bad_reflog_lines]

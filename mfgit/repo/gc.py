@@ -33,15 +33,18 @@ def gc(repo: "BaseRepository", *, prune_older_than: float = 14 * 86400, dry_run:
     """
     with repo.store.exclusive():
         scan = scan_refs(repo)
-        for name, reason in sorted(scan.bad_refs.items()):
+        if scan.bad_refs:
+            name, reason = min(scan.bad_refs.items())
             raise BadRef(name, reason, repo.refs.location(name))
-        for name, line, reason in scan.bad_reflog_lines:
+        if scan.bad_reflog_lines:
+            name, line, reason = scan.bad_reflog_lines[0]
             raise BadReflog(name, repo.refs.reflog_location(name), line, reason)
         damaged: dict[str, str] = {}
         keep = reachable(repo, list(scan.refs.values()), missing=damaged)
         _refuse(repo, damaged)
         more, reflog_damage = reflog_reach(repo, scan.entries, keep)
-        for e in damaged_entries(scan.entries, reflog_damage):
+        if reflog_damage:
+            e = damaged_entries(scan.entries, reflog_damage)[0]
             raise DamagedReflogEntry(e["ref"], e["entry"], e["id"], e["reaches"])
         keep |= more
         return _delete_unreachable(repo, keep, prune_older_than, dry_run)

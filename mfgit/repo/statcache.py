@@ -95,6 +95,10 @@ def _read_key(path: Path) -> bytes | None:
 def _well_formed(key: Any, entry: Any) -> bool:
     if not (isinstance(key, str) and os.path.isabs(key) and "\0" not in key and isinstance(entry, dict)):
         return False
+    try:
+        key.encode("utf-8")  # status prints it
+    except UnicodeEncodeError:
+        return False
     files = entry.get("files")
     return (isinstance(files, dict) and all(
                 isinstance(n, str) and isinstance(s, list) and len(s) == 4
