@@ -442,3 +442,55 @@ class InvalidEndpoint(MfgitError):
         super().__init__(f"invalid S3 endpoint {endpoint!r}: {reason}")
         self.endpoint = endpoint
         self.reason = reason
+
+
+# --- damaged refs, reflogs and config files (added with mfgit.refs hardening) ---
+
+
+class BadRef(MfgitError):
+    """A ref (or HEAD) that does not hold a usable value.
+
+    Its file is not UTF-8 text, is empty, is not a regular file, holds
+    neither an object id nor ``ref: refs/…``, is part of a loop of symbolic
+    refs, or names an object that is missing or is not a commit. `path` is
+    the file ("" for refs kept in memory)."""
+
+    def __init__(self, name: str, reason: str, path: str = ""):
+        where = f" ({path})" if path and path != name else ""
+        super().__init__(f"ref {name}{where} is damaged: {reason}")
+        self.name = name
+        self.reason = reason
+        self.path = path
+
+
+class BadReflog(MfgitError):
+    """A complete line of a reflog file that is not a reflog entry (bad bytes, bad JSON, bad fields)."""
+
+    def __init__(self, name: str, path: str, line: int, reason: str):
+        super().__init__(f"reflog of {name} ({path}) is damaged at line {line}: {reason}")
+        self.name = name
+        self.path = path
+        self.line = line
+        self.reason = reason
+
+
+class DamagedReflogEntry(MfgitError):
+    """A reflog entry names, or leads to, an object that is missing or unreadable,
+    and no ref reaches that object: what it names is unknown, so gc keeps everything."""
+
+    def __init__(self, name: str, entry: str, oid: str, damaged: list[str]):
+        super().__init__(f"reflog entry {entry} ({oid[:12]}) reaches {len(damaged)} missing or unreadable "
+                         f"object(s), first {damaged[0]}")
+        self.name = name
+        self.entry = entry
+        self.oid = oid
+        self.damaged = damaged
+
+
+class BadConfigFile(MfgitError):
+    """A config file that cannot be read as text (bad bytes) or parsed as INI."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"config file {path} cannot be read: {reason}")
+        self.path = path
+        self.reason = reason

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mfgit.errors import InvalidRefName, LockHeld, RefConflict
-from mfgit.refs import ANY, DiskRefs, MemoryRefs, check_branch_name, check_ref_name
+from mfgit.errors import BadRef, BadReflog, InvalidRefName, LockHeld, RefConflict
+from mfgit.refs import ANY, DiskRefs, MemoryRefs, ReflogBadLine, ReflogEntry, check_branch_name, check_ref_name
 from mfgit.refs.names import check_remote_name
 
 A, B, C, D = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
@@ -331,3 +331,71 @@ def test_full_ref_names_need_a_slash_and_remote_names_none():
     assert check_remote_name("hub") == "hub"
     with pytest.raises(InvalidRefName):
         check_remote_name("hub/x")
+
+
+# --- damaged values, loops and reflog expiry ---------------------------------------------------------
+
+
+def test_a_loop_of_symbolic_refs_is_a_bad_ref_not_an_unborn_branch(refs):
+    refs.update("HEAD", "ref: refs/heads/a", ANY)
+    refs.update("refs/heads/a", "ref: refs/heads/b", ANY)
+    refs.update("refs/heads/b", "ref: refs/heads/a", ANY)
+    with pytest.raises(BadRef) as info:
+        refs.resolve("HEAD")
+    assert info.value.name == "HEAD"
+    assert info.value.reason == "symbolic refs form a loop: HEAD -> refs/heads/a -> refs/heads/b -> refs/heads/a"
+
+
+def test_expire_reflog_drops_what_it_is_told_and_keeps_the_rest_in_order(refs):
+    refs.update(REF, A, None, message="one")
+    refs.update(REF, B, A, message="two")
+    refs.update(REF, C, B, message="three")
+    assert refs.expire_reflog(REF, lambda e: isinstance(e, ReflogEntry) and e.new == B) == (1, 2)
+    assert [(e.old, e.new, e.message) for e in refs.reflog(REF)] == [(None, A, "one"), (B, C, "three")]
+    assert refs.read(REF) == C  # the ref itself is untouched
+    refs.update(REF, D, C, message="four")
+    assert [e.message for e in refs.reflog(REF)] == ["one", "three", "four"]
+    assert REF in refs.reflog_names()
+    assert refs.expire_reflog(REF, lambda e: True) == (3, 0)
+    assert refs.reflog(REF) == [] and REF not in refs.reflog_names()
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", b"a" * 63 + b"\n", b"\xff" * 64 + b"\n", b"", b"ref: ../x\n",
+                                     b"ref: logs/HEAD\n", b"a" * 64 * 100])
+def test_disk_ref_files_that_hold_no_value_are_bad_refs_naming_the_file(tmp_path, content):
+    refs = DiskRefs(tmp_path)
+    refs.update(REF, A, None)
+    (tmp_path / REF).write_bytes(content)
+    with pytest.raises(BadRef) as info:
+        refs.read(REF)
+    assert info.value.name == REF and info.value.path == str(tmp_path / REF)
+    assert refs.items() == {}  # left out of listings; fsck reports it
+    with pytest.raises(BadRef):
+        refs.update(REF, B, A)  # a compare needs the value
+    refs.update(REF, B, ANY)  # a forced update repairs it
+    assert refs.read(REF) == B
+
+
+def test_disk_reflog_lines_that_are_no_entry_are_reported_with_their_line(tmp_path):
+    refs = DiskRefs(tmp_path)
+    refs.update(REF, A, None, message="one")
+    refs.update(REF, B, A, message="two")
+    log = tmp_path / "logs" / REF
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(lines[0] + b'{"old": "not an id", "new": null, "who": "", "time": "", "message": ""}\n' + lines[1])
+    entries, bad = refs.reflog_scan(REF)
+    assert [e.message for e in entries] == ["one", "two"]
+    assert bad == [ReflogBadLine(2, "'old' is not an object id")]
+    with pytest.raises(BadReflog) as info:
+        refs.reflog(REF)
+    assert (info.value.line, info.value.path) == (2, str(log))
+    assert refs.expire_reflog(REF, lambda item: isinstance(item, ReflogBadLine)) == (1, 2)
+    assert [e.message for e in refs.reflog(REF)] == ["one", "two"]
+
+
+def test_disk_reflog_strings_that_are_not_valid_unicode_are_damaged_lines(tmp_path):
+    refs = DiskRefs(tmp_path)
+    refs.update(REF, A, None, message="one")
+    log = tmp_path / "logs" / REF
+    log.write_bytes(log.read_bytes().replace(b'"one"', b'"\\ud800"'))
+    assert refs.reflog_scan(REF) == ([], [ReflogBadLine(1, "'message' is not valid Unicode")])

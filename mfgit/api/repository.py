@@ -280,3 +280,17 @@ class Repository(BaseRepository):
         from mfgit.repo.gc import gc
 
         return gc(self, prune_older_than=prune_older_than, dry_run=dry_run)
+
+    def reflog(self, ref: str | None = None) -> dict[str, Any]:
+        """`ref`'s reflog (default: the current branch), newest first, and its damaged lines."""
+        from mfgit.repo.reflog import show
+
+        return show(self, ref)
+
+    def reflog_expire(self, refs: list[str] | None = None, *, all_refs: bool = False, missing: bool = False,
+                      malformed: bool = False, older_than: float | None = None) -> dict[str, Any]:
+        """Drop reflog entries that reach missing objects, damaged lines, or entries older than `older_than` s."""
+        from mfgit.repo.reflog import expire
+
+        return expire(self, list(refs or []), all_refs=all_refs, missing=missing, malformed=malformed,
+                      older_than=older_than)

@@ -12,6 +12,7 @@ from typing import Callable
 
 from mfgit import errors as E
 from mfgit.render.escape import terminal
+from mfgit.repo.fsck import bad_ref_fix, reflog_fix
 
 # exit codes (documented in docs/cli.md)
 OK = 0
@@ -96,6 +97,12 @@ TABLE: list[tuple[type, int, Fix]] = [
         if e.place == "folder" else "make the empty prefix a remote with: mfgit push --create REMOTE ...")),
     (E.InvalidEndpoint, BAD_INPUT, _fix("give it as http://host:port or https://host; credentials go in "
                                         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile, never in a URL")),
+    (E.BadRef, DAMAGED, lambda e: f"{bad_ref_fix(e.name)}; mfgit fsck lists every bad ref"),
+    (E.BadReflog, DAMAGED, lambda e: f"drop the damaged lines: {reflog_fix(e.name, 'malformed')}"),
+    (E.DamagedReflogEntry, DAMAGED, lambda e: (
+        f"drop such entries: {reflog_fix(e.name, 'missing')}, or fetch the objects: mfgit fsck --repair-from REMOTE")),
+    (E.BadConfigFile, BAD_INPUT, _fix(
+        "it must be UTF-8 INI text as git writes it ([section] and key = value lines); correct or restore it")),
 ]
 
 

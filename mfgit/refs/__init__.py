@@ -3,6 +3,7 @@
 from mfgit.refs.names import (
     HEADS,
     NOTES_REF,
+    REFS,
     REMOTES,
     SYMREF,
     TAGS,
@@ -10,19 +11,23 @@ from mfgit.refs.names import (
     check_ref_name,
     check_remote_name,
 )
-from mfgit.refs.refstore import ANY, DiskRefs, MemoryRefs, RefStore, ReflogEntry
+from mfgit.refs.disk import DiskRefs
+from mfgit.refs.refstore import ANY, MemoryRefs, RefStore, ReflogBadLine, ReflogEntry, ReflogItem
 
 __all__ = [
     "ANY",
     "HEADS",
     "NOTES_REF",
+    "REFS",
     "REMOTES",
     "SYMREF",
     "TAGS",
     "DiskRefs",
     "MemoryRefs",
     "RefStore",
+    "ReflogBadLine",
     "ReflogEntry",
+    "ReflogItem",
     "check_ref_name",
     "check_branch_name",
     "check_remote_name",

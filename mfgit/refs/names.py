@@ -9,6 +9,7 @@ from __future__ import annotations
 from mfgit.errors import InvalidRefName
 
 # Where each kind of ref lives (git's layout); spelled here and nowhere else.
+REFS = "refs/"  # every ref but HEAD; a symbolic ref may point only below it
 HEADS = "refs/heads/"
 TAGS = "refs/tags/"
 REMOTES = "refs/remotes/"
@@ -25,6 +26,10 @@ def check_ref_name(name: str, *, allow_onelevel: bool = False) -> str:
 
     if not name:
         bad("it is empty")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        bad("it is not UTF-8 (a file name with undecodable bytes)")
     if name == "@":
         bad("it is the single character '@' (rule 9)")
     if name.startswith("-"):

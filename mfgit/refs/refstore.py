@@ -1,4 +1,4 @@
-"""Ref containers: one interface, in memory and on disk.
+"""Ref containers: the interface, the rules for values and reflog lines, and refs in memory.
 
 A ref changes only by compare-and-swap (invariant 3): the caller says what
 it believes the ref holds; under the ref's lock file the current value is
@@ -6,24 +6,29 @@ read and compared, and the new value is written only if they agree.
 Every change is appended to the ref's reflog while the lock is held, so the
 log and the ref never disagree on order. Deleting a ref deletes its reflog,
 as git does.
+
+A ref holds an object id or ``ref: refs/…``, symbolic refs must not loop,
+and a reflog line is one JSON entry; anything else is a `BadRef` (a reflog
+line: `BadReflog`) naming the ref. The refs on disk are mfgit.refs.disk.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Union
 
-from mfgit.errors import RefConflict
+from mfgit.errors import BadRef, BadReflog, InvalidRefName, RefConflict
 from mfgit.objects.model import is_object_id
 from mfgit.objects.timestamp import utc_now
-from mfgit.refs.names import SYMREF, check_ref_name
-from mfgit.store.fileio import LockedFile
+from mfgit.refs.names import REFS, SYMREF, check_ref_name
 
 ANY = object()  # expected value that matches anything (forced updates)
+
+MAX_SYMREF_DEPTH = 5
 
 
 @dataclass(frozen=True)
@@ -38,9 +43,74 @@ class ReflogEntry:
         return {"old": self.old, "new": self.new, "who": self.who, "time": self.time, "message": self.message}
 
 
-def _check_name(name: str) -> None:
+@dataclass(frozen=True)
+class ReflogBadLine:
+    """A complete line of a reflog file that is not an entry (line 0: the file itself is unusable)."""
+
+    line: int
+    reason: str
+
+
+ReflogItem = Union[ReflogEntry, ReflogBadLine]
+
+
+def check_name(name: str) -> None:
     if name != "HEAD":
         check_ref_name(name)
+
+
+def check_value(name: str, value: str, path: str = "") -> str:
+    """`value` if it is what a ref may hold (an object id, or ``ref: refs/…``); BadRef otherwise."""
+    if not value:
+        raise BadRef(name, "empty ref file", path)
+    if value.startswith(SYMREF):
+        target = value[len(SYMREF):]
+        try:
+            check_ref_name(target)
+        except InvalidRefName as e:
+            raise BadRef(name, f"is a symbolic ref to {target[:80]!r}, which is not a ref name ({e.reason})",
+                         path) from None
+        if not target.startswith(REFS):
+            raise BadRef(name, f"is a symbolic ref to {target[:80]!r}, outside {REFS}", path)
+        return value
+    if not is_object_id(value):
+        raise BadRef(name, f"invalid value {value[:80]!r}", path)
+    return value
+
+
+def decode_value(name: str, data: bytes, path: str = "") -> str:
+    """The value held by the bytes of a ref file (its trailing newline removed)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRef(name, f"not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x})", path) from None
+    return check_value(name, text.strip(), path)
+
+
+def parse_reflog_line(raw: bytes) -> ReflogEntry | str:
+    """The entry one line of a reflog holds, or why it holds none."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 text (byte {e.start} is 0x{raw[e.start]:02x})"
+    try:
+        d = json.loads(text)
+    except (ValueError, RecursionError):
+        return "not a JSON entry"
+    if not isinstance(d, dict):
+        return "not a JSON object"
+    for key in ("old", "new"):
+        v = d.get(key)
+        if v is not None and not is_object_id(v):
+            return f"{key!r} is not an object id"
+    for key in ("who", "time", "message"):
+        if not isinstance(d.get(key), str):
+            return f"{key!r} is missing or not a string"
+        try:
+            d[key].encode("utf-8")
+        except UnicodeEncodeError:  # a JSON escape of half a surrogate pair: unprintable
+            return f"{key!r} is not valid Unicode"
+    return ReflogEntry(d["old"], d["new"], d["who"], d["time"], d["message"])
 
 
 class RefStore(ABC):
@@ -48,23 +118,59 @@ class RefStore(ABC):
 
     @abstractmethod
     def read(self, name: str) -> str | None:
-        """Raw value: a commit id, ``ref: <target>`` for a symbolic ref, or None."""
+        """Raw value: a commit id, ``ref: <target>`` for a symbolic ref, or None.
+
+        Raises BadRef when the ref exists but does not hold such a value.
+        """
 
     @abstractmethod
     def _swap(self, name: str, new: str | None, expected, entry: ReflogEntry | None) -> None: ...
 
     @abstractmethod
-    def names(self, prefix: str = "refs/") -> list[str]: ...
+    def names(self, prefix: str = REFS) -> list[str]: ...
 
     @abstractmethod
-    def reflog(self, name: str) -> list[ReflogEntry]: ...
+    def reflog_scan(self, name: str) -> tuple[list[ReflogEntry], list[ReflogBadLine]]:
+        """The entries of `name`'s reflog, oldest first, and its damaged lines."""
+
+    @abstractmethod
+    def expire_reflog(self, name: str, drop: Callable[[ReflogItem], bool]) -> tuple[int, int]:
+        """Rewrite `name`'s reflog without the entries and damaged lines `drop` selects.
+
+        Done under the ref's lock, so no entry is appended meanwhile. Returns
+        (dropped, kept).
+        """
+
+    @abstractmethod
+    def reflog_names(self) -> list[str]:
+        """Every name that has a reflog (HEAD included), sorted."""
+
+    def reflog(self, name: str) -> list[ReflogEntry]:
+        """The entries of `name`'s reflog, oldest first; BadReflog if a line is damaged."""
+        entries, bad = self.reflog_scan(name)
+        if bad:
+            raise BadReflog(name, self.reflog_location(name), bad[0].line, bad[0].reason)
+        return entries
+
+    def location(self, name: str) -> str:
+        """Where `name` is kept, for messages ("" in memory)."""
+        return ""
+
+    def reflog_location(self, name: str) -> str:
+        return ""
+
+    def damage(self) -> list[dict[str, str]]:
+        """Things in the ref storage that are no readable ref at all (a folder gone, a bad name)."""
+        return []
 
     def update(self, name: str, new: str | None, expected=ANY, *, who: str = "", message: str = "") -> None:
         """Set `name` to `new` (None deletes) if it currently holds `expected`.
 
-        Raises RefConflict with the actual and expected values otherwise.
+        Raises RefConflict with the actual and expected values otherwise,
+        BadRef when `expected` is given and the ref is damaged. A forced
+        update (expected ANY) also replaces a damaged value.
         """
-        _check_name(name)
+        check_name(name)
         if new is not None and not (is_object_id(new) or new.startswith(SYMREF)):
             raise ValueError(f"bad ref value {new!r}")
         entry = None
@@ -83,34 +189,51 @@ class RefStore(ABC):
         return None
 
     def resolve(self, name: str) -> str | None:
-        """Follow symbolic refs to a commit id (None if unborn or absent)."""
-        for _ in range(5):
+        """Follow symbolic refs to an object id (None if unborn or absent).
+
+        A loop of symbolic refs, or a chain deeper than MAX_SYMREF_DEPTH,
+        is a BadRef naming the first ref: it never reads as "no commits yet".
+        """
+        chain = [name]
+        for _ in range(MAX_SYMREF_DEPTH + 1):
             value = self.read(name)
             if value is None:
                 return None
             if not value.startswith(SYMREF):
                 return value
             name = value[len(SYMREF):]
-        return None
+            if name in chain:
+                raise BadRef(chain[0], "symbolic refs form a loop: " + " -> ".join([*chain, name]),
+                             self.location(chain[0]))
+            chain.append(name)
+        raise BadRef(chain[0], f"symbolic refs nest deeper than {MAX_SYMREF_DEPTH}", self.location(chain[0]))
 
     def stale_locks(self) -> list[Path]:
         """Lock files left by killed writers (never broken automatically; fsck reports them)."""
         return []
 
-    def items(self, prefix: str = "refs/") -> dict[str, str]:
+    def items(self, prefix: str = REFS) -> dict[str, str]:
+        """Every ref under `prefix` holding an object id; damaged refs are left out (fsck reports them)."""
         out = {}
         for n in self.names(prefix):
-            v = self.read(n)
+            try:
+                v = self.read(n)
+            except BadRef:
+                continue
             if v is not None and not v.startswith(SYMREF):
                 out[n] = v
         return out
 
 
-def _check_expected(name: str, current: str | None, expected) -> None:
+def check_expected(name: str, current: str | None, expected) -> None:
     if expected is ANY:
         return
     if current != expected:
         raise RefConflict(name, current, expected)
+
+
+def logged_old(current: str | None) -> str | None:
+    return current if current and not current.startswith(SYMREF) else None
 
 
 class MemoryRefs(RefStore):
@@ -125,7 +248,7 @@ class MemoryRefs(RefStore):
     def _swap(self, name, new, expected, entry) -> None:
         with self._lock:
             current = self._refs.get(name)
-            _check_expected(name, current, expected)
+            check_expected(name, current, expected)
             if new is None:
                 # git's rule: a deleted ref takes its reflog with it, so a
                 # later ref of the same name does not inherit stale entries.
@@ -134,124 +257,24 @@ class MemoryRefs(RefStore):
                 return
             self._refs[name] = new
             if entry is not None:
-                e = ReflogEntry(current if current and not current.startswith(SYMREF) else None,
-                                new, entry.who, entry.time, entry.message)
+                e = ReflogEntry(logged_old(current), new, entry.who, entry.time, entry.message)
                 self._logs.setdefault(name, []).append(e)
 
-    def names(self, prefix: str = "refs/") -> list[str]:
+    def names(self, prefix: str = REFS) -> list[str]:
         return sorted(n for n in self._refs if n.startswith(prefix))
 
-    def reflog(self, name: str) -> list[ReflogEntry]:
-        return list(self._logs.get(name, []))
+    def reflog_scan(self, name: str) -> tuple[list[ReflogEntry], list[ReflogBadLine]]:
+        return list(self._logs.get(name, [])), []
 
+    def expire_reflog(self, name: str, drop: Callable[[ReflogItem], bool]) -> tuple[int, int]:
+        with self._lock:
+            entries = self._logs.get(name, [])
+            kept = [e for e in entries if not drop(e)]
+            if kept:
+                self._logs[name] = kept
+            else:
+                self._logs.pop(name, None)
+            return len(entries) - len(kept), len(kept)
 
-class DiskRefs(RefStore):
-    """Refs as files under a repository directory, git's layout.
-
-    ``<dir>/HEAD``, ``<dir>/refs/heads/<name>``, reflogs in ``<dir>/logs/<name>``
-    as JSON lines. Updates take ``<ref>.lock`` with O_EXCL, compare, write the
-    new value to the lock, fsync, append to the reflog, and rename the lock
-    over the ref.
-    """
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-
-    def _path(self, name: str) -> Path:
-        return self.root / name
-
-    def read(self, name: str) -> str | None:
-        try:
-            value = self._path(name).read_text(encoding="utf-8").strip()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None
-        return value or None
-
-    def _swap(self, name, new, expected, entry) -> None:
-        path = self._path(name)
-        with LockedFile(path) as lock:
-            current = self.read(name)
-            _check_expected(name, current, expected)
-            if new is None:
-                # git's rule: a deleted ref takes its reflog with it, so a
-                # later ref of the same name does not inherit stale entries
-                # (whose objects gc may since have removed).
-                self._remove_log(name)
-                lock.delete_target()
-                self._prune_empty_dirs(path.parent)
-                return
-            if entry is not None:
-                old = current if current and not current.startswith(SYMREF) else None
-                self._append_log(name, ReflogEntry(old, new, entry.who, entry.time, entry.message))
-            lock.commit((new + "\n").encode("utf-8"))
-
-    def _append_log(self, name: str, entry: ReflogEntry) -> None:
-        log = self.root / "logs" / name
-        log.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(entry.to_dict(), sort_keys=True, separators=(",", ":")) + "\n").encode()
-        # Appends of one short line with O_APPEND are atomic; the ref lock
-        # serialises writers of one log anyway. A torn last line (crash) is
-        # skipped by reflog().
-        fd = os.open(log, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line  # end a line torn by a crash, or this entry would be lost with it
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _remove_log(self, name: str) -> None:
-        log = self.root / "logs" / name
-        try:
-            os.unlink(log)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return
-        self._prune_empty_dirs(log.parent, self.root / "logs")
-
-    def _prune_empty_dirs(self, d: Path, top: Path | None = None) -> None:
-        refs_root = top or self.root / "refs"
-        while d != refs_root and refs_root in d.parents:
-            try:
-                d.rmdir()
-            except OSError:
-                return
-            d = d.parent
-
-    def names(self, prefix: str = "refs/") -> list[str]:
-        base = self.root / "refs"
-        out = []
-        if not base.exists():
-            return out
-        for dirpath, _dirs, files in os.walk(base):
-            for f in files:
-                if f.endswith(".lock") or f.startswith(".tmp-"):
-                    continue
-                full = Path(dirpath, f).relative_to(self.root).as_posix()
-                if full.startswith(prefix):
-                    out.append(full)
-        return sorted(out)
-
-    def reflog(self, name: str) -> list[ReflogEntry]:
-        log = self.root / "logs" / name
-        try:
-            lines = log.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            try:
-                d = json.loads(line)
-                out.append(ReflogEntry(d["old"], d["new"], d["who"], d["time"], d["message"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn final line after a crash
-        return out
-
-    def stale_locks(self) -> list[Path]:
-        out = []
-        for dirpath, _dirs, files in os.walk(self.root / "refs"):
-            out += [Path(dirpath, f) for f in files if f.endswith(".lock")]
-        if (self.root / "HEAD.lock").exists():
-            out.append(self.root / "HEAD.lock")
-        return out
+    def reflog_names(self) -> list[str]:
+        return sorted(self._logs)

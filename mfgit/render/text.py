@@ -157,7 +157,17 @@ def fsck_text(report: dict[str, Any]) -> str:
     for m in report["missing"]:
         lines.append(f"missing object {m['id']}")
     for r in report["bad_refs"]:
-        lines.append(f"bad ref {r['ref']}: {r['error']}")
+        lines.append(f"bad ref {r['ref']}: {r['error']}" + (f" ({r['fix']})" if r.get("fix") else ""))
+    for b in report.get("bad_reflog_lines", []):
+        where = f" line {b['line']}" if b["line"] else ""
+        lines.append(f"bad reflog {b['ref']}{where}: {b['error']} (drop it with: {b['fix']})")
+    for e in report.get("reflog_damage", []):
+        if e["reaches"] == [e["id"]]:
+            what = f"names missing or unreadable object {e['id']}"
+        else:
+            more = f" and {len(e['reaches']) - 1} more" if len(e["reaches"]) > 1 else ""
+            what = f"({e['id'][:12]}) reaches missing or unreadable object {e['reaches'][0]}{more}"
+        lines.append(f"reflog entry {e['entry']} {what} (drop it with: {e['fix']})")
     for d in report["dangling"]:
         lines.append(f"dangling {d['kind']} {d['id']}")
     for t in report["temporary_files"]:
@@ -173,6 +183,26 @@ def fsck_text(report: dict[str, Any]) -> str:
                          "repair from a remote that has it")
     verdict = "ok" if report["ok"] else "DAMAGED"
     lines.append(f"checked {report['objects_checked']} objects{' (full SHA-256)' if report['read_data'] else ''}: {verdict}")
+    return "\n".join(lines) + "\n"
+
+
+def reflog_text(data: dict[str, Any]) -> str:
+    """`mfgit reflog`: one line per entry, newest first, as git prints it."""
+    lines = []
+    for e in data["entries"]:
+        new = (e["new"] or "0" * 10)[:10]
+        lines.append(f"{new} {e['entry']}: {e['message']}  ({e['who']}, {e['time']})")
+    for b in data["damaged_lines"]:
+        where = f"line {b['line']}" if b["line"] else "the file"
+        lines.append(f"damaged {where}: {b['error']} (drop it with: mfgit reflog expire --malformed {data['ref']})")
+    if not lines:
+        lines.append(f"(no reflog entries for {data['ref']})")
+    return "\n".join(lines) + "\n"
+
+
+def reflog_expire_text(data: dict[str, Any]) -> str:
+    lines = [f"{d['ref']}: dropped {d['dropped']}, kept {d['kept']}" for d in data["refs"] if d["dropped"]]
+    lines.append(f"Dropped {data['dropped']} reflog line(s).")
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from mfgit.errors import (
     AmbiguousRevision,
+    BadRef,
     ConfigError,
     CorruptObject,
     EmptyBranch,
@@ -193,14 +194,35 @@ class BaseRepository:
         return None
 
     def head(self) -> str | None:
-        return self.refs.resolve("HEAD")
+        """HEAD's commit id, None on a branch without commits; BadRef if HEAD or its branch is damaged."""
+        return self.ref_commit(self.refs.symbolic_target("HEAD") or "HEAD", self.refs.resolve("HEAD"))
 
     def commit_target(self) -> tuple[str | None, str | None]:
-        """(ref a new commit moves, its current value): the checked-out branch, or (None, HEAD) when detached."""
+        """(ref a new commit moves, its current value): the checked-out branch, or (None, HEAD) when detached.
+
+        The value is the parent of the new commit, so it must be an existing
+        commit: a ref holding anything else is a BadRef, never a parent.
+        """
         target = self.refs.symbolic_target("HEAD")
         if target is None:
             return None, self.head()
-        return target, self.refs.resolve(target)
+        return target, self.ref_commit(target, self.refs.resolve(target))
+
+    def ref_commit(self, name: str, value: str | None, *, tags: bool = False) -> str | None:
+        """`value`, what ref `name` resolves to, if it is the id of an existing commit (or tag, with `tags`).
+
+        Raises BadRef naming the ref otherwise; None stays None (no commits yet).
+        """
+        if value is None:
+            return None
+        try:
+            kind, _ = self.store.get(value)
+        except ObjectNotFound:
+            raise BadRef(name, f"points to missing object {value}", self.refs.location(name)) from None
+        if kind == "commit" or (tags and kind == "tag"):
+            return value
+        raise BadRef(name, f"points to {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a commit",
+                     self.refs.location(name))
 
     def resolve(self, rev: str) -> str:
         """Resolve a revision to a commit id (tags are peeled); see mfgit.repo.revisions for the syntax."""
@@ -251,7 +273,7 @@ class BaseRepository:
                 continue
             value = self.refs.resolve(ref)
             if value is not None:
-                return value
+                return self.ref_commit(ref, value, tags=True)
         if is_hex_prefix(base):
             commits = []
             for oid in self.store.ids_with_prefix(base):

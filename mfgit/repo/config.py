@@ -12,7 +12,7 @@ import io
 import os
 from pathlib import Path
 
-from mfgit.errors import ConfigError
+from mfgit.errors import BadConfigFile, ConfigError
 from mfgit.store.fileio import LockedFile
 
 OBJECT_FORMAT = "sha256"
@@ -45,10 +45,16 @@ class ConfigFile:
         self.path = path
         self.parser = configparser.ConfigParser(interpolation=None, strict=False)
         if path.exists():
+            data = path.read_bytes()
             try:
-                self.parser.read_string(path.read_text(encoding="utf-8"))
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise BadConfigFile(str(path), f"byte {e.start} (0x{data[e.start]:02x}) is not UTF-8 text") from None
+            try:
+                self.parser.read_string(text)
             except configparser.Error as e:
-                raise ConfigError(str(path), f"cannot parse: {e}") from None
+                # configparser's messages span lines and quote the bad line; one line, bounded.
+                raise BadConfigFile(str(path), " ".join(str(e).split())[:200]) from None
 
     def get(self, key: str) -> str | None:
         section, name = split_key(key)

@@ -1,4 +1,4 @@
-"""fsck: check every object, every ref and the connectivity between them."""
+"""fsck: check every object, every ref and reflog, and the connectivity between them."""
 
 from __future__ import annotations
 
@@ -6,21 +6,41 @@ from typing import TYPE_CHECKING, Any
 
 from mfgit.errors import CorruptObject, MalformedObject
 from mfgit.objects.model import decode_object, is_object_id
-from mfgit.refs import SYMREF
-from mfgit.repo.reachability import reachable, tip_ids
+from mfgit.refs import HEADS, REFS
+from mfgit.repo.reachability import damaged_entries, reachable, reflog_reach, scan_refs
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository
 
 
+def bad_ref_fix(name: str) -> str:
+    """The command (or step) that repairs the bad ref `name`."""
+    if name == "HEAD":
+        return "point HEAD at a branch: mfgit switch BRANCH"
+    if name == REFS:
+        return "restore the refs/ folder from a backup, or fetch the branches again from a remote"
+    if name.startswith(HEADS) and not name.endswith("/"):
+        return f"point it at a commit: mfgit branch -f {name[len(HEADS):]} REV"
+    return "restore the file from a copy, or remove it"
+
+
+def reflog_fix(name: str, selector: str) -> str:
+    """The command that drops the reflog lines of `name` that `selector` (malformed, missing) names."""
+    return f"mfgit reflog expire --{selector} {name}"
+
+
 def fsck(repo: "BaseRepository", *, read_data: bool = False) -> dict[str, Any]:
-    """Check every object and ref.
+    """Check every object, ref and reflog.
 
     Each stored object is read and its stored bytes checked (XXH3-128);
     with `read_data` it is decoded and its SHA-256 checked against its id.
-    Then connectivity: everything reachable from refs and reflogs must be
-    present. Damage (missing, corrupt, bad refs) sets ``ok`` to False;
-    dangling objects and leftovers of interrupted writes are reported only.
+    Every ref must hold an id of an existing commit or tag (or be a
+    symbolic ref into refs/ without a loop); every reflog line must be an
+    entry. Then connectivity: everything reachable from refs and reflogs
+    must be present, and a reflog entry from which damage no ref reaches
+    can be reached is named with the command that drops it. Damage
+    (missing, corrupt, bad refs and reflogs) sets ``ok`` to False; dangling
+    objects and leftovers of interrupted writes are reported only.
     """
     corrupt: list[dict[str, str]] = []
     kinds: dict[str, str] = {}
@@ -38,37 +58,33 @@ def fsck(repo: "BaseRepository", *, read_data: bool = False) -> dict[str, Any]:
         except MalformedObject as e:
             corrupt.append({"id": oid, "error": str(e), "expected": "", "actual": "", "algorithm": "decode"})
 
-    bad_refs: list[dict[str, str]] = []
-    tips: list[str] = []
-    for name in ["HEAD", *repo.refs.names("refs/")]:
-        value = repo.refs.read(name)
-        if value is None:
-            if name != "HEAD":
-                bad_refs.append({"ref": name, "error": "empty ref file"})
-            continue
-        if value.startswith(SYMREF):
-            continue
-        if not is_object_id(value):
-            bad_refs.append({"ref": name, "error": f"invalid value {value[:80]!r}"})
-            continue
+    scan = scan_refs(repo)
+    bad = dict(scan.bad_refs)
+    for name, value in scan.refs.items():
         if not repo.store.has(value):
-            bad_refs.append({"ref": name, "error": f"points to missing object {value}"})
-            continue
-        kind = kinds.get(value)
-        if kind not in ("commit", "tag"):
-            bad_refs.append({"ref": name, "error": f"points to a {kind or 'unreadable object'}, not a commit"})
-            continue
-        tips.append(value)
+            bad.setdefault(name, f"points to missing object {value}")
+        elif kinds.get(value) not in ("commit", "tag"):
+            kind = kinds.get(value) or "unreadable object"
+            bad.setdefault(name, f"points to {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a commit")
+    bad_refs = [{"ref": name, "error": error, "fix": bad_ref_fix(name)} for name, error in sorted(bad.items())]
+    bad_reflog = [{"ref": name, "line": line, "error": error, "fix": reflog_fix(name, "malformed")}
+                  for name, line, error in scan.bad_reflog_lines]
 
     missing: dict[str, str] = {}
-    # A ref holding garbage is reported as a bad ref above, not as a missing object.
-    reached = reachable(repo, tip_ids(repo), missing=missing)
+    reached = reachable(repo, [v for v in scan.refs.values() if is_object_id(v)], missing=missing)
+    more, reflog_damage = reflog_reach(repo, scan.entries, reached)
+    reached |= more
+    for found in reflog_damage.values():
+        for oid, why in found.items():
+            missing.setdefault(oid, why)
+    entries = [dict(e, fix=reflog_fix(e["ref"], "missing")) for e in damaged_entries(scan.entries, reflog_damage)]
+
     corrupt_ids = {c["id"] for c in corrupt}
     dangling = sorted(oid for oid in kinds if oid not in reached and kinds[oid] in ("commit", "tag", "adapter"))
     leftovers = [str(p) for p in repo.store.temp_files()]
     stale_locks = [str(p) for p in repo.refs.stale_locks()]
     missing_list = [{"id": oid} for oid in sorted(missing) if oid not in corrupt_ids]
-    ok = not corrupt and not missing_list and not bad_refs
+    ok = not corrupt and not missing_list and not bad_refs and not bad_reflog and not entries
     return {
         "ok": ok,
         "objects_checked": checked,
@@ -76,6 +92,8 @@ def fsck(repo: "BaseRepository", *, read_data: bool = False) -> dict[str, Any]:
         "corrupt": corrupt,
         "missing": missing_list,
         "bad_refs": bad_refs,
+        "bad_reflog_lines": bad_reflog,
+        "reflog_damage": entries,
         "dangling": [{"id": oid, "kind": kinds[oid]} for oid in dangling],
         "temporary_files": leftovers,
         "stale_locks": stale_locks,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from mfgit.errors import CorruptObject, ObjectNotFound
+from mfgit.errors import BadRef, BadReflog, CorruptObject, DamagedReflogEntry, ObjectNotFound
 from mfgit.objects.model import decode_object
-from mfgit.repo.reachability import reachable, tip_ids
+from mfgit.repo.reachability import damaged_entries, reachable, reflog_reach, scan_refs
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository
@@ -19,15 +19,38 @@ def gc(repo: "BaseRepository", *, prune_older_than: float = 14 * 86400, dry_run:
     Only objects older than `prune_older_than` seconds are deleted: a
     commit in progress writes its objects before its ref, and the grace
     period keeps them alive until the ref lands. Temporary files of
-    interrupted writes older than one hour are removed too.
+    interrupted writes older than one hour are removed too. The walk and
+    the deletions run under the store's exclusive lock, so no writer adds
+    or reuses an object between what gc saw and what it deletes.
 
-    If anything reachable is missing or unreadable, nothing is deleted: what
-    a damaged commit or adapter names is unknown, so objects that look
-    unreachable may be its history (git refuses for the same reason). The
-    error names the object; `mfgit fsck` lists them all.
+    Nothing is deleted while what keeps objects alive is itself in doubt:
+    a bad ref or a damaged reflog line (what it named is unknown), or a
+    missing or unreadable object reachable from a ref or reflog entry
+    (what a damaged commit or adapter names is unknown, so objects that look
+    unreachable may be its history; git refuses for the same reason). The
+    error names the ref, line, entry or object and the command that fixes
+    it — for reflog entries, `mfgit reflog expire`; `mfgit fsck` lists them all.
     """
-    damaged: dict[str, str] = {}
-    keep = reachable(repo, tip_ids(repo), missing=damaged)
+    with repo.store.exclusive():
+        scan = scan_refs(repo)
+        if scan.bad_refs:
+            name, reason = min(scan.bad_refs.items())
+            raise BadRef(name, reason, repo.refs.location(name))
+        if scan.bad_reflog_lines:
+            name, line, reason = scan.bad_reflog_lines[0]
+            raise BadReflog(name, repo.refs.reflog_location(name), line, reason)
+        damaged: dict[str, str] = {}
+        keep = reachable(repo, list(scan.refs.values()), missing=damaged)
+        _refuse(repo, damaged)
+        more, reflog_damage = reflog_reach(repo, scan.entries, keep)
+        if reflog_damage:
+            e = damaged_entries(scan.entries, reflog_damage)[0]
+            raise DamagedReflogEntry(e["ref"], e["entry"], e["id"], e["reaches"])
+        keep |= more
+        return _delete_unreachable(repo, keep, prune_older_than, dry_run)
+
+
+def _refuse(repo: "BaseRepository", damaged: dict[str, str]) -> None:
     for oid, why in sorted(damaged.items()):
         if why == "missing":
             raise ObjectNotFound(oid)
@@ -35,6 +58,10 @@ def gc(repo: "BaseRepository", *, prune_older_than: float = 14 * 86400, dry_run:
         if kind not in ("tensor", "blob"):
             decode_object(oid, kind, payload)  # raises MalformedObject
         raise CorruptObject(oid, "a readable object", "an unreadable one", "decode")
+
+
+def _delete_unreachable(repo: "BaseRepository", keep: set[str], prune_older_than: float,
+                        dry_run: bool) -> dict[str, Any]:
     now = time.time()
     deleted, kept_young, freed = [], 0, 0
     for oid in list(repo.store.iter_ids()):

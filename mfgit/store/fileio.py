@@ -33,6 +33,21 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+@contextmanager
+def naming_path(path: str | os.PathLike) -> Iterator[None]:
+    """Attach `path` to an OSError raised inside that names no file.
+
+    os.write and os.fsync raise ENOSPC or EIO on a descriptor, with no file
+    name: without this the user is told the disk is full but not where.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = os.fspath(path)
+        raise
+
+
 def temp_path_for(path: Path) -> Path:
     return path.with_name(f"{_TMP_PREFIX}{path.name}.{secrets.token_hex(6)}")
 
@@ -48,16 +63,17 @@ def write_new_file(path: Path, chunks, *, sync: bool = True, mode: int = 0o444) 
     # written, so a key file (0600) is never readable by others, not even briefly.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        for chunk in chunks:
-            mv = memoryview(chunk)
-            while mv:
-                n = os.write(fd, mv)
-                mv = mv[n:]
-        if sync:
-            os.fsync(fd)
-        else:
-            start_writeback(fd)
-        os.fchmod(fd, mode)
+        with naming_path(tmp):
+            for chunk in chunks:
+                mv = memoryview(chunk)
+                while mv:
+                    n = os.write(fd, mv)
+                    mv = mv[n:]
+            if sync:
+                os.fsync(fd)
+            else:
+                start_writeback(fd)
+            os.fchmod(fd, mode)
     except BaseException:
         os.close(fd)
         try:
@@ -169,9 +185,12 @@ class LockedFile:
     """git's lock-file protocol for one small file (a ref, the config).
 
     ``<path>.lock`` is created with O_EXCL; the new content is written to it
-    and fsynced; ``commit()`` renames it over ``<path>``, which both publishes
-    the content atomically and releases the lock. ``rollback()`` (also on any
-    exception in a ``with`` block) removes the lock and leaves ``<path>``.
+    and fsynced (``write()``); ``commit()`` renames it over ``<path>``, which
+    both publishes the content atomically and releases the lock. A caller
+    that records the change elsewhere (a ref's reflog) does so between the two,
+    once the content is durable and before anyone can see it.
+    ``rollback()`` (also on any exception in a ``with`` block) removes the
+    lock and leaves ``<path>``. Errors name the lock file.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -183,15 +202,32 @@ class LockedFile:
         except FileExistsError:
             raise LockHeld(str(self.lock)) from None
 
-    def commit(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
+        """Write `data` to the lock file and make it durable; nothing is published yet."""
         assert self._fd is not None
-        mv = memoryview(data)
-        while mv:
-            mv = mv[os.write(self._fd, mv) :]
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
-        os.replace(self.lock, self.path)
+        with naming_path(self.lock):
+            mv = memoryview(data)
+            while mv:
+                mv = mv[os.write(self._fd, mv) :]
+            os.fsync(self._fd)
+
+    def commit(self, data: bytes | None = None) -> None:
+        """Publish what write() wrote (or write `data` first), releasing the lock."""
+        assert self._fd is not None
+        if data is not None:
+            self.write(data)
+        fd, self._fd = self._fd, None
+        try:
+            with naming_path(self.lock):
+                os.close(fd)
+            os.replace(self.lock, self.path)
+        except BaseException:
+            # Not published: release the lock, or it would block every later writer.
+            try:
+                os.unlink(self.lock)
+            except OSError:
+                pass
+            raise
         fsync_dir(self.path.parent)
 
     def delete_target(self) -> None:

@@ -1,7 +1,6 @@
-"""fsck and gc."""
+"""fsck, gc and reflog."""
 
 from __future__ import annotations
-
 
 import click
 
@@ -59,4 +58,56 @@ def gc(ctx, prune, dry_run, as_json):
                    f"kept {report['kept_unreachable_young']} younger than the grace period.")
 
 
-COMMANDS = [fsck, gc]
+class _ReflogGroup(click.Group):
+    """``mfgit reflog [REF]`` shows, as ``git reflog`` does: a first word that is no subcommand means show."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_ReflogGroup)
+def reflog():
+    """Show or expire the reflog: every move of a ref (mfgit reflog [REF] shows one)."""
+
+
+@reflog.command("show")
+@click.argument("ref", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/json.md).")
+@click.pass_context
+def reflog_show(ctx, ref, as_json):
+    """List REF's reflog (default: the current branch), newest first, as REF@{N}."""
+    data = open_repo(ctx).reflog(ref)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(render.reflog_text(data), nl=False)
+
+
+@reflog.command("expire")
+@click.argument("refs", nargs=-1)
+@click.option("--all", "all_refs", is_flag=True, help="Every reflog, not only the REFs named.")
+@click.option("--missing", is_flag=True,
+              help="Drop entries from which a missing or unreadable object no ref reaches can be reached.")
+@click.option("--malformed", is_flag=True, help="Drop damaged lines (not UTF-8, not an entry).")
+@click.option("--older-than", "older_than", metavar="DURATION", default=None,
+              help="Drop entries older than this (3600, 2h, 90d, 2w, now).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def reflog_expire(ctx, refs, all_refs, missing, malformed, older_than, as_json):
+    """Drop reflog entries; what only they kept alive, gc may then delete."""
+    if not (missing or malformed or older_than is not None):
+        raise click.UsageError("say what to drop: --missing, --malformed and/or --older-than DURATION")
+    if not refs and not all_refs:
+        raise click.UsageError("name the refs (e.g. main, HEAD) or pass --all")
+    age = _parse_duration(older_than) if older_than is not None else None
+    data = open_repo(ctx).reflog_expire(list(refs), all_refs=all_refs, missing=missing, malformed=malformed,
+                                        older_than=age)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(render.reflog_expire_text(data), nl=False)
+
+
+COMMANDS = [fsck, gc, reflog]
