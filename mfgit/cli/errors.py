@@ -79,6 +79,7 @@ TABLE: list[tuple[type, int, Fix]] = [
     (E.SigningKeyError, BAD_INPUT, _fix("make a key with: mfgit keygen PATH, then: mfgit config signing.key PATH")),
     (E.DemoError, USAGE, _fix("")),
     (E.ScoreError, BAD_INPUT, _fix("see docs/search-and-eval.md for what a score function receives and returns")),
+    (E.RepositoryBusy, CONFLICT, _fix("try again when it is done")),
 ]
 
 

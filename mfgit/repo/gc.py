@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,17 @@ def gc(repo: "BaseRepository", *, prune_older_than: float = 14 * 86400, dry_run:
     a damaged commit or adapter names is unknown, so objects that look
     unreachable may be its history (git refuses for the same reason). The
     error names the object; `mfgit fsck` lists them all.
+
+    Everything runs under the store's exclusive writer lock (waiting up to
+    10 s, then RepositoryBusy): no writer can be between reusing or writing
+    objects and moving its ref while reachability is computed and objects
+    and temporary files are deleted (docs/design.md, "gc and fsck").
     """
+    with contextlib.nullcontext() if dry_run else repo.store.exclusive():
+        return _gc(repo, prune_older_than, dry_run)
+
+
+def _gc(repo: "BaseRepository", prune_older_than: float, dry_run: bool) -> dict[str, Any]:
     damaged: dict[str, str] = {}
     keep = reachable(repo, tip_ids(repo), missing=damaged)
     for oid, why in sorted(damaged.items()):
