@@ -18,5 +18,6 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "storage": ("benchmarks.storage", "commit/checkout speed vs cp+fsync, storage ratio, history vs Git LFS and DVC"),
     "merge": ("benchmarks.merge", "svd/ties vs PEFT add_weighted_adapter, errors vs exact results, TIES vs mergekit"),
     "remote": ("benchmarks.remote", "push/clone vs boto3 on one SeaweedFS server, negotiation time vs history length"),
+    "many_tensors": ("benchmarks.many_tensors", "commit/re-commit/checkout/fsck of 200,000 small tensors: cost per tensor vs cp -r"),
     "gpu": ("benchmarks.gpu", "TIES/svd/dare_ties over three r=16 adapters of 7B shapes on CUDA (skipped without one)"),
 }

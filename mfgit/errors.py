@@ -494,3 +494,22 @@ class BadConfigFile(MfgitError):
         super().__init__(f"config file {path} cannot be read: {reason}")
         self.path = path
         self.reason = reason
+
+
+# --- writers and gc (added with the store's writer lock) -------------------
+
+
+class RepositoryBusy(MfgitError):
+    """The store's writer lock could not be taken in time: gc waits for writers, writers for gc.
+
+    `holders` are the ids of the processes holding the lock, where the
+    system says (Linux /proc/locks); empty when it does not.
+    """
+
+    def __init__(self, path: str, waiting_for: str, seconds: float, holders: tuple[int, ...] = ()):
+        who = f" (process {', '.join(map(str, holders))})" if holders else ""
+        super().__init__(f"{waiting_for}{who}; waited {seconds:g} s for {path}")
+        self.path = path
+        self.waiting_for = waiting_for
+        self.seconds = seconds
+        self.holders = holders

@@ -16,6 +16,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from mfgit.objects import Commit, Tag, TensorHeader, object_id, tensor_id
 
@@ -123,6 +124,75 @@ def test_stored_object_files_keep_their_header_layout(committed):
     repo, info = committed
     data = repo.store.read_stored(info.id)
     magic, version, kind, _codec, reserved = struct.unpack_from("<4sBBBB", data)
-    assert (magic, version, kind, reserved) == (b"MFGO", 1, 4, 0)
+    assert (magic, version, kind, reserved) == (b"MFGO", 2, 4, 0)
     stored_len, raw_len = struct.unpack_from("<QQ", data, 24)
     assert len(data) == 40 + stored_len and raw_len == len(info.commit.encode())
+
+
+def test_stored_object_files_digest_their_id_header_and_payload(committed):
+    # Store version 2: the XXH3-128 covers the 32 raw bytes of the id, then
+    # the header without the digest field, then the stored payload -- so a
+    # valid file of one object stored under another's name fails every read.
+    repo, info = committed
+    for oid in repo.store.iter_ids():
+        data = repo.store.read_stored(oid)
+        expected = xxhash.xxh3_128(bytes.fromhex(oid) + data[:8] + data[24:40] + data[40:]).digest()
+        assert data[8:24] == expected, oid
+
+
+def _as_version_1(data: bytes) -> bytes:
+    """The object file as the previous format wrote it: version byte 1, digest without the id."""
+    header = bytearray(data[:40])
+    header[4] = 1
+    header[8:24] = xxhash.xxh3_128(bytes(header[:8]) + bytes(header[24:40]) + data[40:]).digest()
+    return bytes(header) + data[40:]
+
+
+def test_a_version_1_repository_is_read_and_upgraded_by_its_first_write(committed, tmp_path: Path):
+    from mfgit.api.repository import Repository
+
+    repo, info = committed
+    gitdir = repo.gitdir
+    # Rewrite the repository as the previous format left it: every object
+    # file version 1, and formatversion = 1.
+    for oid in list(repo.store.iter_ids()):
+        path = gitdir / "objects" / oid[:2] / oid[2:]
+        old = _as_version_1(path.read_bytes())
+        path.chmod(0o644)
+        path.write_bytes(old)
+        path.chmod(0o444)
+    cfg = gitdir / "config"
+    cfg.write_text(cfg.read_text().replace("formatversion = 2", "formatversion = 1"))
+    repo.store.close()
+
+    old = Repository.open(gitdir.parent)
+    assert old.head() == info.id
+    adapter = old.read_adapter(old.read_commit(info.id).adapter)
+    assert {n: t["id"] for n, t in adapter.tensors.items()} == PINNED_TENSOR_IDS
+    out = old.checkout(info.id, tmp_path / "out-v1")
+    assert hashlib.sha256((out / "adapter_model.safetensors").read_bytes()).hexdigest() == PINNED_CHECKOUT_SHA256
+    for read_data in (False, True):
+        report = old.fsck(read_data=read_data)
+        assert report["ok"] and report["corrupt"] == [], report
+    # Reading changes nothing: an older mfgit can still open it.
+    assert "formatversion = 1" in cfg.read_text()
+    # A version-1 file of another object under this name: caught even
+    # without --read-data (its digest does not name an id, so the SHA-256 is checked).
+    a_id, b_id = PINNED_TENSOR_IDS["base_model.model.layers.0.q_proj.lora_A.weight"], \
+        PINNED_TENSOR_IDS["base_model.model.layers.0.v_proj.lora_A.weight"]
+    a_path, b_path = (gitdir / "objects" / o[:2] / o[2:] for o in (a_id, b_id))
+    good = a_path.read_bytes()
+    a_path.chmod(0o644)
+    a_path.write_bytes(b_path.read_bytes())
+    report = old.fsck()
+    assert not report["ok"] and [c["id"] for c in report["corrupt"]] == [a_id]
+    a_path.write_bytes(good)
+
+    # The first write upgrades it: the config says 2 before a version-2 file exists.
+    src = _write_fixed_adapter(tmp_path / "again")
+    again = old.commit(src, "again", allow_empty=True, timestamp="2026-01-02T03:04:06.000006Z")
+    assert "formatversion = 2" in cfg.read_text()
+    assert old.store.read_stored(again.id)[4] == 2
+    assert old.store.read_stored(info.id)[4] == 1  # old files stay as they were, readable
+    report = Repository.open(gitdir.parent).fsck(read_data=True)
+    assert report["ok"], report

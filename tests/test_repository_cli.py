@@ -115,7 +115,7 @@ def test_init_creates_an_empty_repository(cli, tmp_path):
     res = cli.ok("init", "r")
     assert "Initialized empty mfgit repository in" in res.stdout
     cfg = (tmp_path / "r" / ".mfgit" / "config").read_text()
-    assert "objectformat = sha256" in cfg and "formatversion = 1" in cfg
+    assert "objectformat = sha256" in cfg and "formatversion = 2" in cfg
     status = cli.json("status", "--json", cwd=tmp_path / "r")
     assert status["branch"] == "main" and status["head"] is None and status["detached"] is False
     line = cli.fails("init", "r", code=4)

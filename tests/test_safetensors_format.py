@@ -246,6 +246,33 @@ def test_offsets_that_are_not_two_ordered_non_negative_ints_are_rejected(offsets
     assert rule_of(json_file(doc, b"\0" * 4)) == "bad-offsets"
 
 
+@pytest.mark.parametrize(
+    "second, rule",
+    [
+        ({"dtype": "F32", "shape": [True], "data_offsets": [4, 8]}, "bad-shape"),
+        ({"dtype": "F32", "shape": [-1], "data_offsets": [4, 8]}, "bad-shape"),
+        ({"dtype": "F32", "shape": [1], "data_offsets": [4, True]}, "bad-offsets"),
+        ({"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}, "bad-offsets"),
+        ({"dtype": "F32", "shape": [1], "data_offsets": [4, 12]}, "size-mismatch"),
+        ({"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}, "offset-out-of-range"),
+        ({"dtype": "F32", "shape": [1], "data_offsets": [4, 8], "x": 1}, "bad-entry"),
+        ({"dtype": "f32", "shape": [1], "data_offsets": [4, 8]}, "unknown-dtype"),
+    ],
+)
+def test_every_entry_is_checked_not_only_the_first_of_its_shape(second, rule):
+    # Entries of a shape already seen take a shorter path (headers of
+    # 200,000 tensors of a few shapes): it must enforce the same rules.
+    doc = {"a": entry(offsets=(0, 4)), "b": second}
+    assert rule_of(json_file(doc, b"\0" * 8)) == rule
+
+
+def test_duplicate_names_are_rejected_with_or_without_escapes():
+    assert rule_of(raw_file(b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},'
+                            b'"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', b"\0")) == "header-invalid-json"
+    assert rule_of(raw_file(b'{"\\u0061":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},'
+                            b'"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', b"\0")) == "header-invalid-json"
+
+
 def test_element_count_overflowing_u64_is_size_overflow_without_allocation():
     huge = {"a": entry(dtype="F64", shape=(2**40, 2**40), offsets=(0, 8))}
     blob = json_file(huge, b"\0" * 8)

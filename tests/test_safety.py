@@ -76,36 +76,53 @@ def fsck_json(cli: Cli, repo_dir: Path, *extra: str) -> tuple[int, dict]:
     return res.returncode, json.loads(res.stdout)
 
 
-def make_big_adapter(out: Path, *, modules: int = 40, rank: int = 64, dim: int = 4096, seed: int = 0) -> Path:
-    """A ~42 MB bf16 PEFT LoRA adapter directory (40 modules of rank 64)."""
+def lora_bf16_adapter(out: Path, names: list[str], shapes: tuple[tuple[int, int], tuple[int, int]], config: dict,
+                      *, seed: int = 0, readme: str | None = None) -> Path:
+    """A bf16 PEFT LoRA adapter directory: modules `names`, lora_A / lora_B of `shapes`, weights N(0, 0.02)."""
     out.mkdir(parents=True)
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
-    for i in range(modules):
-        name = f"base_model.model.model.layers.{i // 2}.self_attn.{'qv'[i % 2]}_proj"
-        tensors[f"{name}.lora_A.weight"] = (torch.randn(rank, dim, generator=gen) * 0.02).to(torch.bfloat16)
-        tensors[f"{name}.lora_B.weight"] = (torch.randn(dim, rank, generator=gen) * 0.02).to(torch.bfloat16)
+    for name in names:
+        tensors[f"{name}.lora_A.weight"] = (torch.randn(*shapes[0], generator=gen) * 0.02).to(torch.bfloat16)
+        tensors[f"{name}.lora_B.weight"] = (torch.randn(*shapes[1], generator=gen) * 0.02).to(torch.bfloat16)
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    config = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": ["q_proj", "v_proj"],
-              "base_model_name_or_path": "big-test-model", "task_type": "CAUSAL_LM"}
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    (out / "README.md").write_text("# big adapter\n")
+    if readme is not None:
+        (out / "README.md").write_text(readme)
     for f in out.iterdir():  # old enough for the stat cache
         os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns - 5_000_000_000))
     return out
+
+
+def make_big_adapter(out: Path, *, modules: int = 40, rank: int = 64, dim: int = 4096, seed: int = 0) -> Path:
+    """A ~42 MB bf16 PEFT LoRA adapter directory (40 modules of rank 64)."""
+    names = [f"base_model.model.model.layers.{i // 2}.self_attn.{'qv'[i % 2]}_proj" for i in range(modules)]
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": ["q_proj", "v_proj"],
+              "base_model_name_or_path": "big-test-model", "task_type": "CAUSAL_LM"}
+    return lora_bf16_adapter(out, names, ((rank, dim), (dim, rank)), config, seed=seed, readme="# big adapter\n")
+
+
+def make_many_tensor_adapter(out: Path, modules: int) -> Path:
+    """A PEFT LoRA adapter of `modules` modules of two tiny bf16 tensors each (one object file per tensor)."""
+    names = [f"base_model.model.model.layers.{i // 100}.experts.{i % 100}.proj" for i in range(modules)]
+    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["proj"], "base_model_name_or_path": "many"}
+    return lora_bf16_adapter(out, names, ((2, 32), (32, 2)), config, seed=5)
+
+
+def reference_commit(root: Path, path: Path) -> SimpleNamespace:
+    """The adapter at `path`, the id a clean commit gives it, and how long that commit takes."""
+    cli = Cli(root / "home", root)
+    cli.ok("init", root / "reference")
+    t0 = time.monotonic()
+    ref = cli.json("commit", path, "-m", "reference", "--json", cwd=root / "reference")
+    return SimpleNamespace(path=path, adapter=ref["adapter"], seconds=time.monotonic() - t0)
 
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
     """The big adapter, the id a clean commit gives it, and how long that takes."""
     root = tmp_path_factory.mktemp("big")
-    path = make_big_adapter(root / "big-adapter")
-    cli = Cli(root / "home", root)
-    cli.ok("init", root / "reference")
-    t0 = time.monotonic()
-    ref = cli.json("commit", path, "-m", "reference", "--json", cwd=root / "reference")
-    seconds = time.monotonic() - t0
-    return SimpleNamespace(path=path, adapter=ref["adapter"], seconds=seconds)
+    return reference_commit(root, make_big_adapter(root / "big-adapter"))
 
 
 def check_sound_after_kill(cli: Cli, repo_dir: Path, src: Path, before: dict, old: str | None,
@@ -191,6 +208,42 @@ def test_sigkill_at_a_random_instant_of_a_big_commit_leaves_the_repository_consi
     _, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, -signal.SIGKILL), err
     check_sound_after_kill(cli, repo_dir, big.path, before, old, big.adapter)
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """An adapter of 5,000 tensors, the id a clean commit gives it, and how long that takes."""
+    root = tmp_path_factory.mktemp("many")
+    return reference_commit(root, make_many_tensor_adapter(root / "many-adapter", modules=2500))
+
+
+@pytest.mark.parametrize("moment", ["during-tensors", "after-tensors", 0.3, 0.6, 0.9])
+def test_sigkill_of_a_commit_of_many_tensors_leaves_nothing_fsck_or_the_next_commit_trips_over(
+        many, cli, repo_dir, adapter_dir, moment):
+    # The bug: a commit of 200,000 tensors killed midway left a temporary
+    # file per tensor written so far. Now a batch writes into one temporary
+    # directory: whatever the moment of the kill, at most that directory
+    # (and a half-written manifest or commit) is left, fsck finds no damage,
+    # the next commit succeeds, and gc removes the leftovers.
+    cli.ok("commit", adapter_dir("small", seed=1), "-m", "before", cwd=repo_dir)
+    old = branch_tip(repo_dir)
+    before = dir_digest(many.path)
+    if isinstance(moment, str):
+        res = cli.with_env(MFGIT_CRASH_AT=moment)("commit", many.path, "-m", "many", cwd=repo_dir)
+        assert res.returncode == -signal.SIGKILL, res.stderr
+    else:
+        proc = cli.popen("commit", many.path, "-m", "many", cwd=repo_dir)
+        time.sleep(moment * many.seconds)
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (0, -signal.SIGKILL), err
+    code, report = fsck_json(cli, repo_dir)
+    assert code == 0 and report["ok"], report
+    assert len(report["temporary_files"]) <= 2, report["temporary_files"][:5]
+    check_sound_after_kill(cli, repo_dir, many.path, before, old, many.adapter)
+    cli.ok("gc", "--prune=now", cwd=repo_dir)
+    code, report = fsck_json(cli, repo_dir)
+    assert code == 0 and report["ok"] and report["temporary_files"] == []
 
 
 # --- corruption ------------------------------------------------------------------------------------
@@ -452,9 +505,9 @@ def test_checkout_refuses_an_unsafe_file_name_of_an_adapter_built_in_memory(cli,
 def test_unknown_repository_format_is_refused(cli, repo_dir):
     cfg = repo_dir / ".mfgit" / "config"
     text = cfg.read_text()
-    cfg.write_text(text.replace("formatversion = 1", "formatversion = 2"))
+    cfg.write_text(text.replace("formatversion = 2", "formatversion = 3"))
     line = cli.fails("log", cwd=repo_dir, code=3)
-    assert "object format 'sha256' version '2'" in line and "upgrade mfgit" in line
+    assert "object format 'sha256' version '3'" in line and "upgrade mfgit" in line
     cfg.write_text(text.replace("objectformat = sha256", "objectformat = sha1"))
     line = cli.fails("status", cwd=repo_dir, code=3)
     assert "'sha1'" in line

@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import xxhash
 
-from mfgit.errors import CorruptObject, MalformedObject, ObjectNotFound
+from mfgit.errors import CorruptObject, MalformedObject, ObjectNotFound, RepositoryBusy
 from mfgit.objects import Adapter, Commit, Tag, TensorHeader, object_id, tensor_id
 from mfgit.objects.model import split_tensor_payload
 from mfgit.store import DiskStore, MemoryStore
 from mfgit.store import fileio
-from mfgit.store.frame import HEADER_SIZE, encode_stored
+from mfgit.store.frame import HEADER_SIZE, check_frame, encode_stored
 
 # --- fixtures and helpers -----------------------------------------------------------
 
@@ -332,16 +337,103 @@ def test_bytes_appended_to_an_object_are_detected(store):
         store.get(oid)
 
 
-def test_verify_catches_a_consistent_frame_under_the_wrong_id(store):
-    # Someone re-framed other content (valid XXH3) under an id: only the
-    # SHA-256 check can see it, and verify=True does.
+def test_verify_catches_a_frame_forged_for_the_id(store):
+    # Someone framed other content for this id on purpose (XXH3 is no
+    # secret: anyone can compute the keyed digest): only the SHA-256 check
+    # can see it, and verify=True does.
     oid = store.put("blob", b"the real content")
-    replace_stored(store, oid, encode_stored("blob", b"forged content!!"))
+    replace_stored(store, oid, encode_stored("blob", b"forged content!!", oid=oid))
     with pytest.raises(CorruptObject) as info:
         store.get(oid, verify=True)
     assert info.value.algorithm == "sha256"
     assert info.value.expected == oid
     assert info.value.actual == object_id("blob", b"forged content!!")
+
+
+def _misfiled_pairs(store) -> list[tuple[str, str, str]]:
+    """(case, victim id, id of the valid object file copied over the victim's)."""
+    th = TensorHeader("BF16", (64, 16))
+    a = put_tensor(store, "BF16", (64, 16), gaussian(torch.bfloat16, 64 * 16, seed=1))[0]
+    b = put_tensor(store, "BF16", (64, 16), gaussian(torch.bfloat16, 64 * 16, seed=2))[0]
+    small_a = put_tensor(store, "F32", (2, 4), random_bytes(32, seed=3))[0]
+    small_b = put_tensor(store, "F32", (2, 4), random_bytes(32, seed=4))[0]
+    assert th.encode()  # same shape, same dtype: only the bytes differ
+    parent = store.put("commit", Commit(adapter="a" * 64, parents=(), author={"name": "A", "email": "a@x"},
+                                        site=None, timestamp="2024-01-01T00:00:00.000000Z", message="first",
+                                        provenance={"kind": "import"}).encode())
+    child = store.put("commit", Commit(adapter="b" * 64, parents=(parent,), author={"name": "A", "email": "a@x"},
+                                       site=None, timestamp="2024-01-02T00:00:00.000000Z", message="second",
+                                       provenance={"kind": "import"}).encode())
+    return [("same-shape tensor", a, b), ("small same-shape tensor", small_a, small_b), ("parent commit", child, parent)]
+
+
+@pytest.mark.parametrize("case", ["same-shape tensor", "small same-shape tensor", "parent commit"])
+def test_a_valid_object_file_misfiled_under_another_id_fails_the_cheap_check(store, case):
+    # The bug: only the XXH3 of the body was checked, so a whole valid file
+    # of another object under this name passed every read but --read-data.
+    (victim, other), = [(v, o) for c, v, o in _misfiled_pairs(store) if c == case]
+    replace_stored(store, victim, stored_bytes(store, other))
+    for verify in (False, True):
+        with pytest.raises(CorruptObject) as info:
+            store.get(victim, verify=verify)
+        assert info.value.oid == victim
+        assert info.value.algorithm == "xxh3-128" and "another object" in str(info.value)
+    with pytest.raises(CorruptObject):
+        check_frame(victim, stored_bytes(store, victim))
+    # The file itself is still a sound copy of the object it was written for.
+    assert store.get(other, verify=True)[0] in ("tensor", "commit")
+
+
+def _v1_frame(v2: bytes) -> bytes:
+    """The same object file as the previous format wrote it: version 1, digest without the id."""
+    header = bytearray(v2[:HEADER_SIZE])
+    header[4] = 1
+    body = v2[HEADER_SIZE:]
+    header[8:24] = xxhash.xxh3_128(bytes(header[:8]) + bytes(header[24:HEADER_SIZE]) + body).digest()
+    return bytes(header) + body
+
+
+@pytest.mark.parametrize("kind", ["tensor", "blob", "adapter", "commit", "tag"])
+def test_version_1_object_files_are_read_and_bound_to_their_id_by_sha256(store, kind):
+    payload = sample_objects()[kind]
+    oid = put_any(store, kind, payload)
+    old = _v1_frame(stored_bytes(store, oid))
+    replace_stored(store, oid, old)
+    assert store.get(oid) == (kind, payload) and store.get(oid, verify=True) == (kind, payload)
+    check_frame(oid, old)
+    # A version-1 file of another object under this id: its digest holds, the SHA-256 does not.
+    other = put_any(store, "blob", b"another object" * 10)
+    replace_stored(store, oid, _v1_frame(stored_bytes(store, other)))
+    for verify in (False, True):
+        with pytest.raises(CorruptObject) as info:
+            store.get(oid, verify=verify)
+        assert info.value.algorithm == "sha256" and info.value.actual == other
+    with pytest.raises(CorruptObject):
+        check_frame(oid, stored_bytes(store, oid))
+
+
+def test_received_version_1_files_are_stored_as_version_2(store):
+    src = MemoryStore()
+    oid = src.put("commit", sample_objects()["commit"])
+    old = _v1_frame(src.read_stored(oid))
+    assert store.put_received(oid, old) is True
+    data = stored_bytes(store, oid)
+    assert data[4] == 2 and data[HEADER_SIZE:] == old[HEADER_SIZE:]
+    assert store.get(oid, verify=True) == ("commit", sample_objects()["commit"])
+
+
+def test_reusing_a_stored_object_freshens_it(store):
+    payload = b"reused" * 100
+    oid = store.put("blob", payload)
+    old = time.time() - 30 * 86400
+    if isinstance(store, MemoryStore):
+        store._mtimes[oid] = old
+    else:
+        os.utime(store.root / oid[:2] / oid[2:], (old, old))
+    assert store.mtime(oid) < time.time() - 86400
+    assert store.put("blob", payload) == oid  # reused, not written again
+    assert store.mtime(oid) > time.time() - 60
+    assert store.freshen(oid) is True and store.freshen(object_id("blob", b"absent")) is False
 
 
 # --- receiving objects from elsewhere --------------------------------------------------------
@@ -360,8 +452,14 @@ def test_put_received_rejects_bytes_whose_sha256_does_not_match_the_id(store):
     src = MemoryStore()
     real = src.put("blob", b"payload A" * 50)
     other = object_id("blob", b"payload B" * 50)
+    # Another object's file: its digest names the other id.
     with pytest.raises(CorruptObject) as info:
         store.put_received(other, src.read_stored(real))
+    assert info.value.oid == other
+    assert info.value.algorithm == "xxh3-128"
+    # A file forged for this id: only the SHA-256 sees it.
+    with pytest.raises(CorruptObject) as info:
+        store.put_received(other, encode_stored("blob", b"payload A" * 50, oid=other))
     assert info.value.oid == other
     assert info.value.algorithm == "sha256"
     assert not store.has(other)
@@ -464,3 +562,86 @@ def test_disk_store_ignores_foreign_files(tmp_path):
     (store.root / "README").write_text("x")
     assert list(store.iter_ids()) == [oid]
     assert not store.has("zz" + "not-an-id")
+
+
+# --- DiskStore: the writer lock gc deletes under -------------------------------------------
+
+_WRITER = """
+import sys, time
+from mfgit.store import DiskStore
+store = DiskStore(sys.argv[1])
+store.begin_batch()
+for i in range(int(sys.argv[2])):
+    store.put("blob", b"blob %d " % i * 50)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def _writer_process(root: Path, blobs: int = 3) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(root), str(blobs)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_disk_exclusive_waits_for_a_writer_names_it_and_a_killed_writer_never_blocks(tmp_path):
+    root = tmp_path / "objects"
+    proc = _writer_process(root)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RepositoryBusy) as info:
+            with DiskStore(root).exclusive(timeout=0.3):
+                pass
+        assert time.monotonic() - t0 >= 0.3
+        assert "another mfgit process is writing" in str(info.value)
+        if Path("/proc/locks").exists():
+            assert info.value.holders == (proc.pid,) and str(proc.pid) in str(info.value)
+        # The writer's batch is one temporary directory, which gc must not touch.
+        (leftover,) = DiskStore(root).temp_files()
+        assert leftover.is_dir() and leftover.name.startswith(".tmp-batch-")
+    finally:
+        proc.kill()
+        proc.wait()
+    # SIGKILL: the kernel dropped the lock; its batch is a leftover gc may remove.
+    store = DiskStore(root)
+    with store.exclusive(timeout=0.5):
+        assert store.remove_temp_files(older_than=0) == 1
+    assert store.temp_files() == [] and list(store.iter_ids()) == []
+
+
+def test_disk_writers_wait_for_exclusive_then_proceed(tmp_path):
+    root = tmp_path / "objects"
+    gc_side, writer = DiskStore(root), DiskStore(root)
+    writer.writer_wait = 0.2
+    with gc_side.exclusive(timeout=1):
+        with pytest.raises(RepositoryBusy) as info:
+            writer.put("blob", b"too early")
+        assert "gc" in str(info.value)
+        assert not writer.has(object_id("blob", b"too early"))
+        writer.writer_wait = 30
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (writer.put("blob", b"waited"), done.set()))
+        t.start()
+        assert not done.wait(0.3)  # blocked while gc holds the store
+    t.join(10)
+    assert done.is_set() and writer.has(object_id("blob", b"waited"))
+
+
+def test_disk_close_releases_the_writer_lock_and_the_next_write_takes_it_again(tmp_path):
+    root = tmp_path / "objects"
+    a, b = DiskStore(root), DiskStore(root)
+    a.put("blob", b"one")
+    with pytest.raises(RepositoryBusy):
+        with b.exclusive(timeout=0.1):
+            pass
+    a.close()
+    with b.exclusive(timeout=0.1):
+        pass
+    a.freshen(object_id("blob", b"one"))  # any mutation makes it a writer again
+    with pytest.raises(RepositoryBusy):
+        with b.exclusive(timeout=0.1):
+            pass
+    # Its own exclusive() is not blocked by its own writer lock, and nests.
+    with a.exclusive(timeout=0.1):
+        with a.exclusive(timeout=0.1):
+            assert a.remove_temp_files(older_than=0) == 0

@@ -103,6 +103,7 @@ TABLE: list[tuple[type, int, Fix]] = [
         f"drop such entries: {reflog_fix(e.name, 'missing')}, or fetch the objects: mfgit fsck --repair-from REMOTE")),
     (E.BadConfigFile, BAD_INPUT, _fix(
         "it must be UTF-8 INI text as git writes it ([section] and key = value lines); correct or restore it")),
+    (E.RepositoryBusy, CONFLICT, _fix("try again when it is done")),
 ]
 
 

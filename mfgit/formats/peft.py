@@ -193,15 +193,21 @@ def lora_modules(tensors: dict[str, tuple[str, tuple[int, ...]]], where: str, *,
     without any LoRA module is refused.
     """
     modules: dict[str, dict[str, Any]] = {}
-    for name, (_dtype, shape) in tensors.items():
-        for suffix, (kind, role) in _SUFFIXES.items():
-            if name.endswith(suffix):
-                mod = name[: -len(suffix)]
-                entry = modules.setdefault(mod, {"kind": kind})
-                if entry["kind"] != kind:
-                    raise InvalidAdapter(where, f"module {mod} mixes linear and embedding LoRA tensors")
-                entry[role] = name
-                break
+    for name in tensors:
+        # Every suffix starts with its only ".lora_": one search and one
+        # lookup per name instead of four endswith (adapters of 200,000 tensors).
+        i = name.rfind(".lora_")
+        found = _SUFFIXES.get(name[i:]) if i >= 0 else None
+        if found is None:
+            continue
+        kind, role = found
+        mod = name[:i]
+        entry = modules.get(mod)
+        if entry is None:
+            entry = modules[mod] = {"kind": kind}
+        elif entry["kind"] != kind:
+            raise InvalidAdapter(where, f"module {mod} mixes linear and embedding LoRA tensors")
+        entry[role] = name
     for mod, entry in modules.items():
         if "lora_A" not in entry or "lora_B" not in entry:
             missing = "lora_B" if "lora_A" in entry else "lora_A"

@@ -115,6 +115,13 @@ def _pairs_hook(pairs: list[tuple[str, object]]) -> dict:
     return out
 
 
+def _pairs_hook_no_escapes(pairs: list[tuple[str, object]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        return _pairs_hook(pairs)  # raises, naming the duplicate
+    return out
+
+
 def _reject_constant(name: str):
     raise _BadJSON(f"the constant {name} is not JSON")
 
@@ -173,8 +180,12 @@ def parse_header(prefix: bytes, file_size: int, path: str = "<bytes>") -> Header
     except UnicodeDecodeError as exc:
         raise SafetensorsError(path, "header-not-utf8", f"byte {exc.start} of the header is not valid UTF-8") from None
 
+    # A lone surrogate can only come from a \u escape (the bytes are valid
+    # UTF-8): without one, only duplicates need checking, which is one dict
+    # per object (headers of 200,000 tensors spend their time here).
+    hook = _pairs_hook if b"\\u" in raw else _pairs_hook_no_escapes
     try:
-        doc = json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_reject_constant)
+        doc = json.loads(text, object_pairs_hook=hook, parse_constant=_reject_constant)
     except _BadJSON as exc:
         raise SafetensorsError(path, "header-invalid-json", str(exc)) from None
     except (ValueError, RecursionError) as exc:
@@ -189,6 +200,7 @@ def parse_header(prefix: bytes, file_size: int, path: str = "<bytes>") -> Header
 
     metadata: dict[str, str] | None = None
     infos: list[TensorInfo] = []
+    sizes: dict[tuple[str, tuple[int, ...]], int] = {}
     for name, entry in doc.items():
         if name == _METADATA_KEY:
             if not isinstance(entry, dict):
@@ -200,7 +212,7 @@ def parse_header(prefix: bytes, file_size: int, path: str = "<bytes>") -> Header
                     )
             metadata = dict(entry)
             continue
-        infos.append(_parse_entry(name, entry, data_size, path))
+        infos.append(_parse_entry(name, entry, data_size, path, sizes))
 
     infos.sort(key=lambda t: (t.start, t.end, t.name))
     expected = 0
@@ -227,9 +239,26 @@ def parse_header(prefix: bytes, file_size: int, path: str = "<bytes>") -> Header
     )
 
 
-def _parse_entry(name: str, entry: object, data_size: int, path: str) -> TensorInfo:
+def _parse_entry(name: str, entry: object, data_size: int, path: str,
+                 sizes: dict[tuple[str, tuple[int, ...]], int] | None = None) -> TensorInfo:
+    """One header entry, checked rule by rule.
+
+    `sizes` remembers the byte size of each (dtype, shape) already checked:
+    the many tensors of an adapter share a few shapes. A shape is cached
+    only when every dimension is a plain int (JSON true hashes like 1).
+    """
     if not isinstance(entry, dict):
         raise SafetensorsError(path, "bad-entry", f"entry {name!r} is a JSON {type(entry).__name__}, not an object")
+    if sizes is not None and entry.keys() == _ENTRY_KEYS:
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if (type(dtype) is str and type(shape) is list and type(offsets) is list and len(offsets) == 2
+                and all(type(d) is int for d in shape)):
+            key = (dtype, tuple(shape))
+            nbytes = sizes.get(key)
+            start, end = offsets
+            if (nbytes is not None and type(start) is int and type(end) is int and 0 <= start <= end
+                    and end - start == nbytes and end <= data_size):
+                return TensorInfo(name=name, dtype=dtype, shape=key[1], start=start, end=end)
     keys = set(entry)
     if keys != _ENTRY_KEYS:
         missing = sorted(_ENTRY_KEYS - keys)
@@ -286,6 +315,8 @@ def _parse_entry(name: str, entry: object, data_size: int, path: str) -> TensorI
         raise SafetensorsError(
             path, "offset-out-of-range", f"tensor {name!r} ends at byte {end}, past the {data_size}-byte data section"
         )
+    if sizes is not None and all(type(d) is int for d in shape):
+        sizes[(dtype, tuple(shape))] = nbytes
     return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), start=start, end=end)
 
 

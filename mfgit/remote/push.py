@@ -115,10 +115,14 @@ def push(repo: "BaseRepository", transport: Transport, remote_name: str, src: st
 
 
 def outgoing(repo: "BaseRepository", oid: str) -> bytes:
-    """A local object's stored bytes, checked (XXH3-128) before they leave.
+    """A local object's stored bytes, checked against its id before they leave.
 
-    A damaged local copy is never sent: the push stops with the object's
-    name, the remote keeps its ref, and the fix is fsck --repair-from.
+    The check binds the bytes to `oid` (check_frame: the XXH3-128 keyed by
+    the id for a version-2 file, the full SHA-256 for a version-1 one), so a
+    damaged copy, or a valid file of another object stored under this
+    name, is never sent: the push stops with the object's name, the remote
+    keeps its ref, and the fix is fsck --repair-from. What is sent is the
+    very bytes that were checked.
     """
     data = repo.store.read_stored(oid)
     try:

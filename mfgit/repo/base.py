@@ -34,7 +34,7 @@ from mfgit.errors import (
 from mfgit.objects.model import Adapter, Commit, TensorHeader, decode_object, decode_tensor, is_object_id
 from mfgit.objects.timestamp import utc_now
 from mfgit.refs import ANY, HEADS, REMOTES, SYMREF, TAGS, DiskRefs, RefStore, check_branch_name, check_ref_name
-from mfgit.repo.config import FORMAT_VERSION, OBJECT_FORMAT, Config
+from mfgit.repo.config import FORMAT_VERSION, OBJECT_FORMAT, READABLE_VERSIONS, Config, upgrade_format
 from mfgit.repo.crash import crashpoint
 from mfgit.repo.revisions import is_hex_prefix, split_revision
 from mfgit.store import DiskStore, ObjectStore
@@ -110,9 +110,11 @@ class BaseRepository:
         config = Config(gitdir / "config")
         fmt = config.repo.get("core.objectformat")
         ver = config.repo.get("core.formatversion")
-        if fmt != OBJECT_FORMAT or ver != FORMAT_VERSION:
+        if fmt != OBJECT_FORMAT or ver not in READABLE_VERSIONS:
             raise UnsupportedRepositoryFormat(str(gitdir), str(fmt), str(ver))
-        return cls(DiskStore(gitdir / "objects"), DiskRefs(gitdir), gitdir=gitdir, worktree=worktree, config=config)
+        upgrade = None if ver == FORMAT_VERSION else (lambda: upgrade_format(config))
+        return cls(DiskStore(gitdir / "objects", before_first_write=upgrade), DiskRefs(gitdir), gitdir=gitdir,
+                   worktree=worktree, config=config)
 
     @property
     def is_bare(self) -> bool:

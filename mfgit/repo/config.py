@@ -16,7 +16,12 @@ from mfgit.errors import BadConfigFile, ConfigError
 from mfgit.store.fileio import LockedFile
 
 OBJECT_FORMAT = "sha256"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # what init writes: object files whose digest covers their id
+# What open accepts. A version-1 repository (written by an earlier mfgit) has
+# only version-1 object files; it becomes version 2 just before the first
+# version-2 object is written into it (upgrade_format), after which an older
+# mfgit refuses it instead of misreading it.
+READABLE_VERSIONS = ("1", "2")
 ALIASES = {"site": "user.site"}
 
 
@@ -107,6 +112,11 @@ class ConfigFile:
             for k, v in self.parser.items(section):
                 out[f"{prefix}.{k}"] = v
         return out
+
+
+def upgrade_format(config: "Config") -> None:
+    """Record that the repository now holds version-2 object files (before the first one is written)."""
+    config.repo.set("core.formatversion", FORMAT_VERSION)
 
 
 class Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +31,11 @@ def gc(repo: "BaseRepository", *, prune_older_than: float = 14 * 86400, dry_run:
     unreachable may be its history; git refuses for the same reason). The
     error names the ref, line, entry or object and the command that fixes
     it — for reflog entries, `mfgit reflog expire`; `mfgit fsck` lists them all.
+
+    The exclusive lock waits up to 10 s for writers, then RepositoryBusy; a
+    dry run deletes nothing and takes no lock (docs/design.md, "gc and fsck").
     """
-    with repo.store.exclusive():
+    with contextlib.nullcontext() if dry_run else repo.store.exclusive():
         scan = scan_refs(repo)
         if scan.bad_refs:
             name, reason = min(scan.bad_refs.items())

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 from mfgit.errors import InvalidAdapter, InvalidObject, NothingToCommit
 from mfgit.formats import peft as peftfmt
 from mfgit.formats import safetensors as st
-from mfgit.objects.model import Adapter, TensorHeader, tensor_id
+from mfgit.objects.model import Adapter, TensorHeader, object_id, tensor_id
 from mfgit.parallel import Job, parallel_map
 from mfgit.repo.crash import crashpoint
 from mfgit.repo.provenance import code_revision, library_versions, parse_meta
 from mfgit.repo.statcache import StatCache, quick_digest
 from mfgit.repo.tensors import put_torch_tensors
+from mfgit.store.frame import tensor_payload_parts
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository, CommitInfo, Signer
@@ -92,7 +93,10 @@ def import_adapter(repo: "BaseRepository", adir: peftfmt.AdapterDir, *, before_i
     digest_fn = lambda: quick_digest(files[0], adir.weights)  # noqa: E731
     if cache is not None and not adir.pickled:
         cached = cache.lookup(adir.path, files, digest_fn)
-        if cached and repo.store.has(cached) and _adapter_complete(repo, cached):
+        # Reused objects are freshened, under the store's writer lock (git's
+        # rule): gc cannot delete them between here and the ref update, and
+        # one it deleted before reads as absent, so the import runs again.
+        if cached and repo.store.freshen(cached) and _adapter_complete(repo, cached):
             return cached
     if before_import is not None:
         before_import()
@@ -127,7 +131,7 @@ def _adapter_complete(repo: "BaseRepository", aid: str) -> bool:
         adapter = repo.read_adapter(aid)
     except Exception:  # noqa: BLE001 - an unreadable cached entry only means: import again
         return False
-    return all(repo.store.has(t) for t in adapter.referenced_ids())
+    return all(repo.store.freshen(t) for t in adapter.referenced_ids())
 
 
 def _pread_into(fd: int, out: memoryview, offset: int, where: str) -> None:
@@ -156,35 +160,52 @@ def _import_safetensors(repo: "BaseRepository", adir: peftfmt.AdapterDir) -> Ada
         # kill the process with SIGBUS — a short read is a clear error.
         header = st.read_header(adir.weights)
         infos = list(header.tensors.values())
+        # The tensors of an adapter share a few shapes: each header is
+        # encoded once, not once per tensor (for 200,000 small tensors the
+        # JSON encoding cost more than their bytes).
+        heads: dict[tuple[str, tuple[int, ...]], tuple[TensorHeader, bytes]] = {}
+        for info in infos:
+            if (info.dtype, info.shape) not in heads:
+                th = TensorHeader(info.dtype, tuple(info.shape))
+                heads[(info.dtype, info.shape)] = (th, tensor_payload_parts(th))
         fd = os.open(adir.weights, os.O_RDONLY)
         try:
             local = threading.local()
+            data_offset = header.data_offset
+            put_tensor = repo.store.put_tensor
 
-            def one(info: st.TensorInfo) -> tuple[str, str]:
-                th = TensorHeader(info.dtype, tuple(info.shape))
+            def one(info: st.TensorInfo) -> str:
+                th, head = heads[(info.dtype, info.shape)]
+                n = info.end - info.start
                 # One read buffer per thread, reused: a fresh one per
                 # tensor costs a page fault per 4 KiB and an munmap.
                 buf = getattr(local, "buf", None)
-                if buf is None or len(buf) < info.nbytes:
-                    buf = local.buf = bytearray(max(info.nbytes, 1 << 20))
-                raw = memoryview(buf)[: info.nbytes]
-                _pread_into(fd, raw, header.data_offset + info.start, where)
-                tid = tensor_id(th, raw)
-                repo.store.put_tensor(th, raw, tid)
+                if buf is None or len(buf) < n:
+                    buf = local.buf = bytearray(max(n, 1 << 20))
+                raw = memoryview(buf)[:n]
+                _pread_into(fd, raw, data_offset + info.start, where)
+                # A small tensor is hashed from a joined copy (cheaper than
+                # encoding its header again); a large one in place.
+                tid = object_id("tensor", head + raw) if n <= _JOIN_BELOW else tensor_id(th, raw)
+                put_tensor(th, raw, tid, head=head)
                 crashpoint("during-tensors")
-                return info.name, tid
+                return tid
 
             # hashlib, zstd, numpy and pread release the GIL on large
             # buffers: two threads keep both cores busy on a big adapter.
-            ids = dict(parallel_map(one, infos))
+            ids = parallel_map(one, infos)
         finally:
             os.close(fd)
-        tensors = {i.name: {"id": ids[i.name], "dtype": i.dtype, "shape": list(i.shape)} for i in infos}
+        tensors = {i.name: {"id": tid, "dtype": i.dtype, "shape": list(i.shape)}
+                   for i, tid in sorted(zip(infos, ids), key=lambda p: p[0].name)}
         files = _store_extra_files(repo, adir)
         crashpoint("after-tensors")
-    modules = peftfmt.lora_modules({k: (v["dtype"], tuple(v["shape"])) for k, v in tensors.items()}, where)
-    return Adapter(config=adir.config, base_model=base_model_of(adir.config), tensors=dict(sorted(tensors.items())),
+    modules = peftfmt.lora_modules({i.name: (i.dtype, i.shape) for i in infos}, where)
+    return Adapter(config=adir.config, base_model=base_model_of(adir.config), tensors=tensors,
                    modules=modules, metadata=header.metadata, files=files)
+
+
+_JOIN_BELOW = 1 << 16
 
 
 def _import_pickle(repo: "BaseRepository", adir: peftfmt.AdapterDir) -> Adapter:

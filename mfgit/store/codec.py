@@ -32,7 +32,7 @@ FLOAT_PLANES = 2
 
 _FLOAT_WIDTH = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
 _LEVEL = 1
-_MIN_COMPRESS = 512  # below this, compression costs more than it saves
+MIN_COMPRESS = 512  # below this, compression costs more than it saves
 _SAMPLE = 1 << 14
 _PLANE_PARAMS = None
 
@@ -67,7 +67,7 @@ def _np():
 
 
 def _compress_plane(cctx, plane: bytes) -> tuple[int, bytes]:
-    if len(plane) < _MIN_COMPRESS:
+    if len(plane) < MIN_COMPRESS:
         return RAW, plane
     # Screen a sample first: mantissa planes are near-random, and skipping
     # them saves most of the compression time.
@@ -117,7 +117,7 @@ def encode_float_planes(raw: memoryview, dtype: str, scratch: PlaneScratch | Non
     written out as they are (no joining copy of the whole tensor).
     """
     width = _FLOAT_WIDTH.get(dtype)
-    if width is None or len(raw) % width or len(raw) < _MIN_COMPRESS:
+    if width is None or len(raw) % width or len(raw) < MIN_COMPRESS:
         return None
     n = len(raw) // width
     planes = (scratch or PlaneScratch()).planes(width, n)
@@ -199,7 +199,7 @@ def decode_float_planes(data: memoryview, raw_len: int) -> bytes:
 
 
 def encode_generic(payload: bytes | memoryview) -> tuple[int, bytes | memoryview]:
-    if len(payload) < _MIN_COMPRESS:
+    if len(payload) < MIN_COMPRESS:
         return RAW, payload
     packed = zstandard.ZstdCompressor(level=_LEVEL).compress(payload)
     if len(packed) >= len(payload):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -52,27 +53,47 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f"{_TMP_PREFIX}{path.name}.{secrets.token_hex(6)}")
 
 
-def write_new_file(path: Path, chunks, *, sync: bool = True, mode: int = 0o444) -> Path:
-    """Write `chunks` to a fresh temporary file beside `path`; return its name.
+def temp_name(directory: str, name: str) -> str:
+    """A fresh temporary name for `name` in `directory` (plain strings: one per object written)."""
+    return f"{directory}/{_TMP_PREFIX}{name}.{secrets.token_hex(6)}"
+
+
+# Below this size a file's write-out is left to the batch's syncfs: queuing
+# it per file (sync_file_range) costs a syscall and a tiny I/O per object,
+# which for many small objects is more than the whole write.
+WRITEBACK_MIN = 1 << 16
+_JOIN_UP_TO = 1 << 14
+
+
+def write_new_file(path: Path, chunks, *, sync: bool = True, mode: int = 0o444, tmp: str | None = None,
+                   private: bool = True):
+    """Write `chunks` to a fresh temporary file beside `path` (or at `tmp`); return its name.
 
     The caller renames it into place (after a batch fsync when `sync` is
-    False). The temporary file is removed if writing fails.
+    False). The temporary file is removed if writing fails. `private=False`
+    (object files, which hold nothing secret) creates the file with its
+    final mode at once, a syscall less per object.
     """
-    tmp = temp_path_for(path)
+    if tmp is None:
+        tmp = temp_path_for(Path(path))
     # Private until complete: the final mode is set only once the bytes are
     # written, so a key file (0600) is never readable by others, not even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else mode)
     try:
         with naming_path(tmp):
-            for chunk in chunks:
-                mv = memoryview(chunk)
+            views = [memoryview(c) for c in chunks]
+            total = sum(v.nbytes for v in views)
+            if len(views) > 1 and total <= _JOIN_UP_TO:
+                views = [memoryview(b"".join(views))]  # one write for a small file
+            for mv in views:
                 while mv:
                     n = os.write(fd, mv)
                     mv = mv[n:]
             if sync:
                 os.fsync(fd)
-            else:
+            elif total >= WRITEBACK_MIN:
                 start_writeback(fd)
+        if private:
             os.fchmod(fd, mode)
     except BaseException:
         os.close(fd)
@@ -127,8 +148,13 @@ def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
     (0: to the end) only queues the write-out: it
     makes nothing durable (the batch's syncfs still does that), but the
     disk works while the next objects are hashed and compressed, and the
-    syncfs at the end finds little left to write.
+    syncfs at the end finds little left to write. A range of less than
+    WRITEBACK_MIN bytes is left to that final sync: queued one by one, the
+    tensors of an adapter of many small modules cost a syscall and a tiny
+    I/O each, more than writing them.
     """
+    if 0 < length < WRITEBACK_MIN:
+        return  # a few pages: left to the final fsync (see WRITEBACK_MIN)
     libc = _c_library()
     if libc and hasattr(libc, "sync_file_range"):
         import ctypes
@@ -175,6 +201,56 @@ def lock_file(path: str | os.PathLike) -> Iterator[int]:
             os.unlink(lock)
         except FileNotFoundError:
             pass
+
+
+def open_for_flock(directory: str | os.PathLike) -> int:
+    """A descriptor of `directory` to flock (the directory itself is the lock: no lock file to skip or leave)."""
+    return os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def flock_within(fd: int, *, exclusive: bool, timeout: float) -> bool:
+    """flock `fd` shared or exclusive, waiting up to `timeout` seconds; False if it was not granted.
+
+    flock locks belong to the open file description and the kernel drops
+    them when the last descriptor closes, so a process killed with SIGKILL
+    never leaves one behind (unlike a lock file).
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock on this system: writers and gc are not kept apart (the grace period still is)
+        return True
+    op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+    deadline = time.monotonic() + max(0.0, timeout)
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, op)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.05)
+
+
+def flock_holders(path: str | os.PathLike) -> tuple[int, ...]:
+    """Ids of the other processes holding a flock on `path`, where the system says (Linux /proc/locks)."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ()
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = set()
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  READ  1234 fd:01:5678 0 EOF"; "->" marks a waiter
+        if "FLOCK" in parts and "->" not in parts and want in parts:
+            i = parts.index(want)
+            if parts[i - 1].isdigit() and int(parts[i - 1]) != os.getpid():
+                pids.add(int(parts[i - 1]))
+    return tuple(sorted(pids))
 
 
 def is_temp_name(name: str) -> bool:

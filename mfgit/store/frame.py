@@ -3,15 +3,23 @@
     magic "MFGO" | version u8 | kind u8 | codec u8 | reserved u8
     | xxh3-128 (16 bytes) | stored length u64 | decoded length u64
 
-The XXH3-128 covers every other byte of the file: the 8 header bytes before
-it, the 16 after it, and the stored payload. A flipped bit in the kind, the
-codec or a length is therefore caught like one in the payload.
+Version 2 (what mfgit writes): the XXH3-128 covers the object's id (its 32
+raw bytes), then every other byte of the file: the 8 header bytes before
+the digest, the 16 after it, and the stored payload. A flipped bit in the
+kind, the codec or a length is caught like one in the payload, and a valid
+object file stored under another object's name (a same-shape tensor, the
+parent commit) fails the same cheap check, because the id it was framed
+for is not the id it is read as. Every read therefore passes the id.
+
+Version 1 (earlier mfgit) has no id in its digest: such a file is accepted
+only after the full SHA-256 of its decoded payload matches the id (slower,
+but bound to the id all the same).
 
 The decoded payload is what the id hashes (see mfgit.objects.model).
-``check_frame`` is the cheap check every read makes (any flipped or missing
-byte of the file); ``decode_stored(verify=True)`` additionally decodes and
-checks the full SHA-256 against the id (invariant 2). Pure functions on
-bytes: the stores (mfgit.store.disk, mfgit.store.memory) keep the files.
+``check_frame`` is the check every read makes first; ``decode_stored``
+decodes, and with ``verify=True`` (always for version 1) checks the full
+SHA-256 against the id (invariant 2). Pure functions on bytes: the stores
+(mfgit.store.disk, mfgit.store.memory) keep the files.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from mfgit.objects.model import KINDS, TensorHeader, object_id
 from mfgit.store import codec
 
 MAGIC = b"MFGO"
-STORE_VERSION = 1
+STORE_VERSION = 2  # what every write produces: the digest covers the id
+LEGACY_VERSION = 1  # read, but bound to its id only by the full SHA-256
 _HEADER = struct.Struct("<4sBBBB16sQQ")
 HEADER_SIZE = _HEADER.size
 KIND_CODE = {k: i + 1 for i, k in enumerate(KINDS)}
@@ -33,41 +42,45 @@ CODE_KIND = {v: k for k, v in KIND_CODE.items()}
 
 
 _DIGEST_AT = slice(8, 24)  # where the XXH3-128 sits in the header
+_VERSION_AT = 4
 
 
-def _digest(header: bytes | memoryview, body) -> bytes:
-    """XXH3-128 of a file's header (without the digest field) and body."""
+def _id_bytes(oid: str) -> bytes:
+    try:
+        raw = bytes.fromhex(oid)
+    except (TypeError, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise MalformedObject(str(oid), "not an object id")
+    return raw
+
+
+def _digest(key: bytes, header: bytes | memoryview, chunks) -> bytes:
+    """XXH3-128 of `key` (the raw id; empty for version 1), the header without its digest field, and the body."""
     h = xxhash.xxh3_128()
-    h.update(header[: _DIGEST_AT.start])
-    h.update(header[_DIGEST_AT.stop : HEADER_SIZE])
-    h.update(body)
-    return h.digest()
-
-
-def _frame_chunks(kind: str, cdc: int, chunks: list, raw_len: int) -> list:
-    """Header + chunks; the digest is computed over the chunks in place (no joined copy)."""
-    n = sum(len(c) for c in chunks)
-    header = bytearray(_HEADER.pack(MAGIC, STORE_VERSION, KIND_CODE[kind], cdc, 0, bytes(16), n, raw_len))
-    h = xxhash.xxh3_128()
+    h.update(key)
     h.update(header[: _DIGEST_AT.start])
     h.update(header[_DIGEST_AT.stop : HEADER_SIZE])
     for c in chunks:
         h.update(c)
-    header[_DIGEST_AT] = h.digest()
+    return h.digest()
+
+
+def _frame_chunks(oid: str, kind: str, cdc: int, chunks: list, raw_len: int) -> list:
+    """Header + chunks; the digest is computed over the chunks in place (no joined copy)."""
+    n = sum(len(c) for c in chunks)
+    header = bytearray(_HEADER.pack(MAGIC, STORE_VERSION, KIND_CODE[kind], cdc, 0, bytes(16), n, raw_len))
+    header[_DIGEST_AT] = _digest(_id_bytes(oid), header, chunks)
     return [bytes(header), *chunks]
 
 
-def _frame(kind: str, cdc: int, stored: bytes | memoryview, raw_len: int) -> bytes:
-    return b"".join(bytes(c) for c in _frame_chunks(kind, cdc, [stored], raw_len))
-
-
-def encode_stored(kind: str, payload: bytes | memoryview) -> bytes:
-    """Build the stored file bytes for a decoded payload."""
+def encode_stored(kind: str, payload: bytes | memoryview, *, oid: str) -> bytes:
+    """The stored file bytes of a decoded payload, framed for the object `oid` (its id)."""
     cdc, stored = codec.encode_generic(payload)
-    return _frame(kind, cdc, stored, len(payload))
+    return b"".join(bytes(c) for c in _frame_chunks(oid, kind, cdc, [stored], len(payload)))
 
 
-def encode_stored_tensor(head: bytes, raw: bytes | memoryview, dtype: str, *, reuse: bool = False) -> list:
+def encode_stored_tensor(head: bytes, raw: bytes | memoryview, dtype: str, *, oid: str, reuse: bool = False) -> list:
     """Stored bytes of a tensor, as chunks: its header plain, raw bytes by byte planes.
 
     With ``reuse`` the chunks may be views of this thread's scratch buffer
@@ -80,33 +93,60 @@ def encode_stored_tensor(head: bytes, raw: bytes | memoryview, dtype: str, *, re
         size = sum(len(c) for c in planes)
         if size < len(raw):
             chunks = [struct.pack("<I", len(head)), head, *planes]
-            return _frame_chunks("tensor", codec.FLOAT_PLANES, chunks, len(head) + len(raw))
-    return [encode_stored("tensor", head + bytes(raw))]
+            return _frame_chunks(oid, "tensor", codec.FLOAT_PLANES, chunks, len(head) + len(raw))
+    if len(head) + len(raw) < codec.MIN_COMPRESS:
+        # What encode_generic would decide for so few bytes, without joining
+        # a copy: most tensors of an adapter of many small modules.
+        return _frame_chunks(oid, "tensor", codec.RAW, [head, raw], len(head) + len(raw))
+    return [encode_stored("tensor", head + bytes(raw), oid=oid)]
 
 
-def check_frame(oid: str, data: bytes | memoryview) -> None:
-    """Check stored file bytes without decoding them: length and XXH3-128.
+def _check_digest(oid: str, mv: memoryview) -> int:
+    """Length and XXH3-128 of stored file bytes read as object `oid`; returns the store version.
 
-    What every read checks first; enough to know that a file is the bytes
-    that were written (not that they are the object: that is the SHA-256
-    of the decoded payload, see decode_stored(verify=True)).
+    The version byte chooses the digest before it is trusted: a damaged
+    version byte makes the digest fail like any other damaged byte.
     """
-    mv = memoryview(data)
     if len(mv) < HEADER_SIZE:
         raise CorruptObject(oid, "a header", f"{len(mv)} bytes", "length", "file is truncated")
+    version = mv[_VERSION_AT]
+    key = b"" if version == LEGACY_VERSION else _id_bytes(oid)
     xx = bytes(mv[_DIGEST_AT])
     (stored_len,) = struct.unpack_from("<Q", mv, 24)
     body = mv[HEADER_SIZE:]
-    actual = _digest(mv, body)
+    actual = _digest(key, mv, (body,))
     if len(body) != stored_len or actual != xx:
-        raise CorruptObject(oid, xx.hex(), actual.hex(), "xxh3-128",
-                            f"stored {len(body)} of {stored_len} bytes" if len(body) != stored_len else "")
+        detail = f"stored {len(body)} of {stored_len} bytes" if len(body) != stored_len else ""
+        if not detail and key:
+            detail = "damaged, or the file of another object"
+        raise CorruptObject(oid, xx.hex(), actual.hex(), "xxh3-128", detail)
+    return version
+
+
+def check_frame(oid: str, data: bytes | memoryview) -> None:
+    """Check that stored file bytes are the object `oid`, as cheaply as their version allows.
+
+    Version 2: length and the XXH3-128 keyed by the id, without decoding --
+    any flipped, missing or extra byte, and a whole valid file of another
+    object, fail it. Version 1: its digest, then a decode and the full
+    SHA-256 against the id. Raises CorruptObject. (A forger who computes
+    the XXH3 for the id on purpose is caught only by the SHA-256:
+    decode_stored(verify=True).)
+    """
+    mv = memoryview(data)
+    if _check_digest(oid, mv) == LEGACY_VERSION:
+        try:
+            decode_stored(oid, mv, verify=True)
+        except MalformedObject as e:  # a sound digest over bytes that are no object file
+            raise CorruptObject(oid, "an object file", "a malformed one", "decode", e.reason) from None
 
 
 def decode_stored(oid: str, data: bytes | memoryview, *, verify: bool,
                   out: bytearray | None = None) -> tuple[str, bytes]:
-    """Check and decode stored file bytes; returns (kind, decoded payload).
+    """Check and decode stored file bytes read as object `oid`; returns (kind, decoded payload).
 
+    With `verify` (and always for a version-1 file, whose digest does not
+    name its id) the decoded payload's SHA-256 is checked against `oid`.
     With `out` (a bytearray), a byte-plane tensor is decoded into it, grown
     if needed, and the payload returned is a memoryview of its first bytes:
     valid until `out` is reused. Other codecs return new bytes as usual.
@@ -114,12 +154,12 @@ def decode_stored(oid: str, data: bytes | memoryview, *, verify: bool,
     mv = memoryview(data)
     # The digest first: it covers the header too, so any damaged byte --
     # magic, kind, codec, lengths or payload -- is reported as corruption.
-    check_frame(oid, mv)
-    magic, version, kind_code, cdc, _r, xx, stored_len, raw_len = _HEADER.unpack_from(mv)
+    version = _check_digest(oid, mv)
+    magic, _version, kind_code, cdc, _r, xx, stored_len, raw_len = _HEADER.unpack_from(mv)
     body = mv[HEADER_SIZE:]
     if magic != MAGIC:
         raise CorruptObject(oid, MAGIC.hex(), bytes(magic).hex(), "magic", "not an mfgit object file")
-    if version != STORE_VERSION or kind_code not in CODE_KIND:
+    if version not in (STORE_VERSION, LEGACY_VERSION) or kind_code not in CODE_KIND:
         raise MalformedObject(oid, f"unknown object version {version} or kind {kind_code}")
     kind = CODE_KIND[kind_code]
     try:
@@ -148,19 +188,37 @@ def decode_stored(oid: str, data: bytes | memoryview, *, verify: bool,
         raise CorruptObject(oid, "decodable payload", type(e).__name__, "codec", str(e)) from None
     if len(payload) != raw_len:
         raise CorruptObject(oid, str(raw_len), str(len(payload)), "length", "decoded length differs")
-    if verify:
+    if verify or version == LEGACY_VERSION:
         got = object_id(kind, payload)
         if got != oid:
             raise CorruptObject(oid, oid, got, "sha256")
     return kind, payload
 
 
+def current_frame(oid: str, data: bytes | memoryview) -> bytes:
+    """Stored file bytes of object `oid` in the current store version (a version-1 file re-keyed).
+
+    Only the header changes (version and digest); the stored payload is kept
+    as it is. The caller has verified `data` against `oid` (SHA-256) first.
+    """
+    mv = memoryview(data)
+    if len(mv) < HEADER_SIZE or mv[_VERSION_AT] == STORE_VERSION:
+        return bytes(mv)
+    header = bytearray(mv[:HEADER_SIZE])
+    header[_VERSION_AT] = STORE_VERSION
+    header[_DIGEST_AT] = _digest(_id_bytes(oid), header, (mv[HEADER_SIZE:],))
+    return bytes(header) + bytes(mv[HEADER_SIZE:])
+
+
 def tensor_payload_parts(header: TensorHeader) -> bytes:
     return header.encode() + b"\n"
-
-
 
 
 def stored_kind(data: bytes | memoryview) -> str:
     """The kind a stored file's header claims ("?" when it is too short to say); unchecked."""
     return CODE_KIND.get(data[5], "?") if len(data) > 5 else "?"
+
+
+def stored_version(data: bytes | memoryview) -> int:
+    """The store version a stored file's header claims (0 when too short); unchecked."""
+    return data[_VERSION_AT] if len(data) > _VERSION_AT else 0

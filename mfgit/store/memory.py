@@ -2,7 +2,9 @@
 
 It behaves as the folder store does where the contract says anything: writes
 inside a batch become visible only at end_batch() and are dropped by
-abort_batch(), and every object has the time it was written.
+abort_batch(), and every object has the time it was written or last
+freshened. There is no writer lock: the store lives in one process, whose
+threads share it, so exclusive() has nothing to hold off.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ class MemoryStore(ObjectStore):
                 self._objects[oid] = bytes(data)
                 self._mtimes[oid] = time.time()
             return True
+
+    def freshen(self, oid: str) -> bool:
+        with self._lock:
+            if oid in self._objects:
+                self._mtimes[oid] = time.time()
+                return True
+            return self._batch is not None and oid in self._batch
 
     def begin_batch(self) -> None:
         with self._lock:

@@ -15,7 +15,7 @@ from typing import Iterator
 
 from mfgit.errors import CorruptObject, MalformedObject
 from mfgit.objects.model import TensorHeader, is_object_id, object_id
-from mfgit.store.frame import decode_stored, encode_stored, encode_stored_tensor, tensor_payload_parts
+from mfgit.store.frame import current_frame, decode_stored, encode_stored, encode_stored_tensor, tensor_payload_parts
 
 
 class ObjectStore(ABC):
@@ -30,7 +30,11 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def _write_stored(self, oid: str, data: bytes | list) -> bool:
-        """Place stored bytes (or a list of chunks) under `oid` if absent; True if written."""
+        """Place stored bytes (or a list of chunks) under `oid`, which freshen() found absent.
+
+        True if written; False when a write of the same id is already under
+        way in this store (the same tensor twice in one batch).
+        """
 
     @abstractmethod
     def iter_ids(self) -> Iterator[str]:
@@ -55,6 +59,7 @@ class ObjectStore(ABC):
 
     def begin_batch(self) -> None:
         """Start a group of writes made durable together by end_batch()."""
+        self._start_writing()
 
     def end_batch(self) -> None:
         """Make every write since begin_batch() durable and visible."""
@@ -80,17 +85,26 @@ class ObjectStore(ABC):
 
         A writer that reuses an object instead of writing it freshens it, so
         that gc, which deletes only unreachable objects older than its grace
-        period, cannot delete what a new ref is about to reach.
+        period, cannot delete what a new ref is about to reach. Like every
+        mutating call it makes this store a writer until close().
         """
+        self._start_writing()
         return self.has(oid)
 
     @contextlib.contextmanager
     def exclusive(self, timeout: float = 10.0) -> Iterator["ObjectStore"]:
-        """Hold off every writer of this store for the duration (what gc deletes under)."""
+        """Hold off every writer of this store for the duration (what gc deletes under).
+
+        Raises RepositoryBusy when a writer still holds the store after
+        `timeout` seconds.
+        """
         yield self
 
     def close(self) -> None:
         """Release what the store holds (its writer lock); it can be used again afterwards."""
+
+    def _start_writing(self) -> None:
+        """Called before every mutation: a store that gc must wait for takes its writer lock here."""
 
     # -- leftovers of interrupted writes ---------------------------------
 
@@ -109,25 +123,40 @@ class ObjectStore(ABC):
 
     def put(self, kind: str, payload: bytes, *, oid: str | None = None) -> str:
         oid = oid or object_id(kind, payload)
-        if not self.has(oid):
-            self._write_stored(oid, encode_stored(kind, payload))
+        # An object that is already stored is reused, and freshened so that
+        # gc keeps it (the check runs under the writer lock: see freshen).
+        if not self.freshen(oid):
+            self._write_stored(oid, encode_stored(kind, payload, oid=oid))
         return oid
 
-    def put_tensor(self, header: TensorHeader, raw: bytes | memoryview, oid: str) -> bool:
-        """Store a tensor whose id the caller computed; True if newly written."""
-        if self.has(oid):
+    def put_tensor(self, header: TensorHeader, raw: bytes | memoryview, oid: str, *,
+                   head: bytes | None = None) -> bool:
+        """Store a tensor whose id the caller computed; True if newly written.
+
+        `head` is the tensor's payload header (tensor_payload_parts(header))
+        when the caller has it already: the tensors of an adapter share a
+        few shapes, and encoding each header once per shape saves a JSON
+        encoding per tensor.
+        """
+        if self.freshen(oid):
             return False
         # The chunks are written (copied) before put_tensor returns, so this
         # thread's scratch buffer can be reused for the next tensor.
-        chunks = encode_stored_tensor(tensor_payload_parts(header), raw, header.dtype, reuse=True)
+        chunks = encode_stored_tensor(head or tensor_payload_parts(header), raw, header.dtype, oid=oid, reuse=True)
         return self._write_stored(oid, chunks)
 
     def put_received(self, oid: str, data: bytes) -> bool:
-        """Store bytes that came from elsewhere, after the full SHA-256 check."""
+        """Store bytes that came from elsewhere, after the full SHA-256 check.
+
+        They are stored in the current store version (a version-1 file from
+        an older remote is re-keyed: same payload, a header whose digest
+        names the id).
+        """
         if not is_object_id(oid):
             raise MalformedObject(oid, "not an object id")
         decode_stored(oid, data, verify=True)
-        if self.has(oid):
+        data = current_frame(oid, data)
+        if self.freshen(oid):
             try:
                 decode_stored(oid, self.read_stored(oid), verify=True)
                 return False
@@ -135,9 +164,9 @@ class ObjectStore(ABC):
                 # Repair: the local copy is damaged and these verified bytes
                 # are the object. Replacing it is the one exception to
                 # write-once, and it is atomic like any write.
-                self._replace_stored(oid, bytes(data))
+                self._replace_stored(oid, data)
                 return True
-        return self._write_stored(oid, bytes(data))
+        return self._write_stored(oid, data)
 
     def _replace_stored(self, oid: str, data: bytes) -> None:
         """Put verified bytes in place of a damaged copy (readers see one or the other)."""
