@@ -52,14 +52,18 @@ def fetch(repo: "BaseRepository", transport: Transport, remote_name: str, *, ref
     # What each object must be: a branch and a parent name a commit, a tag
     # ref a tag or a commit. A remote whose ref names a tensor would
     # otherwise leave a tracking ref at something that is not a commit.
+    # What we already have is freshened as it is found (git's rule; it takes the
+    # store's writer lock): a gc cannot delete an old unreachable commit between
+    # our finding it here and the tracking ref reaching it.
+    have = repo.store.freshen
     expect: dict[str, tuple[str, str]] = {}
     for ref, oid in wanted.items():
         expect.setdefault(oid, (ref, "commit") if ref.startswith(HEADS) else (ref, "commit or tag"))
-        if repo.store.has(oid):
+        if have(oid):
             check_kind(transport, oid, stored_kind(repo.store.read_stored(oid)), *expect[oid])
-    stack = [oid for oid in wanted.values() if not repo.store.has(oid)]
+    stack = [oid for oid in wanted.values() if not have(oid)]
     while stack:
-        batch = [o for o in dict.fromkeys(stack) if o not in pending and not repo.store.has(o)]
+        batch = [o for o in dict.fromkeys(stack) if o not in pending and not have(o)]
         stack = []
         if not batch:
             break
@@ -71,15 +75,15 @@ def fetch(repo: "BaseRepository", transport: Transport, remote_name: str, *, ref
             if obj[0] == "commit":
                 for p in obj[1].parents:
                     expect.setdefault(p, (f"the parent of {oid[:12]}", "commit"))
-                stack.extend(p for p in obj[1].parents if not repo.store.has(p))
+                stack.extend(p for p in obj[1].parents if not have(p))
             elif obj[0] == "tag":
                 expect.setdefault(obj[1].target, (f"tag {oid[:12]}", "commit or tag"))
-                if not repo.store.has(obj[1].target):
+                if not have(obj[1].target):
                     stack.append(obj[1].target)
     report.negotiation_seconds = time.perf_counter() - t0
     # Adapters of the new commits, then their missing tensors.
     commits = {o: decode_object(o, "commit", _payload(o, d)) for o, d in pending.items() if stored_kind(d) == "commit"}
-    adapter_ids = [c.adapter for c in commits.values() if not repo.store.has(c.adapter)]
+    adapter_ids = [c.adapter for c in commits.values() if not have(c.adapter)]
     adapters: dict[str, Any] = {}
     adapter_bytes: dict[str, bytes] = {}
     for oid, data in download(transport, list(dict.fromkeys(adapter_ids))):
@@ -89,7 +93,7 @@ def fetch(repo: "BaseRepository", transport: Transport, remote_name: str, *, ref
         adapter_bytes[oid] = data
     need = []
     for a in adapters.values():
-        need.extend(t for t in a.referenced_ids() if not repo.store.has(t))
+        need.extend(t for t in a.referenced_ids() if not have(t))
     need = list(dict.fromkeys(need))
     sizes_total = [0]
     done = [0]

@@ -104,7 +104,7 @@ def push_notes(repo: "BaseRepository", transport: Transport, remote_name: str, *
     union never conflicts and nothing is lost).
     """
     t0 = time.perf_counter()
-    ensure_remote(transport, create=create)
+    ensure_remote(transport, create=create, writing=True)
     objects = nbytes = 0
     for _ in range(retries):
         tip, version = _notes_tip(transport)

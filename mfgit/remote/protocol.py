@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -25,7 +26,7 @@ from mfgit.errors import KeyNotFound, NotARemote, PreconditionFailed, RemoteErro
 from mfgit.objects.model import is_object_id
 from mfgit.refs import HEADS, SYMREF
 from mfgit.remote.transport import Transport
-from mfgit.repo.config import FORMAT_VERSION, OBJECT_FORMAT
+from mfgit.repo.config import FORMAT_VERSION, OBJECT_FORMAT, READABLE_VERSIONS
 
 CHECK_WORKERS = max(2, min(8, os.cpu_count() or 2))  # threads checking and storing received objects
 REMOTE_CONFIG = (
@@ -75,18 +76,39 @@ def check_remote_format(transport: Transport, *, create: bool) -> bool:
         fmt, ver = cp.get("core", "objectformat"), cp.get("core", "formatversion")
     except (configparser.Error, UnicodeDecodeError):
         raise RemoteError(transport.url, "its config is unreadable; is this an mfgit remote?") from None
-    if fmt != OBJECT_FORMAT or ver != FORMAT_VERSION:
+    if fmt != OBJECT_FORMAT or ver not in READABLE_VERSIONS:
         raise UnsupportedRepositoryFormat(transport.url, fmt, ver)
     return True
 
 
-def ensure_remote(transport: Transport, *, create: bool = False) -> bool:
+def upgrade_remote_format(transport: Transport) -> None:
+    """Before the first object file of this version is written to a remote of an older format version, say so
+    in its config (compare-and-swap), so that an mfgit that cannot read those files refuses the remote."""
+    current = transport.get_versioned("config")
+    if current is None:
+        return
+    text = current[0].decode("utf-8", "replace")
+    cp = configparser.ConfigParser(interpolation=None, strict=False)
+    cp.read_string(text)
+    if cp.get("core", "formatversion", fallback=FORMAT_VERSION) == FORMAT_VERSION:
+        return
+    upgraded = re.sub(r"(?m)^(\s*formatversion\s*=\s*).*$", rf"\g<1>{FORMAT_VERSION}", text)
+    try:
+        transport.put_if("config", upgraded.encode(), current[1])
+    except PreconditionFailed:
+        pass  # another writer changed it meanwhile: it is checked again on the next push
+
+
+def ensure_remote(transport: Transport, *, create: bool = False, writing: bool = False) -> bool:
     """Refuse a place that is not an mfgit remote; with `create`, make an empty one a remote.
 
     Returns True when the remote was created now (it holds nothing yet).
     A place that holds anything but a remote is never written to, `create`
-    or not: it may be someone's files."""
+    or not: it may be someone's files. `writing`: objects will be sent, so a
+    remote of an older format version is upgraded first."""
     if check_remote_format(transport, create=False):
+        if writing:
+            upgrade_remote_format(transport)
         return False
     if not create:
         raise NotARemote(transport.url, empty=transport.is_empty(), place=transport.place)

@@ -38,7 +38,7 @@ def push(repo: "BaseRepository", transport: Transport, remote_name: str, src: st
     # A remote created just now holds nothing: nothing there to ask about.
     # Otherwise its format is checked, and every candidate object is asked
     # for, so a push killed midway resumes.
-    new_remote = ensure_remote(transport, create=create)
+    new_remote = ensure_remote(transport, create=create, writing=True)
     local = repo.resolve(src)
     if dst is None:
         dst = src if not src.startswith(HEADS) else src[len(HEADS):]

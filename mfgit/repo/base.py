@@ -120,6 +120,16 @@ class BaseRepository:
     def is_bare(self) -> bool:
         return self.worktree is None
 
+    def close(self) -> None:
+        """Let go of the store's writer lock (a gc waits for writers); the repository can be used again after."""
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     # -- identity ----------------------------------------------------------------
 
     def identity(self) -> dict[str, str]:
