@@ -121,3 +121,98 @@ def test_mfgit_ties_equals_mergekits_own_ties_on_the_same_updates(cli, repo_dir,
         theirs = api.merge_tensors([torch.zeros_like(deltas[0]), *deltas], "ties", base_index=0,
                                    parameters={"weight": weights, "density": density, "normalize": True})
         np.testing.assert_allclose(d.numpy(), theirs.double().numpy(), rtol=1e-5, atol=1e-7)
+
+
+# --- mergekit's methods from the angles between models ------------------------------------------
+
+ANGULAR = {
+    "model_stock": ("""\
+        merge_method: model_stock
+        base_model: tiny-llama-test
+        models: [{model: sites/a}, {model: sites/b}, {model: sites/c}]
+        parameters: {filter_wise: false}
+        """, ["sites/a", "sites/b", "sites/c", "-s", "model_stock"]),
+    "slerp": ("""\
+        merge_method: slerp
+        base_model: sites/b
+        models: [{model: sites/a}, {model: sites/b}]
+        parameters: {t: 0.3}
+        """, ["sites/b", "sites/a", "-s", "slerp", "--weights", "0.7,0.3"]),
+    "nuslerp": ("""\
+        merge_method: nuslerp
+        base_model: tiny-llama-test
+        models:
+          - {model: sites/a, parameters: {weight: 3}}
+          - {model: sites/c, parameters: {weight: 1}}
+        parameters: {nuslerp_flatten: false, nuslerp_row_wise: true}
+        """, ["sites/a", "sites/c", "-s", "nuslerp", "--weights", "0.75,0.25", "--param", "flatten=false",
+              "--param", "row_wise=true"]),
+    "karcher": ("""\
+        merge_method: karcher
+        models: [{model: sites/a}, {model: sites/b}, {model: sites/c}]
+        parameters: {max_iter: 15, tol: 1.0e-6}
+        """, ["sites/a", "sites/b", "sites/c", "-s", "karcher", "--param", "max_iter=15", "--param", "tol=1e-6"]),
+}
+
+
+def _mergekits(api, method: str, ins: dict, name: str) -> torch.Tensor:
+    """mergekit's merge_tensors on the dense updates of one module, as the YAML above asks."""
+    d = {s: ins[s][name].to(torch.float32) for s in SITES}
+    zero = torch.zeros_like(d["a"])
+    if method == "model_stock":  # a base of zeros: the updates are the task vectors
+        return api.merge_tensors([zero, d["a"], d["b"], d["c"]], "model_stock", base_index=0)
+    if method == "slerp":  # base_model (sites/b) is v0; merge_tensors SLERPs whole tensors
+        return api.merge_tensors([d["b"], d["a"]], "slerp", base_index=0, parameters={"t": 0.3})
+    if method == "nuslerp":
+        return api.merge_tensors([zero, d["a"], d["c"]], "nuslerp", base_index=0,
+                                 parameters={"weight": [3.0, 1.0], "nuslerp_flatten": False, "nuslerp_row_wise": True})
+    return api.merge_tensors([d["a"], d["b"], d["c"]], "karcher", parameters={"max_iter": 15, "tol": 1e-6})
+
+
+@pytest.mark.parametrize("method", sorted(ANGULAR))
+def test_mergekit_angular_recipe_equals_the_options_and_mergekits_own_result(cli, repo_dir, sites, tmp_path, method):
+    api = pytest.importorskip("mergekit.merge_methods.api")
+    text, options = ANGULAR[method]
+    from_yaml = _merge(cli, repo_dir, "m1", "--recipe", _yaml(repo_dir, f"{method}.yml", text))
+    direct = _merge(cli, repo_dir, "m2", *options)
+    assert from_yaml["adapter"] == direct["adapter"]
+    assert from_yaml["provenance"]["recipe"]["rank"]["kind"] == "sum"  # exact by default
+    out = tmp_path / "merged"
+    cli.ok("checkout", from_yaml["commit"], "--to", out, cwd=repo_dir)
+    ins = {s: delta_weights(d) for s, d in sites.items()}
+    for name, d in delta_weights(out).items():
+        theirs = _mergekits(api, method, ins, name).double()
+        np.testing.assert_allclose(d.numpy(), theirs.numpy(), rtol=0, atol=1e-5 * float(theirs.abs().max()))
+
+
+def test_mergekit_slerp_recipe_records_that_mergekit_interpolates_full_weights(cli, repo_dir, sites):
+    got = _merge(cli, repo_dir, "m", "--recipe", _yaml(repo_dir, "slerp.yml", ANGULAR["slerp"][0]))
+    differences = got["provenance"]["recipe_source"]["differences"]
+    assert any("full weights" in d for d in differences)
+    assert [i["weight"] for i in got["provenance"]["inputs"]] == [0.7, 0.3]
+    assert [i["label"] for i in got["provenance"]["inputs"]] == ["sites/b", "sites/a"]
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("merge_method: slerp\nbase_model: tiny-llama-test\nmodels: [{model: sites/a}, {model: sites/b}]\n"
+     "parameters: {t: 0.5}\n", "name one of the two adapters as base_model"),
+    ("merge_method: slerp\nbase_model: sites/a\nmodels: [{model: sites/a}, {model: sites/b}, {model: sites/c}]\n"
+     "parameters: {t: 0.5}\n", "exactly two models"),
+    ("merge_method: slerp\nbase_model: sites/a\nmodels: [{model: sites/a}, {model: sites/b}]\n", "parameters.t"),
+    ("merge_method: slerp\nbase_model: sites/a\nmodels: [{model: sites/a}, {model: sites/b}]\n"
+     "parameters: {t: [0, 1]}\n", "gradient"),
+    ("merge_method: nuslerp\nbase_model: sites/a\nmodels: [{model: sites/a, parameters: {weight: 1}}, "
+     "{model: sites/b, parameters: {weight: 1}}]\n", "must not be one of them"),
+    ("merge_method: nuslerp\nmodels: [{model: sites/a, parameters: {weight: 1}}, {model: sites/b}]\n",
+     "parameters.weight"),
+    ("merge_method: model_stock\nmodels: [{model: sites/a, parameters: {weight: 1}}, {model: sites/b}]\n",
+     "takes no weight"),
+    ("merge_method: karcher\nmodels: [{model: sites/a}, {model: sites/b}]\nparameters: {max_iters: 3}\n",
+     "max_iters"),
+])
+def test_mergekit_angular_recipes_mfgit_cannot_merge_as_asked_are_refused_in_one_line(cli, repo_dir, sites, text,
+                                                                                     needle):
+    (repo_dir / "bad.yml").write_text(text)
+    cli.ok("switch", "--orphan", "m", cwd=repo_dir)
+    line = cli.fails("merge", "--recipe", "bad.yml", cwd=repo_dir, code=8)
+    assert needle in line and "mergekit recipe" in line

@@ -38,8 +38,15 @@ from mfgit.merge.strategies import (
 
 OUT, IN = 24, 20
 FULL = RankPolicy.parse(min(OUT, IN), None)  # full output rank: the merge is not truncated
-RANDOM = ("dare_linear", "dare_ties", "della")
+RANDOM = ("dare_linear", "dare_ties", "della", "core_dare_linear", "core_dare_ties", "core_della",
+          "knots_dare_linear", "knots_dare_ties")
 ELEMENTWISE = ("ties", "dare_linear", "dare_ties", "breadcrumbs", "della", "magnitude_prune")
+TWO = ("slerp", "nuslerp")  # strategies of exactly two inputs
+
+
+def arity(strategy: str, items: list) -> list:
+    """The first two of `items` for the strategies of exactly two inputs, else all of them."""
+    return items[:2] if strategy in TWO else items
 
 
 # --- fixtures -------------------------------------------------------------------
@@ -376,17 +383,18 @@ def test_absent_module_equals_a_zero_update(strategy):
     fs = make_factors(ranks=(3, 5, 4))
     zero = Factor(torch.zeros(OUT, 5), torch.zeros(5, IN))
     rng = make_rng(13)
-    a = merge_module(strategy, [fs[0], None, fs[2]], [0.5, 0.3, 0.2], {}, rng, FULL)
-    b = merge_module(strategy, [fs[0], zero, fs[2]], [0.5, 0.3, 0.2], {}, rng, FULL)
+    ws = arity(strategy, [0.5, 0.3, 0.2])
+    a = merge_module(strategy, arity(strategy, [fs[0], None, fs[2]]), ws, {}, rng, FULL)
+    b = merge_module(strategy, arity(strategy, [fs[0], zero, fs[2]]), ws, {}, rng, FULL)
     close(product(a), product(b), rel=1e-5)
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_same_call_twice_is_bit_identical(strategy):
-    fs = make_factors()
+    fs, ws = arity(strategy, make_factors()), arity(strategy, WS)
     policy = RankPolicy.parse(None, None)
-    a = merge_module(strategy, fs, WS, {}, make_rng(21), policy)
-    b = merge_module(strategy, fs, WS, {}, make_rng(21), policy)
+    a = merge_module(strategy, fs, ws, {}, make_rng(21), policy)
+    b = merge_module(strategy, fs, ws, {}, make_rng(21), policy)
     assert torch.equal(a.B, b.B) and torch.equal(a.A, b.A)
     assert a.rank == b.rank and a.kept_energy == b.kept_energy
 
@@ -409,9 +417,10 @@ def test_generators_are_used_once_per_present_input_and_only_by_random_strategie
         return torch.Generator().manual_seed(i)
 
     state = torch.random.get_rng_state()
-    merge_module(strategy, [fs[0], None, fs[1], fs[2]], [0.4, 0.1, 0.3, 0.2], {}, rng, FULL)
+    merge_module(strategy, arity(strategy, [None, fs[0], fs[1], fs[2]]), arity(strategy, [0.4, 0.1, 0.3, 0.2]), {},
+                 rng, FULL)
     assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
-    assert calls == ([0, 2, 3] if strategy in RANDOM else [])
+    assert calls == ([1, 2, 3] if strategy in RANDOM else [])
 
 
 def test_dare_drop_rate_drops_that_fraction_of_elements():
@@ -424,10 +433,10 @@ def test_dare_drop_rate_drops_that_fraction_of_elements():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_cpu_and_gpu_give_the_same_merge(strategy):
-    fs = make_factors()
+    fs, ws = arity(strategy, make_factors()), arity(strategy, WS)
     gpu = [Factor(f.B.cuda(), f.A.cuda()) for f in fs]
-    a = merge_module(strategy, fs, WS, {}, make_rng(8), FULL)
-    b = merge_module(strategy, gpu, WS, {}, make_rng(8), FULL)
+    a = merge_module(strategy, fs, ws, {}, make_rng(8), FULL)
+    b = merge_module(strategy, gpu, ws, {}, make_rng(8), FULL)
     assert b.B.is_cuda and b.rank == a.rank
     close(product(ModuleResult(b.B.cpu(), b.A.cpu(), b.rank, b.kept_energy)), product(a), rel=1e-4)
 
@@ -561,7 +570,7 @@ def test_resolve_params_rejects_unknown_parameters_and_strategies():
     with pytest.raises(MergeError, match="density"):
         resolve_params("linear", {"density": 0.5})
     with pytest.raises(MergeError, match="unknown merge strategy"):
-        resolve_params("slerp", {})
+        resolve_params("frobnicate", {})
 
 
 @pytest.mark.parametrize("value", [0.0, -0.1, 1.5, float("nan"), "a lot", True])
@@ -583,6 +592,25 @@ def test_resolve_params_rejects_out_of_range_density(value):
 def test_resolve_params_rejects_inconsistent_values(strategy, params):
     with pytest.raises(MergeError):
         resolve_params(strategy, params)
+
+
+@pytest.mark.parametrize("value,expected", [(True, 1.0), (False, 0.0), (1, 1.0), (0, 0.0), (1.0, 1.0)])
+def test_switch_parameters_take_true_false_or_one_zero(value, expected):
+    assert resolve_params("nuslerp", {"flatten": value})["flatten"] == expected
+
+
+@pytest.mark.parametrize("value", [2, 0.5, "yes", -1])
+def test_switch_parameters_refuse_anything_else(value):
+    with pytest.raises(MergeError, match="flatten must be true or false"):
+        resolve_params("nuslerp", {"flatten": value})
+
+
+def test_count_parameters_must_be_whole_numbers_in_range():
+    assert resolve_params("karcher", {"max_iter": 25})["max_iter"] == 25.0
+    with pytest.raises(MergeError, match="whole number"):
+        resolve_params("karcher", {"max_iter": 2.5})
+    with pytest.raises(MergeError, match=r"max_iter must be in \[1, 10000\]"):
+        resolve_params("karcher", {"max_iter": 0})
 
 
 def test_merge_module_rejects_malformed_inputs():

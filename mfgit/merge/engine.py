@@ -26,7 +26,7 @@ from mfgit.errors import IncompatibleAdapters, MergeError, UnsupportedAdapterVar
 from mfgit.formats import peft as peftfmt
 from mfgit.formats.dtypes import MERGE_OUTPUT_DTYPES, torch_dtype
 from mfgit.merge.lowrank import RankPolicy
-from mfgit.merge.strategies import STRATEGIES, Factor, merge_module, resolve_params
+from mfgit.merge.strategies import STRATEGIES, Factor, check_weights, merge_module, resolve_params
 from mfgit.objects.model import Adapter
 
 LINEAR_FAMILY = ("linear", "task_arithmetic")
@@ -103,6 +103,7 @@ def check_inputs(inputs: Sequence[MergeInput], strategy: str) -> None:
     """Refuse inputs that cannot be merged correctly, naming the first mismatch."""
     if not inputs:
         raise MergeError("nothing to merge: name at least one revision")
+    check_weights(strategy, [float(inp.weight) for inp in inputs])
     first = inputs[0]
     for inp in inputs:
         bad = peftfmt.variants(inp.adapter.config)

@@ -15,28 +15,17 @@ from typing import Mapping
 
 import torch
 
-from mfgit.merge.lowrank import RankPolicy, balanced_split, lowrank_svd, select_rank, truncate_factors
-from mfgit.merge.updates import ModuleInputs, ModuleResult, result
+from mfgit.merge.lowrank import (
+    RankPolicy,
+    balanced_split,
+    lowrank_svd,
+    numerical_rank,
+    select_rank,
+    truncate_factors,
+)
+from mfgit.merge.updates import ModuleInputs, ModuleResult, result, zero_result
 
-__all__ = ["linear", "svd", "tsv", "iso_c"]
-
-
-def _numerical_rank(s: torch.Tensor, shape: tuple[int, int]) -> int:
-    """Number of singular values above σ₀·max(out, in)·eps(fp32) (numpy/torch matrix_rank rule)."""
-    if s.numel() == 0:
-        return 0
-    top = float(s[0])
-    if top <= 0.0:
-        return 0
-    tol = top * max(shape) * torch.finfo(torch.float32).eps
-    return int((s > tol).sum())
-
-
-def _zero_result(out_f: int, in_f: int, rank: int | None, device: torch.device) -> ModuleResult:
-    r = 1 if rank is None else max(0, min(1, rank))
-    B = torch.zeros((out_f, r), dtype=torch.float32, device=device)
-    A = torch.zeros((r, in_f), dtype=torch.float32, device=device)
-    return ModuleResult(B, A, r, 1.0)
+__all__ = ["combined", "linear", "svd", "tsv", "iso_c"]
 
 
 def _concat(present: list[tuple[int, float, torch.Tensor, torch.Tensor]], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,12 +34,19 @@ def _concat(present: list[tuple[int, float, torch.Tensor, torch.Tensor]], scale:
     return B, A
 
 
+def combined(B: torch.Tensor, A: torch.Tensor, m: ModuleInputs, policy: RankPolicy) -> ModuleResult:
+    """The update B @ A, factors that combine the inputs' own: as they are under ``--rank sum``
+    (exact, rank Σ rᵢ), else truncated optimally as ``svd`` does."""
+    if policy.kind == "sum":
+        return result(B, A, 1.0)
+    Bo, Ao, kept = truncate_factors(B, A, policy.rank_for(m.ranks, m.limit), policy.energy)
+    return result(Bo, Ao, kept)
+
+
 def linear(m: ModuleInputs, p: Mapping[str, float], policy: RankPolicy) -> ModuleResult:
     """λ Σ wᵢ BᵢAᵢ as concatenated factors: exact (rank Σ rᵢ) with --rank sum, else truncated as ``svd``."""
-    if policy.kind == "sum":
-        B, A = _concat(m.inputs, p["lambda"])
-        return result(B, A, 1.0)
-    return svd(m, p, policy)
+    B, A = _concat(m.inputs, p["lambda"])
+    return combined(B, A, m, policy)
 
 
 def svd(m: ModuleInputs, p: Mapping[str, float], policy: RankPolicy) -> ModuleResult:
@@ -67,11 +63,11 @@ def tsv(m: ModuleInputs, p: Mapping[str, float], policy: RankPolicy) -> ModuleRe
         if w == 0.0:
             continue
         U, s, Vh = lowrank_svd(b, a)
-        nz = _numerical_rank(s, m.shape)
+        nz = numerical_rank(s, m.shape)
         if nz > 0:
             comps.append((w, U, s, Vh, nz))
     if not comps or budget == 0:
-        return _zero_result(m.shape[0], m.shape[1], K, m.device)
+        return zero_result(m.shape[0], m.shape[1], K, m.device)
     k = max(1, budget // len(comps))
     U_cat = torch.cat([U[:, : min(k, nz)] for _, U, _, _, nz in comps], dim=1)
     S_cat = torch.cat([w * s[: min(k, nz)] for w, _, s, _, nz in comps])
@@ -90,9 +86,9 @@ def iso_c(m: ModuleInputs, p: Mapping[str, float], policy: RankPolicy) -> Module
     K = policy.rank_for(m.ranks, m.limit)
     B, A = _concat(m.inputs, 1.0)
     U, s, Vh = lowrank_svd(B, A)
-    r0 = _numerical_rank(s, m.shape)
+    r0 = numerical_rank(s, m.shape)
     if r0 == 0 or p["alpha"] == 0.0:
-        return _zero_result(m.shape[0], m.shape[1], K, m.device)
+        return zero_result(m.shape[0], m.shape[1], K, m.device)
     sbar = s[:r0].mean()
     flat = (p["alpha"] * sbar).expand(r0).clone()
     # Directions keep the order of the task-arithmetic spectrum, so a

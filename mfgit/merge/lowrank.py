@@ -41,6 +41,7 @@ __all__ = [
     "canonical_signs",
     "factorize_dense",
     "lowrank_svd",
+    "numerical_rank",
     "select_rank",
     "truncate_factors",
 ]
@@ -257,6 +258,21 @@ def lowrank_svd(B: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.T
     Vh = vh @ Qa.T
     U, Vh = canonical_signs(U, Vh)
     return U, s, Vh
+
+
+def numerical_rank(s: torch.Tensor, shape: tuple[int, int]) -> int:
+    """Number of singular values above σ₀·max(out, in)·eps(fp32) (numpy/torch matrix_rank rule).
+
+    The fp32 epsilon whatever the dtype of ``s``: the updates are fp32 data,
+    so directions below this are rounding noise of the inputs.
+    """
+    if s.numel() == 0:
+        return 0
+    top = float(s[0])
+    if top <= 0.0:
+        return 0
+    tol = top * max(shape) * torch.finfo(torch.float32).eps
+    return int((s > tol).sum())
 
 
 def truncate_factors(

@@ -8,7 +8,7 @@ from typing import Callable, Mapping, Sequence
 
 from mfgit.errors import MergeError
 
-__all__ = ["ANY", "Range", "Param", "Check", "validate"]
+__all__ = ["ANY", "FLAG", "Range", "Param", "Check", "validate"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Range:
 
 
 ANY = Range(None, None)
+FLAG = Range(0.0, 1.0)  # with ``Param.flag``: 0 (false) or 1 (true)
 
 
 class ResolvedParams(dict):
@@ -59,6 +60,10 @@ class Param:
     # Another name under which the value is given as 1 − this parameter: mergekit and PEFT call
     # DARE's and DELLA's keep fraction `density`, where the papers (and mfgit) use the drop rate.
     complement: str | None = None
+    # A switch: given as true/false or 1/0, recorded as 1.0/0.0 (the range is FLAG).
+    flag: bool = False
+    # A count (an iteration limit): a whole number in the range.
+    integer: bool = False
 
     def complement_range(self) -> Range:
         r = self.range
@@ -105,12 +110,17 @@ def validate(strategy: str, declared: Sequence[Param], given: Mapping | None, ch
             raise MergeError(f"strategy {strategy!r} has no parameter {raw_name!r} (its parameters: {allowed})")
         if name in out:
             raise MergeError(f"parameter {name!r} given twice (as {spelled[name]!r} and {raw_name!r})")
-        rng = table[name].complement_range() if flip else table[name].range
-        x = _number(value)
+        param = table[name]
+        rng = param.complement_range() if flip else param.range
+        x = float(value) if param.flag and isinstance(value, bool) else _number(value)
+        if param.flag and x not in (0.0, 1.0):
+            raise MergeError(f"{strategy} parameter {raw_name} must be true or false (1 or 0), got {value!r}")
         if x is None:
             raise MergeError(f"{strategy} parameter {raw_name} must be a number in {rng.text()}, got {value!r}")
         if not math.isfinite(x) or not rng.contains(x):
             raise MergeError(f"{strategy} parameter {raw_name} must be in {rng.text()}, got {value!r}")
+        if param.integer and x != math.floor(x):
+            raise MergeError(f"{strategy} parameter {raw_name} must be a whole number, got {value!r}")
         # 15 significant digits: density 0.7 gives drop rate 0.3, not 0.30000000000000004.
         out[name] = float(f"{1.0 - x:.15g}") if flip else x
         spelled[name] = raw_name

@@ -31,6 +31,7 @@ from mfgit.errors import MergeError
 from mfgit.merge.engine import LINEAR_FAMILY, MergeInput, MergeOutput, Recipe
 from mfgit.merge.lowrank import RankPolicy
 from mfgit.merge.recipes import load_recipe, mergekit_differences
+from mfgit.merge.strategies import exact_by_default
 from mfgit.repo.provenance import library_versions
 
 if TYPE_CHECKING:
@@ -284,9 +285,9 @@ def _plan_one_shot(repo: "BaseRepository", req: MergeRequest, resolved: list[tup
                    tip: str | None) -> _Decided:
     strategy = req.strategy or "linear"
     seed = 0 if req.seed is None else req.seed
-    if req.rank is None and req.energy is None and strategy in LINEAR_FAMILY:
-        # The linear family is exact in factor space: keep every direction
-        # unless the user asks for a truncation.
+    if req.rank is None and req.energy is None and exact_by_default(strategy):
+        # Exact in factor space (the linear family, and the combinations of
+        # the updates): keep every direction unless a truncation is asked for.
         policy = RankPolicy("sum")
     else:
         policy = RankPolicy.parse(req.rank, req.energy)

@@ -8,8 +8,12 @@ mergekit configuration (its ``config.py`` schema: ``merge_method``,
 recipe with mergekit's meaning kept (``density`` is DARE's and DELLA's keep
 fraction, ``linear`` and ``ties`` normalise the weights by default, ...);
 the merge commit records the original configuration next to the recipe it
-became. What mfgit cannot compute as mergekit does is refused with one line
-naming the method or field — never silently merged another way.
+became. mergekit's ``model_stock``, ``slerp``, ``nuslerp`` and ``karcher`` are
+mapped with their own parameters (slerp's ``t`` and nuslerp's weights become
+mfgit's interpolation weights); where they act on full weights and mfgit on the
+adapters' updates, the recorded differences say so. What mfgit cannot compute
+as mergekit does is refused with one line naming the method or field — never
+silently merged another way.
 """
 
 from __future__ import annotations
@@ -93,6 +97,15 @@ _METHODS: dict[str, dict[str, Any]] = {
 }
 _MODEL_PARAMS = {"weight", "density", "gamma", "epsilon"}
 _GLOBAL_PARAMS = {"normalize", "rescale", "lambda", "int8_mask", "density", "gamma", "epsilon", "weight"}
+# mergekit's methods from the angles between models: (global parameters, per-model parameters) as mergekit
+# declares them. model_stock and karcher take no weight: every model counts the same.
+_ANGULAR: dict[str, tuple[set[str], set[str]]] = {
+    "model_stock": ({"filter_wise"}, set()),
+    "slerp": ({"t"}, set()),
+    "nuslerp": ({"nuslerp_flatten", "nuslerp_row_wise", "weight"}, {"weight"}),
+    "karcher": ({"max_iter", "tol"}, set()),
+}
+_METHODS.update({name: {"strategy": name} for name in _ANGULAR})
 
 
 def _plain(value: Any, path: str, where: str) -> None:
@@ -125,6 +138,7 @@ def from_mergekit(data: dict[str, Any], where: str = "recipe") -> dict[str, Any]
         raise MergeError(f"mergekit recipe {where}: merge_method {method!r} is not one mfgit has; "
                          f"mapped methods: {', '.join(sorted(_METHODS))}")
     spec = _METHODS[method]
+    glob_names, model_names = _ANGULAR.get(method, (_GLOBAL_PARAMS, _MODEL_PARAMS))
     models = data.get("models")
     if not isinstance(models, list) or not models:
         raise MergeError(f"mergekit recipe {where}: 'models' must list the adapters to merge "
@@ -133,8 +147,9 @@ def from_mergekit(data: dict[str, Any], where: str = "recipe") -> dict[str, Any]
     if not isinstance(glob, dict):
         raise MergeError(f"mergekit recipe {where}: 'parameters' must be a mapping")
     for name in glob:
-        if name not in _GLOBAL_PARAMS:
-            raise MergeError(f"mergekit recipe {where}: unknown parameter {name!r} for {method}")
+        if name not in glob_names:
+            raise MergeError(f"mergekit recipe {where}: unknown parameter {name!r} for {method} "
+                             f"(its parameters: {', '.join(sorted(glob_names)) or 'none'})")
     entries = []
     for i, m in enumerate(models):
         if not isinstance(m, dict) or not isinstance(m.get("model"), str) or set(m) - {"model", "parameters"}:
@@ -143,12 +158,30 @@ def from_mergekit(data: dict[str, Any], where: str = "recipe") -> dict[str, Any]
         if not isinstance(params, dict):
             raise MergeError(f"mergekit recipe {where}: models[{i}].parameters must be a mapping")
         for name in params:
-            if name not in _MODEL_PARAMS:
+            if name == "weight" and not model_names:
+                raise MergeError(f"mergekit recipe {where}: {method} takes no weight (mergekit weighs every model "
+                                 f"the same and ignores it); remove models[{i}].parameters.weight")
+            if name not in model_names:
                 raise MergeError(f"mergekit recipe {where}: unknown parameter {name!r} of models[{i}] "
-                                 f"(per-model parameters: {', '.join(sorted(_MODEL_PARAMS))})")
+                                 f"(per-model parameters of {method}: {', '.join(sorted(model_names)) or 'none'})")
         # A per-model value wins over the global one (mergekit's precedence).
-        entries.append({"model": m["model"], "parameters": {**{k: v for k, v in glob.items() if k in _MODEL_PARAMS},
+        entries.append({"model": m["model"], "parameters": {**{k: v for k, v in glob.items() if k in model_names},
                                                            **params}})
+    if method in _ANGULAR:
+        recipe = _angular_recipe(method, data, glob, entries, where)
+    else:
+        recipe = _task_arithmetic_recipe(method, spec, glob, entries, where)
+    dtype = data.get("out_dtype") or data.get("dtype")
+    if dtype is not None:
+        if dtype not in _DTYPES:
+            raise MergeError(f"mergekit recipe {where}: dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+        recipe["dtype"] = _DTYPES[dtype]
+    return recipe
+
+
+def _task_arithmetic_recipe(method: str, spec: dict[str, Any], glob: dict[str, Any], entries: list[dict[str, Any]],
+                            where: str) -> dict[str, Any]:
+    """The recipe of mergekit's task-arithmetic family: weights, λ, densities as mfgit's parameters."""
     normalize = _flag(glob.get("normalize", spec["normalize"]), "normalize", where)
     if spec.get("mean") and not normalize:
         raise MergeError(f"mergekit recipe {where}: {method} with normalize: false sums the agreeing updates; "
@@ -179,14 +212,48 @@ def from_mergekit(data: dict[str, Any], where: str = "recipe") -> dict[str, Any]
         params["beta"] = float(f"{1.0 - _number(density, 'density', where) - gamma:.15g}")
     elif density != 1.0:
         raise MergeError(f"mergekit recipe {where}: {method} takes no density")
-    recipe: dict[str, Any] = {"strategy": strategy, "inputs": [e["model"] for e in entries], "weights": weights,
-                              "params": params}
-    dtype = data.get("out_dtype") or data.get("dtype")
-    if dtype is not None:
-        if dtype not in _DTYPES:
-            raise MergeError(f"mergekit recipe {where}: dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
-        recipe["dtype"] = _DTYPES[dtype]
-    return recipe
+    return {"strategy": strategy, "inputs": [e["model"] for e in entries], "weights": weights, "params": params}
+
+
+def _angular_recipe(method: str, data: dict[str, Any], glob: dict[str, Any], entries: list[dict[str, Any]],
+                    where: str) -> dict[str, Any]:
+    """The recipe of mergekit's model_stock, slerp, nuslerp and karcher, with mergekit's meaning of the weights."""
+    refs = [e["model"] for e in entries]
+    params: dict[str, float] = {}
+    if method in ("slerp", "nuslerp") and len(refs) != 2:
+        raise MergeError(f"mergekit recipe {where}: {method} interpolates between exactly two models, got {len(refs)}")
+    if method == "slerp":
+        base = data.get("base_model")
+        if base not in refs:
+            raise MergeError(f"mergekit recipe {where}: mergekit's slerp goes from base_model (t = 0) to the other "
+                             f"model; name one of the two adapters as base_model")
+        if "t" not in glob:
+            raise MergeError(f"mergekit recipe {where}: slerp needs parameters.t (mergekit requires it)")
+        t = _number(glob["t"], "t", where)
+        if not 0.0 <= t <= 1.0:
+            raise MergeError(f"mergekit recipe {where}: slerp's t must be in [0, 1], got {t!r}")
+        refs = [base, refs[1] if refs[0] == base else refs[0]]
+        weights = [float(f"{1.0 - t:.15g}"), t]  # mfgit's slerp takes t = w₁ / (w₀ + w₁)
+    elif method == "nuslerp":
+        if data.get("base_model") in refs:
+            raise MergeError(f"mergekit recipe {where}: mergekit's nuslerp interpolates two models besides "
+                             f"base_model; base_model must not be one of them")
+        if any("weight" not in e["parameters"] for e in entries):
+            raise MergeError(f"mergekit recipe {where}: every model needs parameters.weight (mergekit requires it)")
+        w0, w1 = (_number(e["parameters"]["weight"], f"the weight of {e['model']}", where) for e in entries)
+        t = 0.5 if abs(w0 + w1) < 1e-6 else w1 / (w0 + w1)  # mergekit's interpolation factor
+        weights = [float(f"{1.0 - t:.15g}"), t]
+        params["flatten"] = float(_flag(glob.get("nuslerp_flatten", True), "nuslerp_flatten", where))
+        params["row_wise"] = float(_flag(glob.get("nuslerp_row_wise", False), "nuslerp_row_wise", where))
+    else:
+        weights = [1.0 / len(refs)] * len(refs)  # mergekit weighs every model the same
+        if method == "model_stock":
+            params["filter_wise"] = float(_flag(glob.get("filter_wise", False), "filter_wise", where))
+        else:
+            for name in ("max_iter", "tol"):
+                if name in glob:
+                    params[name] = _number(glob[name], name, where)
+    return {"strategy": method, "inputs": refs, "weights": weights, "params": params}
 
 
 def mergekit_differences(source: dict[str, Any]) -> list[str]:
@@ -200,6 +267,19 @@ def mergekit_differences(source: dict[str, Any]) -> list[str]:
         out.append("a sign tie (the weighted sum is exactly 0) elects no sign; mergekit elects +")
     if method in ("ties", "dare_ties", "della", "breadcrumbs"):
         out.append("a fraction f of n elements is floor(f*n + 0.5) elements; mergekit keeps int(f*n)")
-    out.append("the adapters' updates are merged directly; mergekit merges full models (base_model is the "
-               "adapters' base, not an input)")
+    if method == "model_stock":
+        out.append("cos θ of two updates is exact; mergekit divides by max(|δi| |δj|, 1e-6)")
+    if method == "slerp":
+        out.append("SLERP of the two adapters' updates, from base_model's to the other's; mergekit's slerp "
+                   "interpolates the full weights, whose angle the shared base weights dominate (near 0: mergekit "
+                   "interpolates linearly above cos 0.9995)")
+    elif method == "karcher":
+        out.append("the Karcher mean of the adapters' updates; mergekit's is that of the full weights, of "
+                   "base_model too when it is given")
+    elif method == "nuslerp" and source.get("base_model") is None:
+        out.append("NuSLERP of the adapters' updates; mergekit without base_model interpolates the full weights "
+                   "(with base_model it interpolates the updates, as here)")
+    else:
+        out.append("the adapters' updates are merged directly; mergekit merges full models (base_model is the "
+                   "adapters' base, not an input)")
     return out

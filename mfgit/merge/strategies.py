@@ -19,21 +19,32 @@ The table
     DELLA MAGPRUNE; it specifies the draw order of the random ones and the
     magnitude orderings) and a fusion step that makes one ΔW of them
     (:mod:`mfgit.merge.fuse`: TIES sign election and disjoint mean, or the
-    weighted sum), which is scaled by λ and re-factorised.
+    weighted sum), which is scaled by λ and re-factorised. The same two parts
+    run on the coordinates of the updates in a shared subspace make the
+    ``core_*`` (Core Space) and ``knots_*`` (KnOTS) strategies
+    (:mod:`mfgit.merge.subspace`, which specifies their draw order); they are
+    derived from the dense entries, parameters and checks included. Model
+    Stock, SLERP, NuSLERP and the Karcher mean are combinations of the updates
+    computed from the factors' inner products (:mod:`mfgit.merge.spherical`).
 
 Absent modules
     ``factors[i] is None`` means input i does not adapt module m. It counts as
-    a zero update, ΔWᵢ = 0. Every formula here gives a zero update no
-    contribution at all (it is trimmed/dropped to zero, its sign is 0 so it
-    never joins a TIES majority, it adds nothing to a sum), so an absent module
-    and an explicit zero update give the same ΔW. The rank policies count only
+    a zero update, ΔWᵢ = 0. The element-wise and linear formulas give a zero
+    update no contribution at all (it is trimmed/dropped to zero, its sign is
+    0 so it never joins a TIES majority, it adds nothing to a sum or to a
+    shared basis, the Karcher mean leaves it out); Model Stock and SLERP take
+    it as an update orthogonal to every other that still counts as an input
+    (Model Stock's N, an end of a SLERP). Either way an absent module and an explicit zero update give the
+    same ΔW. The rank policies count only
     the inputs that adapt the module (``"max"``/``"sum"`` over their ranks).
     An absent input makes no random draw.
 
 Weights
     ``weights[i]`` multiplies ΔWᵢ. They are used as given (not normalised to
     sum to 1): pass 0.5, 0.5 for an average. Negative weights subtract
-    (task negation).
+    (task negation). For ``slerp``, ``nuslerp`` and ``karcher`` they are the
+    shares of an interpolation or a mean and must be >= 0
+    (:func:`check_weights`, which also checks how many inputs a strategy takes).
 
 Re-factorisation
     The dense result is re-factorised by :func:`mfgit.merge.lowrank.factorize_dense`:
@@ -59,11 +70,11 @@ from typing import Callable, Iterator, Mapping
 import torch
 
 from mfgit.errors import MergeError
-from mfgit.merge import factorspace, fuse, sparsify
+from mfgit.merge import factorspace, fuse, sparsify, spherical, subspace
 from mfgit.merge.fuse import Fuse
 # factorize_dense is called through this module's global: benchmarks.gpu wraps it to capture the dense ΔW.
 from mfgit.merge.lowrank import RankPolicy, factorize_dense
-from mfgit.merge.params import ANY, Check, Param, Range, ResolvedParams, validate
+from mfgit.merge.params import ANY, FLAG, Check, Param, Range, ResolvedParams, validate
 from mfgit.merge.sparsify import Sparsify, uniform
 from mfgit.merge.updates import Factor, ModuleInputs, ModuleResult, result
 
@@ -75,6 +86,8 @@ __all__ = [
     "ModuleResult",
     "StrategySpec",
     "STRATEGIES",
+    "check_weights",
+    "exact_by_default",
     "resolve_params",
     "merge_module",
 ]
@@ -87,30 +100,38 @@ ModuleFn = Callable[[ModuleInputs, Mapping[str, float], RankPolicy], ModuleResul
 class StrategySpec:
     """What a strategy is: its name, how it computes, its parameters and source.
 
-    A dense strategy has ``sparsify`` and ``fuse`` steps and no ``module``
-    function; the others have a ``module`` function and no steps.
+    An element-wise strategy (kind ``dense``, ``core`` or ``knots``) has
+    ``sparsify`` and ``fuse`` steps and no ``module`` function; the others
+    have a ``module`` function and no steps.
     """
 
     name: str
-    kind: str  # "factor" (exact in factor space) | "lowrank" (QR/SVD of factors) | "dense" (one dense ΔW per module)
+    # "factor": exact in factor space; "lowrank": QR/SVD of factors; "dense": one dense ΔW per module;
+    # "core" / "knots": element-wise on the coordinates in a shared subspace (mfgit.merge.subspace).
+    kind: str
     parameters: tuple[Param, ...]
     citation: str
     summary: str
     module: ModuleFn | None = None
-    sparsify: Sparsify | None = None  # applied in place to each present input's dense ΔWᵢ
+    sparsify: Sparsify | None = None  # applied in place to each present input's ΔWᵢ (or coordinates)
     fuse: Fuse | None = None  # the sparsified ΔWᵢ -> one ΔW (before λ)
     check: Check | None = None  # the resolved parameters together
+    inputs: tuple[int, int | None] = (1, None)  # how many inputs a merge takes: (at least, at most)
+    nonnegative: bool = False  # weights are shares of a mean or an interpolation: none may be negative
 
     def __post_init__(self) -> None:
-        dense = self.kind == "dense"
-        if not (dense == (self.module is None) == (self.sparsify is not None) == (self.fuse is not None)):
-            raise ValueError(f"strategy {self.name!r}: a dense strategy has sparsify and fuse steps, "
+        elementwise = self.kind in _ELEMENTWISE_KINDS
+        if not (elementwise == (self.module is None) == (self.sparsify is not None) == (self.fuse is not None)):
+            raise ValueError(f"strategy {self.name!r}: an element-wise strategy has sparsify and fuse steps, "
                              f"the others a module function")
 
     @property
     def params(self) -> Mapping[str, float]:
         """Parameter name -> default (read-only)."""
         return MappingProxyType({p.name: p.default for p in self.parameters})
+
+
+_ELEMENTWISE_KINDS = ("dense", "core", "knots")
 
 
 # --- the dense strategies -------------------------------------------------------------
@@ -133,6 +154,9 @@ def _merge_dense(sparsify_: Sparsify, fuse_: Fuse, m: ModuleInputs, p: Mapping[s
     merged.mul_(p["lambda"])
     Bo, Ao, kept = factorize_dense(merged, policy.rank_for(m.ranks, m.limit), policy.energy)
     return result(Bo, Ao, kept)
+
+
+_ELEMENTWISE = {"dense": _merge_dense, "core": subspace.core, "knots": subspace.knots}
 
 
 # --- the table ------------------------------------------------------------------------
@@ -170,6 +194,16 @@ _TIES = 'Yadav et al., "TIES-Merging: Resolving Interference When Merging Models
 _DARE = (
     'Yu et al., "Language Models are Super Mario: Absorbing Abilities from Homologous Models '
     'as a Free Lunch", ICML 2024, arXiv:2311.03099'
+)
+
+_CORE = (
+    'Panariello et al., "Accurate and Efficient Low-Rank Model Merging in Core Space", NeurIPS 2025, '
+    "arXiv:2509.17786"
+)
+_KNOTS = 'Stoica et al., "Model merging with SVD to tie the KnOTS", ICLR 2025, arXiv:2410.19735'
+_MERGEKIT = (
+    'as defined by mergekit (Goddard et al., "Arcee\'s MergeKit: A Toolkit for Merging Large Language Models", '
+    "EMNLP 2024, arXiv:2403.13257)"
 )
 
 STRATEGIES: dict[str, StrategySpec] = {
@@ -289,12 +323,116 @@ STRATEGIES: dict[str, StrategySpec] = {
     ]
 }
 
+# Core Space and KnOTS run the dense strategies' own steps on their coordinates (mfgit.merge.subspace).
+_SPACES = {
+    "core": (_CORE, "on the Core Space cores Mᵢ = U_Bᵀ ΔWᵢ V_A (U_B, V_A: bases of the stacked factors); "
+                    "ΔW = U_B M V_Aᵀ."),
+    "knots": (_KNOTS, "on the KnOTS coordinates ΣVᵢᵀ = Uᵀ ΔWᵢ ([ΔW₁ … ΔW_T] = UΣ[V₁ᵀ … V_Tᵀ]); ΔW = U P."),
+}
+_IN_SPACE = {
+    "core": ("ties", "dare_linear", "dare_ties", "breadcrumbs", "della"),
+    "knots": ("ties", "dare_linear", "dare_ties"),
+}
+
+
+def _in_space(kind: str, base: StrategySpec) -> StrategySpec:
+    citation, where = _SPACES[kind]
+    return StrategySpec(f"{kind}_{base.name}", kind, base.parameters, f"{citation}; {base.name}: {base.citation}",
+                        f"{base.name} {where}", sparsify=base.sparsify, fuse=base.fuse, check=base.check)
+
+
+_ANGULAR: list[StrategySpec] = [
+    StrategySpec(
+        "model_stock",
+        "factor",
+        (Param("filter_wise", 0.0, FLAG, "one interpolation ratio per row of ΔW instead of one per module",
+               flag=True),),
+        'Jang, Yun & Han, "Model Stock: All we need is just a few fine-tuned models", ECCV 2024, '
+        "arXiv:2403.19522; " + _MERGEKIT,
+        "t = N·cos θ / (1 + (N−1)·cos θ), cos θ the mean pairwise cosine of the ΔWᵢ (from the factors); "
+        "ΔW = t Σ wᵢ ΔWᵢ.",
+        module=spherical.model_stock,
+    ),
+    StrategySpec(
+        "slerp",
+        "factor",
+        (),
+        'Shoemake, "Animating rotation with quaternion curves", SIGGRAPH 1985; ' + _MERGEKIT,
+        "Two inputs, t = w₁/(w₀+w₁): (w₀+w₁)·(sin((1−t)θ) ΔW₀ + sin(tθ) ΔW₁)/sin θ, θ the angle between "
+        "the updates (lerp when |cos θ| > 0.9995).",
+        module=spherical.slerp,
+        inputs=(2, 2),
+        nonnegative=True,
+    ),
+    StrategySpec(
+        "nuslerp",
+        "factor",
+        (
+            Param("flatten", 1.0, FLAG, "one angle for the whole update (else one per row or column)", flag=True),
+            Param("row_wise", 0.0, FLAG, "without flatten: one angle per column of ΔW (mergekit's "
+                  "nuslerp_row_wise), else per row", flag=True),
+        ),
+        "NuSLERP " + _MERGEKIT,
+        "slerp with mergekit's nuslerp options: one angle per update, per row or per column, lerp only for "
+        "exactly parallel updates.",
+        module=spherical.nuslerp,
+        inputs=(2, 2),
+        nonnegative=True,
+    ),
+    StrategySpec(
+        "karcher",
+        "factor",
+        (
+            Param("max_iter", 10.0, Range(1.0, 10000.0), "iterations of the fixed-point update", integer=True),
+            Param("tol", 1e-5, Range(0.0, 1.0, lo_open=True, hi_open=True),
+                  "smallest norm, angle and step that count"),
+        ),
+        'Karcher, "Riemannian center of mass and mollifier smoothing", Comm. Pure Appl. Math. 1977; '
+        'Buss & Fillmore, "Spherical averages and applications to spherical splines and interpolation", '
+        "ACM TOG 2001; " + _MERGEKIT,
+        "Weighted Karcher mean of the directions ΔWᵢ/‖ΔWᵢ‖ on the unit sphere (from the Gram matrix of "
+        "the factors), times Σ wᵢ‖ΔWᵢ‖.",
+        module=spherical.karcher,
+        nonnegative=True,
+    ),
+]
+
+STRATEGIES.update({
+    s.name: s
+    for s in [*(_in_space(kind, STRATEGIES[name]) for kind, names in _IN_SPACE.items() for name in names), *_ANGULAR]
+})
+
 
 def _spec(strategy: str) -> StrategySpec:
     spec = STRATEGIES.get(strategy)
     if spec is None:
         raise MergeError(f"unknown merge strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
     return spec
+
+
+def exact_by_default(strategy: str) -> bool:
+    """Whether the strategy's result is exact in factor space, so a merge keeps every direction
+    (rank policy ``sum``) unless a truncation is asked for."""
+    spec = STRATEGIES.get(strategy)
+    return spec is not None and spec.kind == "factor"
+
+
+def check_weights(strategy: str, weights: list[float]) -> None:
+    """Refuse a number of inputs, or weights, that the strategy's formula does not take.
+
+    Raises:
+        MergeError: too few or too many inputs (``slerp`` and ``nuslerp`` take
+            exactly two), or a negative weight where the weights are shares of
+            an interpolation or a mean (``slerp``, ``nuslerp``, ``karcher``).
+    """
+    spec = _spec(strategy)
+    lo, hi = spec.inputs
+    if len(weights) < lo or (hi is not None and len(weights) > hi):
+        many = f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+        raise MergeError(f"{strategy} merges {many} inputs, got {len(weights)}")
+    if spec.nonnegative and any(w < 0.0 for w in weights):
+        raise MergeError(f"{strategy} weights are shares of the result and must be >= 0, "
+                         f"got {', '.join(f'{w:g}' for w in weights)}")
 
 
 def resolve_params(strategy: str, params: dict) -> dict:
@@ -337,7 +475,8 @@ def merge_module(
         params: strategy parameters (see :func:`resolve_params`).
         rng: ``rng(i)`` gives a fresh, seeded CPU generator for input i; called
             only by the random strategies, once per present input (see
-            :mod:`mfgit.merge.sparsify` for the draw order).
+            :mod:`mfgit.merge.sparsify` and :mod:`mfgit.merge.subspace` for the
+            draw order).
         policy: how to choose the output rank.
 
     Returns:
@@ -346,8 +485,9 @@ def merge_module(
         (1.0 where the result is exact).
 
     Raises:
-        MergeError: bad parameters, mismatched lengths or shapes, or a module
-            that no input adapts.
+        MergeError: bad parameters, mismatched lengths or shapes, a module
+            that no input adapts, or inputs and weights the strategy does not
+            take (:func:`check_weights`).
     """
     spec = _spec(strategy)
     # Parameters are validated once, where the recipe is resolved; only raw ones are checked here.
@@ -386,12 +526,13 @@ def merge_module(
         present.append((i, ws[i], b.to(torch.float32), a.to(torch.float32)))
     if not present:
         raise MergeError("no input adapts this module")
+    check_weights(strategy, ws)
     assert shape is not None and device is not None
-    m = ModuleInputs(present, shape, device)
+    m = ModuleInputs(present, shape, device, tuple(ws))
     with torch.no_grad(), _ieee_fp32_matmul(device):
         if spec.module is not None:
             return spec.module(m, p, policy)
-        return _merge_dense(spec.sparsify, spec.fuse, m, p, rng, policy)
+        return _ELEMENTWISE[spec.kind](spec.sparsify, spec.fuse, m, p, rng, policy)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Factor", "ModuleInputs", "ModuleResult", "result"]
+__all__ = ["Factor", "ModuleInputs", "ModuleResult", "result", "zero_result"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class ModuleInputs:
     inputs: list[tuple[int, float, torch.Tensor, torch.Tensor]]  # (input index, weight, B, A), fp32, by index
     shape: tuple[int, int]  # (out, in)
     device: torch.device
+    weights: tuple[float, ...]  # every input's weight, present or not, by index
 
     @property
     def ranks(self) -> list[int]:
@@ -46,3 +47,11 @@ class ModuleResult:
 
 def result(B: torch.Tensor, A: torch.Tensor, kept: float) -> ModuleResult:
     return ModuleResult(B.contiguous(), A.contiguous(), int(B.shape[1]), float(kept))
+
+
+def zero_result(out_f: int, in_f: int, rank: int | None, device: torch.device) -> ModuleResult:
+    """A zero update of rank min(1, rank) (rank None: 1)."""
+    r = 1 if rank is None else max(0, min(1, rank))
+    B = torch.zeros((out_f, r), dtype=torch.float32, device=device)
+    A = torch.zeros((r, in_f), dtype=torch.float32, device=device)
+    return ModuleResult(B, A, r, 1.0)

@@ -18,15 +18,29 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     return parse_meta(list(items))
 
 
+class _StrategyOption(click.Option):
+    """-s/--strategy: its help lists the strategy table, read only when help is shown (the table needs torch)."""
+
+    @property
+    def help(self) -> str:
+        from mfgit.merge.strategies import STRATEGIES
+
+        return f"One of {', '.join(STRATEGIES)} (default linear); docs/merging.md defines them."
+
+    @help.setter
+    def help(self, _value: str | None) -> None:
+        pass  # generated from the table
+
+
 @click.command()
 @click.argument("revs", nargs=-1)
-@click.option("-s", "--strategy", default=None, help="linear, task_arithmetic, svd, ties, dare_linear, dare_ties, breadcrumbs, della, magnitude_prune, tsv, iso_c (default linear).")
+@click.option("-s", "--strategy", cls=_StrategyOption, default=None)
 @click.option("--weights", default=None, metavar="W1,W2,...", help="One weight per revision, in order.")
 @click.option("--weights-from", default=None, metavar="KEY", help="Weights proportional to commit metadata KEY (e.g. samples).")
-@click.option("--density", type=float, default=None, help="Fraction kept (ties, magnitude_prune; for dare_* and della the keep rate 1 - drop rate, as mergekit names it).")
-@click.option("--drop-rate", type=float, default=None, help="Drop probability p (dare_*, della).")
+@click.option("--density", type=float, default=None, help="Fraction kept (ties, core_ties, knots_ties, magnitude_prune; for dare_*, della and their core_/knots_ forms the keep rate 1 - drop rate, as mergekit names it).")
+@click.option("--drop-rate", type=float, default=None, help="Drop probability p (dare_*, della and their core_/knots_ forms).")
 @click.option("--lambda", "lambda_", type=float, default=None, help="Scale of the merged update (λ).")
-@click.option("--param", "extra", multiple=True, metavar="NAME=VALUE", help="Any other strategy parameter (repeatable).")
+@click.option("--param", "extra", multiple=True, metavar="NAME=VALUE", help="Any other strategy parameter, e.g. flatten=false (repeatable).")
 @click.option("--rank", default=None, help="Output rank: N, sum, or max (default: the largest input rank).")
 @click.option("--energy", type=float, default=None, help="Smallest rank per module keeping this fraction of energy.")
 @click.option("--seed", type=int, default=None, help="Seed of every random mask (default 0).")
