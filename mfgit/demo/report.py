@@ -1,4 +1,4 @@
-"""The demo's results: a text table, results.md, results.json and results.png."""
+"""The demo's results: the table, the targets, results.md, results.json and results.png."""
 
 from __future__ import annotations
 
@@ -7,47 +7,97 @@ import math
 from pathlib import Path
 from typing import Any
 
+COMPOSITE_KINDS = ("composite", "integrated", "fusion", "mixture")
 
-def _fmt(v: float) -> str:
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def loads(text: str) -> Any:
+    return json.loads(text)
+
+
+def _fmt(v: float | None) -> str:
     return "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
 def _columns(results: dict[str, Any]) -> list[tuple[str, str]]:
-    """(test-set key, header label) in table order."""
-    late = results["late_site"]
-    cols = []
-    for key in results["test_sets"]:
-        label = key if key != late else f"{key}*"
-        cols.append((key, label))
-    return cols
+    """(test-set key, header label) in table order; the late site's task gets a *."""
+    late_task = results["site_tasks"][results["late_site"]]
+    return [(k, f"{k}*" if k == late_task else k) for k in results["test_sets"]]
 
 
 def table_text(results: dict[str, Any]) -> str:
-    """The table for a terminal: one row per model, accuracy and AUC per test set."""
+    """The table for a terminal: one row per model, accuracy and AUC per task, macro last."""
     cols = _columns(results)
     sizes = results["test_sizes"]
     name_w = max(len("model"), *(len(r["name"]) for r in results["rows"]))
-    titles = [f"{label} (n={sizes[key]})" for key, label in cols]
+    titles = [f"{label} (n={sizes[key]})" if key in sizes else label for key, label in cols]
     cell_w = max(11, *(len(t) for t in titles))
     head1 = " " * name_w + "".join(f"  {t:<{cell_w}}" for t in titles)
     head2 = f"{'model':<{name_w}}" + "".join(f"  {'acc   AUC':<{cell_w}}" for _ in cols)
-    lines = [head1.rstrip(), head2.rstrip(), "-" * len(head1.rstrip())]
+    lines = [head1.rstrip(), head2.rstrip(), "-" * len(head2.rstrip())]
     for row in results["rows"]:
         cells = "".join(f"  {_fmt(row['metrics'][k]['acc']) + ' ' + _fmt(row['metrics'][k]['auc']):<{cell_w}}"
                         for k, _ in cols)
         lines.append(f"{row['name']:<{name_w}}{cells}".rstrip())
-    lines.append("(* arrives late; accuracy at threshold 0.5, AUC of P(malignant); test sets are each site's "
-                 "held-out split, overall = their union)")
-    if results.get("tuned"):
-        lines.append(f"(tuned: {results['tuned']['how']})")
+    lines.append("(* the late site's task; accuracy of the argmax class, AUC of the positive class; each task's "
+                 "held-out test split; macro = mean over tasks, the headline)")
+    return "\n".join(lines)
+
+
+def targets(results: dict[str, Any], time_limit_s: float) -> list[dict[str, Any]]:
+    """The demo's targets, each with the numbers it was judged on and whether it is met."""
+    rows = results["rows"]
+    tasks = [k for k in results["test_sets"] if k != "macro"]
+    sites = [r for r in rows if r["kind"] == "site"]
+    comps = [r for r in rows if r["kind"] in COMPOSITE_KINDS]
+    best = max(comps, key=lambda r: r["metrics"]["macro"]["acc"])
+    best_site = max(sites, key=lambda r: r["metrics"]["macro"]["acc"])
+    out = [{"target": "best composite macro accuracy > every single-site adapter's",
+            "value": f"{best['name']} {best['metrics']['macro']['acc']:.3f} vs best site {best_site['name']} "
+                     f"{best_site['metrics']['macro']['acc']:.3f}",
+            "met": best["metrics"]["macro"]["acc"] > best_site["metrics"]["macro"]["acc"]}]
+    own = {results["site_tasks"][r["site"]]: r for r in sites}
+    for task in tasks:
+        top = max(comps, key=lambda r: r["metrics"][task]["acc"])
+        gap = own[task]["metrics"][task]["acc"] - top["metrics"][task]["acc"]
+        out.append({"target": f"{task}: best composite within 3 accuracy points of the task's own adapter",
+                    "value": f"{top['name']} {top['metrics'][task]['acc']:.3f} vs own "
+                             f"{own[task]['metrics'][task]['acc']:.3f} (gap {100 * gap:+.1f} points)",
+                    "met": gap <= 0.03 + 1e-12})
+    fusion = next(r for r in rows if r["kind"] == "fusion")
+    uniform = next(r for r in rows if r.get("strategy") == "uniform-all")
+    out.append({"target": "MedForge-Fusion macro accuracy >= uniform linear of the same sites",
+                "value": f"{fusion['metrics']['macro']['acc']:.3f} vs {uniform['metrics']['macro']['acc']:.3f}",
+                "met": fusion["metrics"]["macro"]["acc"] >= uniform["metrics"]["macro"]["acc"]})
+    out.append({"target": f"{'--quick ' if results['quick'] else ''}demo within {time_limit_s:.0f} s",
+                "value": "measured at the end", "met": None, "limit_s": time_limit_s})
+    return out
+
+
+def finish_targets(results: dict[str, Any]) -> None:
+    """Fill in the time target once the total is known."""
+    for t in results["targets"]:
+        if "limit_s" in t:
+            total = results["timings_s"]["total"]
+            t["value"] = f"{total:.1f} s"
+            t["met"] = total <= t["limit_s"]
+
+
+def targets_text(results: dict[str, Any]) -> str:
+    lines = ["Targets:"]
+    for t in results["targets"]:
+        mark = {True: "met    ", False: "NOT met", None: "  ...  "}[t["met"]]
+        lines.append(f"  [{mark}] {t['target']}: {t['value']}")
     return "\n".join(lines)
 
 
 def table_markdown(results: dict[str, Any]) -> str:
     cols = _columns(results)
-    sizes = results["test_sizes"]
     header = ["model", "commit"]
-    for key, label in cols:
+    for _key, label in cols:
         header += [f"{label} acc", f"{label} AUC"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (2 * len(cols))) + "|"]
     for row in results["rows"]:
@@ -56,41 +106,25 @@ def table_markdown(results: dict[str, Any]) -> str:
             cells += [_fmt(row["metrics"][key]["acc"]), _fmt(row["metrics"][key]["auc"])]
         lines.append("| " + " | ".join(cells) + " |")
     check = results["async_integration"]
-    sizes_txt = ", ".join(f"{k} {v}" for k, v in sizes.items())
+    fusion = results["fusion"]
+    sizes_txt = ", ".join(f"{k} {v}" for k, v in results["test_sizes"].items())
+    ws = ", ".join(f"{s} {w:.3f}" for s, w in results["mixture"]["weights"].items())
     return "\n".join([
-        "# mfgit demo results",
+        "# mfgit demo results", "", results["about"], "",
+        f"Seed {results['seed']}{' (--quick)' if results['quick'] else ''}. Test records: {sizes_txt}. "
+        "The task marked * is the late site's. Accuracy of the argmax class; AUC of the positive class; "
+        "computed with scikit-learn; macro = mean over tasks.", "",
+        *lines, "",
+        f"Asynchronous integration: `main` after merging the late site {check['late_site']} into the linear "
+        f"composite ({check['mode']}) vs the one-shot linear merge of all sites (`composite/oneshot-check`): "
+        f"max |ΔW| difference {check['max_abs_diff']:.3g}; identical adapter object: {check['identical_adapter']}.",
         "",
-        results["about"],
-        "",
-        (f"Seed {results['seed']}. Test samples: {sizes_txt}. Sites marked * arrived late. "
-        "Accuracy at threshold 0.5; AUC of P(malignant); computed with scikit-learn."),
-        "",
-        *lines,
-        "",
-        (f"Asynchronous integration: `main` after merging the late site {check['late_site']} into the linear "
-        f"composite ({check['mode']}) vs the one-shot linear merge of all sites "
-        f"(`composite/oneshot-check`): max |ΔW| difference {check['max_abs_diff']:.3g} "
-        f"(largest |ΔW| entry {check['max_abs_delta']:.3g}; identical adapter object: {check['identical_adapter']})."),
-        "",
-        *_tuned_markdown(results),
+        f"MedForge-Fusion (`composite/fusion`): {fusion['how']}; {fusion['optimiser']['name']}, budget "
+        f"{fusion['budget']}, bounds {fusion['bounds']}, L1 {fusion['l1']}; distilled loss "
+        f"{fusion['start']['score']:.4f} at the start weights -> {fusion['chosen']['score']:.4f}.", "",
+        f"MedForge-Mixture: Σ wⱼ softmaxⱼ over the site adapters, weights by samples ({ws}).", "",
+        targets_text(results).replace("\n  ", "\n- ").replace("Targets:", "## Targets\n"), "",
     ])
-
-
-def _tuned_markdown(results: dict[str, Any]) -> list[str]:
-    """How the tuned row was made (docs/search-and-eval.md)."""
-    tuned = results.get("tuned")
-    if not tuned:
-        return []
-    ws = ", ".join(f"{label.rsplit('/', 1)[-1]} {w:.3f}" for label, w in tuned["weights"].items())
-    opt = tuned["optimiser"]
-    return [
-        (f"Tuned composite (`composite/tuned`, `{tuned['commit'][:10]}`): {tuned['how']}. {opt['name']} "
-         f"{opt['version']} ({opt['selected']}), budget {tuned['budget']}, bounds {tuned['bounds']}, "
-         f"L1 {tuned['l1']}, seed {tuned['seed']}; public-split loss {tuned['start']['score']:.4f} with the "
-         f"samples weights -> {tuned['chosen']['score']:.4f}; chosen weights: {ws}. Every vector tried is in "
-         "the commit: `mfgit show --json composite/tuned`."),
-        "",
-    ]
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:
@@ -107,7 +141,7 @@ def write_json(results: dict[str, Any], path: Path) -> None:
 
 
 def write_plot(results: dict[str, Any], path: Path) -> None:
-    """A grouped bar plot: one group per test set, one bar per model; accuracy and AUC panels."""
+    """Grouped bars: one group per task (macro last), one bar per model; accuracy and AUC panels."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -116,29 +150,27 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
 
     cols = _columns(results)
     rows = results["rows"]
-    fig, axes = plt.subplots(2, 1, figsize=(max(9, 1.9 * len(cols) + 3) + 3, 8), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(max(9, 1.9 * len(cols) + 3) + 4, 8), sharex=True)
     width = 0.8 / len(rows)
     xs = np.arange(len(cols))
-    cmap = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    cmap = plt.get_cmap("tab20")
     for ax, metric, title in zip(axes, ("acc", "auc"), ("accuracy", "ROC AUC")):
-        low = 1.0
         for i, row in enumerate(rows):
             vals = [row["metrics"][k][metric] for k, _ in cols]
             vals = [0.0 if v is None or math.isnan(v) else v for v in vals]
-            low = min(low, *vals)
-            hatch = "//" if row["kind"] == "integrated" else None
+            hatch = "//" if row["kind"] in ("fusion", "mixture") else None
             ax.bar(xs + (i - (len(rows) - 1) / 2) * width, vals, width, label=row["name"], color=cmap(i % cmap.N),
                    hatch=hatch, edgecolor="white" if hatch else None, linewidth=0)
-        ax.set_ylim(max(0.0, math.floor((low - 0.05) * 20) / 20), 1.0)
+        ax.set_ylim(0.0, 1.0)
         ax.set_ylabel(title)
         ax.grid(axis="y", alpha=0.3)
-    axes[1].set_xticks(xs, [f"{label}\n(n={results['test_sizes'][k]})" for k, label in cols])
-    axes[0].set_title("mfgit demo: base model, site adapters and composites on every site's test set")
+    axes[1].set_xticks(xs, [label for _k, label in cols])
+    axes[0].set_title("mfgit demo: zero-shot base, site adapters and composites on every task's test split")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="center right", frameon=False)
-    fig.text(0.01, 0.005, "Tiny model, small tabular data set (sklearn breast cancer): a workflow demonstration, "
-             "not a clinical model. * = late site.", fontsize=7)
-    fig.tight_layout(rect=(0, 0.02, 0.78, 1))
+    fig.text(0.01, 0.005, "all-MiniLM-L6-v2 + LoRA on small public clinical tables: a workflow demonstration, "
+             "not a clinical model. * = late site's task.", fontsize=7)
+    fig.tight_layout(rect=(0, 0.02, 0.74, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -152,19 +184,40 @@ def write_all(results: dict[str, Any], work: Path) -> list[str]:
     return [str(work / "results.json"), str(md), str(png)]
 
 
+def repeat_summary(runs: list[dict[str, Any]]) -> str:
+    """Mean ± spread (half the range) of every row's macro accuracy and AUC over seeded runs."""
+    import numpy as np
+
+    names = [r["name"] for r in runs[0]["rows"]]
+    width = max(len(n) for n in names)
+    lines = [f"Over {len(runs)} seeds ({', '.join(str(r['seed']) for r in runs)}): macro accuracy and AUC, "
+             "mean ± half the range",
+             f"{'model':<{width}}  {'macro acc':<15}  macro AUC"]
+    for i, name in enumerate(names):
+        cells = []
+        for k in ("acc", "auc"):
+            v = np.array([r["rows"][i]["metrics"]["macro"][k] for r in runs])
+            cells.append(f"{v.mean():.3f} ± {(v.max() - v.min()) / 2:.3f}")
+        lines.append(f"{name:<{width}}  {cells[0]:<15}  {cells[1]}")
+    met = [sum(1 for r in runs if r["targets"][j]["met"]) for j in range(len(runs[0]["targets"]))]
+    lines.append("Targets met: " + "; ".join(f"{t['target']}: {m}/{len(runs)}"
+                                            for t, m in zip(runs[0]["targets"], met)))
+    return "\n".join(lines)
+
+
 def next_steps(work: Path, initial: list[str], late: str, *, lineage_page: bool = False) -> str:
     coord = work / "coordinator"
     commands = [
         ("mfgit log --graph", "main: the composite, then the late site integrated into it"),
         ("mfgit show HEAD", "the integrated composite and its merge provenance"),
-        ("mfgit show --json HEAD", "the full recipe: strategy, leaves, weights, seed, kept energy"),
-        (f"mfgit show origin/sites/{initial[0]}", "a site commit: author, site, samples, epochs, lr, val_auc"),
+        ("mfgit show --json HEAD", "the full recipe: strategy, leaves, weights, seed"),
+        (f"mfgit show origin/sites/{initial[0]}", "a site commit: author, site, task, samples, epochs, lr, val_auc"),
         ("mfgit lineage main", "the sites inside main, with their effective weights"),
         ("mfgit diff main composite/oneshot-check", "late integration == one-shot merge: identical"),
         ("mfgit branch -a", "composite/* here, origin/sites/* from the hub"),
         ("mfgit checkout HEAD --to composite/", "the composite as a PEFT adapter directory"),
         ("mfgit verify --reproduce main", "re-run every merge from its recorded recipe"),
-        ("mfgit show --json composite/tuned", "the search: optimiser, seed, every weight vector tried, its score"),
+        ("mfgit show --json composite/fusion", "Fusion's search: optimiser, every weight vector tried, its score"),
     ]
     width = max(len(c) for c, _ in commands)
     sites = " ".join(f"origin/sites/{n}" for n in [*initial, late])
@@ -175,7 +228,7 @@ def next_steps(work: Path, initial: list[str], late: str, *, lineage_page: bool 
         f"  mfgit switch --orphan try && mfgit merge {sites} -s dare_ties --weights-from samples",
         "Load a composite onto the base model with PEFT:",
         ("  python -c \"from mfgit.api.repository import Repository; from mfgit.demo.model import load_base; "
-         f"m = Repository.open('{coord}').load_adapter(load_base('{work / 'base'}'), 'main'); print(m)\""),
+         f"m = Repository.open('{coord}').load_adapter(load_base(), 'main'); print(m)\""),
     ]
     if lineage_page:
         lines.append(f"Open {work / 'lineage.html'} in a browser: who contributed what to main, with weights.")

