@@ -74,6 +74,7 @@ from mfgit.merge import factorspace, fuse, sparsify, spherical, subspace
 from mfgit.merge.fuse import Fuse
 # factorize_dense is called through this module's global: benchmarks.gpu wraps it to capture the dense ΔW.
 from mfgit.merge.lowrank import RankPolicy, factorize_dense
+from mfgit.merge.names import STRATEGY_NAMES
 from mfgit.merge.params import ANY, FLAG, Check, Param, Range, ResolvedParams, validate
 from mfgit.merge.sparsify import Sparsify, uniform
 from mfgit.merge.updates import Factor, ModuleInputs, ModuleResult, result
@@ -401,6 +402,8 @@ STRATEGIES.update({
     s.name: s
     for s in [*(_in_space(kind, STRATEGIES[name]) for kind, names in _IN_SPACE.items() for name in names), *_ANGULAR]
 })
+if tuple(STRATEGIES) != STRATEGY_NAMES:  # pragma: no cover - a programming error, caught by any import
+    raise AssertionError(f"mfgit.merge.names.STRATEGY_NAMES must list the table's strategies: {tuple(STRATEGIES)}")
 
 
 def _spec(strategy: str) -> StrategySpec:

@@ -19,13 +19,13 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 
 
 class _StrategyOption(click.Option):
-    """-s/--strategy: its help lists the strategy table, read only when help is shown (the table needs torch)."""
+    """-s/--strategy: its help lists the strategies by name (mfgit.merge.names: the table itself needs torch)."""
 
     @property
     def help(self) -> str:
-        from mfgit.merge.strategies import STRATEGIES
+        from mfgit.merge.names import STRATEGY_NAMES
 
-        return f"One of {', '.join(STRATEGIES)} (default linear); docs/merging.md defines them."
+        return f"One of {', '.join(STRATEGY_NAMES)} (default linear); docs/merging.md defines them."
 
     @help.setter
     def help(self, _value: str | None) -> None:
