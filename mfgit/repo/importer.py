@@ -37,8 +37,13 @@ def base_model_of(config: dict[str, Any]) -> dict[str, Any]:
 def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str] | dict | None = None,
            code: str | os.PathLike | None = None, allow_pickle: bool = False, allow_empty: bool = False,
            author: dict[str, str] | None = None, timestamp: str | None = None,
-           sign: "Signer | None" = None) -> "CommitInfo":
+           sign: "Signer | None" = None, code_from: str | os.PathLike | None = None) -> "CommitInfo":
     """Commit a PEFT adapter directory (or a PeftModel) on the current branch.
+
+    A PeftModel (any object with ``save_pretrained``) is saved into a
+    temporary directory and that is committed: the one-line way to commit
+    from a plain PyTorch loop. Its code revision is read from `code_from`
+    (default: the working directory), since the temporary directory has none.
 
     Raises InvalidAdapter / PickleRefused / SafetensorsError for bad input,
     NothingToCommit if the adapter equals HEAD's (unless allow_empty),
@@ -48,7 +53,7 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
         with tempfile.TemporaryDirectory(prefix="mfgit-peft-") as tmp:
             source.save_pretrained(tmp)
             return commit(repo, tmp, message, meta=meta, code=code, allow_empty=allow_empty,
-                          author=author, timestamp=timestamp, sign=sign)
+                          author=author, timestamp=timestamp, sign=sign, code_from=code_from or os.getcwd())
     path = Path(source)
     ident = author or repo.identity()
     adir = peftfmt.inspect_adapter_dir(path, allow_pickle=allow_pickle)
@@ -56,7 +61,7 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
     # Reading the code revision (GitPython: ~50 ms, mostly its import)
     # overlaps the tensor import when there is one: the workers spend
     # their time in hashing, compression and I/O, outside the GIL.
-    code_job = Job(lambda: code_revision(code, required=True) if code else code_revision(path))
+    code_job = Job(lambda: code_revision(code, required=True) if code else code_revision(code_from or path))
     try:
         adapter_id = import_adapter(repo, adir, before_import=code_job.start)
         if parent is not None and not allow_empty:
