@@ -121,14 +121,18 @@ def keygen(ctx, path, key_type, comment, force, as_json):
 @click.option("--card", is_flag=True, help="Write README.md: a model card with base_model, lineage and recipe.")
 @click.option("--manifest", is_flag=True, help="Write model.sig: an OpenSSF model-signing manifest, signed.")
 @click.option("--key", type=click.Path(), default=None, help="ECDSA key for --manifest (default: signing.manifestKey, then signing.key).")
+@click.option("--base-model-id", default=None, metavar="ID",
+              help="The Hub id the card names as base_model (default: the recorded base model, if it is a Hub id).")
 @click.option("-f", "--force", is_flag=True, help="Write into a non-empty directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def export(ctx, rev, outdir, card, manifest, key, force, as_json):
+def export(ctx, rev, outdir, card, manifest, key, base_model_id, force, as_json):
     """Write REV as a PEFT adapter directory OUTDIR, with a model card and a signed manifest."""
     cwd = Path(ctx.obj["cwd"])
     report = open_repo(ctx).export(rev, cwd / outdir, card=card, manifest=manifest, force=force,
-                               key=(cwd / Path(key).expanduser()) if key else None)
+                               key=(cwd / Path(key).expanduser()) if key else None, base_model_id=base_model_id)
+    for warning in report["warnings"]:
+        click.echo(f"mfgit: warning: {terminal(warning)}", err=True)
     if as_json:
         emit_json(report)
         return
