@@ -49,6 +49,8 @@ def hostile_adapter(src: Path, dst: Path) -> Path:
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = BASE
     cfg_path.write_text(json.dumps(cfg))
+    # Without the card PEFT wrote: the hostile name is the only base model on record.
+    (dst / "README.md").unlink(missing_ok=True)
     return dst
 
 

@@ -84,14 +84,17 @@ def card_document(repo: "BaseRepository", cid: str, lineage: dict[str, Any], *,
 
     `base_model` is a Hub id or None: `base_model_id` if given, else the
     commit's base-model name or the config's base_model_name_or_path when
-    either is a Hub id; a local path is never written (the Hub rejects it).
+    either is a Hub id, else the base_model of the card it was committed
+    with; a local path is never written (the Hub rejects it).
     `base_model_path` keeps a path that was dropped, for the warning.
     """
     commit = repo.read_commit(cid)
     adapter = repo.read_adapter(commit.adapter)
     recorded = (adapter.base_model or {}).get("name") or adapter.config.get("base_model_name_or_path")
+    card = (commit.provenance or {}).get("card") or {}
     base = hub_model_id(base_model_id) if base_model_id else (
-        hub_model_id((adapter.base_model or {}).get("name")) or hub_model_id(adapter.config.get("base_model_name_or_path")))
+        hub_model_id((adapter.base_model or {}).get("name")) or hub_model_id(adapter.config.get("base_model_name_or_path"))
+        or hub_model_id(card.get("base_model")))
     prov = commit.provenance or {}
     is_merge = prov.get("kind") == "merge"
     doc: dict[str, Any] = {
@@ -106,6 +109,7 @@ def card_document(repo: "BaseRepository", cid: str, lineage: dict[str, Any], *,
         "modules": len(adapter.modules),
         "base_model": base,
         "base_model_recorded": recorded,
+        "card_metadata": card,
         "is_merge": is_merge,
     }
     if is_merge:

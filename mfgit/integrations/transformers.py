@@ -25,6 +25,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from mfgit.formats.jsonvalue import coerce
+
 logger = logging.getLogger("mfgit.integrations.transformers")
 
 # TrainingArguments fields that hold credentials; whatever their value, they are not recorded.
@@ -37,22 +39,8 @@ def training_arguments(args) -> dict[str, Any]:
     for key, value in args.to_dict().items():
         if any(w in key.lower() for w in _SECRET_WORDS):
             continue
-        out[key] = _json_value(value)
+        out[key] = coerce(value)
     return out
-
-
-def _json_value(v: Any) -> Any:
-    if v is None or isinstance(v, (bool, str)):
-        return v
-    if isinstance(v, int):
-        return v if -(1 << 63) <= v < (1 << 63) else str(v)
-    if isinstance(v, float):
-        return v if math.isfinite(v) else str(v)
-    if isinstance(v, dict):
-        return {str(k): _json_value(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_value(x) for x in v]
-    return str(v)
 
 
 class MfgitCallback(TrainerCallback):

@@ -30,6 +30,9 @@ def _cell(value: Any) -> str:
 
 
 def _front_matter(doc: dict[str, Any]) -> str:
+    # The metadata of the card the adapter was committed with (license, datasets, …) is written
+    # back; base_model, the relation and the library are mfgit's, the tags the union of both.
+    card = doc.get("card_metadata") or {}
     front: dict[str, Any] = {}
     if doc["base_model"]:
         front["base_model"] = doc["base_model"]
@@ -37,7 +40,12 @@ def _front_matter(doc: dict[str, Any]) -> str:
     # relation names merged full models. The merged site adapters are listed in the body.
     front["base_model_relation"] = "adapter"
     front["library_name"] = "peft"
-    front["tags"] = ["lora", "peft", "mfgit"] + (["merge"] if doc["is_merge"] else [])
+    own = ["lora", "peft", "mfgit"] + (["merge"] if doc["is_merge"] else [])
+    theirs = card.get("tags") if isinstance(card.get("tags"), list) else []
+    front["tags"] = list(dict.fromkeys([t for t in theirs if isinstance(t, str)] + own))
+    for key, value in card.items():
+        if key not in front and key not in ("base_model", "base_model_relation", "library_name", "tags"):
+            front[key] = value
     return "---\n" + yaml_dump(front, sort_keys=False) + "---\n"
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from mfgit.errors import InvalidAdapter, InvalidObject, NothingToCommit
 from mfgit.formats import peft as peftfmt
+from mfgit.formats.hubcard import front_matter
 from mfgit.formats import safetensors as st
 from mfgit.objects.model import Adapter, TensorHeader, object_id, tensor_id
 from mfgit.parallel import Job, parallel_map
@@ -83,8 +84,19 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
         "meta": parse_meta(meta),
         "tool": library_versions(),
     }
+    card = _card_metadata(adir)
+    if card is not None:  # only then: the ids of commits without a card stay what they were
+        provenance["card"] = card
     return repo.write_commit(adapter_id, [parent] if parent else [], message, provenance,
                              branch_ref, parent, ident, timestamp, sign=sign)
+
+
+def _card_metadata(adir: peftfmt.AdapterDir) -> dict[str, Any] | None:
+    """The front matter of the directory's README.md (a Hub model card), if it has one."""
+    readme = next((f for f in adir.extra_files if f.name == "README.md"), None)
+    if readme is None:
+        return None
+    return front_matter(readme.read_bytes().decode("utf-8", "replace"))
 
 
 def import_adapter(repo: "BaseRepository", adir: peftfmt.AdapterDir, *, before_import=None) -> str:
