@@ -31,7 +31,8 @@ class progress_bar:
         import click
 
         if self._bar is None:
-            self._bar = click.progressbar(length=total, label=self.label, file=None, show_pos=True)
+            # On stderr, the terminal checked above: stdout is the command's output.
+            self._bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=True)
             self._bar.__enter__()
         self._bar.update(done - self._bar.pos)
 
@@ -68,6 +69,4 @@ class byte_progress:
 
     def __exit__(self, *exc) -> None:
         if self.enabled:
-            import sys
-
             sys.stderr.write("\n")

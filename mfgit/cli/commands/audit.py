@@ -8,6 +8,7 @@ import click
 
 from mfgit.cli import errors as cli_errors
 from mfgit.cli.common import emit_json, open_repo
+from mfgit.cli.progress import progress_bar
 from mfgit.render.audit import blame_text, diff_text, lineage_dot, lineage_text, verify_text
 from mfgit.render.escape import terminal, terminal_doc
 
@@ -71,13 +72,16 @@ def blame(ctx, rev, all_parents, as_json):
 @click.option("--branch", default=None, help="Also judge REV's history as branch BRANCH (besides the branches REV is on).")
 @click.option("--tolerance", type=float, default=None, help="Max |ΔW difference| accepted across device types (default 1e-4).")
 @click.option("--device", default=None, help="Device for --reproduce (default: the recorded device type if present, else cpu).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/audit.md).")
 @click.pass_context
-def verify(ctx, rev, reproduce, signatures, branch, tolerance, device, as_json):
+def verify(ctx, rev, reproduce, signatures, branch, tolerance, device, quiet, as_json):
     """Check REV: object integrity, and optionally merge reproducibility and signatures."""
     repo = open_repo(ctx)
     extra = {"tolerance": tolerance} if tolerance is not None else {}
-    report = repo.verify(rev, reproduce=reproduce, signatures=signatures, branch=branch, device=device, **extra)
+    with progress_bar("re-running merges", quiet=quiet or as_json or not reproduce) as progress:
+        report = repo.verify(rev, reproduce=reproduce, signatures=signatures, branch=branch, device=device,
+                             progress=progress, **extra)
     if as_json:
         emit_json(report)
     else:

@@ -1,0 +1,58 @@
+"""Long commands show progress on a terminal, and none when piped or with --quiet / --json.
+
+The real CLI runs on a real pseudo-terminal (os.openpty) for stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import MFGIT, build_adapter
+
+
+def _run(cli, repo_dir, args, *, tty: bool) -> tuple[int, str]:
+    """(exit code, what reached stderr) with stderr a pseudo-terminal or a pipe."""
+    if not tty:
+        r = subprocess.run([MFGIT, *args], cwd=repo_dir, env=cli.env, capture_output=True, text=True, timeout=120)
+        return r.returncode, r.stderr
+    main, sub = os.openpty()
+    try:
+        p = subprocess.Popen([MFGIT, *args], cwd=repo_dir, env=cli.env, stdout=subprocess.DEVNULL, stderr=sub)
+        os.close(sub)
+        chunks = []
+        while True:
+            try:
+                data = os.read(main, 65536)
+            except OSError:  # EIO: the terminal's other end closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return p.wait(timeout=120), b"".join(chunks).decode("utf-8", "replace")
+    finally:
+        os.close(main)
+
+
+@pytest.fixture
+def two_commits(cli, repo_dir, adapter_store):
+    cli.ok("commit", build_adapter(adapter_store, seed=11), "-m", "one", cwd=repo_dir)
+    cli.ok("commit", build_adapter(adapter_store, seed=12), "-m", "two", cwd=repo_dir)
+    return repo_dir
+
+
+@pytest.mark.parametrize("args, label", [(["fsck", "--read-data"], "checking objects"),
+                                         (["gc", "--dry-run"], "sweeping objects")])
+def test_progress_shows_on_a_terminal(cli, two_commits, args, label):
+    code, err = _run(cli, two_commits, args, tty=True)
+    assert code == 0 and label in err
+
+
+@pytest.mark.parametrize("args", [["fsck", "--read-data"], ["gc", "--dry-run"]])
+@pytest.mark.parametrize("how", ["pipe", "--quiet", "--json"])
+def test_no_progress_when_piped_quiet_or_json(cli, two_commits, args, how):
+    extra = [] if how == "pipe" else [how]
+    code, err = _run(cli, two_commits, args + extra, tty=how != "pipe")
+    assert code == 0 and "objects" not in err and err.strip() == ""
