@@ -56,3 +56,13 @@ def test_no_progress_when_piped_quiet_or_json(cli, two_commits, args, how):
     extra = [] if how == "pipe" else [how]
     code, err = _run(cli, two_commits, args + extra, tty=how != "pipe")
     assert code == 0 and "objects" not in err and err.strip() == ""
+
+
+@pytest.mark.parametrize("tty, quiet", [(True, False), (True, True), (False, False)])
+def test_commit_and_checkout_show_bytes_on_a_terminal_only(cli, repo_dir, adapter_store, tmp_path, tty, quiet):
+    q = ["--quiet"] if quiet else []
+    code, err = _run(cli, repo_dir, ["commit", build_adapter(adapter_store, seed=13), "-m", "one", *q], tty=tty)
+    assert code == 0 and (("commit: 100.0%" in err) == (tty and not quiet)), err
+    code, err = _run(cli, repo_dir, ["checkout", "HEAD", "--to", tmp_path / "out", *q], tty=tty)
+    assert code == 0 and (("checkout: 100.0%" in err) == (tty and not quiet)), err
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()

@@ -47,11 +47,11 @@ class Repository(BaseRepository):
 
         return commit(self, source, message, **kwargs)
 
-    def checkout(self, rev: str, to: str | os.PathLike, *, force: bool = False) -> Path:
+    def checkout(self, rev: str, to: str | os.PathLike, *, force: bool = False, progress=None) -> Path:
         """Write the adapter of `rev` as a PEFT adapter directory at `to`."""
         from mfgit.repo.checkout import checkout
 
-        return checkout(self, rev, to, force=force)
+        return checkout(self, rev, to, force=force, progress=progress)
 
     def write_adapter_dir(self, adapter, to: str | os.PathLike, *, force: bool = False) -> Path:
         from mfgit.repo.checkout import write_adapter_dir

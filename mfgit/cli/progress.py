@@ -42,7 +42,7 @@ class progress_bar:
 
 
 class byte_progress:
-    """Bytes-and-rate progress on stderr (a terminal only): ``cb(done, total)``."""
+    """Bytes-and-rate progress on stderr (a terminal only): ``cb(done, total)`` or ``cb(done, total, item)``."""
 
     def __init__(self, label: str, *, quiet: bool = False):
 
@@ -54,7 +54,7 @@ class byte_progress:
     def __enter__(self):
         return self.update
 
-    def update(self, done: int, total: int) -> None:
+    def update(self, done: int, total: int, item: str = "") -> None:
         if not self.enabled:
             return
 
