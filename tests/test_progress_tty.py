@@ -66,3 +66,15 @@ def test_commit_and_checkout_show_bytes_on_a_terminal_only(cli, repo_dir, adapte
     code, err = _run(cli, repo_dir, ["checkout", "HEAD", "--to", tmp_path / "out", *q], tty=tty)
     assert code == 0 and (("checkout: 100.0%" in err) == (tty and not quiet)), err
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("how", ["tty", "--json"])
+def test_verify_reproduce_shows_progress_on_a_terminal_only(cli, repo_dir, adapter_store, how):
+    for site, seed in (("a", 21), ("b", 22)):
+        cli.ok("switch", "--orphan", f"sites/{site}", cwd=repo_dir)
+        cli.ok("commit", build_adapter(adapter_store, seed=seed), "-m", site, cwd=repo_dir)
+    cli.ok("switch", "--orphan", "main", cwd=repo_dir)
+    cli.ok("merge", "sites/a", "sites/b", "-m", "merged", cwd=repo_dir)
+    extra = [] if how in ("tty", "pipe") else [how]
+    code, err = _run(cli, repo_dir, ["verify", "--reproduce", *extra], tty=how != "pipe")
+    assert code == 0 and (("re-running merges" in err) == (how == "tty")), err
