@@ -513,3 +513,14 @@ class RepositoryBusy(MfgitError):
         self.waiting_for = waiting_for
         self.seconds = seconds
         self.holders = holders
+
+
+# --- h16-hub ---
+
+
+class InvalidHubId(MfgitError):
+    """A name given as a Hugging Face Hub model id that is not one (a path, a URL, bad characters)."""
+
+    def __init__(self, name: str):
+        super().__init__(f"{name!r} is not a Hub model id")
+        self.name = name

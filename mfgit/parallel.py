@@ -129,3 +129,21 @@ def bounded_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) ->
         for fut in pending:
             fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def progress_counter(progress, total: int):
+    """A thread-safe `tick(amount, item)` that sums amounts and calls ``progress(done, total, item)``.
+
+    For work spread over `parallel_map`'s threads; None when `progress` is None,
+    so the hot loop only tests ``if tick``."""
+    if progress is None:
+        return None
+    lock = threading.Lock()
+    done = [0]
+
+    def tick(amount: int, item: str = "") -> None:
+        with lock:
+            done[0] += amount
+            progress(done[0], total, item)
+
+    return tick

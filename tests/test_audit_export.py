@@ -86,7 +86,7 @@ def test_export_card_and_manifest_verified_by_model_signing(env, tmp_path):
     # Model card.
     card = (out / "README.md").read_text(encoding="utf-8")
     fm = _front_matter(card)
-    assert fm["base_model"] == "tiny-llama-test" and fm["base_model_relation"] == "merge"
+    assert fm["base_model"] == "tiny-llama-test" and fm["base_model_relation"] == "adapter"
     assert fm["library_name"] == "peft"
     assert main["id"] in card and "hospital-a" in card and "hospital-b" in card
     assert "| 0.333333 |" in card and "| 0.666667 |" in card  # samples 100 / 200

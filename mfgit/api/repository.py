@@ -47,11 +47,11 @@ class Repository(BaseRepository):
 
         return commit(self, source, message, **kwargs)
 
-    def checkout(self, rev: str, to: str | os.PathLike, *, force: bool = False) -> Path:
+    def checkout(self, rev: str, to: str | os.PathLike, *, force: bool = False, progress=None) -> Path:
         """Write the adapter of `rev` as a PEFT adapter directory at `to`."""
         from mfgit.repo.checkout import checkout
 
-        return checkout(self, rev, to, force=force)
+        return checkout(self, rev, to, force=force, progress=progress)
 
     def write_adapter_dir(self, adapter, to: str | os.PathLike, *, force: bool = False) -> Path:
         from mfgit.repo.checkout import write_adapter_dir
@@ -265,7 +265,7 @@ class Repository(BaseRepository):
 
         return reachable(self, tips, missing=missing)
 
-    def fsck(self, *, read_data: bool = False, repair_from: str | None = None) -> dict[str, Any]:
+    def fsck(self, *, read_data: bool = False, repair_from: str | None = None, progress=None) -> dict[str, Any]:
         """Check objects and refs; with `repair_from` (a remote name or URL), replace
         missing and corrupt objects with that remote's verified copies first."""
         if repair_from is not None:
@@ -274,12 +274,12 @@ class Repository(BaseRepository):
             return fsck_repair(self, repair_from, read_data=read_data)
         from mfgit.repo.fsck import fsck
 
-        return fsck(self, read_data=read_data)
+        return fsck(self, read_data=read_data, progress=progress)
 
-    def gc(self, *, prune_older_than: float = 14 * 86400, dry_run: bool = False) -> dict[str, Any]:
+    def gc(self, *, prune_older_than: float = 14 * 86400, dry_run: bool = False, progress=None) -> dict[str, Any]:
         from mfgit.repo.gc import gc
 
-        return gc(self, prune_older_than=prune_older_than, dry_run=dry_run)
+        return gc(self, prune_older_than=prune_older_than, dry_run=dry_run, progress=progress)
 
     def reflog(self, ref: str | None = None) -> dict[str, Any]:
         """`ref`'s reflog (default: the current branch), newest first, and its damaged lines."""

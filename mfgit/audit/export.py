@@ -29,12 +29,13 @@ import base64
 import hashlib
 import json
 import os
+import re
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from mfgit.audit.keys import load_ec_private_key
 from mfgit.audit.lineage import lineage
-from mfgit.errors import SigningKeyError, UnsafePath
+from mfgit.errors import InvalidHubId, SigningKeyError, UnsafePath
 from mfgit.render.card import model_card
 from mfgit.repo.checkout import checkout
 from mfgit.store.fileio import atomic_write
@@ -61,11 +62,39 @@ def _write_file(out: Path, name: str, data: bytes) -> Path:
 
 # -- model card ----------------------------------------------------------------------------------
 
+# A Hub repository id as huggingface_hub's validate_repo_id accepts it: a name, or owner/name, of
+# letters, digits, '-', '_' and '.', at most 96 characters, with no '--' or '..' and not starting
+# or ending with '-' or '.'. A local path (what PEFT records for a model loaded from disk) is not one.
+_HUB_ID = re.compile(r"(?:[\w.-]{1,96}/)?[\w.-]{1,96}")
 
-def card_document(repo: "BaseRepository", cid: str, lineage: dict[str, Any]) -> dict[str, Any]:
-    """What the model card of `cid` shows, as data (`mfgit.render.card.model_card` writes the text)."""
+
+def hub_model_id(name: Any) -> str | None:
+    """`name` if it is a valid Hub model id, else None (a path, a URL, empty)."""
+    if not isinstance(name, str) or not _HUB_ID.fullmatch(name) or "--" in name or ".." in name:
+        return None
+    if any(part[:1] in "-." or part[-1:] in "-." for part in name.split("/")):
+        return None
+    return name
+
+
+
+def card_document(repo: "BaseRepository", cid: str, lineage: dict[str, Any], *,
+                  base_model_id: str | None = None) -> dict[str, Any]:
+    """What the model card of `cid` shows, as data (`mfgit.render.card.model_card` writes the text).
+
+    `base_model` is a Hub id or None: `base_model_id` if given, else the
+    commit's base-model name or the config's base_model_name_or_path when
+    either is a Hub id, else the base_model of the card it was committed
+    with; a local path is never written (the Hub rejects it).
+    `base_model_path` keeps a path that was dropped, for the warning.
+    """
     commit = repo.read_commit(cid)
     adapter = repo.read_adapter(commit.adapter)
+    recorded = (adapter.base_model or {}).get("name") or adapter.config.get("base_model_name_or_path")
+    card = (commit.provenance or {}).get("card") or {}
+    base = hub_model_id(base_model_id) if base_model_id else (
+        hub_model_id((adapter.base_model or {}).get("name")) or hub_model_id(adapter.config.get("base_model_name_or_path"))
+        or hub_model_id(card.get("base_model")))
     prov = commit.provenance or {}
     is_merge = prov.get("kind") == "merge"
     doc: dict[str, Any] = {
@@ -78,7 +107,9 @@ def card_document(repo: "BaseRepository", cid: str, lineage: dict[str, Any]) -> 
         "signed_key": commit.signature.get("key_id", "?") if commit.signature else None,
         "ranks": sorted({m["r"] for m in adapter.modules.values()}),
         "modules": len(adapter.modules),
-        "base_model": (adapter.base_model or {}).get("name") or adapter.config.get("base_model_name_or_path"),
+        "base_model": base,
+        "base_model_recorded": recorded,
+        "card_metadata": card,
         "is_merge": is_merge,
     }
     if is_merge:
@@ -181,7 +212,16 @@ def manifest_key_path(repo: "BaseRepository", explicit: str | os.PathLike | None
 
 
 def export(repo: "BaseRepository", rev: str, outdir: str | os.PathLike, *, card: bool = False, manifest: bool = False,
-           force: bool = False, key: str | os.PathLike | None = None) -> dict[str, Any]:
+           force: bool = False, key: str | os.PathLike | None = None,
+           base_model_id: str | None = None) -> dict[str, Any]:
+    """Write `rev` as a PEFT adapter directory at `outdir`, with a card and/or a signed manifest.
+
+    `base_model_id`: the Hub id the card names as base_model (it must be a
+    valid one: InvalidHubId otherwise). Without it and without a Hub id on
+    record, the card has no base_model and the report's `warnings` say why.
+    """
+    if base_model_id is not None and hub_model_id(base_model_id) is None:
+        raise InvalidHubId(base_model_id)
 
     cid = repo.resolve(rev)
     private_key = None
@@ -190,9 +230,14 @@ def export(repo: "BaseRepository", rev: str, outdir: str | os.PathLike, *, card:
         key_path = manifest_key_path(repo, key)
         private_key = load_ec_private_key(key_path)
     out = Path(checkout(repo, cid, outdir, force=force))
-    report: dict[str, Any] = {"commit": cid, "dir": str(out), "card": None, "manifest": None}
+    report: dict[str, Any] = {"commit": cid, "dir": str(out), "card": None, "manifest": None, "warnings": []}
     if card:
-        text = model_card(card_document(repo, cid, lineage(repo, cid)))
+        doc = card_document(repo, cid, lineage(repo, cid), base_model_id=base_model_id)
+        if doc["base_model"] is None:
+            report["warnings"].append(
+                f"the card has no base_model: the recorded base model {doc['base_model_recorded']!r} is not a Hub "
+                "model id; name it with --base-model-id ID")
+        text = model_card(doc)
         report["card"] = str(_write_file(out, CARD_NAME, text.encode("utf-8")))
     if manifest:
         commit = repo.read_commit(cid)

@@ -33,7 +33,7 @@ under each: protected under any, it must pass.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from mfgit.audit.policy import AllowedSigners, judge, load_policy
 from mfgit.audit.signing import check_signature
@@ -158,9 +158,12 @@ def check_integrity(repo: "BaseRepository", commits: list[str], tag: str | None 
 
 
 def check_reproduce(repo: "BaseRepository", commits: list[str], *, tolerance: float = DEFAULT_TOLERANCE,
-                    device: str | None = None) -> list[dict[str, Any]]:
+                    device: str | None = None,
+                    progress: Callable[[int, int, str], None] | None = None) -> list[dict[str, Any]]:
     out = []
-    for cid in commits:
+    for i, cid in enumerate(commits, 1):
+        if progress is not None:
+            progress(i, len(commits), cid[:10])
         try:
             c = repo.read_commit(cid)
         except MfgitError:
@@ -410,7 +413,8 @@ def _annotated_tag(repo: "BaseRepository", rev: str) -> str | None:
 
 
 def verify(repo: "BaseRepository", rev: str = "HEAD", *, reproduce: bool = False, signatures: bool = False,
-           branch: str | None = None, tolerance: float = DEFAULT_TOLERANCE, device: str | None = None) -> dict[str, Any]:
+           branch: str | None = None, tolerance: float = DEFAULT_TOLERANCE, device: str | None = None,
+           progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     tag = _annotated_tag(repo, rev)
     tip = repo.resolve(rev)
     branches = rev_branches(repo, rev, tip, branch)
@@ -424,7 +428,7 @@ def verify(repo: "BaseRepository", rev: str = "HEAD", *, reproduce: bool = False
         failures.append({"check": "integrity", "commit": p["commit"], "reason": p["error"]})
     report["reproduce"] = None
     if reproduce:
-        rep = check_reproduce(repo, commits, tolerance=tolerance, device=device)
+        rep = check_reproduce(repo, commits, tolerance=tolerance, device=device, progress=progress)
         report["reproduce"] = {"ok": all(r["ok"] for r in rep), "merges": rep, "tolerance": tolerance}
         failures += [{"check": "reproduce", "commit": r["commit"], "reason": r["reason"]} for r in rep if not r["ok"]]
     report["signatures"] = None

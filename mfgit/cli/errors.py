@@ -128,3 +128,9 @@ def _lookup(exc: BaseException) -> tuple[int, str]:
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         return OS_ERROR, f"mfgit: {exc.strerror or exc}:{where} (check the path, permissions and free disk space)"
     return INTERNAL, f"mfgit: internal error: {type(exc).__name__}: {exc} (rerun with MFGIT_DEBUG=1 for details)"
+
+
+# --- h16-hub ---
+TABLE += [
+    (E.InvalidHubId, USAGE, _fix("give owner/name as on huggingface.co, e.g. --base-model-id meta-llama/Llama-3.2-1B")),
+]

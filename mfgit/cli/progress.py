@@ -31,7 +31,8 @@ class progress_bar:
         import click
 
         if self._bar is None:
-            self._bar = click.progressbar(length=total, label=self.label, file=None, show_pos=True)
+            # On stderr, the terminal checked above: stdout is the command's output.
+            self._bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=True)
             self._bar.__enter__()
         self._bar.update(done - self._bar.pos)
 
@@ -41,7 +42,7 @@ class progress_bar:
 
 
 class byte_progress:
-    """Bytes-and-rate progress on stderr (a terminal only): ``cb(done, total)``."""
+    """Bytes-and-rate progress on stderr (a terminal only): ``cb(done, total)`` or ``cb(done, total, item)``."""
 
     def __init__(self, label: str, *, quiet: bool = False):
 
@@ -53,7 +54,7 @@ class byte_progress:
     def __enter__(self):
         return self.update
 
-    def update(self, done: int, total: int) -> None:
+    def update(self, done: int, total: int, item: str = "") -> None:
         if not self.enabled:
             return
 
@@ -68,6 +69,4 @@ class byte_progress:
 
     def __exit__(self, *exc) -> None:
         if self.enabled:
-            import sys
-
             sys.stderr.write("\n")

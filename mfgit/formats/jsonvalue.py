@@ -162,3 +162,26 @@ def check_value(value: Any, *, max_depth: int = MAX_DEPTH, where: str = "$") -> 
         else:
             raise JSONValueError(path, f"a {type(v).__name__} is not a JSON value")
     raise JSONValueError(where, "breaks a rule of strict JSON")  # pragma: no cover - the passes agree
+
+
+def coerce(v: Any, depth: int = 0) -> Any:
+    """`v` made a value that passes these rules: what cannot be one becomes its text.
+
+    For metadata mfgit records from other tools (a model card's front matter,
+    TrainingArguments): dates, enums, paths, non-finite numbers and integers
+    past 64 bits become strings; tuples and sets become arrays. Nesting past
+    MAX_DEPTH raises JSONValueError.
+    """
+    if depth > MAX_DEPTH:
+        raise JSONValueError("", f"nested more than {MAX_DEPTH} deep")
+    if v is None or isinstance(v, (bool, str)):
+        return v.encode("utf-8", "replace").decode("utf-8") if isinstance(v, str) else v
+    if isinstance(v, int):
+        return v if INT_MIN <= v <= INT_MAX else str(v)
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, dict):
+        return {str(k): coerce(x, depth + 1) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return [coerce(x, depth + 1) for x in v]
+    return str(v)

@@ -30,12 +30,22 @@ def _cell(value: Any) -> str:
 
 
 def _front_matter(doc: dict[str, Any]) -> str:
+    # The metadata of the card the adapter was committed with (license, datasets, …) is written
+    # back; base_model, the relation and the library are mfgit's, the tags the union of both.
+    card = doc.get("card_metadata") or {}
     front: dict[str, Any] = {}
     if doc["base_model"]:
         front["base_model"] = doc["base_model"]
-    front["base_model_relation"] = "merge" if doc["is_merge"] else "adapter"
+    # A LoRA composite is still an adapter of its base model: the Hub's `merge`
+    # relation names merged full models. The merged site adapters are listed in the body.
+    front["base_model_relation"] = "adapter"
     front["library_name"] = "peft"
-    front["tags"] = ["lora", "peft", "mfgit"] + (["merge"] if doc["is_merge"] else [])
+    own = ["lora", "peft", "mfgit"] + (["merge"] if doc["is_merge"] else [])
+    theirs = card.get("tags") if isinstance(card.get("tags"), list) else []
+    front["tags"] = list(dict.fromkeys([t for t in theirs if isinstance(t, str)] + own))
+    for key, value in card.items():
+        if key not in front and key not in ("base_model", "base_model_relation", "library_name", "tags"):
+            front[key] = value
     return "---\n" + yaml_dump(front, sort_keys=False) + "---\n"
 
 
@@ -94,7 +104,9 @@ def model_card(doc: dict[str, Any]) -> str:
     message = doc["message"] or ""
     subject = message.splitlines()[0] if message.strip() else doc["commit"][:10]
     kind = "a merge composite of site adapters" if doc["is_merge"] else "a LoRA adapter"
-    base = f" for {markdown_code(doc['base_model'])}" if doc["base_model"] else ""
+    # The body names the base model as recorded even when it is no Hub id (then it is only text here).
+    named = doc["base_model"] or doc.get("base_model_recorded")
+    base = f" for {markdown_code(named)}" if named else ""
     lines = [_front_matter(doc), f"# {markdown(subject)}", "", f"This is {kind}{base}, exported by mfgit.", ""]
     lines += _summary(doc)
     if len(message.splitlines()) > 1:

@@ -21,22 +21,24 @@ from mfgit.formats import peft as peftfmt
 from mfgit.formats import safetensors as st
 from mfgit.formats.dtypes import nbytes
 from mfgit.objects.model import Adapter
-from mfgit.parallel import parallel_map
+from mfgit.parallel import parallel_map, progress_counter
 from mfgit.store.fileio import fsync_dir, start_writeback
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository
 
 
-def checkout(repo: "BaseRepository", rev: str, to: str | os.PathLike, *, force: bool = False) -> Path:
+def checkout(repo: "BaseRepository", rev: str, to: str | os.PathLike, *, force: bool = False,
+             progress: Callable[[int, int, str], None] | None = None) -> Path:
     """Write the adapter of `rev` as a PEFT adapter directory at `to`.
 
     Every tensor is checked against its digest as it is read; on any error
     the partial output is removed and nothing is left at the final names.
+    `progress(bytes_done, bytes_total, tensor_name)` follows the tensors written.
     """
     cid = repo.resolve(rev)
     adapter = repo.read_adapter(repo.read_commit(cid).adapter)
-    return write_adapter_dir(repo, adapter, to, force=force)
+    return write_adapter_dir(repo, adapter, to, force=force, progress=progress)
 
 
 def _check_destinations(out: Path, names: list[str]) -> None:
@@ -55,7 +57,7 @@ def _check_destinations(out: Path, names: list[str]) -> None:
 
 
 def write_adapter_dir(repo: "BaseRepository", adapter: Adapter, to: str | os.PathLike, *,
-                      force: bool = False) -> Path:
+                      force: bool = False, progress: Callable[[int, int, str], None] | None = None) -> Path:
     for name in adapter.files:
         peftfmt.safe_join(Path(to), name)  # refuse before writing anything
     names = [peftfmt.WEIGHTS_NAME, peftfmt.CONFIG_NAME, *adapter.files]
@@ -67,6 +69,7 @@ def write_adapter_dir(repo: "BaseRepository", adapter: Adapter, to: str | os.Pat
         names = sorted(adapter.tensors)
         specs = [(n, adapter.tensors[n]["dtype"], tuple(adapter.tensors[n]["shape"])) for n in names]
         local = threading.local()
+        tick = progress_counter(progress, sum(nbytes(s[1], s[2]) for s in specs))
 
         def fetch(name: str) -> memoryview:
             t = adapter.tensors[name]
@@ -78,6 +81,8 @@ def write_adapter_dir(repo: "BaseRepository", adapter: Adapter, to: str | os.Pat
             if header.dtype != t["dtype"] or list(header.shape) != list(t["shape"]):
                 raise MalformedObject(t["id"], f"manifest says {t['dtype']}{t['shape']}, "
                                                f"object is {header.dtype}{list(header.shape)}")
+            if tick:
+                tick(len(raw), name)
             return raw
 
         weights_tmp = staging / peftfmt.WEIGHTS_NAME

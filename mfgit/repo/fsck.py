@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from mfgit.errors import CorruptObject, MalformedObject
 from mfgit.objects.model import decode_object, is_object_id
@@ -29,7 +29,8 @@ def reflog_fix(name: str, selector: str) -> str:
     return f"mfgit reflog expire --{selector} {name}"
 
 
-def fsck(repo: "BaseRepository", *, read_data: bool = False) -> dict[str, Any]:
+def fsck(repo: "BaseRepository", *, read_data: bool = False,
+         progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Check every object, ref and reflog.
 
     Each stored object is read and its stored bytes checked (XXH3-128);
@@ -41,12 +42,16 @@ def fsck(repo: "BaseRepository", *, read_data: bool = False) -> dict[str, Any]:
     can be reached is named with the command that drops it. Damage
     (missing, corrupt, bad refs and reflogs) sets ``ok`` to False; dangling
     objects and leftovers of interrupted writes are reported only.
+    `progress(done, total, id)` is called after each object.
     """
     corrupt: list[dict[str, str]] = []
     kinds: dict[str, str] = {}
     checked = 0
-    for oid in repo.store.iter_ids():
+    ids = list(repo.store.iter_ids())
+    for oid in ids:
         checked += 1
+        if progress is not None:
+            progress(checked, len(ids), oid[:10])
         try:
             kind, payload = repo.store.get(oid, verify=read_data)
             if kind not in ("tensor", "blob"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from mfgit.errors import BadRef, BadReflog, CorruptObject, DamagedReflogEntry, ObjectNotFound
 from mfgit.objects.model import decode_object
@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository
 
 
-def gc(repo: "BaseRepository", *, prune_older_than: float = 14 * 86400, dry_run: bool = False) -> dict[str, Any]:
+def gc(repo: "BaseRepository", *, prune_older_than: float = 14 * 86400, dry_run: bool = False,
+       progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Delete objects unreachable from every ref and reflog entry.
 
     Only objects older than `prune_older_than` seconds are deleted: a
@@ -51,7 +52,7 @@ def gc(repo: "BaseRepository", *, prune_older_than: float = 14 * 86400, dry_run:
             e = damaged_entries(scan.entries, reflog_damage)[0]
             raise DamagedReflogEntry(e["ref"], e["entry"], e["id"], e["reaches"])
         keep |= more
-        return _delete_unreachable(repo, keep, prune_older_than, dry_run)
+        return _delete_unreachable(repo, keep, prune_older_than, dry_run, progress)
 
 
 def _refuse(repo: "BaseRepository", damaged: dict[str, str]) -> None:
@@ -65,10 +66,13 @@ def _refuse(repo: "BaseRepository", damaged: dict[str, str]) -> None:
 
 
 def _delete_unreachable(repo: "BaseRepository", keep: set[str], prune_older_than: float,
-                        dry_run: bool) -> dict[str, Any]:
+                        dry_run: bool, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     now = time.time()
     deleted, kept_young, freed = [], 0, 0
-    for oid in list(repo.store.iter_ids()):
+    ids = list(repo.store.iter_ids())
+    for i, oid in enumerate(ids, 1):
+        if progress is not None:
+            progress(i, len(ids), oid[:10])
         if oid in keep:
             continue
         try:

@@ -12,13 +12,14 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from mfgit.errors import InvalidAdapter, InvalidObject, NothingToCommit
 from mfgit.formats import peft as peftfmt
+from mfgit.formats.hubcard import front_matter
 from mfgit.formats import safetensors as st
 from mfgit.objects.model import Adapter, TensorHeader, object_id, tensor_id
-from mfgit.parallel import Job, parallel_map
+from mfgit.parallel import Job, parallel_map, progress_counter
 from mfgit.repo.crash import crashpoint
 from mfgit.repo.provenance import code_revision, library_versions, parse_meta
 from mfgit.repo.statcache import StatCache, quick_digest
@@ -37,8 +38,15 @@ def base_model_of(config: dict[str, Any]) -> dict[str, Any]:
 def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str] | dict | None = None,
            code: str | os.PathLike | None = None, allow_pickle: bool = False, allow_empty: bool = False,
            author: dict[str, str] | None = None, timestamp: str | None = None,
-           sign: "Signer | None" = None) -> "CommitInfo":
+           sign: "Signer | None" = None, code_from: str | os.PathLike | None = None,
+           progress: Callable[[int, int, str], None] | None = None) -> "CommitInfo":
     """Commit a PEFT adapter directory (or a PeftModel) on the current branch.
+
+    A PeftModel (any object with ``save_pretrained``) is saved into a
+    temporary directory and that is committed: the one-line way to commit
+    from a plain PyTorch loop. Its code revision is read from `code_from`
+    (default: the working directory), since the temporary directory has none.
+    `progress(bytes_done, bytes_total, tensor_name)` follows the tensor import.
 
     Raises InvalidAdapter / PickleRefused / SafetensorsError for bad input,
     NothingToCommit if the adapter equals HEAD's (unless allow_empty),
@@ -48,7 +56,8 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
         with tempfile.TemporaryDirectory(prefix="mfgit-peft-") as tmp:
             source.save_pretrained(tmp)
             return commit(repo, tmp, message, meta=meta, code=code, allow_empty=allow_empty,
-                          author=author, timestamp=timestamp, sign=sign)
+                          author=author, timestamp=timestamp, sign=sign, code_from=code_from or os.getcwd(),
+                          progress=progress)
     path = Path(source)
     ident = author or repo.identity()
     adir = peftfmt.inspect_adapter_dir(path, allow_pickle=allow_pickle)
@@ -56,9 +65,9 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
     # Reading the code revision (GitPython: ~50 ms, mostly its import)
     # overlaps the tensor import when there is one: the workers spend
     # their time in hashing, compression and I/O, outside the GIL.
-    code_job = Job(lambda: code_revision(code, required=True) if code else code_revision(path))
+    code_job = Job(lambda: code_revision(code, required=True) if code else code_revision(code_from or path))
     try:
-        adapter_id = import_adapter(repo, adir, before_import=code_job.start)
+        adapter_id = import_adapter(repo, adir, before_import=code_job.start, progress=progress)
         if parent is not None and not allow_empty:
             if repo.read_commit(parent).adapter == adapter_id:
                 raise NothingToCommit(adapter_id)
@@ -78,11 +87,23 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
         "meta": parse_meta(meta),
         "tool": library_versions(),
     }
+    card = _card_metadata(adir)
+    if card is not None:  # only then: the ids of commits without a card stay what they were
+        provenance["card"] = card
     return repo.write_commit(adapter_id, [parent] if parent else [], message, provenance,
                              branch_ref, parent, ident, timestamp, sign=sign)
 
 
-def import_adapter(repo: "BaseRepository", adir: peftfmt.AdapterDir, *, before_import=None) -> str:
+def _card_metadata(adir: peftfmt.AdapterDir) -> dict[str, Any] | None:
+    """The front matter of the directory's README.md (a Hub model card), if it has one."""
+    readme = next((f for f in adir.extra_files if f.name == "README.md"), None)
+    if readme is None:
+        return None
+    return front_matter(readme.read_bytes().decode("utf-8", "replace"))
+
+
+def import_adapter(repo: "BaseRepository", adir: peftfmt.AdapterDir, *, before_import=None,
+                   progress: Callable[[int, int, str], None] | None = None) -> str:
     """Store the adapter's tensors and manifest; return the manifest id.
 
     `before_import` is called when the stat cache cannot answer and the
@@ -100,7 +121,7 @@ def import_adapter(repo: "BaseRepository", adir: peftfmt.AdapterDir, *, before_i
             return cached
     if before_import is not None:
         before_import()
-    adapter = _import_pickle(repo, adir) if adir.pickled else _import_safetensors(repo, adir)
+    adapter = _import_pickle(repo, adir) if adir.pickled else _import_safetensors(repo, adir, progress)
     # Before the manifest exists: a refused adapter leaves at most tensors
     # that nothing names (gc removes them), and no ref moves.
     check_tensors(adir.config, {k: (v["dtype"], tuple(v["shape"])) for k, v in adapter.tensors.items()},
@@ -150,7 +171,7 @@ def _pread_into(fd: int, out: memoryview, offset: int, where: str) -> None:
         got += n
 
 
-def _import_safetensors(repo: "BaseRepository", adir: peftfmt.AdapterDir) -> Adapter:
+def _import_safetensors(repo: "BaseRepository", adir: peftfmt.AdapterDir, progress=None) -> Adapter:
     where = str(adir.weights)
     with repo.store.batch():
         # Read each tensor into memory with pread rather than mapping the
@@ -173,6 +194,7 @@ def _import_safetensors(repo: "BaseRepository", adir: peftfmt.AdapterDir) -> Ada
             local = threading.local()
             data_offset = header.data_offset
             put_tensor = repo.store.put_tensor
+            tick = progress_counter(progress, sum(i.end - i.start for i in infos))
 
             def one(info: st.TensorInfo) -> str:
                 th, head = heads[(info.dtype, info.shape)]
@@ -189,6 +211,8 @@ def _import_safetensors(repo: "BaseRepository", adir: peftfmt.AdapterDir) -> Ada
                 tid = object_id("tensor", head + raw) if n <= _JOIN_BELOW else tensor_id(th, raw)
                 put_tensor(th, raw, tid, head=head)
                 crashpoint("during-tensors")
+                if tick:
+                    tick(n, info.name)
                 return tid
 
             # hashlib, zstd, numpy and pread release the GIL on large

@@ -8,6 +8,7 @@ import click
 
 from mfgit.cli import errors as cli_errors
 from mfgit.cli.common import emit_json, open_repo
+from mfgit.cli.progress import progress_bar
 from mfgit.render.audit import blame_text, diff_text, lineage_dot, lineage_text, verify_text
 from mfgit.render.escape import terminal, terminal_doc
 
@@ -71,13 +72,16 @@ def blame(ctx, rev, all_parents, as_json):
 @click.option("--branch", default=None, help="Also judge REV's history as branch BRANCH (besides the branches REV is on).")
 @click.option("--tolerance", type=float, default=None, help="Max |ΔW difference| accepted across device types (default 1e-4).")
 @click.option("--device", default=None, help="Device for --reproduce (default: the recorded device type if present, else cpu).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/audit.md).")
 @click.pass_context
-def verify(ctx, rev, reproduce, signatures, branch, tolerance, device, as_json):
+def verify(ctx, rev, reproduce, signatures, branch, tolerance, device, quiet, as_json):
     """Check REV: object integrity, and optionally merge reproducibility and signatures."""
     repo = open_repo(ctx)
     extra = {"tolerance": tolerance} if tolerance is not None else {}
-    report = repo.verify(rev, reproduce=reproduce, signatures=signatures, branch=branch, device=device, **extra)
+    with progress_bar("re-running merges", quiet=quiet or as_json or not reproduce) as progress:
+        report = repo.verify(rev, reproduce=reproduce, signatures=signatures, branch=branch, device=device,
+                             progress=progress, **extra)
     if as_json:
         emit_json(report)
     else:
@@ -121,14 +125,18 @@ def keygen(ctx, path, key_type, comment, force, as_json):
 @click.option("--card", is_flag=True, help="Write README.md: a model card with base_model, lineage and recipe.")
 @click.option("--manifest", is_flag=True, help="Write model.sig: an OpenSSF model-signing manifest, signed.")
 @click.option("--key", type=click.Path(), default=None, help="ECDSA key for --manifest (default: signing.manifestKey, then signing.key).")
+@click.option("--base-model-id", default=None, metavar="ID",
+              help="The Hub id the card names as base_model (default: the recorded base model, if it is a Hub id).")
 @click.option("-f", "--force", is_flag=True, help="Write into a non-empty directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def export(ctx, rev, outdir, card, manifest, key, force, as_json):
+def export(ctx, rev, outdir, card, manifest, key, base_model_id, force, as_json):
     """Write REV as a PEFT adapter directory OUTDIR, with a model card and a signed manifest."""
     cwd = Path(ctx.obj["cwd"])
     report = open_repo(ctx).export(rev, cwd / outdir, card=card, manifest=manifest, force=force,
-                               key=(cwd / Path(key).expanduser()) if key else None)
+                               key=(cwd / Path(key).expanduser()) if key else None, base_model_id=base_model_id)
+    for warning in report["warnings"]:
+        click.echo(f"mfgit: warning: {terminal(warning)}", err=True)
     if as_json:
         emit_json(report)
         return

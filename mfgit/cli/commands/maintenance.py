@@ -6,6 +6,7 @@ import click
 
 from mfgit.cli import errors as cli_errors
 from mfgit.cli.common import emit_json, open_repo, quiet_blas
+from mfgit.cli.progress import progress_bar
 from mfgit.render import text as render
 
 
@@ -13,13 +14,16 @@ from mfgit.render import text as render
 @click.option("--read-data", is_flag=True, help="Decode every object and check its SHA-256.")
 @click.option("--repair-from", "repair_from", metavar="REMOTE", default=None,
               help="Replace missing and corrupt objects with REMOTE's verified copies.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/json.md).")
 @click.pass_context
-def fsck(ctx, read_data, repair_from, as_json):
+def fsck(ctx, read_data, repair_from, quiet, as_json):
     """Check the repository: missing, corrupt and dangling objects, bad refs."""
     quiet_blas()
     repo = open_repo(ctx)
-    report = repo.fsck(read_data=read_data, repair_from=repair_from)
+    with progress_bar("checking objects", quiet=quiet or as_json) as progress:
+        report = repo.fsck(read_data=read_data, repair_from=repair_from,
+                           progress=progress if repair_from is None else None)
     if as_json:
         emit_json(report)
     else:
@@ -43,12 +47,14 @@ def _parse_duration(value: str) -> float:
 @click.command()
 @click.option("--prune", default="2w", show_default=True, help="Delete unreachable objects older than this (now, 3600, 2h, 14d, 2w).")
 @click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def gc(ctx, prune, dry_run, as_json):
+def gc(ctx, prune, dry_run, quiet, as_json):
     """Delete objects that no ref or reflog entry reaches."""
     repo = open_repo(ctx)
-    report = repo.gc(prune_older_than=_parse_duration(prune), dry_run=dry_run)
+    with progress_bar("sweeping objects", quiet=quiet or as_json) as progress:
+        report = repo.gc(prune_older_than=_parse_duration(prune), dry_run=dry_run, progress=progress)
     if as_json:
         report = dict(report)
         emit_json(report)

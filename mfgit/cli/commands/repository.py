@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mfgit.cli.common import emit_json, open_repo, quiet_blas
+from mfgit.cli.progress import byte_progress
 from mfgit.render import text as render
 from mfgit.render.escape import terminal
 
@@ -69,16 +70,19 @@ def config(ctx, key, value, global_, unset, list_):
 @click.option("--code", type=click.Path(), default=None, help="Git work tree of the training code (default: the one holding ADAPTER).")
 @click.option("--allow-pickle", is_flag=True, help="Accept adapter_model.bin (loaded with torch weights_only=True).")
 @click.option("--allow-empty", is_flag=True, help="Commit even if the adapter equals HEAD's.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new commit as JSON.")
 @click.option("-S", "--sign", is_flag=True, help="Sign the commit with the key in config signing.key (docs/audit.md).")
 @click.pass_context
-def commit(ctx, adapter, message, meta, code, allow_pickle, allow_empty, as_json, sign):
+def commit(ctx, adapter, message, meta, code, allow_pickle, allow_empty, quiet, as_json, sign):
     """Record the PEFT adapter directory ADAPTER as a new commit."""
     quiet_blas()
     repo = open_repo(ctx)
     cwd = Path(ctx.obj["cwd"])  # relative paths are relative to -C PATH, as for every command
-    info = repo.commit(cwd / adapter, message, meta=list(meta), code=(cwd / code) if code else None,
-                       allow_pickle=allow_pickle, allow_empty=allow_empty, sign=repo.signer() if sign else None)
+    with byte_progress("commit", quiet=quiet or as_json) as progress:
+        info = repo.commit(cwd / adapter, message, meta=list(meta), code=(cwd / code) if code else None,
+                           allow_pickle=allow_pickle, allow_empty=allow_empty, sign=repo.signer() if sign else None,
+                           progress=progress)
     if as_json:
         emit_json(info.to_dict())
     else:
@@ -179,12 +183,14 @@ def switch(ctx, name, start, create, orphan):
 @click.argument("rev")
 @click.option("--to", "to", required=True, type=click.Path(), help="Output directory (must be empty unless --force).")
 @click.option("-f", "--force", is_flag=True, help="Write into a non-empty directory, replacing adapter files.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
-def checkout(ctx, rev, to, force):
+def checkout(ctx, rev, to, force, quiet):
     """Write the adapter of REV as a PEFT adapter directory."""
     quiet_blas()
     repo = open_repo(ctx)
-    out = repo.checkout(rev, Path(ctx.obj["cwd"]) / to, force=force)
+    with byte_progress("checkout", quiet=quiet) as progress:
+        out = repo.checkout(rev, Path(ctx.obj["cwd"]) / to, force=force, progress=progress)
     click.echo(f"Wrote {terminal(out)}")
 
 
