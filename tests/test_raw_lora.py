@@ -361,3 +361,16 @@ def test_reading_names_imports_no_torch_for_safetensors(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
     assert res.returncode == 0, res.stderr
     assert "base_model.model.m.lora_A.weight" in res.stdout
+
+
+def test_a_module_with_lora_a_only_is_refused_before_anything_is_stored():
+    with pytest.raises(InvalidRawLora, match="module base_model.model.m has no lora_B tensor"):
+        _plan({"m.lora_A.default.weight": (4, 8)})
+    with pytest.raises(InvalidRawLora, match="module m has lora_magnitude_vector but no lora_A"):
+        _plan({"m.lora_magnitude_vector.default.weight": (8,)})
+
+
+def test_the_weights_file_of_a_peft_directory_points_at_the_directory(cli, repo_dir, adapter_dir):
+    a = adapter_dir("a")
+    line = cli.fails("commit", a / "adapter_model.safetensors", "-m", "x", cwd=repo_dir, code=BAD_INPUT)
+    assert "weights file of a PEFT adapter directory; commit the directory" in line

@@ -320,7 +320,7 @@ def plan(path: Path, shapes: Mapping[str, tuple[str, tuple[int, ...]]], options:
             dora = True
         a = roles.get("lora_A", roles.get("lora_embedding_A"))
         if a is None:
-            continue  # a module without factors: the manifest check names what is missing
+            raise InvalidRawLora(where, f"module {inner} has {', '.join(sorted(roles))} but no lora_A")
         if len(a) != 2:
             raise InvalidRawLora(where, f"module {inner}: lora_A must be 2-D, got shape {list(a)}")
         if a[0] != options.r:
@@ -338,8 +338,16 @@ def plan(path: Path, shapes: Mapping[str, tuple[str, tuple[int, ...]]], options:
                                             f"({', '.join(options.targets)})")
     config = build_config(options, targets, dora=dora,
                           lora_bias=any(v.endswith(".bias") for v in names.values()))
+    renamed = {names[k]: v for k, v in shapes.items()}
+    # The rules of a manifest, checked before anything is stored, and said
+    # of the file the user gave rather than of a PEFT directory.
     try:
         config = peftfmt.validate_config(config, where)
+        for name in renamed:
+            problem = peftfmt.tensor_name_problem(name)
+            if problem:
+                raise InvalidAdapter(where, f"tensor name {name[:80]!r}: {problem}")
+        peftfmt.check_ranks(config, peftfmt.lora_modules(renamed, where), where)
     except InvalidAdapter as e:
         raise InvalidRawLora(where, e.reason) from None
     return RawLora(path=path, pickled=pickled, config=config, names=names,
@@ -402,6 +410,9 @@ def inspect_raw_file(path: str | os.PathLike, options: LoraOptions | None, *,
         raise InvalidRawLora(where, f"a raw state dict is a {', '.join(PICKLE_SUFFIXES)} or "
                                     f"{SAFETENSORS_SUFFIX} file, not {suffix or 'a file without suffix'}")
     if options is None:
+        if (p.parent / peftfmt.CONFIG_NAME).is_file():
+            raise InvalidAdapter(where, f"is the weights file of a PEFT adapter directory; commit the directory "
+                                        f"{p.parent}")
         raise LoraConfigNeeded(where)
     pickled = suffix in PICKLE_SUFFIXES
     if pickled:
