@@ -165,6 +165,39 @@ def test_minilm_safetensors_state_dict_loads_with_the_outputs_of_the_raw_state(c
     assert torch.equal(got.last_hidden_state, expected.last_hidden_state)
 
 
+def _deltas(peft_model) -> dict[str, torch.Tensor]:
+    """scaling · B·A of every LoRA layer, by module name inside the base model."""
+    from peft.tuners.lora import LoraLayer
+
+    out = {}
+    for name, mod in peft_model.named_modules():
+        if isinstance(mod, LoraLayer) and "default" in mod.lora_A:
+            b, a = mod.lora_B["default"].weight.double(), mod.lora_A["default"].weight.double()
+            out[name.removeprefix("base_model.model.")] = mod.scaling["default"] * (b @ a)
+    return out
+
+
+def test_two_sites_raw_state_dicts_merge_into_a_composite_peft_loads(cli, repo_dir, tmp_path):
+    """The MedForge round: two sites commit their .pt files; a linear merge is the weighted sum of updates."""
+    deltas = []
+    for site, seed in (("a", 1), ("b", 2)):
+        raw = trained_raw_state(tiny_clip(), seed=seed)
+        pt = tmp_path / f"res_{site}_vitb16_it5ipc_lora.pt"
+        torch.save(raw, pt)
+        cli.ok("switch", "--orphan", f"sites/{site}", cwd=repo_dir)
+        cli.ok("commit", pt, "-m", f"site {site}", "--lora", LORA, "--base", BASE, "--allow-pickle", cwd=repo_dir)
+        deltas.append(_deltas(applied_by_hand(tiny_clip(), raw)))
+    cli.ok("switch", "--orphan", "main", cwd=repo_dir)
+    cli.ok("merge", "sites/a", "sites/b", "-s", "linear", "--weights", "0.5,0.5", "-m", "round 1", cwd=repo_dir)
+    out = repo_dir.parent / "composite"
+    cli.ok("checkout", "HEAD", "--to", out, cwd=repo_dir)
+    merged = _deltas(loaded_by_peft(tiny_clip(), out))
+    assert sorted(merged) == sorted(deltas[0]) and len(merged) == 5
+    for name, got in merged.items():
+        want = 0.5 * deltas[0][name] + 0.5 * deltas[1][name]
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7), name
+
+
 def test_python_api_commits_a_raw_state_dict_with_a_config_mapping(repo_dir, tmp_path):
     from mfgit import Repository
 
