@@ -287,6 +287,7 @@ def plan(path: Path, shapes: Mapping[str, tuple[str, tuple[int, ...]]], options:
     if not shapes:
         raise InvalidRawLora(where, "holds no tensors")
     names: dict[str, str] = {}
+    source_of: dict[str, str] = {}  # saved name → the file's name (adapters of 100,000s of tensors)
     adapters: set[str] = set()
     modules: dict[str, dict[str, tuple[int, ...]]] = {}
     others = []
@@ -299,17 +300,18 @@ def plan(path: Path, shapes: Mapping[str, tuple[str, tuple[int, ...]]], options:
         if adapter is not None:
             adapters.add(adapter)
         new = saved_name(module, role, suffix)
-        if new in names.values():
-            first = next(k for k, v in names.items() if v == new)
-            raise InvalidRawLora(where, f"{key!r} and {first!r} are the same tensor of PEFT's adapter ({new})")
+        if new in source_of:
+            raise InvalidRawLora(where, f"{key!r} and {source_of[new]!r} are the same tensor of PEFT's adapter ({new})")
         names[key] = new
+        source_of[new] = key
         if suffix != "bias":
             modules.setdefault(new[: new.rindex("." + role)], {})[role] = tuple(shape)
     if not names:
         raise InvalidRawLora(where, f"no LoRA tensors: none of its {len(shapes)} names has lora_A / lora_B "
                                     f"(first: {_short(next(iter(shapes)))})")
     if others:
-        raise InvalidRawLora(where, f"{_short(others[0])} is not a LoRA tensor (and {len(others) - 1} more); "
+        more = f" (nor are {len(others) - 1} more)" if len(others) > 1 else ""
+        raise InvalidRawLora(where, f"{_short(others[0])} is not a LoRA tensor{more}; "
                                     "save only the entries whose name contains lora")
     if len(adapters) > 1:
         raise InvalidRawLora(where, f"holds the adapters {', '.join(sorted(adapters))}; save one adapter per file")
