@@ -524,3 +524,43 @@ class InvalidHubId(MfgitError):
     def __init__(self, name: str):
         super().__init__(f"{name!r} is not a Hub model id")
         self.name = name
+
+
+# --- h13-lora ---
+
+
+class LoraConfigNeeded(MfgitError):
+    """A raw LoRA state dict (a .pt or .safetensors file) given without the config it does not record."""
+
+    def __init__(self, path: str):
+        super().__init__(f"{path} is a raw LoRA state dict without adapter_config.json")
+        self.path = path
+
+
+class BadLoraConfig(MfgitError):
+    """The LoRA config given for a raw state dict (``--lora``, ``--lora-config``, the API's lora=) is not usable."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class InvalidRawLora(MfgitError):
+    """A raw LoRA state dict whose names or shapes cannot be a PEFT adapter."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class LoraRankMismatch(MfgitError):
+    """A raw state dict's factors have another rank than the r given for them."""
+
+    def __init__(self, path: str, module: str, given: int, found: int):
+        super().__init__(f"{path}: r is {given} but module {module} has rank {found}")
+        self.path = path
+        self.module = module
+        self.given = given
+        self.found = found

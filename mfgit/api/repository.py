@@ -42,7 +42,8 @@ class Repository(BaseRepository):
     # -- commit and checkout ------------------------------------------------------------
 
     def commit(self, source: Any, message: str, **kwargs: Any) -> CommitInfo:
-        """Commit a PEFT adapter directory (or a PeftModel) on the current branch; see mfgit.repo.importer.commit."""
+        """Commit a PEFT adapter directory, a PeftModel, or a raw LoRA state dict (``lora={"r": 16, "alpha": 16}``,
+        ``base_model=``, ``allow_pickle=`` for .pt) on the current branch; see mfgit.repo.importer.commit."""
         from mfgit.repo.importer import commit
 
         return commit(self, source, message, **kwargs)

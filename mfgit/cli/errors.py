@@ -134,3 +134,17 @@ def _lookup(exc: BaseException) -> tuple[int, str]:
 TABLE += [
     (E.InvalidHubId, USAGE, _fix("give owner/name as on huggingface.co, e.g. --base-model-id meta-llama/Llama-3.2-1B")),
 ]
+
+
+# --- h13-lora ---
+TABLE += [
+    (E.LoraConfigNeeded, USAGE, _fix(
+        "state its config: --lora r=R,alpha=A[,dropout=D] --base NAME, or --lora-config FILE")),
+    (E.BadLoraConfig, USAGE, _fix(
+        "write it as --lora r=16,alpha=16,dropout=0.1, or a --lora-config JSON/YAML file with those keys "
+        "and optional targets and base_model")),
+    (E.InvalidRawLora, BAD_INPUT, _fix(
+        "give the LoRA entries of the model's state dict (names such as ...q_proj.lora_A.default.weight), "
+        "saved with torch.save or safetensors")),
+    (E.LoraRankMismatch, BAD_INPUT, lambda e: f"pass --lora r={e.found}, the rank the file was trained with"),
+]

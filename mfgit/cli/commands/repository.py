@@ -8,6 +8,8 @@ import click
 
 from mfgit.cli.common import emit_json, open_repo, quiet_blas
 from mfgit.cli.progress import byte_progress
+from mfgit.errors import BadLoraConfig
+from mfgit.formats.rawlora import lora_options, parse_lora_option
 from mfgit.render import text as render
 from mfgit.render.escape import terminal
 
@@ -68,21 +70,35 @@ def config(ctx, key, value, global_, unset, list_):
 @click.option("-m", "--message", required=True, help="Commit message.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Record metadata (repeatable), e.g. samples=1200.")
 @click.option("--code", type=click.Path(), default=None, help="Git work tree of the training code (default: the one holding ADAPTER).")
-@click.option("--allow-pickle", is_flag=True, help="Accept adapter_model.bin (loaded with torch weights_only=True).")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept a pickle (adapter_model.bin, a raw .pt), loaded with torch weights_only=True.")
+@click.option("--lora", "lora", metavar="r=R,alpha=A[,dropout=D,rslora=B]", default=None,
+              help="ADAPTER is a raw LoRA state dict (.pt/.safetensors, no adapter_config.json) with this config.")
+@click.option("--lora-config", type=click.Path(), default=None,
+              help="The same from a JSON/YAML file (keys r, alpha, dropout, rslora, targets, base_model).")
+@click.option("--base", "base_model", metavar="NAME", default=None,
+              help="The base model of a raw LoRA state dict (its name or path, as PEFT records it).")
 @click.option("--allow-empty", is_flag=True, help="Commit even if the adapter equals HEAD's.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new commit as JSON.")
 @click.option("-S", "--sign", is_flag=True, help="Sign the commit with the key in config signing.key (docs/audit.md).")
 @click.pass_context
-def commit(ctx, adapter, message, meta, code, allow_pickle, allow_empty, quiet, as_json, sign):
-    """Record the PEFT adapter directory ADAPTER as a new commit."""
+def commit(ctx, adapter, message, meta, code, allow_pickle, lora, lora_config, base_model, allow_empty, quiet,
+           as_json, sign):
+    """Record the PEFT adapter directory ADAPTER (or a raw LoRA state dict, with --lora) as a new commit."""
     quiet_blas()
     repo = open_repo(ctx)
     cwd = Path(ctx.obj["cwd"])  # relative paths are relative to -C PATH, as for every command
+    if lora is not None and lora_config is not None:
+        raise BadLoraConfig("--lora-config", "give --lora or --lora-config, not both")
+    if lora is not None:
+        options = lora_options(parse_lora_option(lora), "--lora")
+    else:
+        options = cwd / lora_config if lora_config else None
     with byte_progress("commit", quiet=quiet or as_json) as progress:
         info = repo.commit(cwd / adapter, message, meta=list(meta), code=(cwd / code) if code else None,
                            allow_pickle=allow_pickle, allow_empty=allow_empty, sign=repo.signer() if sign else None,
-                           progress=progress)
+                           progress=progress, lora=options, base_model=base_model)
     if as_json:
         emit_json(info.to_dict())
     else:
