@@ -48,6 +48,11 @@ def _commit_block(c: dict[str, Any], decorations, notes: dict[str, list] | None 
     lines.append(f"Date:   {c['timestamp']}")
     if c.get("signature"):
         lines.append(f"Signed: {c['signature'].get('key_id', c['signature'].get('format', 'yes'))}")
+    # --- attachments ---
+    if c.get("attachments"):
+        private = sum(1 for a in c["attachments"] if a.get("private"))
+        lines.append(f"Attachments: {len(c['attachments'])}" + (f" ({private} private)" if private else ""))
+    # --- end attachments ---
     for n in (notes or {}).get(c["id"], []):
         lines.append("Note:   " + note_line(n))
     lines.append("")
@@ -123,8 +128,37 @@ def show_text(data: dict[str, Any], decorations) -> str:
         + ("  rsLoRA" if a["use_rslora"] else "")
         + "\n"
     )
+    # --- attachments ---
+    if data["commit"].get("attachments"):
+        text += "Attachments\n" + "".join("  " + ln for ln in _attachment_lines(data["commit"]["attachments"]))
+    # --- end attachments ---
     text += "Provenance\n" + "\n".join("  " + ln for ln in prov_json.splitlines()) + "\n"
     return text
+
+
+# --- attachments ---
+
+
+def _attachment_lines(items: list[dict[str, Any]]) -> list[str]:
+    width = max((len(a["name"]) for a in items), default=0)
+    out = []
+    for a in items:
+        where = "private" if a.get("private") else "public"
+        if "present" in a and not a["present"]:
+            where += ", not here" if not a.get("private") else ", kept at its site"
+        out.append(f"{a['name']:<{width}}  {human_bytes(a['size']):>10}  sha256:{a['digest'][:16]}  {where}\n")
+    return out
+
+
+def attachments_text(items: list[dict[str, Any]]) -> str:
+    """`mfgit attachments`: one line per attachment (name, size, digest, public or private, here or not)."""
+    items = terminal_doc(items)
+    if not items:
+        return "(no attachments)\n"
+    return "".join(_attachment_lines(items))
+
+
+# --- end attachments ---
 
 
 def status_text(data: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from mfgit.errors import InvalidAdapter, InvalidObject, NothingToCommit
 from mfgit.formats import peft as peftfmt
@@ -20,6 +20,7 @@ from mfgit.formats.hubcard import front_matter
 from mfgit.formats import safetensors as st
 from mfgit.objects.model import Adapter, TensorHeader, object_id, tensor_id
 from mfgit.parallel import Job, parallel_map, progress_counter
+from mfgit.repo import attachments as _attachments
 from mfgit.repo.crash import crashpoint
 from mfgit.repo.provenance import code_revision, library_versions, parse_meta
 from mfgit.repo.statcache import StatCache, quick_digest
@@ -39,7 +40,9 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
            code: str | os.PathLike | None = None, allow_pickle: bool = False, allow_empty: bool = False,
            author: dict[str, str] | None = None, timestamp: str | None = None,
            sign: "Signer | None" = None, code_from: str | os.PathLike | None = None,
-           progress: Callable[[int, int, str], None] | None = None) -> "CommitInfo":
+           progress: Callable[[int, int, str], None] | None = None,
+           attachments: Mapping[str, Any] | None = None,
+           private_attachments: Mapping[str, Any] | None = None) -> "CommitInfo":
     """Commit a PEFT adapter directory (or a PeftModel) on the current branch.
 
     A PeftModel (any object with ``save_pretrained``) is saved into a
@@ -47,9 +50,12 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
     from a plain PyTorch loop. Its code revision is read from `code_from`
     (default: the working directory), since the temporary directory has none.
     `progress(bytes_done, bytes_total, tensor_name)` follows the tensor import.
+    `attachments` / `private_attachments` map a name to a file or a folder
+    (each of its files becomes NAME/relpath): see mfgit.repo.attachments.
 
     Raises InvalidAdapter / PickleRefused / SafetensorsError for bad input,
-    NothingToCommit if the adapter equals HEAD's (unless allow_empty),
+    InvalidAttachment for an attachment that cannot be committed,
+    NothingToCommit if the adapter and attachments equal HEAD's (unless allow_empty),
     RefConflict if the branch moved meanwhile. The source is only read.
     """
     if not isinstance(source, (str, os.PathLike)):
@@ -57,10 +63,13 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
             source.save_pretrained(tmp)
             return commit(repo, tmp, message, meta=meta, code=code, allow_empty=allow_empty,
                           author=author, timestamp=timestamp, sign=sign, code_from=code_from or os.getcwd(),
-                          progress=progress)
+                          progress=progress, attachments=attachments, private_attachments=private_attachments)
     path = Path(source)
     ident = author or repo.identity()
     adir = peftfmt.inspect_adapter_dir(path, allow_pickle=allow_pickle)
+    # --- attachments: read and checked before anything is stored ---
+    staged = _attachments.stage(attachments, private_attachments)
+    # --- end attachments ---
     branch_ref, parent = repo.commit_target()
     # Reading the code revision (GitPython: ~50 ms, mostly its import)
     # overlaps the tensor import when there is one: the workers spend
@@ -68,8 +77,12 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
     code_job = Job(lambda: code_revision(code, required=True) if code else code_revision(code_from or path))
     try:
         adapter_id = import_adapter(repo, adir, before_import=code_job.start, progress=progress)
+        # --- attachments: stored before the commit names them (objects before refs) ---
+        entries = _attachments.store(repo, staged)
+        # --- end attachments ---
         if parent is not None and not allow_empty:
-            if repo.read_commit(parent).adapter == adapter_id:
+            head = repo.read_commit(parent)
+            if head.adapter == adapter_id and _attachments.same_attachments(head.attachments, entries):
                 raise NothingToCommit(adapter_id)
     except BaseException:
         code_job.wait()
@@ -91,7 +104,8 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
     if card is not None:  # only then: the ids of commits without a card stay what they were
         provenance["card"] = card
     return repo.write_commit(adapter_id, [parent] if parent else [], message, provenance,
-                             branch_ref, parent, ident, timestamp, sign=sign)
+                             branch_ref, parent, ident, timestamp, sign=sign,
+                             attachments=entries)
 
 
 def _card_metadata(adir: peftfmt.AdapterDir) -> dict[str, Any] | None:
