@@ -208,6 +208,16 @@ def fsck_text(report: dict[str, Any]) -> str:
         lines.append(f"leftover temporary file {t} (from an interrupted write; mfgit gc removes it)")
     for lk in report["stale_locks"]:
         lines.append(f"lock file {lk} (remove it if no mfgit process is running)")
+    # --- attachments ---
+    for a in report.get("corrupt_private_attachments", []):
+        lines.append(f"corrupt private attachment {a['name']} of {a['commit'][:10]}: {a['path']} "
+                     f"has sha256 {a['actual']}, not {a['digest']}")
+    absent = report.get("private_attachments_absent", [])
+    if absent:
+        lines.append(f"{len(absent)} private attachment(s) not here (kept at the site that committed them; "
+                     "not damage): " + ", ".join(f"{a['name']} of {a['commit'][:10]}" for a in absent[:5])
+                     + (", …" if len(absent) > 5 else ""))
+    # --- end attachments ---
     repair = report.get("repair")
     if repair is not None:
         for oid in repair["repaired"]:

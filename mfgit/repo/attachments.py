@@ -234,3 +234,26 @@ def _digest_of(path: Path) -> str:
 
 def same_attachments(a: tuple[dict[str, Any], ...], b: tuple[dict[str, Any], ...]) -> bool:
     return [dict(x) for x in a] == [dict(x) for x in b]
+
+
+def check_private(repo: "BaseRepository", commit_ids: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(absent, corrupt): the private attachments of `commit_ids` whose bytes are not here —
+    every clone, by design, so never damage — and those whose kept copy fails its digest (damage)."""
+    absent: list[dict[str, Any]] = []
+    corrupt: list[dict[str, Any]] = []
+    for cid in commit_ids:
+        try:
+            commit = repo.read_commit(cid)
+        except Exception:  # noqa: BLE001 - an unreadable commit is fsck's to report as such
+            continue
+        for a in commit.attachments:
+            if not a["private"]:
+                continue
+            state = private_state(repo, a)
+            record = {"commit": cid, "name": a["name"], "digest": a["digest"], "site": commit.site}
+            if state == "absent":
+                absent.append(record)
+            elif state == "corrupt":
+                path = private_path(repo, a["digest"])
+                corrupt.append({**record, "path": str(path), "actual": _digest_of(path)})
+    return absent, corrupt
