@@ -7,9 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
+import pytest
+
 from mfgit.api.repository import Repository
+from tests.test_remote_sync import KINDS, in_process_env, make_world
+
+try:
+    from tests.seaweed import seaweed  # noqa: F401  (session fixture)
+except ImportError:  # pragma: no cover
+    from seaweed import seaweed  # noqa: F401
 
 
 def write(path: Path, data: bytes | str) -> Path:
@@ -309,3 +318,107 @@ def test_unknown_attachment_is_one_line(cli, repo_dir, adapter_dir, tmp_path):
            cwd=repo_dir)
     line = cli.fails("attachments", "HEAD", "nope", cwd=repo_dir, code=4)
     assert "has no attachment 'nope'" in line and "task.json" in line
+
+
+# -- remotes: public attachments travel, private bytes never do --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, seaweed, adapter_store):
+    root = tmp_path_factory.mktemp("attachments-remote")
+    w = make_world(root, seaweed, adapter_store, "attach")
+    with in_process_env(w.cli.env):
+        yield w
+
+
+def remote_files(world, remote) -> dict[str, bytes]:
+    """Every byte the remote holds: each file of the folder, or each object of the whole S3 bucket."""
+    if remote.kind == "folder":
+        return {str(p.relative_to(remote.path)): p.read_bytes() for p in remote.path.rglob("*") if p.is_file()}
+    client = world.seaweed.client()
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=world.bucket):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = client.get_object(Bucket=world.bucket, Key=obj["Key"])["Body"].read()
+    return out
+
+
+def payloads(files: dict[str, bytes]) -> list[bytes]:
+    """The decoded payload of every object file among `files` (checked against its id)."""
+    from mfgit.store.frame import decode_stored
+
+    out = []
+    for key, data in files.items():
+        parts = key.split("/")
+        if len(parts) >= 3 and parts[-3] == "objects" and len(parts[-2] + parts[-1]) == 64:
+            out.append(bytes(decode_stored(parts[-2] + parts[-1], data, verify=True)[1]))
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_push_and_clone_carry_public_attachments_and_never_a_private_byte(world, kind, tmp_path):
+    cli = world.cli
+    remote = world.new_remote(kind)
+    site = world.fresh("site")
+    cli.ok("init", "--site", "hospital-a", site)
+    cli.ok("remote", "add", "hub", remote.url, cwd=site)
+    # Random bytes do not compress: were they on the remote, they would be there as they are
+    # (the public ones, below, are: that is the control).
+    public, secret, secret2 = os.urandom(40_000), os.urandom(40_000), os.urandom(30_000)
+    task = write(tmp_path / "task.bin", public)
+    folder = tmp_path / "eval"
+    write(folder / "report.md", "acc 0.93\n")
+    write(folder / "curves" / "roc.csv", "0,0\n1,1\n")
+    rows = write(tmp_path / "rows.bin", secret)
+    cli.ok("commit", world.adapters["one"], "-m", "round 1", "--attach", f"task.bin={task}",
+           "--attach", f"eval={folder}", "--attach-private", f"distilled/rows.bin={rows}", cwd=site)
+    cli.ok("push", "hub", "main", cwd=site)
+    more = write(tmp_path / "more.bin", secret2)
+    cli.ok("commit", world.adapters["two"], "-m", "round 2", "--attach", f"task.bin={task}",
+           "--attach-private", f"distilled/rows.bin={more}", cwd=site)
+    cli.ok("push", "hub", "main", cwd=site)
+
+    held = remote_files(world, remote)
+    decoded = payloads(held)
+    assert any(public in data for data in held.values()) and public in decoded
+    for data in [*held.values(), *decoded]:
+        assert secret not in data and secret2 not in data
+        assert secret[:64] not in data and secret2[-64:] not in data
+
+    clone = world.fresh("clone")
+    cli.ok("clone", "-q", remote.url, clone)
+    assert not (clone / ".mfgit" / "private").exists()
+    cli.ok("attachments", "HEAD~1", "task.bin", "-o", tmp_path / "got.bin", cwd=clone)
+    assert (tmp_path / "got.bin").read_bytes() == public
+    assert cli.ok("attachments", "HEAD~1", "eval/curves/roc.csv", cwd=clone).stdout == "0,0\n1,1\n"
+    listed = {a["name"]: a for a in cli.json("attachments", "HEAD~1", "--json", cwd=clone)["attachments"]}
+    assert listed["distilled/rows.bin"] == {"name": "distilled/rows.bin", "size": len(secret), "digest": sha(secret),
+                                            "private": True, "present": False}
+    assert listed["task.bin"]["present"] and not listed["task.bin"]["private"]
+    line = cli.fails("attachments", "HEAD", "distilled/rows.bin", cwd=clone, code=1)
+    assert "is private to its site (hospital-a)" in line
+    assert "kept at its site" in cli.ok("attachments", cwd=clone).stdout
+
+    # A clone lacks private bytes by design: fsck lists them and calls nothing damaged.
+    report = cli.json("fsck", "--json", cwd=clone)
+    assert report["ok"] and report["missing"] == []
+    assert sorted(a["digest"] for a in report["private_attachments_absent"]) == sorted([sha(secret), sha(secret2)])
+    assert "not damage" in cli.ok("fsck", cwd=clone).stdout
+    checked = cli.json("verify", "--json", cwd=clone)
+    assert checked["ok"] and checked["integrity"]["private_attachments_elsewhere"] == 2
+    out = world.fresh("out")
+    res = cli.ok("checkout", "HEAD~1", "--to", out, "--with-attachments", cwd=clone)
+    assert (out / "attachments" / "task.bin").read_bytes() == public
+    assert (out / "attachments" / "eval" / "report.md").read_text() == "acc 0.93\n"
+    assert not (out / "attachments" / "distilled").exists()
+    assert "not written: distilled/rows.bin" in res.stderr
+
+    # A site that fetches (rather than clones) gets the same, and gc keeps the blobs.
+    other = world.site("b", remote)
+    Repository.open(other).fetch("hub")
+    cli.ok("gc", "--prune", "now", cwd=other)
+    assert Repository.open(other).read_attachment("hub/main", "task.bin") == public
+    # The remote itself checks out clean (folder: fsck of the bare repository).
+    world.assert_consistent(remote)
+    # The site still has everything: its own private copies verify.
+    assert cli.json("verify", "--json", cwd=site)["integrity"]["private_attachments_elsewhere"] == 0
