@@ -313,6 +313,46 @@ def test_bad_names_and_paths_are_refused_with_one_line(cli, repo_dir, adapter_di
     assert not (repo_dir / ".mfgit" / "private").exists()
 
 
+def test_checkout_never_follows_a_link_where_attachments_go(cli, repo_dir, adapter_dir, tmp_path):
+    cli.ok("commit", adapter_dir("a"), "-m", "one", "--attach", f"eval/report.md={write(tmp_path / 'r', 'ok')}",
+           cwd=repo_dir)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "attachments").symlink_to(elsewhere)
+    line = cli.fails("checkout", "HEAD", "--to", out, "--force", "--with-attachments", cwd=repo_dir, code=4)
+    assert "symbolic link" in line
+    assert list(elsewhere.iterdir()) == [] and not (out / "adapter_model.safetensors").exists()
+    (out / "attachments").unlink()
+    write(out / "attachments" / "eval", "a file where a folder goes")
+    assert "a file where a folder" in cli.fails("checkout", "HEAD", "--to", out, "--force", "--with-attachments",
+                                                cwd=repo_dir, code=4)
+
+
+def test_attachment_names_are_escaped_on_the_terminal_and_exact_in_json(cli, repo_dir, adapter_dir, tmp_path):
+    name = "report\u202egnp.exe"  # a right-to-left override: shows as "reportexe.png"
+    cli.ok("commit", adapter_dir("a"), "-m", "one", "--attach", f"{name}={write(tmp_path / 'r', 'x')}", cwd=repo_dir)
+    for args in (("attachments",), ("show",)):
+        text = cli.ok(*args, cwd=repo_dir).stdout
+        assert "\u202e" not in text and "report\\u202egnp.exe" in text, args
+    assert cli.json("attachments", "--json", cwd=repo_dir)["attachments"][0]["name"] == name
+
+
+def test_python_api_commits_lists_and_reads_attachments(repo_dir, adapter_dir, tmp_path):
+    repo = Repository.open(repo_dir)
+    folder = tmp_path / "cfg"
+    write(folder / "train.yaml", "lr: 0.0002\n")
+    info = repo.commit(adapter_dir("a"), "api", attachments={"config": folder},
+                       private_attachments={"rows.bin": write(tmp_path / "rows.bin", SECRET)})
+    assert [a["name"] for a in info.commit.attachments] == ["config/train.yaml", "rows.bin"]
+    listed = repo.attachments("HEAD")
+    assert [(a["name"], a["private"], a["present"]) for a in listed] == [("config/train.yaml", False, True),
+                                                                         ("rows.bin", True, True)]
+    assert repo.read_attachment("HEAD", "rows.bin") == SECRET
+    assert repo.read_attachment(info.id, "config/train.yaml") == b"lr: 0.0002\n"
+
+
 def test_unknown_attachment_is_one_line(cli, repo_dir, adapter_dir, tmp_path):
     cli.ok("commit", adapter_dir("a"), "-m", "one", "--attach", f"task.json={write(tmp_path / 't', TASK)}",
            cwd=repo_dir)
