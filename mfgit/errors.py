@@ -564,3 +564,53 @@ class LoraRankMismatch(MfgitError):
         self.module = module
         self.given = given
         self.found = found
+
+
+# --- h13-attach ---
+
+
+class InvalidAttachment(MfgitError):
+    """An attachment that cannot be committed: a bad name, a name given twice, a PATH that is
+    missing, empty, not a regular file or a folder holding a symbolic link."""
+
+    def __init__(self, name: str, reason: str, path: str | None = None):
+        super().__init__(f"attachment {name!r}" + (f" ({path})" if path else "") + f": {reason}")
+        self.name = name
+        self.reason = reason
+        self.path = path
+
+
+class AttachmentNotFound(MfgitError):
+    """A commit has no attachment of that name."""
+
+    def __init__(self, commit: str, name: str, names: tuple[str, ...] = ()):
+        have = f"; it has {len(names)}: {', '.join(repr(n) for n in names[:5])}{', …' if len(names) > 5 else ''}" \
+            if names else "; it has none"
+        super().__init__(f"commit {commit[:12]} has no attachment {name!r}{have}")
+        self.commit = commit
+        self.name = name
+        self.names = names
+
+
+class AttachmentPrivate(MfgitError):
+    """A private attachment whose bytes are not in this repository: they stay at the site that committed it."""
+
+    def __init__(self, commit: str, name: str, site: str | None):
+        super().__init__(f"attachment {name!r} of commit {commit[:12]} is private to its site"
+                         f"{f' ({site})' if site else ''}; its bytes never leave that site's repository")
+        self.commit = commit
+        self.name = name
+        self.site = site
+
+
+class CorruptAttachment(MfgitError):
+    """The bytes kept for an attachment do not match the size and SHA-256 digest its commit records."""
+
+    def __init__(self, commit: str, name: str, expected: str, actual: str, where: str):
+        super().__init__(f"attachment {name!r} of commit {commit[:12]} is corrupt: expected sha256 {expected}, "
+                         f"got {actual} ({where})")
+        self.commit = commit
+        self.name = name
+        self.expected = expected
+        self.actual = actual
+        self.where = where

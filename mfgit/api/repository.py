@@ -48,11 +48,31 @@ class Repository(BaseRepository):
 
         return commit(self, source, message, **kwargs)
 
-    def checkout(self, rev: str, to: str | os.PathLike, *, force: bool = False, progress=None) -> Path:
-        """Write the adapter of `rev` as a PEFT adapter directory at `to`."""
+    def checkout(self, rev: str, to: str | os.PathLike, *, force: bool = False, progress=None,
+                 with_attachments: bool = False) -> Path:
+        """Write the adapter of `rev` as a PEFT adapter directory at `to`
+        (and, `with_attachments`, those whose bytes are here under `to`/attachments/NAME)."""
         from mfgit.repo.checkout import checkout
 
-        return checkout(self, rev, to, force=force, progress=progress)
+        return checkout(self, rev, to, force=force, progress=progress, with_attachments=with_attachments)
+
+    # --- attachments ---
+
+    def attachments(self, rev: str = "HEAD") -> list[dict[str, Any]]:
+        """The attachments of `rev`: name, size, digest, private, id (public ones) and
+        whether their bytes are in this repository (``present``)."""
+        from mfgit.repo.attachments import listing
+
+        return listing(self, rev)
+
+    def read_attachment(self, rev: str, name: str) -> bytes:
+        """The bytes of attachment `name` of `rev`, checked against its digest
+        (AttachmentPrivate for a private one committed at another site)."""
+        from mfgit.repo.attachments import read
+
+        return read(self, rev, name)
+
+    # --- end attachments ---
 
     def write_adapter_dir(self, adapter, to: str | os.PathLike, *, force: bool = False) -> Path:
         from mfgit.repo.checkout import write_adapter_dir

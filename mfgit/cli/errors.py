@@ -148,3 +148,14 @@ TABLE += [
         "saved with torch.save or safetensors")),
     (E.LoraRankMismatch, BAD_INPUT, lambda e: f"pass --lora r={e.found}, the rank the file was trained with"),
 ]
+
+
+# --- h13-attach ---
+TABLE += [
+    (E.InvalidAttachment, BAD_INPUT, _fix("attach a file or a folder of files as NAME=PATH, NAME a relative path "
+                                          "without '..', empty segments, backslashes or control characters")),
+    (E.AttachmentNotFound, BAD_INPUT, _fix("list them with: mfgit attachments REV")),
+    (E.AttachmentPrivate, REJECTED, _fix("ask that site for it; only its digest and size are shared")),
+    (E.CorruptAttachment, DAMAGED, _fix("the bytes kept for it were damaged; restore them from the site that "
+                                        "committed it, or repair the object: mfgit fsck --repair-from REMOTE")),
+]

@@ -94,6 +94,10 @@ def fetch(repo: "BaseRepository", transport: Transport, remote_name: str, *, ref
     need = []
     for a in adapters.values():
         need.extend(t for t in a.referenced_ids() if not have(t))
+    # --- attachments: the new commits' public ones (blobs), stored before the commits ---
+    for c in commits.values():
+        need.extend(b for b in c.attachment_ids() if not have(b))
+    # --- end attachments ---
     need = list(dict.fromkeys(need))
     sizes_total = [0]
     done = [0]

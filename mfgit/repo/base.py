@@ -305,11 +305,13 @@ class BaseRepository:
 
     def write_commit(self, adapter_id: str, parents: list[str], message: str, provenance: dict,
                      branch_ref: str | None, expected: str | None, ident: dict | None = None,
-                     timestamp: str | None = None, sign: Signer | None = None) -> CommitInfo:
+                     timestamp: str | None = None, sign: Signer | None = None,
+                     attachments: tuple[dict[str, Any], ...] = ()) -> CommitInfo:
         """Store a commit object, then move `branch_ref` (HEAD when None) from `expected` to it.
 
         Objects before refs (invariant 4): the caller has stored everything
-        the adapter names; the commit object is durable before the ref moves,
+        the adapter names, and the public `attachments` (entries as
+        mfgit.repo.attachments.store returns them); the commit object is durable before the ref moves,
         and the ref moves by compare-and-swap (RefConflict if it moved meanwhile).
         """
         commit = Commit(
@@ -320,6 +322,9 @@ class BaseRepository:
             timestamp=timestamp or utc_now(),
             message=message,
             provenance=provenance,
+            # --- attachments ---
+            attachments=tuple(attachments),
+            # --- end attachments ---
         )
         if sign is not None:
             commit = sign(commit)

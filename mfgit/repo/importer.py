@@ -21,6 +21,7 @@ from mfgit.formats.hubcard import front_matter
 from mfgit.formats import safetensors as st
 from mfgit.objects.model import Adapter, TensorHeader, object_id, tensor_id
 from mfgit.parallel import Job, parallel_map, progress_counter
+from mfgit.repo import attachments as _attachments
 from mfgit.repo.crash import crashpoint
 from mfgit.repo.provenance import code_revision, library_versions, parse_meta
 from mfgit.repo.statcache import StatCache, quick_digest
@@ -42,7 +43,9 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
            sign: "Signer | None" = None, code_from: str | os.PathLike | None = None,
            progress: Callable[[int, int, str], None] | None = None,
            lora: Mapping[str, Any] | str | os.PathLike | None = None,
-           base_model: str | None = None) -> "CommitInfo":
+           base_model: str | None = None,
+           attachments: Mapping[str, Any] | None = None,
+           private_attachments: Mapping[str, Any] | None = None) -> "CommitInfo":
     """Commit a PEFT adapter directory (or a PeftModel, or a raw LoRA state dict) on the current branch.
 
     A PeftModel (any object with ``save_pretrained``) is saved into a
@@ -50,6 +53,8 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
     from a plain PyTorch loop. Its code revision is read from `code_from`
     (default: the working directory), since the temporary directory has none.
     `progress(bytes_done, bytes_total, tensor_name)` follows the tensor import.
+    `attachments` / `private_attachments` map a name to a file or a folder
+    (each of its files becomes NAME/relpath): see mfgit.repo.attachments.
 
     A raw LoRA state dict — a ``.pt`` / ``.safetensors`` file of the LoRA
     entries of a model's state dict, without adapter_config.json
@@ -61,7 +66,8 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
 
     Raises InvalidAdapter / PickleRefused / SafetensorsError for bad input,
     LoraConfigNeeded / BadLoraConfig / InvalidRawLora / LoraRankMismatch for a raw state dict,
-    NothingToCommit if the adapter equals HEAD's (unless allow_empty),
+    InvalidAttachment for an attachment that cannot be committed,
+    NothingToCommit if the adapter and attachments equal HEAD's (unless allow_empty),
     RefConflict if the branch moved meanwhile. The source is only read.
     """
     if not isinstance(source, (str, os.PathLike)):
@@ -71,7 +77,7 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
             source.save_pretrained(tmp)
             return commit(repo, tmp, message, meta=meta, code=code, allow_empty=allow_empty,
                           author=author, timestamp=timestamp, sign=sign, code_from=code_from or os.getcwd(),
-                          progress=progress)
+                          progress=progress, attachments=attachments, private_attachments=private_attachments)
     path = Path(source)
     ident = author or repo.identity()
     if lora is not None or base_model is not None or rawlora.is_raw_file(path):
@@ -89,6 +95,9 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
             "files": sorted([peftfmt.CONFIG_NAME, adir.weights.name] + [f.name for f in adir.extra_files]),
         }
         run_import = lambda start: import_adapter(repo, adir, before_import=start, progress=progress)  # noqa: E731
+    # --- attachments: read and checked before anything is stored ---
+    staged = _attachments.stage(attachments, private_attachments)
+    # --- end attachments ---
     branch_ref, parent = repo.commit_target()
     # Reading the code revision (GitPython: ~50 ms, mostly its import)
     # overlaps the tensor import when there is one: the workers spend
@@ -96,8 +105,12 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
     code_job = Job(lambda: code_revision(code, required=True) if code else code_revision(code_from or path))
     try:
         adapter_id = run_import(code_job.start)
+        # --- attachments: stored before the commit names them (objects before refs) ---
+        entries = _attachments.store(repo, staged)
+        # --- end attachments ---
         if parent is not None and not allow_empty:
-            if repo.read_commit(parent).adapter == adapter_id:
+            head = repo.read_commit(parent)
+            if head.adapter == adapter_id and _attachments.same_attachments(head.attachments, entries):
                 raise NothingToCommit(adapter_id)
     except BaseException:
         code_job.wait()
@@ -114,7 +127,8 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
     if card is not None:  # only then: the ids of commits without a card stay what they were
         provenance["card"] = card
     return repo.write_commit(adapter_id, [parent] if parent else [], message, provenance,
-                             branch_ref, parent, ident, timestamp, sign=sign)
+                             branch_ref, parent, ident, timestamp, sign=sign,
+                             attachments=entries)
 
 
 def _card_metadata(adir: peftfmt.AdapterDir) -> dict[str, Any] | None:
