@@ -50,8 +50,9 @@ class Staged:
 
 
 def _read_regular(path: Path, name: str) -> bytes:
-    # O_NOFOLLOW inside folders is checked by the walk; here a FIFO or a
-    # device would block or never end, so only a regular file is read.
+    # Links inside a folder were refused by the walk; here a FIFO or a
+    # device would block or never end, so only a regular file is read
+    # (O_NONBLOCK: opening a FIFO to find out must not wait for a writer).
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
