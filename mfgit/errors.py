@@ -524,3 +524,15 @@ class InvalidHubId(MfgitError):
     def __init__(self, name: str):
         super().__init__(f"{name!r} is not a Hub model id")
         self.name = name
+
+
+# --- h16-pages ---
+
+
+class PagesTargetInUse(MfgitError):
+    """`mfgit pages OUT` refused OUT: it holds something the pages did not write (or cannot hold them)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot write the pages to {path}: {reason}")
+        self.path = path
+        self.reason = reason

@@ -134,3 +134,8 @@ def _lookup(exc: BaseException) -> tuple[int, str]:
 TABLE += [
     (E.InvalidHubId, USAGE, _fix("give owner/name as on huggingface.co, e.g. --base-model-id meta-llama/Llama-3.2-1B")),
 ]
+
+# --- h16-pages ---
+TABLE += [
+    (E.PagesTargetInUse, BAD_INPUT, _fix("give a new or empty directory, or one mfgit pages wrote before")),
+]

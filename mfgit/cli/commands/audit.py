@@ -1,4 +1,4 @@
-"""diff, lineage, blame, verify, keygen, export (docs/audit.md)."""
+"""diff, lineage, pages, blame, verify, keygen, export (docs/audit.md, docs/pages.md)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,23 @@ def lineage(ctx, rev, as_json, dot, html_out):
     elif not html_out:
         click.echo(lineage_text(data), nl=False)
 
+
+
+@click.command()
+@click.argument("out", type=click.Path())
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@click.pass_context
+def pages(ctx, out, quiet, as_json):
+    """Write static HTML pages of the repository to directory OUT: sites, commits, merges, notes (docs/pages.md)."""
+    repo = open_repo(ctx)
+    with progress_bar("writing pages", quiet=quiet or as_json) as progress:
+        report = repo.pages(Path(ctx.obj["cwd"]) / out, progress=progress)
+    if as_json:
+        emit_json(report)
+    else:
+        click.echo(f"Wrote {report['commits']} commit pages and the index to {terminal(report['out'])} "
+                   f"(open {terminal(report['index'])})")
 
 @click.command()
 @click.argument("rev", default="HEAD", required=False)
@@ -147,4 +164,4 @@ def export(ctx, rev, outdir, card, manifest, key, base_model_id, force, as_json)
                    f"--signature {manifest} --public_key PUBLIC_KEY.pem {where}")
 
 
-COMMANDS = [diff_cmd, lineage, blame, verify, keygen, export]
+COMMANDS = [diff_cmd, lineage, pages, blame, verify, keygen, export]
