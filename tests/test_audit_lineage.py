@@ -9,17 +9,15 @@ loaded in headless Chromium (Selenium) and clicked.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests.adapters import delta_weights
 from tests.browser import graph_shape, headless_chromium, severe_errors
-from tests.conftest import Cli, build_adapter, isolated_env
+from tests.conftest import Cli, build_adapter
 
 SITES = ("a", "b", "c", "d")
 

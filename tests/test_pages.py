@@ -302,6 +302,8 @@ def test_pages_in_headless_chromium(world, tmp_path):
         assert browser.title.startswith("mfgit: ")
         assert len(browser.find_elements(By.CSS_SELECTOR, "#sites .site")) == 3
         assert browser.find_elements(By.CSS_SELECTOR, "#evaluations table.notes tr")
+        browser.save_screenshot(str(tmp_path / "index.png"))
+        assert (tmp_path / "index.png").stat().st_size > 10_000
         # Navigate by the link, as a reader does.
         browser.find_element(By.CSS_SELECTOR, f'#branches a[href="commits/{ids["main"]}.html"]').click()
         assert browser.current_url.endswith(f"commits/{ids['main']}.html")
@@ -311,7 +313,9 @@ def test_pages_in_headless_chromium(world, tmp_path):
         bars = browser.find_elements(By.CSS_SELECTOR, "#diff td.bar span")
         assert bars and all(b.size["height"] > 5 for b in bars)
         shot = tmp_path / "merge.png"
-        browser.save_screenshot(str(shot))
+        browser.set_window_size(1400, min(6000, browser.execute_script("return document.body.scrollHeight") + 140))
+        browser.save_screenshot(str(shot))  # the whole page
+        browser.set_window_size(1400, 1000)
         assert shot.stat().st_size > 10_000
         # A graph node leads to the site commit's page; its hostile message is text, and nothing ran.
         browser.find_element(By.CSS_SELECTOR, f'svg#graph a g.node[data-id="{ids["origin/sites/a"]}"]').click()

@@ -37,7 +37,7 @@ header{padding:14px 20px;background:#1d2330;color:#fff}
 header h1{font-size:19px;margin:0 0 4px 0}header p{margin:0;font-size:13px;color:#c8cfdc}
 header a{color:#c8d8ff}
 main{padding:8px 20px 32px 20px;max-width:1300px}
-section{background:#fff;border:1px solid #dde1e8;border-radius:8px;padding:12px 16px;margin:14px 0}
+section{background:#fff;border:1px solid #dde1e8;border-radius:8px;padding:12px 16px;margin:14px 0;overflow-x:auto}
 h2{font-size:16px;margin:2px 0 10px 0}h3{font-size:14px;margin:12px 0 6px 0}
 table{border-collapse:collapse;margin:4px 0}
 td,th{border-bottom:1px solid #eef0f4;padding:4px 10px 4px 0;text-align:left;vertical-align:top}
@@ -51,6 +51,7 @@ pre{background:#f3f5f8;padding:8px;border-radius:6px;overflow:auto;max-height:42
 .bad,.untrusted{background:#ffe0e0;color:#9b1c1c}
 .unsigned{background:#eceff4;color:#4c566a}
 tr.untrusted td{background:#fff6f6}
+#notes td:last-child{max-width:460px;overflow-wrap:anywhere}
 td.untrusted{background:#fff6f6}
 .site{margin:10px 0 16px 0}
 .graph-wrap{overflow:auto;border:1px solid #eef0f4;border-radius:6px;padding:6px}
@@ -163,7 +164,8 @@ def _history(branch: dict[str, Any], doc: dict[str, Any], links: _Links) -> str:
         s = doc["commits"][cid]
         items.append(f"<li>{links.commit(cid)} {html(s['subject'])} "
                      f"<span class=\"muted\">— {_person(s['author'])}, {html(s['timestamp'])}</span></li>")
-    return (f"<details><summary>history of {html(branch['name'])} ({len(items)} commits)</summary>"
+    count = f"{len(items)} commit" + ("" if len(items) == 1 else "s")
+    return (f"<details><summary>history of {html(branch['name'])} ({count})</summary>"
             f"<ol class=\"history\">{''.join(items)}</ol></details>")
 
 
@@ -296,7 +298,8 @@ def _merge_section(entry: dict[str, Any], links: _Links) -> str:
         rows.append(("kept energy", f"min {_num(ke.get('min'))}, mean {_num(ke.get('mean'))}"))
     dev = prov.get("device") or {}
     if isinstance(dev, dict) and dev:
-        rows.append(("device", html(" ".join(str(dev.get(k)) for k in ("type", "name") if dev.get(k)))))
+        names = [str(dev[k]) for k in ("type", "name") if dev.get(k)]
+        rows.append(("device", html(" · ".join(dict.fromkeys(names)))))
     inputs = "".join(f"<tr><td>{links.commit(i.get('commit'))}</td><td>{html(i.get('label') or '–')}</td>"
                      f"<td>{_num(i.get('weight'))}</td></tr>" for i in prov.get("inputs", []) if isinstance(i, dict))
     lin = entry.get("lineage") or {"leaves": []}
@@ -304,15 +307,16 @@ def _merge_section(entry: dict[str, Any], links: _Links) -> str:
         f"<tr class=\"leaf\"><td>{html(lf.get('site') or '–')}</td><td>{links.commit(lf['commit'])}</td>"
         f"<td>{html(lf.get('label') or '–')}</td><td class=\"weight\">{html(leaf_weight_text(lf))}</td>"
         f"<td>{lf.get('paths')}</td></tr>" for lf in lin["leaves"])
-    out = ['<section id="merge"><h2>Merge recipe</h2>', _kv(rows),
-           "<h3>Inputs</h3><table><tr><th>input</th><th>as named</th><th>weight</th></tr>", inputs, "</table>",
-           '<h3>Effective weight of each site commit in this composite</h3><table class="leaves">'
-           "<tr><th>site</th><th>commit</th><th>as named</th><th>effective weight</th><th>paths</th></tr>",
-           leaves, "</table></section>"]
+    out = []
     svg, _, _ = lineage_svg(terminal_doc(lin), links.href) if lin.get("nodes") else ("", 0, 0)
     if svg:
         out.append('<section id="lineage"><h2>Lineage</h2><p class="muted">Each box links to its commit; edges carry '
                    f'the weights each merge gave its inputs.</p><div class="graph-wrap">{svg}</div></section>')
+    out += ['<section id="merge"><h2>Merge recipe</h2>', _kv(rows),
+           "<h3>Inputs</h3><table><tr><th>input</th><th>as named</th><th>weight</th></tr>", inputs, "</table>",
+           '<h3>Effective weight of each site commit in this composite</h3><table class="leaves">'
+           "<tr><th>site</th><th>commit</th><th>as named</th><th>effective weight</th><th>paths</th></tr>",
+           leaves, "</table></section>"]
     return "".join(out)
 
 
@@ -403,19 +407,19 @@ def commit_page(entry: dict[str, Any], doc: dict[str, Any]) -> str:
     names = ", ".join(html(n) for n in doc["tips"].get(cid, [])) or "–"
     adapter = entry["adapter"]
     adapter_text = (f'<span class="mono">{html(adapter["id"])}</span>' +
-                    (f' — {adapter["modules"]} modules, ranks {html(adapter["ranks"])}, {html(adapter["dtypes"])}, '
+                    (f' — {adapter["modules"]} modules, rank {html(", ".join(map(str, adapter["ranks"])))}, '
+                     f'{html(", ".join(adapter["dtypes"]))}, '
                      f'base model {html((adapter.get("base_model") or {}).get("name") or "–")}'
                      if "error" not in adapter else f' <span class="bad">{html(adapter["error"])}</span>'))
     rows = [("commit", f'<span class="mono">{html(cid)}</span>'), ("author", _person(c["author"])),
             ("site", html(c["site"] or "–")), ("time", html(c["timestamp"])), ("parents", parents),
             ("branch and tag tips", names), ("adapter", adapter_text)]
     body = [f'<section id="summary"><h2>{"Merge" if entry["kind"] == "merge" else "Commit"} {html(cid[:10])}</h2>',
-            _kv(rows), f'<h3>Message</h3><pre class="message">{html_text(c["message"])}</pre></section>',
-            _signature_section(entry)]
+            _kv(rows), f'<h3>Message</h3><pre class="message">{html_text(c["message"])}</pre></section>']
     if entry["kind"] == "merge":
         body.append(_merge_section(entry, links))
-    body += [_provenance_section(entry, links), _notes_section(entry), _attachments_section(entry),
-             _diff_section(entry, links)]
+    body += [_notes_section(entry), _signature_section(entry), _attachments_section(entry),
+             _provenance_section(entry, links), _diff_section(entry, links)]
     kind = "merge" if entry["kind"] == "merge" else "commit"
     return _page(f"{kind} {html(cid[:10])}: {html(subject)}", f"{kind.capitalize()} {html(cid[:10])} "
                  f"<span class=\"muted\">{html(subject)}</span>",
