@@ -333,3 +333,56 @@ def test_pages_in_headless_chromium(world, tmp_path):
             assert state["resources"] == [], (url, state)  # nothing fetched: no font, no CSS, no image
             assert state["noscript"] > 100  # the text is there without any script
         assert not severe_errors(browser)
+
+
+def test_attachments_are_shown_when_a_commit_records_them_and_escaped():
+    """Rendering only: a commit whose format records attachments (name → record), hostile names included."""
+    from mfgit.render.pages import commit_page
+
+    cid = "ab" * 32
+    entry = {
+        "id": cid, "kind": "commit", "notes": [], "diffs": [], "attachments": {
+            "task": {"id": "cd" * 32, "size": 812, "private": False},
+            "<script>window.__pwned='attachment'</script>": {"digest": "ef" * 32, "size": 9, "private": True}},
+        "signatures": [{"branch": "sites/a", "ok": True, "status": "unsigned", "key_id": None,
+                        "reason": "not signed (branch not protected)"}],
+        "adapter": {"id": "12" * 32, "modules": 1, "ranks": [4], "dtypes": ["F32"], "base_model": {"name": "m"}},
+        "commit": {"adapter": "12" * 32, "parents": [], "author": {"name": "a", "email": "a@x"}, "site": "a",
+                   "timestamp": "2026-01-01T00:00:00.000000Z", "message": "m", "provenance": {"kind": "import"}},
+    }
+    doc = {"commits": {cid: {}}, "tips": {}}
+    text = commit_page(entry, doc)
+    section = text[text.index('id="attachments"'):]
+    assert "task" in section and "812" in section and "private: true" in section
+    assert "&lt;script&gt;window.__pwned=&#x27;attachment&#x27;&lt;/script&gt;" in section
+    assert "<script" not in text
+    entry["attachments"] = None
+    assert 'id="attachments"' not in commit_page(entry, doc)
+
+
+def test_directory_is_replaced_where_no_atomic_exchange_exists(world, tmp_path, monkeypatch):
+    """Without renameat2 (another system, another file system): moved aside, replaced, removed."""
+    from mfgit.api.repository import Repository
+    from mfgit.store import fileio
+
+    monkeypatch.setattr(fileio, "_exchange", lambda a, b: False)
+    out = tmp_path / "pages"
+    mp = _in_process_env(world["cli"])
+    try:
+        repo = Repository.open(world["cli"].cwd)
+        repo.pages(out)
+        (out / "old.txt").write_text("from the last run")
+        repo.pages(out)
+    finally:
+        mp.undo()
+    assert (out / "index.html").is_file() and not (out / "old.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pages"]
+
+
+def test_a_repository_without_commits_has_an_index(tmp_path):
+    cli = Cli(tmp_path / "home", tmp_path)
+    cli.ok("init", tmp_path / "repo")
+    res = cli.at(tmp_path / "repo").ok("pages", tmp_path / "out")
+    assert "Wrote 0 commit pages" in res.stdout
+    text = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert "No site branches" in text and "No evaluation notes yet" in text
