@@ -188,6 +188,7 @@ def test_commit_pages_show_signature_provenance_metadata_and_diff(world):
     body = "".join(doc.text)
     assert "good signature" in body and "SHA256:" in body and "sites/a" in body
     assert "samples" in body and "120" in body and "Metadata" in body
+    assert "merged into" in body and "with weight 0.5" in body and "composite of three sites" in body
     _, doc = _page(world, f"commits/{ids['origin/sites/b']}.html")
     assert "unsigned" in "".join(doc.text)
     _, doc = _page(world, f"commits/{ids['origin/sites/c']}.html")
@@ -262,6 +263,10 @@ def test_rewrite_replaces_the_pages_and_refuses_foreign_directories(world, tmp_p
     afile.write_text("x")
     assert "not a directory" in cli.fails("pages", afile, code=4)
     assert afile.read_text() == "x"
+    link = tmp_path / "link"
+    link.symlink_to(foreign, target_is_directory=True)
+    assert "symbolic link" in cli.fails("pages", link, code=4)
+    assert (foreign / "thesis.tex").read_text() == "years of work"
     empty = tmp_path / "empty"
     empty.mkdir()
     cli.ok("pages", empty)

@@ -175,10 +175,21 @@ def _summary(repo: "BaseRepository", cid: str) -> dict[str, Any] | None:
     except MfgitError:
         return None
     prov = c.provenance or {}
+    inputs = [{"commit": i.get("commit"), "weight": i.get("weight")} for i in prov.get("inputs", [])
+              if isinstance(i, dict)] if c.is_merge else []
     return {"id": cid, "kind": "merge" if c.is_merge else "commit", "site": c.site, "author": c.author,
             "timestamp": c.timestamp, "subject": c.message.splitlines()[0] if c.message else "",
             "strategy": (prov.get("recipe") or {}).get("strategy") if c.is_merge else None,
-            "snapshot": is_snapshot(c)}
+            "inputs": inputs, "snapshot": is_snapshot(c)}
+
+
+def _merged_into(summaries: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """commit id → the merges that took it as an input, with the weight each gave it, newest first."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for mid, s in summaries.items():  # already newest first
+        for i in s["inputs"]:
+            out.setdefault(i["commit"], []).append({"merge": mid, "weight": i["weight"]})
+    return out
 
 
 def _repo_name(repo: "BaseRepository") -> str:
@@ -190,7 +201,9 @@ def _repo_name(repo: "BaseRepository") -> str:
 
 
 def _check_target(out: Path) -> None:
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.is_symlink():
+        raise PagesTargetInUse(str(out), "it is a symbolic link (the pages replace a directory, never follow a link)")
+    if out.exists() and not out.is_dir():
         raise PagesTargetInUse(str(out), "it is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise PagesTargetInUse(str(out), f"it is not empty and was not written by mfgit pages (no {MARKER})")
@@ -218,6 +231,7 @@ def pages(repo: "BaseRepository", out: str | os.PathLike, *, progress: Progress 
             commits.append(cid)
     summaries = {cid: s for cid in commits if (s := _summary(repo, cid)) is not None and not s["snapshot"]}
     commits = sorted(summaries, key=lambda c: (summaries[c]["timestamp"], c), reverse=True)
+    merged_into = _merged_into({c: summaries[c] for c in commits})
     verdicts, policy = _signatures(repo, branches, tags)
     notes = notes_by_commit(repo, commits)
     for b in branches:
@@ -243,6 +257,7 @@ def pages(repo: "BaseRepository", out: str | os.PathLike, *, progress: Progress 
     try:
         for i, cid in enumerate(commits, 1):
             entry = commit_entry(repo, cid, verdicts=verdicts.get(cid), notes=notes.get(cid, []))
+            entry["merged_into"] = merged_into.get(cid, [])
             summaries[cid]["signed"] = entry["commit"].get("signature") is not None
             summaries[cid]["signatures_ok"] = all(v["ok"] for v in entry["signatures"])
             _write(stage / page_name(cid), commit_page(entry, doc))

@@ -411,9 +411,12 @@ def commit_page(entry: dict[str, Any], doc: dict[str, Any]) -> str:
                      f'{html(", ".join(adapter["dtypes"]))}, '
                      f'base model {html((adapter.get("base_model") or {}).get("name") or "–")}'
                      if "error" not in adapter else f' <span class="bad">{html(adapter["error"])}</span>'))
+    merged = "<br>".join(f'{links.commit(m["merge"])} with weight {_num(m["weight"])} '
+                         f'<span class="muted">{html((doc["commits"].get(m["merge"]) or {}).get("subject", ""))}</span>'
+                         for m in entry.get("merged_into", [])) or "–"
     rows = [("commit", f'<span class="mono">{html(cid)}</span>'), ("author", _person(c["author"])),
             ("site", html(c["site"] or "–")), ("time", html(c["timestamp"])), ("parents", parents),
-            ("branch and tag tips", names), ("adapter", adapter_text)]
+            ("branch and tag tips", names), ("adapter", adapter_text), ("merged into", merged)]
     body = [f'<section id="summary"><h2>{"Merge" if entry["kind"] == "merge" else "Commit"} {html(cid[:10])}</h2>',
             _kv(rows), f'<h3>Message</h3><pre class="message">{html_text(c["message"])}</pre></section>']
     if entry["kind"] == "merge":
