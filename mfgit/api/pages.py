@@ -217,7 +217,7 @@ def _write(path: Path, text: str) -> None:
 
 def pages(repo: "BaseRepository", out: str | os.PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
     """Write the pages of `repo` to directory `out` (replaced whole); return what was written."""
-    out = Path(out).absolute()
+    out = Path(os.path.abspath(out))  # ".." folded, links not followed (a link as OUT is refused)
     _check_target(out)
     if not out.parent.is_dir():
         raise PagesTargetInUse(str(out), f"its parent directory {out.parent} does not exist")

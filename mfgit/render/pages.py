@@ -28,6 +28,8 @@ from mfgit.render.escape import html, html_text, terminal_doc
 from mfgit.render.graph import GRAPH_CSS, lineage_svg
 
 _ID = re.compile(r"^[0-9a-f]{64}$")
+MIN_GRAPH_SCALE = 0.5  # the lineage graph is scaled to fit its page down to this, then scrolls
+OPEN_DIFFS = 3  # comparisons shown unfolded on a commit's page; more (a merge of many inputs) start folded
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 
@@ -60,6 +62,8 @@ td.untrusted{background:#fff6f6}
 .bar div span{display:block;height:12px;border-radius:3px;background:#5b7bd5}
 .bar div span.added{background:#3c9a4f}.bar div span.removed{background:#c0392b}.bar div span.changed{background:#5b7bd5}
 details summary{cursor:pointer;color:#3b4252;font-weight:600}
+details.diff{margin:8px 0}details.diff summary{font-weight:normal}
+
 """
 
 
@@ -308,10 +312,12 @@ def _merge_section(entry: dict[str, Any], links: _Links) -> str:
         f"<td>{html(lf.get('label') or '–')}</td><td class=\"weight\">{html(leaf_weight_text(lf))}</td>"
         f"<td>{lf.get('paths')}</td></tr>" for lf in lin["leaves"])
     out = []
-    svg, _, _ = lineage_svg(terminal_doc(lin), links.href) if lin.get("nodes") else ("", 0, 0)
+    svg, width, _ = lineage_svg(terminal_doc(lin), links.href) if lin.get("nodes") else ("", 0, 0)
     if svg:
+        # Scaled to fit, but never below half size: a merge of many inputs scrolls instead of shrinking to dots.
         out.append('<section id="lineage"><h2>Lineage</h2><p class="muted">Each box links to its commit; edges carry '
-                   f'the weights each merge gave its inputs.</p><div class="graph-wrap">{svg}</div></section>')
+                   f'the weights each merge gave its inputs.</p><div class="graph-wrap">'
+                   f'<div style="min-width:{width * MIN_GRAPH_SCALE:.0f}px">{svg}</div></div></section>')
     out += ['<section id="merge"><h2>Merge recipe</h2>', _kv(rows),
            "<h3>Inputs</h3><table><tr><th>input</th><th>as named</th><th>weight</th></tr>", inputs, "</table>",
            '<h3>Effective weight of each site commit in this composite</h3><table class="leaves">'
@@ -385,16 +391,18 @@ def _diff_section(entry: dict[str, Any], links: _Links) -> str:
         return ('<section id="diff"><h2>Changes</h2><p class="muted">No parent or input to compare with: '
                 "the first commit of its branch.</p></section>")
     out = ['<section id="diff"><h2>Changes, module by module</h2>']
+    # A few comparisons are shown open; a merge of many inputs folds them (each summary stays visible).
     for x in entry["diffs"]:
-        out.append(f"<h3>against {html(x['label'])} {links.commit(x['against'])}</h3>")
+        head = f"against {html(x['label'])} {links.commit(x['against'])}"
         if "error" in x:
-            out.append(f'<p class="bad">cannot compare: {html(x["error"])}</p>')
+            out.append(f'<h3>{head}</h3><p class="bad">cannot compare: {html(x["error"])}</p>')
             continue
         s = x["diff"]["summary"]
-        out.append(f'<p class="muted">{s["modules"]} modules: {s["changed"]} changed, {s["added"]} added, '
+        summary = (f'{head} <span class="muted">— {s["modules"]} modules: {s["changed"]} changed, {s["added"]} added, '
                    f'{s["removed"]} removed, {s["unchanged"]} unchanged; relative change {_num(s.get("rel_diff"))}, '
-                   f'cosine {_num(s.get("cosine"))}</p>')
-        out.append(_bars(x["diff"]))
+                   f'cosine {_num(s.get("cosine"))}</span>')
+        opened = " open" if len(entry["diffs"]) <= OPEN_DIFFS else ""
+        out.append(f'<details class="diff"{opened}><summary>{summary}</summary>{_bars(x["diff"])}</details>')
     out.append("</section>")
     return "".join(out)
 

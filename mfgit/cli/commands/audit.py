@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from mfgit.cli import errors as cli_errors
-from mfgit.cli.common import emit_json, open_repo
+from mfgit.cli.common import emit_json, open_repo, quiet_blas
 from mfgit.cli.progress import progress_bar
 from mfgit.render.audit import blame_text, diff_text, lineage_dot, lineage_text, verify_text
 from mfgit.render.escape import terminal, terminal_doc
@@ -59,6 +59,7 @@ def lineage(ctx, rev, as_json, dot, html_out):
 @click.pass_context
 def pages(ctx, out, quiet, as_json):
     """Write static HTML pages of the repository to directory OUT: sites, commits, merges, notes (docs/pages.md)."""
+    quiet_blas()
     repo = open_repo(ctx)
     with progress_bar("writing pages", quiet=quiet or as_json) as progress:
         report = repo.pages(Path(ctx.obj["cwd"]) / out, progress=progress)
