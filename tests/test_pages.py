@@ -29,6 +29,7 @@ HOSTILE_AUTHOR = "<script>window.__pwned='author'</script>Bob"
 HOSTILE_SITE = "<img src=x onerror=\"window.__pwned='site'\">c"
 HOSTILE_META = "<a href=\"https://evil.example/\">click</a><script>window.__pwned='meta'</script>"
 HOSTILE_NOTE = "<script>window.__pwned='note'</script>b-val"
+HOSTILE_TAG = "rel<b>\"it's\"&amp;"
 SCRIPT_TEXT = "<script>window.__pwned = 'message'</script>"
 
 
@@ -89,6 +90,7 @@ def world(tmp_path_factory, adapter_store):
     coord.ok("merge", "origin/sites/a", "origin/sites/b", "origin/sites/c", "--weights", "0.5,0.3,0.2",
              "--rank", "sum", "-m", "composite of three sites")
     coord.ok("push", "origin", "main")
+    coord.ok("tag", HOSTILE_TAG, "main")  # ref names may hold < > " ' &
     merge_id = coord.json("show", "main", "--json")["id"]
 
     mp = _in_process_env(cli)
@@ -224,6 +226,10 @@ def test_user_text_is_escaped_everywhere(world):
     assert "\\u202eevil" in text and "\\x1b[31mred" in text  # shown as visible escapes
     assert SCRIPT_TEXT in "".join(doc.text)  # the text a reader sees is the message itself
     assert "&lt;a href=&quot;https://evil.example/&quot;&gt;" in text  # the metadata value, as text
+    escaped_tag = "rel&lt;b&gt;&quot;it&#x27;s&quot;&amp;amp;"
+    text, doc = _page(world, "index.html")
+    assert escaped_tag in text and HOSTILE_TAG in "".join(doc.text)
+    assert escaped_tag in _page(world, f"commits/{ids['main']}.html")[0]
     text, _ = _page(world, f"commits/{ids['origin/sites/b']}.html")
     assert "&lt;script&gt;window.__pwned=&#x27;author&#x27;&lt;/script&gt;Bob" in text
     text, _ = _page(world, f"commits/{ids['origin/sites/c']}.html")
