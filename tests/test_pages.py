@@ -346,21 +346,26 @@ def test_pages_in_headless_chromium(world, tmp_path):
         assert not severe_errors(browser)
 
 
-def test_attachments_are_shown_when_a_commit_records_them_and_escaped():
-    """Rendering only: a commit whose format records attachments (name → record), hostile names included."""
-    from mfgit.render.pages import commit_page
-
-    cid = "ab" * 32
-    entry = {
-        "id": cid, "kind": "commit", "notes": [], "diffs": [], "attachments": {
-            "task": {"id": "cd" * 32, "size": 812, "private": False},
-            "<script>window.__pwned='attachment'</script>": {"digest": "ef" * 32, "size": 9, "private": True}},
+def _entry(cid: str) -> dict:
+    return {
+        "id": cid, "kind": "commit", "notes": [], "diffs": [], "attachments": None,
         "signatures": [{"branch": "sites/a", "ok": True, "status": "unsigned", "key_id": None,
                         "reason": "not signed (branch not protected)"}],
         "adapter": {"id": "12" * 32, "modules": 1, "ranks": [4], "dtypes": ["F32"], "base_model": {"name": "m"}},
         "commit": {"adapter": "12" * 32, "parents": [], "author": {"name": "a", "email": "a@x"}, "site": "a",
                    "timestamp": "2026-01-01T00:00:00.000000Z", "message": "m", "provenance": {"kind": "import"}},
     }
+
+
+def test_attachments_are_shown_when_a_commit_records_them_and_escaped():
+    """Rendering only: a commit whose format records attachments (name → record), hostile names included."""
+    from mfgit.render.pages import commit_page
+
+    cid = "ab" * 32
+    entry = _entry(cid)
+    entry["attachments"] = {
+        "task": {"id": "cd" * 32, "size": 812, "private": False},
+        "<script>window.__pwned='attachment'</script>": {"digest": "ef" * 32, "size": 9, "private": True}}
     doc = {"commits": {cid: {}}, "tips": {}}
     text = commit_page(entry, doc)
     section = text[text.index('id="attachments"'):]
@@ -397,3 +402,25 @@ def test_a_repository_without_commits_has_an_index(tmp_path):
     assert "Wrote 0 commit pages" in res.stdout
     text = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
     assert "No site branches" in text and "No evaluation notes yet" in text
+
+
+def test_notes_that_fail_their_checks_still_render_as_untrusted():
+    """A note with no values, values of the wrong shape, no site: shown, marked, and the pages still render."""
+    from mfgit.render.pages import commit_page, index_page
+
+    cid = "ab" * 32
+    notes = [{"id": "01" * 32, "ok": False, "problem": "the note object is missing",
+              "signature": {"status": "unsigned", "reason": "missing", "key_id": None},
+              "trust": {"trusted": False, "reason": "the note fails its checks: the note object is missing"}},
+             {"id": "02" * 32, "ok": False, "name": "x-val", "values": [1, 2], "measured_by": "someone",
+              "trust": {"trusted": False, "reason": "the note fails its checks: the note has no values"}}]
+    entry = _entry(cid)
+    entry["notes"] = notes
+    doc = {"commits": {cid: {"kind": "commit", "site": "a", "subject": "m", "author": {"name": "a", "email": "e"},
+                             "timestamp": "2026-01-01T00:00:00.000000Z", "strategy": None}},
+           "tips": {}, "notes": {cid: notes}, "branches": [], "tags": [], "repository": "r",
+           "generated": "2026-01-01T00:00:00.000000Z", "version": "0", "policy": {"source": None, "error": None}}
+    page = commit_page(entry, doc)
+    assert page.count('class="note untrusted"') == 2 and "the note object is missing" in page
+    index = index_page(doc)
+    assert "x-val" in index and 'class="badge untrusted"' in index

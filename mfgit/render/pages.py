@@ -137,6 +137,12 @@ def _status_badge(v: dict[str, Any]) -> str:
     return f'<span class="badge {cls}">{html(text)}</span>'
 
 
+def _values(note: dict[str, Any]) -> dict[str, Any]:
+    """A note's values (a note that fails its checks may have none, or not a mapping)."""
+    v = note.get("values")
+    return {str(k): x for k, x in v.items()} if isinstance(v, dict) else {}
+
+
 def _trust_badge(note: dict[str, Any]) -> str:
     t = note.get("trust") or {}
     cls = "trusted" if t.get("trusted") else "untrusted"
@@ -178,7 +184,7 @@ def _notes_table(doc: dict[str, Any], links: _Links) -> str:
     notes: dict[str, list[dict[str, Any]]] = doc["notes"]
     rows = [cid for cid, s in doc["commits"].items() if s["kind"] == "merge" or notes.get(cid)]
     columns = sorted({(str(n.get("name", "?")), str(k)) for ns in notes.values() for n in ns
-                      for k in (n.get("values") or {"?": None})})
+                      for k in (_values(n) or {"?": None})})
     if not rows or not columns:
         return '<p class="muted">No evaluation notes yet (sites add them with mfgit eval, then push --notes).</p>'
     head = "".join(f"<th>{html(name)}<br><span class=\"muted\">{html(metric)}</span></th>" for name, metric in columns)
@@ -188,10 +194,10 @@ def _notes_table(doc: dict[str, Any], links: _Links) -> str:
         cells = []
         for name, metric in columns:
             found = [n for n in notes.get(cid, []) if str(n.get("name", "?")) == name
-                     and metric in (n.get("values") or {"?": None})]
+                     and metric in (_values(n) or {"?": None})]
             bits = []
             for n in found:
-                value = (n.get("values") or {}).get(metric)
+                value = _values(n).get(metric)
                 site = (n.get("measured_by") or {}).get("site") if isinstance(n.get("measured_by"), dict) else None
                 trusted = (n.get("trust") or {}).get("trusted")
                 mark = "" if trusted else f" {_trust_badge(n)}"
@@ -333,7 +339,7 @@ def _notes_section(entry: dict[str, Any]) -> str:
     for n in entry["notes"]:
         trusted = (n.get("trust") or {}).get("trusted")
         mb = n.get("measured_by") if isinstance(n.get("measured_by"), dict) else {}
-        values = ", ".join(f"{html(k)} = {_num(v)}" for k, v in sorted((n.get("values") or {}).items()))
+        values = ", ".join(f"{html(k)} = {_num(v)}" for k, v in sorted(_values(n).items()))
         sig = n.get("signature") or {}
         rows.append(
             f'<tr class="note {"trusted" if trusted else "untrusted"}"><td>{html(n.get("name", "?"))}</td>'
