@@ -424,3 +424,17 @@ def test_notes_that_fail_their_checks_still_render_as_untrusted():
     assert page.count('class="note untrusted"') == 2 and "the note object is missing" in page
     index = index_page(doc)
     assert "x-val" in index and 'class="badge untrusted"' in index
+
+
+def test_a_missing_adapter_is_shown_on_the_pages_not_fatal(world, tmp_path):
+    """Damage (here: site b's adapter manifest gone) is reported where it matters; fsck is the tool to repair it."""
+    cli, ids = world["cli"], world["ids"]
+    copy = tmp_path / "damaged"
+    shutil.copytree(cli.cwd, copy, symlinks=True)
+    adapter = cli.json("show", ids["origin/sites/b"], "--json")["commit"]["adapter"]
+    (copy / ".mfgit" / "objects" / adapter[:2] / adapter[2:]).unlink()
+    cli.at(copy).ok("pages", tmp_path / "out")
+    text, _ = _page({"out": tmp_path / "out"}, f"commits/{ids['origin/sites/b']}.html")
+    assert "missing" in text or "not found" in text
+    text, _ = _page({"out": tmp_path / "out"}, f"commits/{ids['main']}.html")
+    assert "cannot compare" in text
