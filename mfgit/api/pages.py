@@ -215,51 +215,57 @@ def _write(path: Path, text: str) -> None:
         f.write(text)
 
 
-def pages(repo: "BaseRepository", out: str | os.PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
-    """Write the pages of `repo` to directory `out` (replaced whole); return what was written."""
-    out = Path(os.path.abspath(out))  # ".." folded, links not followed (a link as OUT is refused)
-    _check_target(out)
-    if not out.parent.is_dir():
-        raise PagesTargetInUse(str(out), f"its parent directory {out.parent} does not exist")
+def collect(repo: "BaseRepository") -> dict[str, Any]:
+    """What the index shows, and what each commit page needs besides its own commit (no tensor read yet)."""
     branches, tags = _branches(repo), _tags(repo)
-    tips = [b["commit"] for b in branches] + [t["commit"] for t in tags]
     seen: set[str] = set()
-    commits: list[str] = []
-    for tip in tips:
-        for cid in history(repo, tip, exclude=seen):
+    reached: list[str] = []
+    for tip in [b["commit"] for b in branches] + [t["commit"] for t in tags]:
+        for cid in history(repo, tip, exclude=seen):  # parents and merge inputs
             seen.add(cid)
-            commits.append(cid)
-    summaries = {cid: s for cid in commits if (s := _summary(repo, cid)) is not None and not s["snapshot"]}
-    commits = sorted(summaries, key=lambda c: (summaries[c]["timestamp"], c), reverse=True)
-    merged_into = _merged_into({c: summaries[c] for c in commits})
+            reached.append(cid)
+    found = {cid: s for cid in reached if (s := _summary(repo, cid)) is not None and not s["snapshot"]}
+    commits = {cid: found[cid] for cid in sorted(found, key=lambda c: (found[c]["timestamp"], c), reverse=True)}
     verdicts, policy = _signatures(repo, branches, tags)
-    notes = notes_by_commit(repo, commits)
     for b in branches:
-        b["history"] = [c for c in _first_parent_chain(repo, b["commit"], HISTORY_SHOWN) if c in summaries]
-    doc = {
+        b["history"] = [c for c in _first_parent_chain(repo, b["commit"], HISTORY_SHOWN) if c in commits]
+    tips: dict[str, list[str]] = {}
+    for b in branches:
+        tips.setdefault(b["commit"], []).append(b["name"])
+    for t in tags:
+        tips.setdefault(t["commit"], []).append(f"tag: {t['name']}")
+    return {
         "repository": _repo_name(repo),
         "generated": utc_now(),
         "version": __version__,
         "policy": policy,
         "branches": branches,
         "tags": tags,
-        "commits": summaries,
-        "notes": notes,
-        "tips": {cid: [] for cid in commits},
+        "commits": commits,  # id → summary, newest first
+        "notes": notes_by_commit(repo, list(commits)),
+        "tips": tips,
+        "merged_into": _merged_into(commits),
+        "verdicts": verdicts,
     }
-    for b in branches:
-        doc["tips"].setdefault(b["commit"], []).append(b["name"])
-    for t in tags:
-        doc["tips"].setdefault(t["commit"], []).append(f"tag: {t['name']}")
 
+
+def pages(repo: "BaseRepository", out: str | os.PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
+    """Write the pages of `repo` to directory `out` (replaced whole); return what was written."""
+    out = Path(os.path.abspath(out))  # ".." folded, links not followed (a link as OUT is refused)
+    _check_target(out)
+    if not out.parent.is_dir():
+        raise PagesTargetInUse(str(out), f"its parent directory {out.parent} does not exist")
+    doc = collect(repo)
+    commits, notes = doc["commits"], doc["notes"]
     stage = out.parent / f".{out.name}.tmp-{secrets.token_hex(6)}"
     stage.mkdir()
     try:
         for i, cid in enumerate(commits, 1):
-            entry = commit_entry(repo, cid, verdicts=verdicts.get(cid), notes=notes.get(cid, []))
-            entry["merged_into"] = merged_into.get(cid, [])
-            summaries[cid]["signed"] = entry["commit"].get("signature") is not None
-            summaries[cid]["signatures_ok"] = all(v["ok"] for v in entry["signatures"])
+            entry = commit_entry(repo, cid, verdicts=doc["verdicts"].get(cid), notes=notes.get(cid, []))
+            entry["merged_into"] = doc["merged_into"].get(cid, [])
+            # The index shows each tip's signature: known once its page is drawn.
+            commits[cid]["signed"] = entry["commit"].get("signature") is not None
+            commits[cid]["signatures_ok"] = all(v["ok"] for v in entry["signatures"])
             _write(stage / page_name(cid), commit_page(entry, doc))
             if progress is not None:
                 progress(i, len(commits), cid[:10])
@@ -272,6 +278,7 @@ def pages(repo: "BaseRepository", out: str | os.PathLike, *, progress: Progress 
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+    branches = doc["branches"]
     return {"out": str(out), "index": str(out / "index.html"), "commits": len(commits),
             "sites": len({b["branch"] for b in branches if b["branch"].startswith(SITE_PREFIX)}),
             "branches": len(branches), "notes": sum(len(v) for v in notes.values())}
