@@ -438,3 +438,14 @@ def test_a_missing_adapter_is_shown_on_the_pages_not_fatal(world, tmp_path):
     assert "missing" in text or "not found" in text
     text, _ = _page({"out": tmp_path / "out"}, f"commits/{ids['main']}.html")
     assert "cannot compare" in text
+
+
+def test_pages_of_the_bare_hub_itself(world, tmp_path):
+    """Run where the hub is (a bare repository): sites are its own branches; with no policy there, no note is trusted."""
+    hub = world["root"] / "hub.mfgit"
+    report = world["cli"].at(hub).json("pages", tmp_path / "hub-pages", "--json")
+    assert report["commits"] == 5 and report["sites"] == 3 and report["notes"] == 2
+    text, doc = _page({"out": tmp_path / "hub-pages"}, "index.html")
+    assert "no allowed-signers policy" in text and [b for b in doc.text if b == "sites/a"]
+    page, _ = _page({"out": tmp_path / "hub-pages"}, f"commits/{world['merge']}.html")
+    assert page.count('class="note untrusted"') == 2
