@@ -614,3 +614,15 @@ class CorruptAttachment(MfgitError):
         self.expected = expected
         self.actual = actual
         self.where = where
+
+
+# --- h16-pages ---
+
+
+class PagesTargetInUse(MfgitError):
+    """`mfgit pages OUT` refused OUT: it holds something the pages did not write (or cannot hold them)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot write the pages to {path}: {reason}")
+        self.path = path
+        self.reason = reason

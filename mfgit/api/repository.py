@@ -219,6 +219,12 @@ class Repository(BaseRepository):
         atomic_write(path, lineage_html(data).encode("utf-8"))
         return Path(path)
 
+    def pages(self, out: str | os.PathLike, *, progress=None) -> dict[str, Any]:
+        """Static HTML pages of the repository in directory `out` (sites, commits, merges, notes); see docs/pages.md."""
+        from mfgit.api.pages import pages
+
+        return pages(self, out, progress=progress)
+
     def blame(self, rev: str = "HEAD", *, first_parent: bool = True) -> dict[str, Any]:
         """For each module of `rev`, the commit that last changed it."""
         from mfgit.audit.blame import blame

@@ -159,3 +159,9 @@ TABLE += [
     (E.CorruptAttachment, DAMAGED, _fix("the bytes kept for it were damaged; restore them from the site that "
                                         "committed it, or repair the object: mfgit fsck --repair-from REMOTE")),
 ]
+
+
+# --- h16-pages ---
+TABLE += [
+    (E.PagesTargetInUse, BAD_INPUT, _fix("give a new or empty directory, or one mfgit pages wrote before")),
+]
