@@ -41,6 +41,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from mfgit.api.repository import Repository
+from mfgit.formats.peft import inspect_adapter_dir
+from mfgit.repo.importer import import_adapter
 from tests.conftest import Cli, isolated_env
 
 ROUNDS = 100  # per variant: 200 races in all
@@ -56,6 +58,8 @@ FSCK_EVERY = 25  # rounds between full fsck runs (the new commit's objects are c
 WORKER = r"""
 import json, sys, time
 from mfgit.api.repository import Repository
+from mfgit.formats.peft import inspect_adapter_dir
+from mfgit.repo.importer import import_adapter
 repo_dir = sys.argv[1]
 print("ready", flush=True)
 for line in sys.stdin:
@@ -98,26 +102,24 @@ def lora_tensors(rng: np.random.Generator, modules: int, first: int = 0) -> dict
 
 
 def old_checkpoints(repo_dir: Path, work: Path, rng: np.random.Generator) -> list[tuple[Path, Path, list[str]]]:
-    """For each round, an adapter committed on its own branch `old-I`, then the branch deleted.
+    """For each round, an adapter imported as a commit imports it, and named by nothing.
 
-    Returns, per round, the adapter's directory (re-committing it is
+    What a deleted branch leaves: its adapter and tensors, unreachable, and
+    the stat cache entry that answers a commit of the same directory. (The
+    commit object itself would be one more unreachable object; it is not
+    made.) Returns, per round, the adapter's directory (re-committing it is
     answered by the stat cache), a new adapter that shares its tensors and
-    adds new ones, and the ids of the objects the commit stored (no two
-    rounds share one). Set up in-process, before any race.
+    adds new ones, and the ids of the objects stored (no two rounds share
+    one). Set up in-process, before any race.
     """
     repo = Repository.open(repo_dir)
-    main = repo.head_branch()
     out = []
     for i in range(ROUNDS):
         tensors = lora_tensors(rng, MODULES)
         old = tiny_adapter(work / f"old-{i}", tensors)
         new = tiny_adapter(work / f"new-{i}", {**tensors, **lora_tensors(rng, 2, first=MODULES)})
-        repo.switch(f"old-{i}", orphan=True)
-        info = repo.commit(old, f"old checkpoint {i}")
-        out.append((old, new, [info.id, info.commit.adapter, *repo.read_adapter(info.commit.adapter).referenced_ids()]))
-    repo.switch(main)
-    for i in range(ROUNDS):
-        repo.delete_branch(f"old-{i}", force=True)  # and with it its reflog
+        aid = import_adapter(repo, inspect_adapter_dir(old))
+        out.append((old, new, [aid, *repo.read_adapter(aid).referenced_ids()]))
     # A Python process that wrote holds the writer lock until it closes the store.
     repo.store.close()
     return out
@@ -133,9 +135,7 @@ def template(tmp_path_factory):
 
     The objects of round I's old checkpoint are moved out of the repository
     into `stash/I` (so that a gc of an earlier round cannot delete them, and
-    costs no walk of them); the round moves them back, and they are what a
-    deleted branch leaves: unreachable objects that the stat cache still
-    names. Copies of the repository keep the stat cache entries: they name
+    no gc walks them); the round puts them back. Copies of the repository keep the stat cache entries: they name
     the adapter directories, which stay where they are."""
     root = tmp_path_factory.mktemp("gc-race")
     with pytest.MonkeyPatch.context() as mp:
