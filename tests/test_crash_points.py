@@ -112,6 +112,12 @@ def add_note(repo_dir: Path, rev: str, name: str) -> None:
     repo.store.close()
 
 
+def remote_notes(remote: Remote) -> str | None:
+    with remote.transport() as t:
+        got = t.get_versioned("refs/notes/metrics")
+    return got[0].decode().strip() if got else None
+
+
 def repoint(site: Path, name: str, url: str) -> None:
     """Point remote `name` at `url`, keeping its remote-tracking refs (a copy of the remote it had)."""
     Repository.open(site).config.repo.set(f"remote.{name}.url", url)
@@ -182,7 +188,7 @@ def test_push_killed_at_each_crash_point_leaves_both_sides_sound(env_root, push_
         repoint(site, "hub", remote.url)
         cli.ok("push", "-q", "--create", "--notes", "hub", f"{t.c1}:main", cwd=site)
     with in_process_env(cli.env):
-        notes_before = remote.transport().get_versioned("refs/notes/metrics")
+        notes_before = remote_notes(remote)
         before = remote.object_ids()
     assert remote.ref() == t.c1
 
@@ -194,8 +200,7 @@ def test_push_killed_at_each_crash_point_leaves_both_sides_sound(env_root, push_
             moved.add("remote main")
         if one_of(ref(site, "refs/remotes/hub/main"), t.c1, t.c2, "hub/main") == "new":
             moved.add("tracking")
-        notes_now = remote.transport().get_versioned("refs/notes/metrics")
-        assert notes_now[0] == notes_before[0], "the remote's notes ref moved before the swap"
+        assert remote_notes(remote) == notes_before, "the remote's notes ref moved before the swap"
         assert moved == PUSH_MOVED[point], moved
         arrived = remote.object_ids() - before
     fsck_clean(cli, site)
@@ -217,8 +222,7 @@ def test_push_killed_at_each_crash_point_leaves_both_sides_sound(env_root, push_
         assert again["objects"] == 0, again  # everything had arrived: nothing is sent twice
     with in_process_env(cli.env):
         assert remote.ref() == t.c2 and ref(site, "refs/remotes/hub/main") == t.c2
-        got = remote.transport().get_versioned("refs/notes/metrics")[0].decode().strip()
-    assert got == ref(site, "refs/notes/metrics")
+        assert remote_notes(remote) == ref(site, "refs/notes/metrics")
     if kind == "folder":
         sound(hub)
     else:  # the S3 remote is whole: a fresh clone has every object and fscks clean

@@ -325,6 +325,8 @@ class BaseRepository:
             commit = sign(commit)
         cid = self.put_commit(commit)
         kind = "merge" if provenance.get("kind") == "merge" else "commit"
+        # One name per operation (mfgit.repo.crash.POINTS): a merge's commit
+        # has its own point here, so the merge's test is the one that drives it.
         if kind == "merge":
             crashpoint("merge-before-ref")
         else:
