@@ -26,6 +26,7 @@ from mfgit.remote.protocol import (
     remote_refs,
 )
 from mfgit.remote.transport import Transport
+from mfgit.repo.crash import crashpoint
 from mfgit.store.frame import decode_stored, stored_kind
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ def fetch(repo: "BaseRepository", transport: Transport, remote_name: str, *, ref
         repo.store.end_batch()
         raise
     repo.store.end_batch()
+    crashpoint("fetch-after-tensors")
     for oid, data in adapter_bytes.items():
         repo.store.put_received(oid, data)
         report.objects += 1
@@ -143,7 +145,8 @@ def fetch(repo: "BaseRepository", transport: Transport, remote_name: str, *, ref
         if stored_kind(pending[oid]) == "tag":
             repo.store.put_received(oid, pending[oid])
             report.objects += 1
-    # Refs last.
+    # Refs last, one at a time: each is at its old value or at a complete commit.
+    crashpoint("fetch-before-refs")
     for ref, oid in sorted(wanted.items()):
         if ref.startswith(HEADS):
             tracking = f"{REMOTES}{remote_name}/{ref[len(HEADS):]}"
@@ -151,6 +154,7 @@ def fetch(repo: "BaseRepository", transport: Transport, remote_name: str, *, ref
             if old != oid:
                 repo.refs.update(tracking, oid, who=repo.who(), message=f"fetch {remote_name}")
                 report.refs.append({"ref": tracking, "old": old, "new": oid})
+                crashpoint("fetch-between-refs")
         elif ref.startswith(TAGS):
             if repo.refs.read(ref) is None:
                 repo.refs.update(ref, oid, None, who=repo.who(), message=f"fetch {remote_name}")

@@ -329,9 +329,14 @@ class BaseRepository:
         if sign is not None:
             commit = sign(commit)
         cid = self.put_commit(commit)
-        crashpoint("after-commit-object")
-        summary = message.splitlines()[0] if message else ""
         kind = "merge" if provenance.get("kind") == "merge" else "commit"
+        # One name per operation (mfgit.repo.crash.POINTS): a merge's commit
+        # has its own point here, so the merge's test is the one that drives it.
+        if kind == "merge":
+            crashpoint("merge-before-ref")
+        else:
+            crashpoint("after-commit-object")
+        summary = message.splitlines()[0] if message else ""
         if branch_ref is None:
             self.refs.update("HEAD", cid, ANY, who=self.who(), message=f"{kind}: {summary}")
         else:
