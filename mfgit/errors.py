@@ -626,3 +626,18 @@ class PagesTargetInUse(MfgitError):
         super().__init__(f"cannot write the pages to {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+# --- h13-fusion ---
+
+
+class InvalidSiteData(MfgitError):
+    """A site's attachment cannot serve as data for the built-in loader or scorer: the distilled set is no
+    valid safetensors file, lacks ``labels`` or has inconsistent lengths; the task spec is not the JSON the
+    prompt scorer reads."""
+
+    def __init__(self, commit: str, name: str, reason: str):
+        super().__init__(f"attachment {name!r} of commit {commit[:12]}: {reason}")
+        self.commit = commit
+        self.name = name
+        self.reason = reason

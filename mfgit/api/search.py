@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from mfgit.api.sitedata import attachment_name, load_site_data
 from mfgit.api.usercode import CandidateLoader, Scorer, resolve_scorer
 from mfgit.errors import MergeError, ScoreError
 from mfgit.merge.engine import merge_adapters
@@ -255,9 +256,17 @@ def run_for_plan(repo: "BaseRepository", plan: "MergePlan", request: SearchReque
         raise MergeError(f"--search over an incremental {plan.recipe.strategy} integration would weigh the old "
                          "composite as one input; add --rebuild to search the weights of every leaf")
     budget, bounds, l1 = check_search_args(request.mode, request.budget, request.bounds, request.l1)
-    scorer = resolve_scorer(request.score, request.base, request.data)
+    data, reads = request.data, None
+    name = attachment_name(data)
+    if name is not None:  # the sites' committed data (mfgit.api.sitedata), read before any model is built
+        data, reads = load_site_data(repo, plan.leaves, name)
+    scorer = resolve_scorer(request.score, request.base, data)
+    if reads is not None:
+        scorer.record["data"] = request.data
     res = run_search(plan.inputs, plan.recipe, lambda oid, dev: repo.load_tensor(oid, device=dev), scorer,
                      mode=request.mode, budget=budget, bounds=bounds, l1=l1, seed=int(plan.recipe.seed))
+    if reads is not None:
+        res.record["attachments"] = reads  # what was read, by digest: verify --reproduce reads them again
     chosen = dataclasses.replace(plan.with_weights(repo, res.weights), recipe=res.recipe)
     return chosen, res.output, res.record
 

@@ -165,3 +165,10 @@ TABLE += [
 TABLE += [
     (E.PagesTargetInUse, BAD_INPUT, _fix("give a new or empty directory, or one mfgit pages wrote before")),
 ]
+
+
+# --- h13-fusion ---
+TABLE += [
+    (E.InvalidSiteData, BAD_INPUT, _fix("see docs/search-and-eval.md (\"Built-in data and score\") for what the "
+                                        "distilled set and the task spec hold")),
+]

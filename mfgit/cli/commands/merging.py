@@ -56,9 +56,9 @@ class _StrategyOption(click.Option):
 @click.option("-S", "--sign", is_flag=True, help="Sign the merge commit with the key in config signing.key.")
 @click.option("--search", type=click.Choice(["weights", "layer-weights", "weights+density"]), default=None,
               help="Search the weights (per revision, or per revision and layer) that minimise --score.")
-@click.option("--score", default=None, metavar="MODULE:FUNC", help="Your score function (lower is better); see docs/search-and-eval.md.")
+@click.option("--score", default=None, metavar="MODULE:FUNC", help="Your score function (lower is better), or 'prompts': the built-in prompt classifier; see docs/search-and-eval.md.")
 @click.option("--base", "base_spec", default=None, metavar="MODULE:FUNC", help="Base model factory (default: base_model() in the score module).")
-@click.option("--data", "data_spec", default=None, metavar="MODULE:FUNC", help="Data loader (default: load_data() in the score module, if any).")
+@click.option("--data", "data_spec", default=None, metavar="MODULE:FUNC", help="Data loader, or attachments:NAME: attachment NAME of every leaf (default: load_data() in the score module, if any).")
 @click.option("--budget", type=int, default=None, help="Optimiser proposals to evaluate (default 40).")
 @click.option("--bounds", default=None, metavar="LOW,HIGH", help="Bounds of every searched weight (default -1.5,1.5).")
 @click.option("--l1", type=float, default=None, help="L1 penalty on the searched weights (default 0; MedForge uses 0.05).")
