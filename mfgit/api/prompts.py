@@ -59,14 +59,14 @@ def mean_pooled(model, **inputs: "torch.Tensor") -> "torch.Tensor":
     return F.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1.0), dim=-1)
 
 
-def class_vectors(embeddings: "torch.Tensor", counts: Sequence[int]) -> "torch.Tensor":
-    """One unit vector per class: the normalised mean of its prompts' (unit) embeddings, `counts` rows each."""
+def class_vectors(unit: "torch.Tensor", counts: Sequence[int]) -> "torch.Tensor":
+    """One unit vector per class: the normalised mean of its prompts' unit embeddings (`counts` rows each, in order)."""
     import torch
     from torch.nn import functional as F
 
     out, i = [], 0
     for c in counts:
-        out.append(F.normalize(F.normalize(embeddings[i:i + c], dim=-1).mean(0), dim=-1))
+        out.append(F.normalize(unit[i:i + c].mean(0), dim=-1))
         i += c
     return torch.stack(out)
 
@@ -106,9 +106,7 @@ class PromptScore:
         self.tokenizer_factory = tokenizer
         self.tokenizer_name = tokenizer_name
         self._tokenizer = None
-        self._prompts: dict[str, tuple[dict[str, Any], list[int], str]] = {}
-        self.__module__ = __name__
-        self.__qualname__ = NAME
+        self._prompts: dict[str, tuple[dict[str, Any], list[int]]] = {}  # per site commit: computed once
 
     def record(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer_name, "encoder_temperature": ENCODER_TEMPERATURE,
@@ -132,34 +130,30 @@ class PromptScore:
 
         hit = self._prompts.get(site.commit)
         if hit is not None:
-            return hit[0], hit[1]
+            return hit
         counts = prompt_counts(site)
         given = site.task.get("prompt_inputs")
         if given is not None:
-            ids = given.get("input_ids") if isinstance(given, dict) else None
+            rows = _rows(given.get("input_ids")) if isinstance(given, dict) else None
             mask = given.get("attention_mask") if isinstance(given, dict) else None
-            rows = _rows(ids)
-            if rows is None or len(rows) != sum(counts) or (mask is not None and [len(r) for r in _rows(mask) or []]
-                                                             != [len(r) for r in rows]):
+            masks = _rows(mask) if mask is not None else [[1] * len(r) for r in rows or []]
+            if rows is None or masks is None or len(rows) != sum(counts) or [len(m) for m in masks] != [len(r) for r in rows]:
                 raise InvalidSiteData(site.commit, TASK, f"'prompt_inputs' must hold input_ids (and optionally an "
                                       f"attention_mask of the same shape): one list of token ids per prompt, "
                                       f"{sum(counts)} in all")
             width = max(len(r) for r in rows)
             # Ragged rows are padded with id 0 under a mask of 0.
             inp = {"input_ids": torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long),
-                   "attention_mask": torch.tensor([(m if mask is not None else [1] * len(r)) + [0] * (width - len(r))
-                                                   for r, m in zip(rows, _rows(mask) if mask is not None else rows)],
-                                                  dtype=torch.long)}
-            how = "prompt_inputs"
+                   "attention_mask": torch.tensor([m + [0] * (width - len(m)) for m in masks], dtype=torch.long)}
         else:
             inp = self._tokenize([p for ps in site.task["prompts"] for p in ps], site)
-            how = "tokenizer"
-        self._prompts[site.commit] = (inp, counts, how)
+        self._prompts[site.commit] = (inp, counts)
         return inp, counts
 
     def site_logits(self, model, site: "SiteData") -> "torch.Tensor":
         """The class logits of every sample of `site` under `model`."""
         import torch
+        from torch.nn import functional as F
 
         inner = _inner(model)
         clip = callable(getattr(inner, "get_text_features", None))
@@ -170,24 +164,25 @@ class PromptScore:
             return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
 
         def embed_text(inp: dict[str, "torch.Tensor"]) -> "torch.Tensor":
+            """Unit embeddings of token inputs."""
             inp = {k: to(v) for k, v in inp.items()}
-            return _features(inner.get_text_features(**inp)) if clip else mean_pooled(inner, **inp)
+            return F.normalize(_features(inner.get_text_features(**inp)), dim=-1) if clip else mean_pooled(inner, **inp)
 
         pin, counts = self.prompt_inputs(site)
         classes = class_vectors(embed_text(pin), counts)
         x = site.inputs()
         if "pixel_values" in x and not callable(getattr(inner, "get_image_features", None)):
-            raise InvalidSiteData(site.commit, "distilled", "holds pixel_values, but the model has no "
+            raise InvalidSiteData(site.commit, site.name, "holds pixel_values, but the model has no "
                                   "get_image_features (a CLIP model is needed)")
         parts = []
         n = site.labels.shape[0]
         for i in range(0, n, BATCH):
             batch = {k: v[i:i + BATCH] for k, v in x.items()}
             if "pixel_values" in batch:
-                e = _features(inner.get_image_features(pixel_values=to(batch["pixel_values"])))
+                parts.append(F.normalize(_features(inner.get_image_features(pixel_values=to(batch["pixel_values"]))),
+                                         dim=-1))
             else:
-                e = embed_text(batch)
-            parts.append(torch.nn.functional.normalize(e, dim=-1))
+                parts.append(embed_text(batch))
         emb = torch.cat(parts)
         temperature = site.task.get("temperature")
         if temperature is not None:
@@ -213,7 +208,7 @@ class PromptScore:
                 logits = self.site_logits(model, site).float().cpu()
                 labels = site.labels
                 if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
-                    raise InvalidSiteData(site.commit, "distilled", f"labels must lie in 0..{logits.shape[1] - 1} "
+                    raise InvalidSiteData(site.commit, site.name, f"labels must lie in 0..{logits.shape[1] - 1} "
                                           "(one per class of the task spec)")
                 task = str(site.task.get("task") or site.site or site.commit)
                 losses.setdefault(task, []).append(F.cross_entropy(logits, labels, reduction="none"))

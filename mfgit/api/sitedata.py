@@ -44,6 +44,7 @@ class SiteData:
     label: str
     tensors: dict[str, Any]  # name → torch.Tensor, ``labels`` among them
     task: dict[str, Any] | None  # the commit's ``task`` attachment, when it has one
+    name: str = "distilled"  # the attachment the tensors came from
 
     @property
     def labels(self):
@@ -143,5 +144,5 @@ def load_site_data(repo: "BaseRepository", leaves: Sequence[Mapping[str, Any]],
             if got is not None:
                 reads.append(_record(cid, lf["site"], got[1]))
                 task = task_of(got[0], cid)
-        datasets.append(SiteData(cid, lf["site"], lf["label"], tensors, task))
+        datasets.append(SiteData(cid, lf["site"], lf["label"], tensors, task, name))
     return datasets, reads

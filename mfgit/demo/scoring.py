@@ -1,30 +1,14 @@
-"""The coordinator's scores: Fusion's search objective on distilled sets, and the Mixture's output.
+"""The coordinator's output-space composite: MedForge-Mixture's probabilities.
 
-Both use only what sites committed: prompts (attachment ``task``) and
-distilled sets (attachment ``distilled``), never records.
+Fusion's search objective on the sites' distilled sets is mfgit's built-in
+one (``merge --score prompts --data attachments:distilled``, mfgit.api.prompts).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
-
-
-def distilled_loss(model, data: Sequence[tuple[list[list[str]], dict[str, Any]]]) -> float:
-    """Mean over sites of the cross-entropy of each distilled set against its own task's prompts (lower is better)."""
-    import torch
-    from torch.nn import functional as F
-
-    from mfgit.demo.model import logits
-
-    losses = []
-    with torch.no_grad():
-        for prompts, t in data:
-            inputs = {k: v for k, v in t.items() if k != "labels"}
-            losses.append(float(F.cross_entropy(logits(model, prompts, **inputs), t["labels"])))
-    return float(np.mean(losses))
 
 
 def mixture_proba(probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:

@@ -26,7 +26,6 @@ A demonstration of the workflow on small public tables, not a clinical model.
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from collections.abc import Callable
@@ -67,10 +66,6 @@ def _hub_url(workdir: Path) -> tuple[str, dict[str, str]]:
     return str(workdir / "hub.mfgit"), {}
 
 
-def _has_attachments(repo) -> bool:
-    return "attachments" in inspect.signature(repo.commit).parameters and hasattr(repo, "read_attachment")
-
-
 def run_demo(workdir: str | os.PathLike = "mfgit-demo", sites: int = 3, seed: int = 0, quick: bool = False,
              progress: Callable[[str], Any] | None = print) -> dict[str, Any]:
     """Run the whole workflow into `workdir` (which must be empty or absent); return the results.
@@ -102,13 +97,13 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from mfgit.api.repository import Repository
     from mfgit.demo import report
     from mfgit.demo.data import MAX_TEST, MAX_TRAIN, load_task
     from mfgit.demo.model import LORA, LORA_TARGETS, MODEL_NAME, TEMPERATURE, load_base
-    from mfgit.demo.scoring import distilled_loss, mixture_proba
+    from mfgit.demo.scoring import mixture_proba
     from mfgit.demo.train import DISTILL, TRAIN, distill, metrics, predict_proba, train_lora
 
     t_start = time.perf_counter()
@@ -175,12 +170,11 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
                 "seed": site_seed, "final_loss": round(loss, 6), "val_acc": round(val["acc"], 6),
                 "val_auc": round(val["auc"], 6), "data": task.source}
         attach = {"task": extras / "task.json", "distilled": extras / "distilled.safetensors"}
-        kw = {"attachments": attach} if _has_attachments(repo) else {}
         info = repo.commit(out, f"{site}: LoRA r={LORA['r']} for {task.name} on {meta['samples']} local records",
-                           meta=meta, **kw)
+                           meta=meta, attachments=attach)
         repo.push("origin", [f"sites/{site}"])
         return {"site": site, "task": task.name, "commit": info.id, "adapter": info.commit.adapter, "meta": meta,
-                "attachments": {k: str(v) for k, v in attach.items()}, "attached": bool(kw),
+                "attachments": {k: str(v) for k, v in attach.items()},
                 "train_s": round(train_s, 2), "distill_s": round(distill_s, 2)}
 
     def announce(c: dict[str, Any], step: str) -> None:
@@ -246,25 +240,13 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
         f"difference to the one-shot merge: {check['max_abs_diff']:.3g} (identical adapter: "
         f"{check['identical_adapter']})")
 
-    # MedForge-Fusion: weights searched on the distilled sets the sites committed (never on records)
+    # MedForge-Fusion: weights searched on the distilled sets the sites committed (never on records), with
+    # the built-in loader and scorer: each site's `distilled` attachment classified with its own `task` prompts
     t = time.perf_counter()
     all_revs = [*revs, late_rev]
-    distilled = []
-    for s, task in all_sites:
-        c = site_commits[s]
-        if c["attached"]:
-            # the distilled set and prompts as the hub has them  [attachments API]
-            blob = coord.read_attachment(f"origin/sites/{s}", "distilled")
-            tensors = _safetensors_bytes(blob)
-            spec = report.loads(coord.read_attachment(f"origin/sites/{s}", "task").decode("utf-8"))
-        else:
-            # until commits carry attachments: the same files, read from the site's folder
-            tensors = load_file(c["attachments"]["distilled"])
-            spec = report.loads(Path(c["attachments"]["task"]).read_text(encoding="utf-8"))
-        distilled.append((spec["prompts"], tensors))
     coord.switch("composite/fusion", orphan=True)
     fusion = coord.merge(all_revs, strategy="linear", weights=[FUSION["start"]] * len(all_revs), rank="sum",
-                         search="weights", score=distilled_loss, base=load_base(), data=distilled,
+                         search="weights", score="prompts", base=load_base, data="attachments:distilled",
                          budget=budget, bounds=FUSION["bounds"], l1=FUSION["l1"], seed=seed,
                          message=(f"MedForge-Fusion of {len(all_revs)} sites: weights searched on the sites' "
                                   "distilled sets"))
@@ -384,12 +366,6 @@ def _require_demo_packages() -> None:
                if importlib.util.find_spec(mod) is None]
     if missing:
         raise DemoError(f"mfgit demo needs {', '.join(missing)} (install them: pip install 'mfgit[demo]')")
-
-
-def _safetensors_bytes(blob: bytes) -> dict[str, Any]:
-    from safetensors.torch import load
-
-    return load(blob)
 
 
 def delta_difference(repo, rev_a: str, rev_b: str) -> dict[str, Any]:
