@@ -141,6 +141,10 @@ def test_the_search_records_every_attachment_it_read_by_digest(fusion):
     want = sorted((s, name, sha(fusion["files"][s][name]), leaves[s]) for s in SITES for name in ("distilled", "task"))
     assert got == want
     assert search["layout"]["commits"] == [leaves[s] for s in sorted(leaves)]
+    from mfgit.render.text import search_text
+
+    text = search_text(fusion["made"]["provenance"])
+    assert f"read distilled of {leaves['c'][:10]} (c): sha256 {sha(fusion['files']['c']['distilled'])[:16]}" in text
 
 
 def test_the_chosen_weights_score_no_worse_than_uniform_weights_on_the_same_objective(fusion):
