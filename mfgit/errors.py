@@ -524,3 +524,38 @@ class InvalidHubId(MfgitError):
     def __init__(self, name: str):
         super().__init__(f"{name!r} is not a Hub model id")
         self.name = name
+
+
+# --- h13-mixture ---
+
+
+class MixtureError(MfgitError):
+    """A mixture (an output-space composite) cannot be made or loaded as asked."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MixtureBaseMismatch(MixtureError):
+    """Members of one mixture adapt different base models: their outputs cannot be mixed."""
+
+    def __init__(self, rev: str, base: dict, other_rev: str, other_base: dict):
+        def name(b: dict) -> str:
+            return f"{b.get('name')}" + (f"@{b.get('revision')}" if b.get("revision") else "")
+        super().__init__(f"cannot mix {rev} (base model {name(base)}) with {other_rev} "
+                         f"(base model {name(other_base)})")
+        self.rev = rev
+        self.base = base
+        self.other_rev = other_rev
+        self.other_base = other_base
+
+
+class IsAMixture(MixtureError):
+    """A verb that needs one adapter was given a mixture, which has none (its members are separate)."""
+
+    def __init__(self, rev: str, verb: str):
+        super().__init__(f"{rev} is a mixture (an output-space composite of member adapters, no merged "
+                         f"adapter): {verb}")
+        self.rev = rev
+        self.verb = verb

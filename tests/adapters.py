@@ -26,9 +26,11 @@ __all__ = [
     "delta_weights",
     "make_gpt2_adapter",
     "make_lora_adapter",
+    "make_classifier_adapter",
     "make_minilm_adapter",
     "minilm_model",
     "module_key",
+    "tiny_bert_classifier",
     "tiny_llama",
 ]
 
@@ -72,7 +74,7 @@ def minilm_model():
     return model
 
 
-def _fill_and_save(model, config, out_dir, seed: int, dtype: torch.dtype) -> Path:
+def _fill_and_save(model, config, out_dir, seed: int, dtype: torch.dtype, std: float | None = None) -> Path:
     from peft import get_peft_model
 
     peft_model = get_peft_model(model, config)
@@ -81,7 +83,7 @@ def _fill_and_save(model, config, out_dir, seed: int, dtype: torch.dtype) -> Pat
     # Sorted names: the values depend only on the seed and the module names.
     for name, param in sorted(peft_model.named_parameters(), key=lambda kv: kv[0]):
         if ".lora_A." in name or ".lora_B." in name or "lora_embedding_" in name:
-            values = torch.randn(param.shape, generator=gen, dtype=torch.float32) * _LORA_STD
+            values = torch.randn(param.shape, generator=gen, dtype=torch.float32) * (std or _LORA_STD)
             param.data = values.to(dtype)
             filled += 1
     if filled == 0:
@@ -178,6 +180,35 @@ def make_minilm_adapter(
         **lora,
     )
     return _fill_and_save(minilm_model(), config, out_dir, seed, torch.float32)
+
+
+TINY_BERT_NAME = "tiny-bert-classifier"
+
+
+def tiny_bert_classifier(seed: int = 0, num_labels: int = 3):
+    """A deterministic tiny BertForSequenceClassification built from a config; global RNG state is untouched."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32, num_labels=num_labels,
+                        initializer_range=0.5)  # logits far from uniform, so members differ visibly
+    config.name_or_path = TINY_BERT_NAME
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config)
+    model.name_or_path = TINY_BERT_NAME
+    model.eval()
+    return model
+
+
+def make_classifier_adapter(out_dir, *, seed: int = 0, r: int = 4, lora_alpha: float = 8,
+                            target_modules=("query", "value"), std: float | None = None) -> Path:
+    """Save a PEFT LoRA adapter of the tiny BERT classifier (`std`: the factors' scale, default 0.02)."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=list(target_modules), lora_dropout=0.0,
+                        bias="none")
+    return _fill_and_save(tiny_bert_classifier(), config, out_dir, seed, torch.float32, std=std)
 
 
 # --- the dense reference ----------------------------------------------------

@@ -134,3 +134,11 @@ def _lookup(exc: BaseException) -> tuple[int, str]:
 TABLE += [
     (E.InvalidHubId, USAGE, _fix("give owner/name as on huggingface.co, e.g. --base-model-id meta-llama/Llama-3.2-1B")),
 ]
+
+# --- h13-mixture ---
+TABLE += [  # the most specific first: IsAMixture and MixtureBaseMismatch are MixtureErrors
+    (E.IsAMixture, BAD_INPUT, _fix("use its members (mfgit show REV lists them), or load it with "
+                                   "Repository.load_mixture; see docs/merging.md, MedForge-Mixture")),
+    (E.MixtureBaseMismatch, MERGE, _fix("mix only adapters of one base model")),
+    (E.MixtureError, MERGE, _fix("see docs/merging.md, MedForge-Mixture")),
+]

@@ -168,6 +168,8 @@ class Commit:
     message: str
     provenance: dict[str, Any]
     signature: dict[str, Any] | None = None
+    # --- mixture: an output-space composite (schema.mixture); absent on every other commit ---
+    mixture: dict[str, Any] | None = None
 
     def to_dict(self, *, with_signature: bool = True) -> dict[str, Any]:
         d = {
@@ -181,6 +183,9 @@ class Commit:
         }
         if with_signature and self.signature is not None:
             d["signature"] = self.signature
+        # --- mixture: omitted when absent, so that every other commit keeps its bytes and id ---
+        if self.mixture is not None:
+            d["mixture"] = self.mixture
         return d
 
     def encode(self) -> bytes:
@@ -198,6 +203,15 @@ class Commit:
     def is_merge(self) -> bool:
         return self.provenance.get("kind") == "merge"
 
+    # --- mixture ---
+    @property
+    def is_mixture(self) -> bool:
+        return self.mixture is not None
+
+    def mixture_members(self) -> list[tuple[str, float]]:
+        """(member commit, weight) in order; empty for a commit that is not a mixture."""
+        return [(m["commit"], m["weight"]) for m in (self.mixture or {}).get("members", [])]
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Commit":
         return cls(
@@ -209,6 +223,7 @@ class Commit:
             message=d["message"],
             provenance=d["provenance"],
             signature=d.get("signature"),
+            mixture=d.get("mixture"),  # --- mixture ---
         )
 
 

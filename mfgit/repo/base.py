@@ -305,7 +305,8 @@ class BaseRepository:
 
     def write_commit(self, adapter_id: str, parents: list[str], message: str, provenance: dict,
                      branch_ref: str | None, expected: str | None, ident: dict | None = None,
-                     timestamp: str | None = None, sign: Signer | None = None) -> CommitInfo:
+                     timestamp: str | None = None, sign: Signer | None = None,
+                     mixture: dict | None = None) -> CommitInfo:
         """Store a commit object, then move `branch_ref` (HEAD when None) from `expected` to it.
 
         Objects before refs (invariant 4): the caller has stored everything
@@ -320,13 +321,14 @@ class BaseRepository:
             timestamp=timestamp or utc_now(),
             message=message,
             provenance=provenance,
+            mixture=mixture,  # --- mixture: an output-space composite (mfgit.api.mixture) ---
         )
         if sign is not None:
             commit = sign(commit)
         cid = self.put_commit(commit)
         crashpoint("after-commit-object")
         summary = message.splitlines()[0] if message else ""
-        kind = "merge" if provenance.get("kind") == "merge" else "commit"
+        kind = "merge" if provenance.get("kind") == "merge" else "mixture" if mixture is not None else "commit"
         if branch_ref is None:
             self.refs.update("HEAD", cid, ANY, who=self.who(), message=f"{kind}: {summary}")
         else:
