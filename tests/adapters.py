@@ -166,9 +166,11 @@ def make_minilm_adapter(
     r: int = 8,
     lora_alpha: float = 16,
     target_modules=("query", "value"),
+    std: float | None = None,
     **lora: object,
 ) -> Path:
-    """Save a PEFT LoRA adapter for the real all-MiniLM-L6-v2 (`lora`: other LoraConfig fields)."""
+    """Save a PEFT LoRA adapter for the real all-MiniLM-L6-v2 (`lora`: other LoraConfig fields;
+    `std`: the factors' scale, default 0.02)."""
     from peft import LoraConfig
 
     config = LoraConfig(
@@ -179,7 +181,7 @@ def make_minilm_adapter(
         bias="none",
         **lora,
     )
-    return _fill_and_save(minilm_model(), config, out_dir, seed, torch.float32)
+    return _fill_and_save(minilm_model(), config, out_dir, seed, torch.float32, std=std)
 
 
 TINY_BERT_NAME = "tiny-bert-classifier"

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mfgit.errors import MalformedObject
+from mfgit.errors import IsAMixture, MalformedObject
 from mfgit.formats.dtypes import DTYPES
 from mfgit.formats.peft import module_scaling
 
@@ -158,8 +158,15 @@ def _loose_tensor_changes(a: _Side, b: _Side) -> list[dict[str, Any]]:
 
 
 def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) -> dict[str, Any]:
-    a = _Side(repo, repo.resolve(rev_a))
-    b = _Side(repo, repo.resolve(rev_b))
+    ida, idb = repo.resolve(rev_a), repo.resolve(rev_b)
+    mixtures = [repo.read_commit(ida).is_mixture, repo.read_commit(idb).is_mixture]
+    if any(mixtures):  # --- mixture: members and weights, not modules ---
+        if not all(mixtures):
+            raise IsAMixture(rev_a if mixtures[0] else rev_b, "diff compares an adapter only with an adapter, "
+                             "a mixture only with a mixture; diff one of its members instead")
+        return mixture_diff(repo, rev_a, ida, rev_b, idb)
+    a = _Side(repo, ida)
+    b = _Side(repo, idb)
     names = sorted(set(a.adapter.modules) | set(b.adapter.modules))
     modules = []
     counts = {"added": 0, "removed": 0, "changed": 0, "unchanged": 0}
@@ -242,3 +249,21 @@ def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) 
         "modules": modules,
         "tensors": _loose_tensor_changes(a, b),
     }
+
+
+# --- mixture: what changed between two mixtures ---
+
+
+def mixture_diff(repo: "BaseRepository", rev_a: str, id_a: str, rev_b: str, id_b: str) -> dict[str, Any]:
+    """Members of two mixtures: ``added``, ``removed``, ``reweighted`` (weight_a → weight_b) or ``unchanged``."""
+    wa = dict(repo.read_commit(id_a).mixture_members())
+    wb = dict(repo.read_commit(id_b).mixture_members())
+    members, counts = [], {"added": 0, "removed": 0, "reweighted": 0, "unchanged": 0}
+    for cid in list(wa) + [c for c in wb if c not in wa]:
+        a, b = wa.get(cid), wb.get(cid)
+        status = "added" if a is None else "removed" if b is None else "unchanged" if a == b else "reweighted"
+        counts[status] += 1
+        site = repo.read_commit(cid).site if repo.store.has(cid) else None
+        members.append({"commit": cid, "site": site, "status": status, "weight_a": a, "weight_b": b})
+    return {"kind": "mixture", "a": {"rev": rev_a, "commit": id_a}, "b": {"rev": rev_b, "commit": id_b},
+            "identical": counts["unchanged"] == len(members), "counts": counts, "members": members}

@@ -11,6 +11,10 @@ and signatures against the allowed-signers policy.
   the merged updates must agree within a tolerance (max |ΔW difference|).
 * **signatures**: each commit is attributed to a branch (below) and its
   signature judged by `mfgit.audit.signing.judge`.
+* **mixtures** (always, for every mixture in that history): each member is a
+  readable commit with an adapter, not itself a mixture, every member has a
+  recorded finite weight, and all members adapt one base model. (The members
+  are parents, so the integrity check has already read each of them.)
 
 Branch attribution. Signature policy follows the branch a commit belongs
 to, however it is named. REV's branches (``rev_branches``) are the branch REV
@@ -154,6 +158,48 @@ def check_integrity(repo: "BaseRepository", commits: list[str], tag: str | None 
     return {"ok": not problems, **counts, "problems": problems}
 
 
+# -- mixtures ----------------------------------------------------------------------------------
+
+
+def _mixture_commits(repo: "BaseRepository", commits: list[str]):
+    for cid in commits:
+        try:
+            c = repo.read_commit(cid)
+        except MfgitError:
+            continue  # reported by the integrity check
+        if c.is_mixture:
+            yield cid, c
+
+
+def check_mixtures(repo: "BaseRepository", commits: list[str]) -> list[dict[str, Any]]:
+    """One entry per mixture commit in `commits`: its members are adapters of one base model, with weights."""
+    import math
+
+    out = []
+    for cid, c in _mixture_commits(repo, commits):
+        members = c.mixture_members()
+        problems, bases = [], {}
+        for mid, w in members:
+            if not math.isfinite(w):
+                problems.append(f"member {mid[:10]} has no finite weight")
+            try:
+                mc = repo.read_commit(mid)
+                if mc.is_mixture:
+                    problems.append(f"member {mid[:10]} is itself a mixture")
+                    continue
+                bases[mid] = repo.read_adapter(mc.adapter).base_model
+            except MfgitError as e:
+                problems.append(f"member {mid[:10]} cannot be read: {e}")
+        if len({(b.get("name"), b.get("revision")) for b in bases.values()}) > 1:
+            problems.append("members adapt different base models: "
+                            + ", ".join(f"{m[:10]} {b.get('name')}" for m, b in bases.items()))
+        out.append({"commit": cid, "ok": not problems, "members": len(members),
+                    "weight_sum": float(sum(w for _, w in members)),
+                    "reason": "; ".join(problems) if problems else
+                    f"{len(members)} member(s) present, weights recorded, one base model"})
+    return out
+
+
 # -- reproduce ---------------------------------------------------------------------------------
 
 
@@ -260,7 +306,11 @@ def attribute(repo: "BaseRepository", tip: str, branches: Sequence[str | None], 
         except MfgitError:
             continue
         prov = c.provenance or {}
-        if prov.get("kind") == "merge":
+        if c.is_mixture:  # --- mixture: each member on its own branch; the previous tip stays on this one ---
+            members = {m for m, _ in c.mixture_members()}
+            for p in c.parents:
+                stack.append((p, _side_branch(repo, p, None)) if p in members else (p, b))
+        elif prov.get("kind") == "merge":
             integ = prov.get("integration") or {}
             base = integ.get("base")
             named = set(integ.get("added") or []) if integ.get("mode") == "one-shot" else set()
@@ -426,6 +476,9 @@ def verify(repo: "BaseRepository", rev: str = "HEAD", *, reproduce: bool = False
     report["integrity"] = integrity
     for p in integrity["problems"]:
         failures.append({"check": "integrity", "commit": p["commit"], "reason": p["error"]})
+    mixtures = check_mixtures(repo, commits)  # --- mixture ---
+    report["mixtures"] = mixtures
+    failures += [{"check": "mixture", "commit": m["commit"], "reason": m["reason"]} for m in mixtures if not m["ok"]]
     report["reproduce"] = None
     if reproduce:
         rep = check_reproduce(repo, commits, tolerance=tolerance, device=device, progress=progress)

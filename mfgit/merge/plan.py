@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
-from mfgit.errors import MergeError
+from mfgit.errors import IsAMixture, MergeError
 from mfgit.merge.engine import LINEAR_FAMILY, MergeInput, MergeOutput, Recipe
 from mfgit.merge.lowrank import RankPolicy
 from mfgit.merge.recipes import load_recipe, mergekit_differences
@@ -196,6 +196,10 @@ def plan_merge(repo: "BaseRepository", request: MergeRequest, *, searching: bool
     branch_ref, tip = repo.commit_target()
     tip_commit = repo.read_commit(tip) if tip else None
     resolved = [(rev, repo.resolve(rev)) for rev in req.revs]
+    for rev, cid in resolved:  # --- mixture: nothing to merge in weight space ---
+        if repo.read_commit(cid).is_mixture:
+            raise IsAMixture(rev, "merge combines adapters in weight space; merge its members, or add a site to "
+                                  "the mixture with mfgit mix")
     if req.weights is not None and len(req.weights) != len(resolved):
         raise MergeError(f"--weights gives {len(req.weights)} weight(s) for {len(resolved)} revision(s)")
     old = (tip_commit.provenance or {}) if tip_commit is not None else {}

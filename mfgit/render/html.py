@@ -111,6 +111,10 @@ def _svg(d: dict[str, Any]) -> tuple[str, int, int]:
             cls = "merge linear" if n.get("linear") else "merge nonlinear"
             line1 = f"merge · {r.get('strategy')}" + (f" · λ={n['lambda']:g}" if n.get("lambda") not in (None, 1.0) else "")
             line3 = f"{len(n.get('inputs') or [])} inputs · {n.get('integration') or ''}"
+        elif n["kind"] == "mixture":  # --- mixture ---
+            cls = "merge nonlinear"
+            line1 = f"mixture · {n.get('combine')} (output space)"
+            line3 = f"{len(n.get('inputs') or [])} members"
         else:
             lf = leaf.get(n["id"])
             cls = "leaf"

@@ -1,4 +1,4 @@
-"""merge."""
+"""merge, mix."""
 
 from __future__ import annotations
 
@@ -113,4 +113,52 @@ def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda
         click.echo(render.search_text(prov), nl=False)
 
 
-COMMANDS = [merge]
+def _weights_list(weights: str | None) -> list[float] | None:
+    if weights is None:
+        return None
+    try:
+        return [float(w) for w in weights.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{weights!r}: give numbers separated by commas", param_hint="--weights") from None
+
+
+@click.command()
+@click.argument("revs", nargs=-1, required=True)
+@click.option("--weights", default=None, metavar="W1,W2,...",
+              help="One weight per revision, in order (a mixture's weight scales its members'); default: "
+                   "each revision's share of the members.")
+@click.option("--search", type=click.Choice(["weights"]), default=None,
+              help="Search the revisions' weights that minimise --score.")
+@click.option("--stagewise", is_flag=True, help="Search as MedForge does: one revision at a time, [a, b] from "
+                                                "[0.5, 0.5], then w <- [a*w, b].")
+@click.option("--score", default=None, metavar="MODULE:FUNC", help="Your score function (lower is better); it "
+                                                                   "receives the mixture module (probabilities).")
+@click.option("--base", "base_spec", default=None, metavar="MODULE:FUNC", help="Base model factory (default: base_model() in the score module).")
+@click.option("--data", "data_spec", default=None, metavar="MODULE:FUNC", help="Data loader (default: load_data() in the score module, if any).")
+@click.option("--budget", type=int, default=None, help="Optimiser proposals to evaluate (per stage with --stagewise; default 40).")
+@click.option("--bounds", default=None, metavar="LOW,HIGH", help="Bounds of every searched weight (default -1.5,1.5).")
+@click.option("--l1", type=float, default=None, help="Penalty l1 * mean(|w|) on the searched weights (default 0.05, MedForge's).")
+@click.option("--seed", type=int, default=None, help="Seed of the optimiser (default 0).")
+@click.option("-m", "--message", default=None, help="Commit message.")
+@click.option("--branch", default=None, metavar="NAME", help="Commit on branch NAME (created if absent) instead of the current branch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result and provenance as JSON.")
+@click.option("-S", "--sign", is_flag=True, help="Sign the mixture commit with the key in config signing.key.")
+@click.pass_context
+def mix(ctx, revs, weights, search, stagewise, score, base_spec, data_spec, budget, bounds, l1, seed, message,
+        branch, as_json, sign):
+    """Commit the output-space mixture of REVS (MedForge-Mixture): sum of w_j * softmax(member j); no weights merged."""
+    repo = open_repo(ctx)
+    if score or search:
+        import_path(ctx)
+    say = None if as_json else (lambda line: click.echo(line, err=True))
+    report = repo.mix(list(revs), weights=_weights_list(weights), search=search, stagewise=stagewise, score=score,
+                      base=base_spec, data=data_spec, budget=budget, bounds=bounds, l1=l1, seed=seed,
+                      message=message, branch=branch, sign=repo.signer() if sign else None,
+                      say=say if search else None)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    click.echo(render.mix_text(report.to_dict(), branch or repo.head_branch() or "detached HEAD"), nl=False)
+
+
+COMMANDS = [merge, mix]
