@@ -345,3 +345,55 @@ def test_cli_mix_search_with_a_score_module(cli, tmp_path, bert_adapters):
     s = r["provenance"]["search"]
     assert s["stagewise"] and s["budget"] == 3 and s["scorer"]["base"].endswith(":base_model")
     assert s["chosen"]["score"] <= s["start"]["score"]
+
+
+def test_a_signed_mixture_verifies_and_each_member_is_judged_on_its_site_branch(cli, tmp_path, bert_adapters):
+    keys = tmp_path / "keys"
+    for who in ("site-a", "site-b", "coordinator"):
+        cli.json("keygen", keys / who, "--json")
+    repo = tmp_path / "repo"
+    cli.ok("init", repo)
+    cli = cli.at(repo)
+    for s, src in zip("ab", bert_adapters):
+        cli.ok("switch", "--orphan", f"sites/{s}")
+        cli.ok("config", "site", s)
+        cli.ok("config", "signing.key", keys / f"site-{s}")
+        cli.ok("commit", src, "-m", f"site {s}", "--sign")
+    cli.ok("config", "site", "coordinator")
+    cli.ok("config", "signing.key", keys / "coordinator")
+    cli.ok("switch", "--orphan", "main")
+    cli.ok("mix", "sites/a", "sites/b", "--weights", "0.5,0.5", "-S")
+    lines = [f"{b} {(keys / k).with_suffix('.pub').read_text().strip()}"
+             for b, k in (("main", "coordinator"), ("sites/a", "site-a"), ("sites/b", "site-b"))]
+    (repo / ".mfgit" / "allowed_signers").write_text("\n".join(lines) + "\n")
+    r = cli.json("verify", "main", "--signatures", "--json")
+    assert r["ok"], r["failures"]
+    assert {e["branch"] for e in r["signatures"]["commits"]} == {"main", "sites/a", "sites/b"}
+    # The weights are under the signature: the same commit with another weight does not verify.
+    from mfgit.api.repository import Repository
+    from mfgit.audit.signing import check_signature
+
+    rp = Repository.open(repo)
+    c = rp.read_commit(rp.resolve("main"))
+    forged = Commit(**{**c.__dict__, "mixture": {"combine": "softmax", "members": [
+        {"commit": m, "weight": 0.9 if i == 0 else w} for i, (m, w) in enumerate(c.mixture_members())]}})
+    assert check_signature(c).status == "good"
+    assert check_signature(forged).status == "bad"
+
+
+def test_a_mixture_travels_with_its_members_through_a_remote(tmp_path, mfgit_env, bert_adapters):
+    from mfgit.api.repository import Repository
+
+    repo, ids = _site_repo(tmp_path / "repo", bert_adapters[:2], sites=("a", "b"))
+    repo.mix(["sites/a", "sites/b"], weights=[0.25, 0.75], branch="composite/mixture")
+    Repository.init(tmp_path / "hub.mfgit", bare=True)
+    repo.remote_add("hub", str(tmp_path / "hub.mfgit"))
+    repo.push("hub", ["composite/mixture"])  # only the mixture's branch: its members go as its parents
+    clone = Repository.clone(str(tmp_path / "hub.mfgit"), tmp_path / "clone")
+    rev = "origin/composite/mixture"
+    assert clone.read_commit(clone.resolve(rev)).mixture_members() == list(zip(ids, [0.25, 0.75]))
+    assert clone.fsck()["ok"] and clone.verify(rev)["ok"]
+    inputs = _bert_inputs()
+    with torch.no_grad():
+        got = clone.load_mixture(tiny_bert_classifier(), rev)(**inputs)
+    torch.testing.assert_close(got, _reference(bert_adapters[:2], [0.25, 0.75], inputs), rtol=1e-5, atol=1e-6)
