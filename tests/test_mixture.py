@@ -153,6 +153,9 @@ def test_mixture_output_on_all_minilm_l6_v2_with_a_prompt_classifier(tmp_path, m
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(_reference(dirs[:1], [1.0], {"texts": texts}, base=load_base,
                                          logits=lambda m, **kw: logits(m, **kw)), want, atol=1e-4)
+    # An encoder has no logits: without a logits function the module says so instead of guessing.
+    with pytest.raises(MixtureError, match="has no logits"):
+        repo.load_mixture(load_base(), "mixture")(**tokenize(texts))
 
 
 # --- errors -----------------------------------------------------------------------------------------

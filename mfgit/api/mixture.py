@@ -139,7 +139,7 @@ def empty_adapter(base_model: dict[str, Any]) -> Adapter:
 def mix(repo: "BaseRepository", revs: Sequence[str], *, weights: Sequence[float] | None = None,
         search: str | None = None, score: Any = None, base: Any = None, data: Any = None,
         budget: int | None = None, bounds: Any = None, l1: float | None = None, seed: int | None = None,
-        stagewise: bool = False, logits: Callable[..., Any] | None = None, message: str | None = None,
+        stagewise: bool = False, logits: Callable[..., Any] | str | None = None, message: str | None = None,
         branch: str | None = None, sign: "Signer | None" = None,
         say: Callable[[str], Any] | None = None) -> MixReport:
     """Commit the mixture of `revs` on `branch` (default: the current branch); see the module docstring."""
@@ -147,11 +147,18 @@ def mix(repo: "BaseRepository", revs: Sequence[str], *, weights: Sequence[float]
     revs = list(revs)
     if not revs:
         raise MixtureError("name at least one revision to mix")
-    if search is None and any(v is not None for v in (score, base, data, budget, bounds, l1)) or \
-            (search is None and stagewise):
-        raise MixtureError("--score, --base, --data, --budget, --bounds, --l1 and --stagewise go with --search")
+    if search is None and (any(v is not None for v in (score, base, data, budget, bounds, l1, seed, logits))
+                           or stagewise):
+        raise MixtureError("--score, --base, --data, --budget, --bounds, --l1, --seed, --logits and --stagewise "
+                           "go with --search")
+    logits_record = logits if isinstance(logits, str) else (
+        None if logits is None else f"{getattr(logits, '__module__', '?')}:{getattr(logits, '__qualname__', '?')}")
     if search is not None and search not in SEARCH_MODES:
         raise MixtureError(f"--search must be one of {', '.join(SEARCH_MODES)}, got {search!r}")
+    if isinstance(logits, str):
+        from mfgit.api.usercode import load_callable
+
+        logits = load_callable(logits, "--logits")
     resolved = _resolve(repo, revs)
     if len({r.commit for r in resolved}) != len(resolved):
         raise MixtureError("a revision is named twice")
@@ -166,9 +173,9 @@ def mix(repo: "BaseRepository", revs: Sequence[str], *, weights: Sequence[float]
         rev_weights = start
     search_record = None
     if search is not None:
-        rev_weights, search_record = _search(repo, resolved, rev_weights if weights is not None else start,
-                                             score=score, base=base, data=data, budget=budget, bounds=bounds,
-                                             l1=l1, seed=seed, stagewise=stagewise, logits=logits, say=say)
+        rev_weights, search_record = _search(repo, resolved, rev_weights, score=score, base=base, data=data,
+                                             budget=budget, bounds=bounds, l1=l1, seed=seed, stagewise=stagewise,
+                                             logits=logits, logits_record=logits_record, say=say)
     members = _flatten(resolved, rev_weights)
     if branch is not None:
         from mfgit.refs import check_branch_name
@@ -213,7 +220,8 @@ def mix(repo: "BaseRepository", revs: Sequence[str], *, weights: Sequence[float]
 
 def _search(repo: "BaseRepository", resolved: list[_Rev], start: list[float], *, score: Any, base: Any,
             data: Any, budget: Any, bounds: Any, l1: Any, seed: Any, stagewise: bool,
-            logits: Callable[..., Any] | None, say: Callable[[str], Any] | None) -> tuple[list[float], dict[str, Any]]:
+            logits: Callable[..., Any] | None, logits_record: str | None,
+            say: Callable[[str], Any] | None) -> tuple[list[float], dict[str, Any]]:
     """The revisions' weights chosen by the user's score, and the record of the search."""
     from mfgit.api.search import OPTIMISER, SearchLog, check_search_args, minimise, optimiser_version
     from mfgit.api.usercode import resolve_scorer
@@ -276,9 +284,11 @@ def _search(repo: "BaseRepository", resolved: list[_Rev], start: list[float], *,
         "budget": budget_n,
         "bounds": [lo, hi],
         "seed": seed_n,
+        **({"stage_seeds": "stage j runs with seed + j"} if stagewise else {}),
         "l1": lam,
         "objective": "score + l1 * mean(|w|) of the searched weights, minimised",
         "scorer": scorer.record,
+        "logits": logits_record,
         "layout": {"inputs": [r.rev for r in resolved], "commits": [r.commit for r in resolved]},
         "start": {"weights": list(start), "score": start_values["score"]},
         "chosen": {"weights": [float(w) for w in chosen], "score": final_values["score"]},
@@ -293,11 +303,21 @@ def _search(repo: "BaseRepository", resolved: list[_Rev], start: list[float], *,
 
 
 def default_logits(model, *args: Any, **kwargs: Any):
-    """The logits of a transformers model's output (``.logits``), or the output itself when it is a tensor."""
+    """The logits of a transformers model's output (``.logits``), or the output itself when it is a tensor.
+
+    Anything else (an encoder's hidden states) is refused rather than
+    guessed at: a softmax over the wrong dimension would look like a result.
+    """
+    import torch
+
     out = model(*args, **kwargs)
+    if isinstance(out, torch.Tensor):
+        return out
     value = getattr(out, "logits", None)
-    if value is None:
-        value = out[0] if isinstance(out, (tuple, list)) else out
+    if not isinstance(value, torch.Tensor):
+        raise MixtureError(f"the model's output ({type(out).__name__}) has no logits; give the mixture a logits "
+                           "function: load_mixture(..., logits=fn) or mix --logits MODULE:FUNC, "
+                           "fn(model, *args, **kwargs) returning the logits")
     return value
 
 

@@ -139,21 +139,23 @@ def _weights_list(weights: str | None) -> list[float] | None:
 @click.option("--bounds", default=None, metavar="LOW,HIGH", help="Bounds of every searched weight (default -1.5,1.5).")
 @click.option("--l1", type=float, default=None, help="Penalty l1 * mean(|w|) on the searched weights (default 0.05, MedForge's).")
 @click.option("--seed", type=int, default=None, help="Seed of the optimiser (default 0).")
+@click.option("--logits", "logits_spec", default=None, metavar="MODULE:FUNC",
+              help="fn(model, *args, **kwargs) giving one member's logits (default: the model output's .logits).")
 @click.option("-m", "--message", default=None, help="Commit message.")
 @click.option("--branch", default=None, metavar="NAME", help="Commit on branch NAME (created if absent) instead of the current branch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result and provenance as JSON.")
 @click.option("-S", "--sign", is_flag=True, help="Sign the mixture commit with the key in config signing.key.")
 @click.pass_context
-def mix(ctx, revs, weights, search, stagewise, score, base_spec, data_spec, budget, bounds, l1, seed, message,
-        branch, as_json, sign):
+def mix(ctx, revs, weights, search, stagewise, score, base_spec, data_spec, budget, bounds, l1, seed, logits_spec,
+        message, branch, as_json, sign):
     """Commit the output-space mixture of REVS (MedForge-Mixture): sum of w_j * softmax(member j); no weights merged."""
     repo = open_repo(ctx)
-    if score or search:
+    if score or search or logits_spec:
         import_path(ctx)
     say = None if as_json else (lambda line: click.echo(line, err=True))
     report = repo.mix(list(revs), weights=_weights_list(weights), search=search, stagewise=stagewise, score=score,
                       base=base_spec, data=data_spec, budget=budget, bounds=bounds, l1=l1, seed=seed,
-                      message=message, branch=branch, sign=repo.signer() if sign else None,
+                      logits=logits_spec, message=message, branch=branch, sign=repo.signer() if sign else None,
                       say=say if search else None)
     if as_json:
         emit_json(report.to_dict())

@@ -186,7 +186,7 @@ def switch(ctx, name, start, create, orphan):
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
 def checkout(ctx, rev, to, force, quiet):
-    """Write the adapter of REV as a PEFT adapter directory."""
+    """Write the adapter of REV as a PEFT adapter directory (a mixture: members/<n>-<id>/ and mixture.json)."""
     quiet_blas()
     repo = open_repo(ctx)
     with byte_progress("checkout", quiet=quiet) as progress:
