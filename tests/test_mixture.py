@@ -312,6 +312,9 @@ def test_cli_mix_show_checkout_log_lineage_diff_verify(cli, tmp_path, bert_adapt
         {"hospital-a": 0.6, "hospital-b": 0.4, "hospital-c": 0.5}
     assert all(lf["space"] == "output" for lf in lineage["leaves"])
     assert "mixture softmax (output space)" in cli.ok("lineage").stdout
+    assert "mixture softmax (output space)" in cli.ok("lineage", "--dot").stdout
+    cli.ok("lineage", "--html", tmp_path / "lineage.html")
+    assert "mixture · softmax · outputs" in (tmp_path / "lineage.html").read_text(encoding="utf-8")
     d = cli.json("diff", "composite/mixture~1", "composite/mixture", "--json")
     assert d["kind"] == "mixture" and d["counts"] == {"added": 1, "removed": 0, "reweighted": 0, "unchanged": 2}
     assert "1 added" in cli.ok("diff", "composite/mixture~1", "composite/mixture").stdout

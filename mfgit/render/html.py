@@ -113,7 +113,7 @@ def _svg(d: dict[str, Any]) -> tuple[str, int, int]:
             line3 = f"{len(n.get('inputs') or [])} inputs · {n.get('integration') or ''}"
         elif n["kind"] == "mixture":  # --- mixture ---
             cls = "merge nonlinear"
-            line1 = f"mixture · {n.get('combine')} (output space)"
+            line1 = f"mixture · {n.get('combine')} · outputs"
             line3 = f"{len(n.get('inputs') or [])} members"
         else:
             lf = leaf.get(n["id"])
