@@ -209,7 +209,7 @@ def load_adapter(repo: "BaseRepository", base_model, rev: str = "HEAD", *, adapt
     from peft import PeftModel
 
     if repo.read_commit(repo.resolve(rev)).is_mixture:
-        raise IsAMixture(rev, "it has no one adapter to load; load it with Repository.load_mixture")
+        raise IsAMixture(rev, "it has no one adapter to load (Repository.load_mixture loads all its members)")
     with tempfile.TemporaryDirectory(prefix="mfgit-load-") as tmp:
         path = checkout(repo, rev, Path(tmp) / "adapter")
         return PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name, **kwargs)
