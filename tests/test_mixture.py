@@ -257,6 +257,21 @@ def test_stagewise_search_improves_the_score_over_uniform_and_is_recorded(tmp_pa
     assert score(module) < score(uniform)
 
 
+def test_a_joint_search_weighs_every_revision_at_once_with_the_mean_penalty(tmp_path, mfgit_env, bert_adapters):
+    repo, ids = _site_repo(tmp_path / "repo", bert_adapters)
+    score = _target_score(bert_adapters, 0)
+    report = repo.mix(["sites/a", "sites/b", "sites/c"], search="weights", score=score, base=tiny_bert_classifier,
+                      budget=8, l1=0.5, branch="joint")
+    s = report.provenance["search"]
+    (stage,) = s["stages"]
+    assert not s["stagewise"] and stage["start"] == pytest.approx([1 / 3] * 3)
+    for e in stage["evaluations"]:
+        if e["score"] is not None:
+            assert e["objective"] == pytest.approx(e["score"] + 0.5 * sum(abs(w) for w in e["weights"]) / 3)
+    assert [w for _, w in repo.read_commit(report.commit).mixture_members()] == s["chosen"]["weights"]
+    assert stage["chosen"]["objective"] <= stage["evaluations"][0]["objective"]
+
+
 def test_a_late_site_joins_a_mixture_with_one_searched_stage(tmp_path, mfgit_env, bert_adapters):
     repo, ids = _site_repo(tmp_path / "repo", bert_adapters)
     repo.mix(["sites/a", "sites/b"], weights=[0.5, 0.5], branch="mx")
