@@ -418,3 +418,23 @@ def test_a_mixture_travels_with_its_members_through_a_remote(tmp_path, mfgit_env
     with torch.no_grad():
         got = clone.load_mixture(tiny_bert_classifier(), rev)(**inputs)
     torch.testing.assert_close(got, _reference(bert_adapters[:2], [0.25, 0.75], inputs), rtol=1e-5, atol=1e-6)
+
+
+def test_verify_and_show_name_a_missing_member(tmp_path, mfgit_env, bert_adapters):
+    from mfgit.api.mixture import empty_adapter
+
+    repo, ids = _site_repo(tmp_path / "repo", bert_adapters[:1], sites=("a",))
+    absent = "9" * 64
+    adapter = repo.put_adapter(empty_adapter({"name": "tiny-bert-classifier", "revision": None}))
+    c = Commit(adapter=adapter, parents=(ids[0], absent), author={"name": "x", "email": "x@y"}, site=None,
+               timestamp="2026-01-02T03:04:05.000006Z", message="crafted", provenance={"kind": "mixture"},
+               mixture={"combine": "softmax", "members": [{"commit": ids[0], "weight": 0.5},
+                                                          {"commit": absent, "weight": 0.5}]})
+    cid = repo.put_commit(c)
+    repo.refs.update("refs/heads/crafted", cid, None, who="test", message="crafted")
+    v = repo.verify("crafted")
+    assert not v["ok"]
+    assert any(f["check"] == "integrity" and absent in f["reason"] for f in v["failures"])
+    assert any(f["check"] == "mixture" and "cannot be read" in f["reason"] for f in v["failures"])
+    shown = repo.show("crafted")["mixture"]["members"]
+    assert "missing" not in shown[0] and shown[1]["missing"]
