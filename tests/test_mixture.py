@@ -218,6 +218,10 @@ def test_a_late_site_joins_by_flattening_and_rescaling_the_members(tmp_path, mfg
     # verify: the members are present, weights recorded, one base model.
     v = repo.verify("composite/mixture")
     assert v["ok"] and [m["ok"] for m in v["mixtures"]] == [True, True]
+    # The static pages show each mixture's members (it has no modules to compare).
+    repo.pages(tmp_path / "pages")
+    pages = [p.read_text(encoding="utf-8") for p in (tmp_path / "pages").rglob("*.html")]
+    assert sum('<section id="mixture">' in p for p in pages) == 3  # composite/mixture, its parent, uniform
 
 
 # --- searched weights ---------------------------------------------------------------------------------

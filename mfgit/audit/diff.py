@@ -38,6 +38,7 @@ import numpy as np
 from mfgit.errors import IsAMixture, MalformedObject
 from mfgit.formats.dtypes import DTYPES
 from mfgit.formats.peft import module_scaling
+from mfgit.objects.model import Commit
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository
@@ -157,6 +158,28 @@ def _loose_tensor_changes(a: _Side, b: _Side) -> list[dict[str, Any]]:
     return out
 
 
+# --- attachments ---
+
+
+def attachment_changes(a: Commit, b: Commit) -> list[dict[str, Any]]:
+    """Attachments added, removed or changed (another digest, or public ↔ private), by name."""
+    ea, eb = {x["name"]: x for x in a.attachments}, {x["name"]: x for x in b.attachments}
+    out = []
+    for name in sorted(set(ea) | set(eb)):
+        xa, xb = ea.get(name), eb.get(name)
+        if xa is not None and xb is not None and (xa["digest"], xa["private"]) == (xb["digest"], xb["private"]):
+            continue
+        status = "added" if xa is None else "removed" if xb is None else "changed"
+        out.append({"name": name, "status": status,
+                    "digest_a": xa and xa["digest"], "digest_b": xb and xb["digest"],
+                    "size_a": xa and xa["size"], "size_b": xb and xb["size"],
+                    "private_a": xa and xa["private"], "private_b": xb and xb["private"]})
+    return out
+
+
+# --- end attachments ---
+
+
 def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) -> dict[str, Any]:
     ida, idb = repo.resolve(rev_a), repo.resolve(rev_b)
     mixtures = [repo.read_commit(ida).is_mixture, repo.read_commit(idb).is_mixture]
@@ -239,7 +262,7 @@ def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) 
               if cfg_a.get(k) != cfg_b.get(k)}
     if stat:
         modules = [m for m in modules if m["status"] != "unchanged"]
-    return {
+    out = {
         "a": {"rev": rev_a, "commit": a.commit_id, "adapter": a.adapter_id},
         "b": {"rev": rev_b, "commit": b.commit_id, "adapter": b.adapter_id},
         "identical": a.adapter_id == b.adapter_id,
@@ -249,6 +272,11 @@ def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) 
         "modules": modules,
         "tensors": _loose_tensor_changes(a, b),
     }
+    # --- attachments: only when a side has some, so other diffs read as before ---
+    if a.commit.attachments or b.commit.attachments:
+        out["attachments"] = attachment_changes(a.commit, b.commit)
+    # --- end attachments ---
+    return out
 
 
 # --- mixture: what changed between two mixtures ---
