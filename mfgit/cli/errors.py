@@ -134,3 +134,11 @@ def _lookup(exc: BaseException) -> tuple[int, str]:
 TABLE += [
     (E.InvalidHubId, USAGE, _fix("give owner/name as on huggingface.co, e.g. --base-model-id meta-llama/Llama-3.2-1B")),
 ]
+
+# --- h13-dora ---
+# Before MergeError, which they subclass: the first matching type wins.
+TABLE[:0] = [
+    (E.DoraNeedsBaseWeights, MERGE, _fix("pass --base-weights PATH: the base model's .safetensors file or directory")),
+    (E.BaseWeightsMismatch, MERGE, _fix("pass the base weights the merge was made with (--base-weights PATH)")),
+    (E.BaseWeightsError, BAD_INPUT, _fix("give the base model's own .safetensors file, or the directory holding it")),
+]

@@ -36,8 +36,12 @@ def _concat(present: list[tuple[int, float, torch.Tensor, torch.Tensor]], scale:
 
 def combined(B: torch.Tensor, A: torch.Tensor, m: ModuleInputs, policy: RankPolicy) -> ModuleResult:
     """The update B @ A, factors that combine the inputs' own: as they are under ``--rank sum``
-    (exact, rank Σ rᵢ), else truncated optimally as ``svd`` does."""
-    if policy.kind == "sum":
+    (exact, rank Σ rᵢ), else truncated optimally as ``svd`` does.
+
+    A dense input (a DoRA effective update) is wider than the rank it counts
+    as; ``sum`` then truncates to Σ rᵢ like any cap, with the kept energy
+    recorded, rather than store a full-rank matrix as factors."""
+    if policy.kind == "sum" and m.widths <= sum(m.ranks):
         return result(B, A, 1.0)
     Bo, Ao, kept = truncate_factors(B, A, policy.rank_for(m.ranks, m.limit), policy.energy)
     return result(Bo, Ao, kept)
