@@ -254,3 +254,42 @@ def test_verify_reproduce_of_a_dora_merge_needs_the_same_base_weights(sites: Cli
     res = sites("verify", "--reproduce", "--base-weights", single, "--json")
     assert res.returncode == MERGE
     assert "SHA-256" in json.loads(res.stdout)["reproduce"]["merges"][0]["reason"]
+
+
+# --- the engine's parts ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(40, 24), (24, 40)], ids=["tall", "wide"])
+def test_a_dense_update_counts_as_its_rank_and_is_truncated_optimally(shape):
+    from mfgit.merge.dora import dense_factor
+    from mfgit.merge.lowrank import RankPolicy
+    from mfgit.merge.strategies import merge_module
+
+    g = torch.Generator().manual_seed(5)
+    # A spectrum with gaps (σⱼ = 0.7ʲ), so that the best rank-5 approximation is well defined in fp32.
+    U, _ = torch.linalg.qr(torch.randn(shape[0], min(shape), generator=g))
+    V, _ = torch.linalg.qr(torch.randn(shape[1], min(shape), generator=g))
+    delta = (U * 0.7 ** torch.arange(min(shape), dtype=torch.float32)) @ V.T
+    f = dense_factor(delta, 5)
+    assert torch.equal(f.B @ f.A, delta)  # exact: an identity times the update
+    for strategy in ("linear", "svd", "ties"):
+        res = merge_module(strategy, [f], [1.0], {"density": 1.0} if strategy == "ties" else {}, None,
+                           RankPolicy("sum"))
+        assert res.rank == 5, strategy
+        U, S, Vh = torch.linalg.svd(delta.double(), full_matrices=False)
+        best = (U[:, :5] * S[:5]) @ Vh[:5]
+        assert (res.B.double() @ res.A.double() - best).abs().max().item() < 1e-5, strategy
+        assert res.kept_energy == pytest.approx(float((S[:5] ** 2).sum() / (S ** 2).sum()), rel=1e-5), strategy
+
+
+def test_effective_update_is_the_papers_formula():
+    from mfgit.merge.dora import effective_update
+
+    g = torch.Generator().manual_seed(9)
+    W, B, A = torch.randn(6, 5, generator=g), torch.randn(6, 2, generator=g), torch.randn(2, 5, generator=g)
+    m = torch.rand(6, generator=g) + 0.5
+    V = W + 0.5 * B @ A
+    expected = torch.stack([m[i] * V[i] / V[i].norm() for i in range(6)]) - W  # row by row, as in the paper
+    assert torch.allclose(effective_update(W, B, A, m, 0.5), expected, atol=1e-6)
+    # With m equal to the adapted rows' norms, DoRA is plain LoRA: ΔW = s·B·A.
+    assert torch.allclose(effective_update(W, B, A, V.norm(dim=1), 0.5), 0.5 * B @ A, atol=1e-6)
