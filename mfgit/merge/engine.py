@@ -151,14 +151,13 @@ def is_dora(adapter: Adapter) -> bool:
 
 
 def check_dora(inp: MergeInput) -> None:
-    """A DoRA input can be merged: base weights given, linear layers in PEFT's layout, a magnitude per module."""
+    """A DoRA input can be merged: base weights given, linear (or Conv1D) layers, a magnitude per module."""
     if inp.base is None:
         raise DoraNeedsBaseWeights(inp.label)
     a = inp.adapter
     for mod, m in a.modules.items():
-        if transposed(a, mod):
-            where = "an embedding" if m.get("kind") == "embedding" else "a fan_in_fan_out (Conv1D) layer"
-            raise UnsupportedAdapterVariant(inp.label, f"DoRA on {where} ({mod})")
+        if m.get("kind") == "embedding":  # PEFT's DoraEmbeddingLayer takes its norms another way
+            raise UnsupportedAdapterVariant(inp.label, f"DoRA on an embedding ({mod})")
         mag = a.tensors.get(peftfmt.magnitude_name(mod))
         out_f = a.tensors[m["lora_B"]]["shape"][0]
         if mag is None or list(mag["shape"]) != [out_f]:
@@ -190,10 +189,17 @@ def _factors(inp: MergeInput, module: str, load: Callable[[str, torch.device], t
     B = load(a.tensors[m["lora_B"]]["id"], device).to(torch.float32)
     _r, _alpha, scaling = peftfmt.module_scaling(a.config, module, m["r"])
     if is_dora(a):
-        # The effective update depends on W; as a dense factor it counts as rank r.
+        # The effective update depends on W; as a dense factor it counts as rank r. The norms
+        # are of the rows of the out × in weight: a fan_in_fan_out (Conv1D) checkpoint holds
+        # Wᵀ, as PEFT's DoraLinearLayer transposes it, and its ΔW goes back in that layout.
         mag = load(a.tensors[peftfmt.magnitude_name(module)]["id"], device).to(torch.float32)
-        W = inp.base.weight(module, (B.shape[0], A.shape[1]), device)
-        return dense_factor(effective_update(W, B, A, mag, scaling, module), int(m["r"]))
+        out_f, in_f = B.shape[0], A.shape[1]
+        if transposed(a, module):
+            W = inp.base.weight(module, (in_f, out_f), device).T
+            delta = effective_update(W, B, A, mag, scaling, module).T
+        else:
+            delta = effective_update(inp.base.weight(module, (out_f, in_f), device), B, A, mag, scaling, module)
+        return dense_factor(delta, int(m["r"]))
     if transposed(a, module):
         return Factor(B=A.T.contiguous(), A=(B * scaling).T.contiguous())
     return Factor(B=B * scaling, A=A)
