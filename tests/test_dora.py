@@ -347,3 +347,28 @@ def test_a_gpt2_dora_adapter_of_conv1d_layers_merges_as_peft_merges_it(cli: Cli,
         key = name[len(PEFT_PREFIX):] + ".weight"
         ref = merged[key].double() - base[key].double()
         assert d.shape == ref.shape and (d - ref).abs().max().item() <= 2e-6, name
+
+
+def test_a_late_dora_site_is_integrated_exactly_into_a_linear_composite(tmp_path: Path, world, mfgit_env):
+    """The linear family stays linear in the effective updates: integration = the one-shot merge."""
+    from mfgit.api.repository import Repository
+    from mfgit.errors import DoraNeedsBaseWeights
+
+    repo = Repository.init(tmp_path / "r")
+    for name in ("d1", "plain", "d2"):
+        repo.switch(f"sites/{name}", orphan=True)
+        repo.config.set("user.site", name)
+        repo.commit(world[name], name)
+    repo.config.set("user.site", "coordinator")
+    base = world["base_dir"]
+    repo.switch("late", orphan=True)
+    repo.merge(["sites/d1", "sites/plain"], weights=[0.5, 0.5], base_weights=base, rank="64")
+    with pytest.raises(DoraNeedsBaseWeights):  # re-merging the DoRA leaf needs the base again
+        repo.merge(["sites/d2"], weights=[0.25], rank="64")
+    late = repo.merge(["sites/d2"], weights=[0.25], base_weights=base, rank="64")
+    assert late.provenance["integration"]["mode"] == "exact"
+    repo.switch("oneshot", orphan=True)
+    once = repo.merge(["sites/d1", "sites/d2", "sites/plain"], weights=[0.5, 0.25, 0.5], base_weights=base,
+                      rank="64")
+    assert late.adapter == once.adapter  # the same bytes, whatever the order the sites came in
+    assert late.provenance["dora"] == once.provenance["dora"]
