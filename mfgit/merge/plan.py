@@ -207,9 +207,11 @@ def plan_merge(repo: "BaseRepository", request: MergeRequest, *, searching: bool
     d = (_plan_integration(repo, req, resolved, tip, old, searching) if integrating
          else _plan_one_shot(repo, req, resolved, tip))
     recipe = Recipe(d.strategy, d.params, int(d.seed), d.policy, req.device or "auto", d.dtype).resolved()
-    base = open_base_weights(req.base_weights) if req.base_weights is not None else None
-    inputs = [MergeInput(label, cid, repo.read_adapter(repo.read_commit(cid).adapter), float(w), base)
-              for cid, label, w in d.engine_inputs]
+    adapters = [repo.read_adapter(repo.read_commit(cid).adapter) for cid, _label, _w in d.engine_inputs]
+    # Opened (and hashed, which reads every byte of a possibly large model) only for DoRA inputs.
+    needed = req.base_weights is not None and any(a.config.get("use_dora") for a in adapters)
+    base = open_base_weights(req.base_weights) if needed else None
+    inputs = [MergeInput(label, cid, a, float(w), base) for (cid, label, w), a in zip(d.engine_inputs, adapters)]
     return MergePlan(req, recipe, d.mode, d.strategy in LINEAR_FAMILY, integrating, branch_ref, tip,
                      old if integrating else None, resolved, inputs, d.leaves, d.parents, d.integration)
 
