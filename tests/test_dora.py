@@ -197,6 +197,9 @@ def test_two_dora_inputs_merge_linearly_as_their_effective_updates(sites: Cli, t
 def test_dora_and_plain_lora_inputs_merge_together(sites: Cli, tmp_path: Path, world):
     d1 = dora_delta_weights(world["d1"], world["base_state"])
     plain = delta_weights(world["plain"])
+    sites.ok("switch", "--orphan", "mixed-text")
+    text = sites.ok("merge", "sites/d1", "sites/plain", "--base-weights", world["base_dir"]).stdout
+    assert "DoRA: 4 module(s) merged as effective updates on base weights" in text
     p = _merge(sites, "mixed", "sites/d1", "sites/plain", "--base-weights", world["base_dir"], "--energy", "0.999")
     ref = {k: 0.5 * d1[k] + 0.5 * plain[k] for k in d1}
     _within_recorded_truncation(_merged_updates(sites, tmp_path, "mixed"), ref, p)

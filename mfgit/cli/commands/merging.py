@@ -112,6 +112,9 @@ def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda
         click.echo(f"Wrote {report.output_dir}")
     e = prov["kept_energy"]
     click.echo(f"kept energy: min {e['min']:.4f}, mean {e['mean']:.4f}; {prov['wall_time_s']:.2f} s")
+    if prov.get("dora"):
+        click.echo(f"DoRA: {len(prov['dora']['modules'])} module(s) merged as effective updates on base weights "
+                   f"{prov['dora']['base_weights']['sha256'][:16]}")
     if prov.get("search") or prov.get("selection"):
         click.echo(render.search_text(prov), nl=False)
 
