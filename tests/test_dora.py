@@ -375,3 +375,34 @@ def test_a_late_dora_site_is_integrated_exactly_into_a_linear_composite(tmp_path
                       rank="64")
     assert late.adapter == once.adapter  # the same bytes, whatever the order the sites came in
     assert late.provenance["dora"] == once.provenance["dora"]
+
+
+def test_base_weights_in_shards_are_found_and_identified_by_their_bytes(tmp_path: Path):
+    import hashlib
+
+    from mfgit.errors import BaseWeightsError
+    from mfgit.merge.baseweights import open_base_weights
+
+    shards = tmp_path / "sharded"
+    shards.mkdir()
+    w = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    save_file({"model.a.weight": w}, str(shards / "model-00001-of-00002.safetensors"))
+    save_file({"model.b.weight": 2 * w}, str(shards / "model-00002-of-00002.safetensors"))
+    (shards / "config.json").write_text("{}")
+    bw = open_base_weights(shards)
+    assert torch.equal(bw.weight("base_model.model.model.b", (3, 4)), 2 * w)
+    lines = "".join(f"{f.name} {hashlib.sha256(f.read_bytes()).hexdigest()}\n"
+                    for f in sorted(shards.glob("*.safetensors")))
+    assert bw.sha256 == hashlib.sha256(lines.encode()).hexdigest()
+    with pytest.raises(BaseWeightsError, match="holds no model.c.weight"):
+        bw.weight("base_model.model.model.c", (3, 4))
+    with pytest.raises(BaseWeightsError, match=r"has shape \[3, 4\]"):
+        bw.weight("base_model.model.model.a", (4, 3))
+    save_file({"model.a.weight": w}, str(shards / "model-extra.safetensors"))
+    with pytest.raises(BaseWeightsError, match="is in two files"):
+        open_base_weights(shards)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BaseWeightsError, match="holds no .safetensors file"):
+        open_base_weights(tmp_path / "empty")
+    one = shards / "model-00001-of-00002.safetensors"
+    assert open_base_weights(one).sha256 == hashlib.sha256(one.read_bytes()).hexdigest()  # what sha256sum prints

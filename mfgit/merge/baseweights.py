@@ -95,7 +95,7 @@ class BaseWeights:
 
 def _sha256_file(reader: SafetensorsReader) -> str:
     # The mapping the header was parsed from: the digest covers what is read.
-    return hashlib.sha256(reader._view).hexdigest()  # noqa: SLF001 - the reader's own validated mapping
+    return hashlib.sha256(reader.file_bytes()).hexdigest()
 
 
 def open_base_weights(path: str | os.PathLike) -> BaseWeights:
