@@ -526,6 +526,108 @@ class InvalidHubId(MfgitError):
         self.name = name
 
 
+# --- h13-lora ---
+
+
+class LoraConfigNeeded(MfgitError):
+    """A raw LoRA state dict (a .pt or .safetensors file) given without the config it does not record."""
+
+    def __init__(self, path: str):
+        super().__init__(f"{path} is a raw LoRA state dict without adapter_config.json")
+        self.path = path
+
+
+class BadLoraConfig(MfgitError):
+    """The LoRA config given for a raw state dict (``--lora``, ``--lora-config``, the API's lora=) is not usable."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class InvalidRawLora(MfgitError):
+    """A raw LoRA state dict whose names or shapes cannot be a PEFT adapter."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class LoraRankMismatch(MfgitError):
+    """A raw state dict's factors have another rank than the r given for them."""
+
+    def __init__(self, path: str, module: str, given: int, found: int):
+        super().__init__(f"{path}: r is {given} but module {module} has rank {found}")
+        self.path = path
+        self.module = module
+        self.given = given
+        self.found = found
+
+
+# --- h13-attach ---
+
+
+class InvalidAttachment(MfgitError):
+    """An attachment that cannot be committed: a bad name, a name given twice, a PATH that is
+    missing, empty, not a regular file or a folder holding a symbolic link."""
+
+    def __init__(self, name: str, reason: str, path: str | None = None):
+        super().__init__(f"attachment {name!r}" + (f" ({path})" if path else "") + f": {reason}")
+        self.name = name
+        self.reason = reason
+        self.path = path
+
+
+class AttachmentNotFound(MfgitError):
+    """A commit has no attachment of that name."""
+
+    def __init__(self, commit: str, name: str, names: tuple[str, ...] = ()):
+        have = f"; it has {len(names)}: {', '.join(repr(n) for n in names[:5])}{', …' if len(names) > 5 else ''}" \
+            if names else "; it has none"
+        super().__init__(f"commit {commit[:12]} has no attachment {name!r}{have}")
+        self.commit = commit
+        self.name = name
+        self.names = names
+
+
+class AttachmentPrivate(MfgitError):
+    """A private attachment whose bytes are not in this repository: they stay at the site that committed it."""
+
+    def __init__(self, commit: str, name: str, site: str | None):
+        super().__init__(f"attachment {name!r} of commit {commit[:12]} is private to its site"
+                         f"{f' ({site})' if site else ''}; its bytes never leave that site's repository")
+        self.commit = commit
+        self.name = name
+        self.site = site
+
+
+class CorruptAttachment(MfgitError):
+    """The bytes kept for an attachment do not match the size and SHA-256 digest its commit records."""
+
+    def __init__(self, commit: str, name: str, expected: str, actual: str, where: str):
+        super().__init__(f"attachment {name!r} of commit {commit[:12]} is corrupt: expected sha256 {expected}, "
+                         f"got {actual} ({where})")
+        self.commit = commit
+        self.name = name
+        self.expected = expected
+        self.actual = actual
+        self.where = where
+
+
+# --- h16-pages ---
+
+
+class PagesTargetInUse(MfgitError):
+    """`mfgit pages OUT` refused OUT: it holds something the pages did not write (or cannot hold them)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot write the pages to {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 # --- h13-dora ---
 
 

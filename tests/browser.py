@@ -45,3 +45,14 @@ def headless_chromium(tmp_path: Path) -> Iterator[object]:
 def severe_errors(browser) -> list:
     """The browser console's SEVERE entries (script errors)."""
     return [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"] if hasattr(browser, "get_log") else []
+
+
+def graph_shape(browser) -> tuple[int, int]:
+    """(nodes, edges) of the page's lineage graph (svg#graph), after checking every node is drawn at a real size."""
+    from selenium.webdriver.common.by import By
+
+    nodes = browser.find_elements(By.CSS_SELECTOR, "svg#graph g.node")
+    for n in nodes:
+        box = browser.execute_script("return arguments[0].getBoundingClientRect().toJSON()", n)
+        assert box["width"] > 40 and box["height"] > 15, box
+    return len(nodes), len(browser.find_elements(By.CSS_SELECTOR, "svg#graph g.edge"))

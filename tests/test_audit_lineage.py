@@ -9,17 +9,15 @@ loaded in headless Chromium (Selenium) and clicked.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests.adapters import delta_weights
-from tests.browser import headless_chromium, severe_errors
-from tests.conftest import Cli, build_adapter, isolated_env
+from tests.browser import graph_shape, headless_chromium, severe_errors
+from tests.conftest import Cli, build_adapter
 
 SITES = ("a", "b", "c", "d")
 
@@ -179,13 +177,7 @@ def test_html_page_in_headless_chromium(env, tmp_path):
         from selenium.webdriver.common.by import By
 
         browser.get(page.as_uri())
-        nodes = browser.find_elements(By.CSS_SELECTOR, "svg#graph g.node")
-        assert len(nodes) == 7
-        # Every node has a drawn box of real size.
-        for n in nodes:
-            box = browser.execute_script("return arguments[0].getBoundingClientRect().toJSON()", n)
-            assert box["width"] > 40 and box["height"] > 15
-        assert len(browser.find_elements(By.CSS_SELECTOR, "svg#graph g.edge")) == 6
+        assert graph_shape(browser) == (7, 6)  # every node drawn at a real size
         panel = browser.find_element(By.ID, "panel")
         assert "Click a node" in panel.text
         ids = _ids(cli, "m2", "sites/d")

@@ -2,10 +2,11 @@
 
 A DoRA adapter saves a magnitude vector per module beside its factors; its
 update W' − W = (m / ‖W + s·B·A‖_row)[:, None] · (W + s·B·A) − W depends on
-the base weight W (docs/merging.md, "DoRA"). Everything runs the real CLI on
-real PEFT adapters of the tiny Llama; the references are PEFT's own
-``merge_and_unload`` and a dense float64 implementation of the formula
-(tests/adapters.py, `dora_delta_weights`).
+the base weight W (docs/merging.md, "DoRA adapters"). The end-to-end tests run
+the real CLI on real PEFT adapters (the tiny Llama, all-MiniLM-L6-v2, a tiny
+GPT-2 of Conv1D layers); the references are PEFT's own ``merge_and_unload``
+and a dense float64 implementation of the formula (tests/adapters.py,
+`dora_delta_weights`). The engine's parts are tested in process.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Site evaluations as signed notes, their transfer, and choosing among candidate composites.
 
-Three hospitals (the demo's real breast-cancer sites) and a coordinator
+Three hospitals (the real breast-cancer sites of tests/tinysites.py) and a coordinator
 share a bare hub. The coordinator publishes candidate composites; each site
 scores them on its own held-out data and pushes only the numbers; the
 coordinator chooses by the sites' notes — only those signed by a key its
@@ -68,7 +68,7 @@ def net(tmp_path_factory):
 
 
 def _base(net):
-    from mfgit.demo.model import load_base
+    from tests.tinysites import load_base
 
     return lambda: load_base(net["shared"]["base"])
 

@@ -32,6 +32,7 @@ from mfgit.errors import InvalidObject, UnsafePath
 from mfgit.objects import Adapter, Commit
 from mfgit.objects.canonical import canonical_json
 from mfgit.repo.checkout import write_adapter_dir
+from mfgit.repo.crash import points_of
 from tests.conftest import AUTHOR_EMAIL, AUTHOR_NAME, Cli, build_adapter, isolated_env
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -161,7 +162,9 @@ def check_sound_after_kill(cli: Cli, repo_dir: Path, src: Path, before: dict, ol
 
 # --- crashes ---------------------------------------------------------------------------------------
 
-CRASH_POINTS = ["during-tensors", "after-tensors", "after-adapter-object", "after-commit-object", "after-ref"]
+# Generated from the table of every crash point (mfgit/repo/crash.py); the
+# other operations' points are tested in tests/test_crash_points.py.
+CRASH_POINTS = points_of("commit")
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)

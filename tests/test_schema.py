@@ -129,7 +129,14 @@ def _set(value: dict, path: str | tuple, new: Any) -> dict:
     return value
 
 
-_DELETE = object()
+class _Deleted:
+    """Marks a field the case removes; its repr keeps test ids the same in every worker."""
+
+    def __repr__(self):
+        return "<deleted>"
+
+
+_DELETE = _Deleted()
 TA = f"{Q}.lora_A.weight"
 
 MALFORMED = [

@@ -1,8 +1,8 @@
-"""Coefficient search (`merge --search`) on the demo's real data.
+"""Coefficient search (`merge --search`) on real clinical data.
 
-The sites are real: the demo's foundation model pre-trained on the public
+The sites are real: a tiny foundation model (tests/tinysites.py) pre-trained on the public
 split of scikit-learn's breast-cancer data, and one LoRA per hospital
-trained on its own non-IID share (mfgit.demo). The coordinator's score is
+trained on its own non-IID share (tests/tinysites.py). The coordinator's score is
 the cross-entropy on the *public* validation split, which it legitimately
 has; no site data is used by the search.
 """
@@ -10,6 +10,7 @@ has; no site data is used by the search.
 from __future__ import annotations
 
 import os
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -31,10 +32,8 @@ def build_demo_sites(root: Path) -> dict:
     from peft import LoraConfig, get_peft_model
 
     from mfgit.api.repository import Repository
-    from mfgit.demo.data import load_demo_data
-    from mfgit.demo.model import LORA_TARGETS, MODEL_NAME, build_base, load_base, save_base
-    from mfgit.demo.train import train
-    from mfgit.demo.workflow import LORA, PRETRAIN, _sort_target_modules
+    from tests.tinysites import (LORA, LORA_TARGETS, MODEL_NAME, PRETRAIN, build_base, load_base, load_demo_data,
+                                 save_base, sort_target_modules, train)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -60,17 +59,17 @@ def build_demo_sites(root: Path) -> dict:
                       batch_size=LORA["batch_size"], seed=101 + i)
                 out = root / "adapters" / split.name
                 model.save_pretrained(str(out), save_embedding_layers=False)
-                _sort_target_modules(out / "adapter_config.json")
+                sort_target_modules(out / "adapter_config.json")
                 commits[split.name] = repo.commit(out, f"{split.name} LoRA", meta={"samples": len(split.y_train)}).id
             repo.switch("main", orphan=True)
     finally:
         torch.set_num_threads(threads)
+    shutil.copyfile(Path(__file__).with_name("tinysites.py"), root / "tinysites.py")
     (root / "scoremod.py").write_text(textwrap.dedent(f"""
         import torch
         from torch.nn import functional as F
 
-        from mfgit.demo.data import load_demo_data
-        from mfgit.demo.model import load_base
+        from tinysites import load_base, load_demo_data
 
         CALLS = []
 
@@ -125,7 +124,7 @@ def _public(sites):
 
 
 def _base_factory(sites):
-    from mfgit.demo.model import load_base
+    from tests.tinysites import load_base
 
     return lambda: load_base(sites["base"])
 
@@ -145,7 +144,7 @@ def _deltas(repo, rev):
 def test_search_is_at_least_as_good_as_uniform_and_reproducible(sites):
     import torch
 
-    from mfgit.demo.model import load_base
+    from tests.tinysites import load_base
 
     repo = _repo(sites)
     revs = [f"sites/{s}" for s in SITES]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from mfgit.errors import MergeError
+from mfgit.repo.crash import crashpoint
 
 if TYPE_CHECKING:
     from mfgit.api.candidates import CandidatesReport, CandidatesRequest, SelectionRequest
@@ -82,8 +83,10 @@ def merge(repo: "BaseRepository", request: "MergeRequest", *, search: "SearchReq
     if out is None:
         out = merge_adapters(plan.inputs, plan.recipe, lambda oid, dev: repo.load_tensor(oid, device=dev),
                              progress=progress)
+    crashpoint("merge-before-adapter")
     adapter_id = store_adapter(repo, out.config, out.tensors, metadata={"format": "pt"},
                                base_model=plan.inputs[0].adapter.base_model)
+    crashpoint("merge-after-adapter")
     provenance = plan.provenance(out, time.perf_counter() - t0)
     if search_record is not None:
         provenance["search"] = search_record

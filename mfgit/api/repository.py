@@ -42,16 +42,37 @@ class Repository(BaseRepository):
     # -- commit and checkout ------------------------------------------------------------
 
     def commit(self, source: Any, message: str, **kwargs: Any) -> CommitInfo:
-        """Commit a PEFT adapter directory (or a PeftModel) on the current branch; see mfgit.repo.importer.commit."""
+        """Commit a PEFT adapter directory, a PeftModel, or a raw LoRA state dict (``lora={"r": 16, "alpha": 16}``,
+        ``base_model=``, ``allow_pickle=`` for .pt) on the current branch; see mfgit.repo.importer.commit."""
         from mfgit.repo.importer import commit
 
         return commit(self, source, message, **kwargs)
 
-    def checkout(self, rev: str, to: str | os.PathLike, *, force: bool = False, progress=None) -> Path:
-        """Write the adapter of `rev` as a PEFT adapter directory at `to`."""
+    def checkout(self, rev: str, to: str | os.PathLike, *, force: bool = False, progress=None,
+                 with_attachments: bool = False) -> Path:
+        """Write the adapter of `rev` as a PEFT adapter directory at `to`
+        (and, `with_attachments`, those whose bytes are here under `to`/attachments/NAME)."""
         from mfgit.repo.checkout import checkout
 
-        return checkout(self, rev, to, force=force, progress=progress)
+        return checkout(self, rev, to, force=force, progress=progress, with_attachments=with_attachments)
+
+    # --- attachments ---
+
+    def attachments(self, rev: str = "HEAD") -> list[dict[str, Any]]:
+        """The attachments of `rev`: name, size, digest, private, id (public ones) and
+        whether their bytes are in this repository (``present``)."""
+        from mfgit.repo.attachments import listing
+
+        return listing(self, rev)
+
+    def read_attachment(self, rev: str, name: str) -> bytes:
+        """The bytes of attachment `name` of `rev`, checked against its digest
+        (AttachmentPrivate for a private one committed at another site)."""
+        from mfgit.repo.attachments import read
+
+        return read(self, rev, name)
+
+    # --- end attachments ---
 
     def write_adapter_dir(self, adapter, to: str | os.PathLike, *, force: bool = False) -> Path:
         from mfgit.repo.checkout import write_adapter_dir
@@ -197,6 +218,12 @@ class Repository(BaseRepository):
         data = self.lineage(lineage) if isinstance(lineage, str) else lineage
         atomic_write(path, lineage_html(data).encode("utf-8"))
         return Path(path)
+
+    def pages(self, out: str | os.PathLike, *, progress=None) -> dict[str, Any]:
+        """Static HTML pages of the repository in directory `out` (sites, commits, merges, notes); see docs/pages.md."""
+        from mfgit.api.pages import pages
+
+        return pages(self, out, progress=progress)
 
     def blame(self, rev: str = "HEAD", *, first_parent: bool = True) -> dict[str, Any]:
         """For each module of `rev`, the commit that last changed it."""

@@ -45,6 +45,7 @@ import numpy as np
 from mfgit.errors import MalformedObject
 from mfgit.formats.dtypes import DTYPES
 from mfgit.formats.peft import magnitude_name, module_scaling
+from mfgit.objects.model import Commit
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository
@@ -184,6 +185,28 @@ def _magnitude_change(ma: np.ndarray | None, mb: np.ndarray | None) -> dict[str,
             "rel_diff": num(nd / na) if nd is not None and na else None}
 
 
+# --- attachments ---
+
+
+def attachment_changes(a: Commit, b: Commit) -> list[dict[str, Any]]:
+    """Attachments added, removed or changed (another digest, or public ↔ private), by name."""
+    ea, eb = {x["name"]: x for x in a.attachments}, {x["name"]: x for x in b.attachments}
+    out = []
+    for name in sorted(set(ea) | set(eb)):
+        xa, xb = ea.get(name), eb.get(name)
+        if xa is not None and xb is not None and (xa["digest"], xa["private"]) == (xb["digest"], xb["private"]):
+            continue
+        status = "added" if xa is None else "removed" if xb is None else "changed"
+        out.append({"name": name, "status": status,
+                    "digest_a": xa and xa["digest"], "digest_b": xb and xb["digest"],
+                    "size_a": xa and xa["size"], "size_b": xb and xb["size"],
+                    "private_a": xa and xa["private"], "private_b": xb and xb["private"]})
+    return out
+
+
+# --- end attachments ---
+
+
 def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) -> dict[str, Any]:
     a = _Side(repo, repo.resolve(rev_a))
     b = _Side(repo, repo.resolve(rev_b))
@@ -261,7 +284,7 @@ def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) 
               if cfg_a.get(k) != cfg_b.get(k)}
     if stat:
         modules = [m for m in modules if m["status"] != "unchanged"]
-    return {
+    out = {
         "a": {"rev": rev_a, "commit": a.commit_id, "adapter": a.adapter_id},
         "b": {"rev": rev_b, "commit": b.commit_id, "adapter": b.adapter_id},
         "identical": a.adapter_id == b.adapter_id,
@@ -271,3 +294,8 @@ def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) 
         "modules": modules,
         "tensors": _loose_tensor_changes(a, b),
     }
+    # --- attachments: only when a side has some, so other diffs read as before ---
+    if a.commit.attachments or b.commit.attachments:
+        out["attachments"] = attachment_changes(a.commit, b.commit)
+    # --- end attachments ---
+    return out

@@ -86,7 +86,8 @@ def history(repo: "BaseRepository", tip: str, *, exclude: Iterable[str] = ()) ->
 
 def check_integrity(repo: "BaseRepository", commits: list[str], tag: str | None = None) -> dict[str, Any]:
     problems: list[dict[str, Any]] = []
-    counts = {"commits": 0, "adapters": 0, "tensors": 0, "blobs": 0, "tags": 0, "bytes": 0}
+    counts = {"commits": 0, "adapters": 0, "tensors": 0, "blobs": 0, "tags": 0, "bytes": 0,
+              "attachments": 0, "private_attachments_elsewhere": 0}
     checked: set[str] = set()
 
     def get(oid: str, want: str, commit: str, what: str):
@@ -118,6 +119,9 @@ def check_integrity(repo: "BaseRepository", commits: list[str], tag: str | None 
         except MalformedObject as e:
             problems.append({"commit": cid, "object": cid, "what": "commit", "error": str(e)})
             continue
+        # --- attachments ---
+        _check_attachments(repo, cid, commit, get, checked, counts, problems)
+        # --- end attachments ---
         if commit.adapter in checked:
             continue
         checked.add(commit.adapter)
@@ -153,6 +157,42 @@ def check_integrity(repo: "BaseRepository", commits: list[str], tag: str | None 
             if get(bid, "blob", cid, f"file {fname}") is not None:
                 counts["blobs"] += 1
     return {"ok": not problems, **counts, "problems": problems}
+
+
+def _check_attachments(repo: "BaseRepository", cid: str, commit: Commit, get, checked: set[str],
+                       counts: dict[str, int], problems: list[dict[str, Any]]) -> None:
+    """Each public attachment's blob is whole (SHA-256 against its id) and its bytes have the
+    size and digest the commit records; a private one is checked where its bytes are kept
+    (at its site) and counted as elsewhere where they are not (any other repository)."""
+    import hashlib
+
+    from mfgit.repo.attachments import private_path, private_state
+
+    for a in commit.attachments:
+        what = f"attachment {a['name']}"
+        if a["private"]:
+            state = private_state(repo, a)
+            if state == "absent":
+                counts["private_attachments_elsewhere"] += 1
+            elif state == "corrupt":
+                problems.append({"commit": cid, "object": a["digest"], "what": what,
+                                 "error": f"the private copy {private_path(repo, a['digest'])} does not have "
+                                          f"sha256 {a['digest']}"})
+            else:
+                counts["attachments"] += 1
+            continue
+        if a["id"] in checked:
+            continue
+        checked.add(a["id"])
+        payload = get(a["id"], "blob", cid, what)
+        if payload is None:
+            continue
+        counts["attachments"] += 1
+        actual = hashlib.sha256(payload).hexdigest()
+        if actual != a["digest"] or len(payload) != a["size"]:
+            problems.append({"commit": cid, "object": a["id"], "what": what,
+                             "error": f"the commit records sha256 {a['digest']} ({a['size']} bytes), "
+                                      f"the blob has {actual} ({len(payload)} bytes)"})
 
 
 # -- reproduce ---------------------------------------------------------------------------------

@@ -135,6 +135,37 @@ TABLE += [
     (E.InvalidHubId, USAGE, _fix("give owner/name as on huggingface.co, e.g. --base-model-id meta-llama/Llama-3.2-1B")),
 ]
 
+
+# --- h13-lora ---
+TABLE += [
+    (E.LoraConfigNeeded, USAGE, _fix(
+        "state its config: --lora r=R,alpha=A[,dropout=D] --base NAME, or --lora-config FILE")),
+    (E.BadLoraConfig, USAGE, _fix(
+        "write it as --lora r=16,alpha=16,dropout=0.1, or a --lora-config JSON/YAML file with those keys "
+        "and optional targets and base_model")),
+    (E.InvalidRawLora, BAD_INPUT, _fix(
+        "give the LoRA entries of the model's state dict (names such as ...q_proj.lora_A.default.weight), "
+        "saved with torch.save or safetensors")),
+    (E.LoraRankMismatch, BAD_INPUT, lambda e: f"pass --lora r={e.found}, the rank the file was trained with"),
+]
+
+
+# --- h13-attach ---
+TABLE += [
+    (E.InvalidAttachment, BAD_INPUT, _fix("attach a file or a folder of files as NAME=PATH, NAME a relative path "
+                                          "without '..', empty segments, backslashes or control characters")),
+    (E.AttachmentNotFound, BAD_INPUT, _fix("list them with: mfgit attachments REV")),
+    (E.AttachmentPrivate, REJECTED, _fix("ask that site for it; only its digest and size are shared")),
+    (E.CorruptAttachment, DAMAGED, _fix("the bytes kept for it were damaged; restore them from the site that "
+                                        "committed it, or repair the object: mfgit fsck --repair-from REMOTE")),
+]
+
+
+# --- h16-pages ---
+TABLE += [
+    (E.PagesTargetInUse, BAD_INPUT, _fix("give a new or empty directory, or one mfgit pages wrote before")),
+]
+
 # --- h13-dora ---
 # Before MergeError, which they subclass: the first matching type wins.
 TABLE[:0] = [

@@ -168,6 +168,9 @@ class Commit:
     message: str
     provenance: dict[str, Any]
     signature: dict[str, Any] | None = None
+    # --- attachments: entries {name, size, digest, private[, id]}, sorted by name ---
+    attachments: tuple[dict[str, Any], ...] = ()
+    # --- end attachments ---
 
     def to_dict(self, *, with_signature: bool = True) -> dict[str, Any]:
         d = {
@@ -179,6 +182,11 @@ class Commit:
             "message": self.message,
             "provenance": self.provenance,
         }
+        # --- attachments: only when there are some, so that every commit
+        # without attachments keeps the bytes and id it always had ---
+        if self.attachments:
+            d["attachments"] = [dict(a) for a in self.attachments]
+        # --- end attachments ---
         if with_signature and self.signature is not None:
             d["signature"] = self.signature
         return d
@@ -198,6 +206,12 @@ class Commit:
     def is_merge(self) -> bool:
         return self.provenance.get("kind") == "merge"
 
+    # --- attachments ---
+    def attachment_ids(self) -> list[str]:
+        """The blob ids of the public attachments (private ones have no object)."""
+        return [a["id"] for a in self.attachments if not a["private"]]
+    # --- end attachments ---
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Commit":
         return cls(
@@ -209,6 +223,9 @@ class Commit:
             message=d["message"],
             provenance=d["provenance"],
             signature=d.get("signature"),
+            # --- attachments ---
+            attachments=tuple(d.get("attachments", ())),
+            # --- end attachments ---
         )
 
 

@@ -285,6 +285,93 @@ def adapter(value: Any) -> dict[str, Any]:
     return value
 
 
+# -- commit attachments --------------------------------------------------------------------------
+
+# The optional commit field that lists them (docs/design.md, "Attachments").
+_COMMIT_ATTACHMENT_FIELDS = frozenset({"attachments"})
+MAX_ATTACHMENT_NAME_BYTES = 4096
+MAX_ATTACHMENT_SIZE = (1 << 63) - 1
+
+
+def attachment_name_problem(name: Any) -> str | None:
+    """Why `name` cannot name an attachment, or None.
+
+    A relative POSIX path of plain segments (a folder attached as NAME
+    gives NAME/relpath), written under OUT/attachments/ by checkout: no
+    absolute path, no empty, "." or ".." segment, no backslash (a separator
+    elsewhere), no control characters, valid UTF-8, at most 255 bytes a
+    segment and 4096 in all. So no name can leave the folder it is written to.
+    """
+    if not isinstance(name, str) or not name:
+        return "an empty name"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "not valid UTF-8"
+    if size > MAX_ATTACHMENT_NAME_BYTES:
+        return f"longer than {MAX_ATTACHMENT_NAME_BYTES} bytes"
+    if not name.isprintable() and any(unicodedata.category(c) == "Cc" for c in name):
+        return "it contains control characters"
+    if "\\" in name:
+        return "it contains a backslash (use / between folders)"
+    if name.startswith("/"):
+        return "an absolute path"
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            return f"a path with an {'empty' if not part else repr(part)} segment, which could leave its folder"
+        if len(part.encode("utf-8")) > 255:
+            return "a segment longer than 255 bytes"
+    return None
+
+
+def attachments(value: Any, where: str = "attachments") -> list[dict[str, Any]]:
+    """The commit's attachments: a non-empty array sorted by name (absent when
+    there are none: one encoding), each exactly {name, size, digest, private}
+    plus "id" (the blob) when it is public; names unique, also case-folded,
+    and no name a folder of another (checkout writes each as a file)."""
+    if not isinstance(value, list):
+        raise SchemaError(where, f"must be an array, not {_type_name(value)}")
+    if not value:
+        raise SchemaError(where, "must not be empty (a commit without attachments has no such field)")
+    folded: dict[str, str] = {}
+    previous = None
+    for i, a in enumerate(value):
+        at = f"{where}[{i}]"
+        if not isinstance(a, dict):
+            raise SchemaError(at, f"must be an object, not {_type_name(a)}")
+        private = a.get("private")
+        if type(private) is not bool:
+            raise SchemaError(f"{at}.private", "must be a boolean")
+        _fields(a, at, {"name", "size", "digest", "private"} | (set() if private else {"id"}))
+        name = a["name"]
+        problem = attachment_name_problem(name)
+        if problem:
+            raise SchemaError(f"{at}.name", f"cannot name an attachment: {problem}")
+        if previous is not None and not previous < name:
+            raise SchemaError(f"{at}.name", f"{name[:80]!r} " + ("appears twice" if previous == name
+                                                                 else "is out of order (sorted by name)"))
+        previous = name
+        key = name.casefold()
+        if key in folded:
+            raise SchemaError(f"{at}.name", f"names the same file as {folded[key][:80]!r} "
+                                            "on a case-insensitive file system")
+        folded[key] = name
+        size = a["size"]
+        if type(size) is not int or not 0 <= size <= MAX_ATTACHMENT_SIZE:
+            raise SchemaError(f"{at}.size", "must be a non-negative integer")
+        if not isinstance(a["digest"], str) or not _ID.fullmatch(a["digest"]):
+            raise SchemaError(f"{at}.digest", "must be a SHA-256 digest (64 lowercase hex digits)")
+        if not private:
+            _object_id(a["id"], f"{at}.id")
+    for key, name in folded.items():
+        # "a" and "a/b" cannot both be files of one folder.
+        parts = key.split("/")
+        for n in range(1, len(parts)):
+            if "/".join(parts[:n]) in folded:
+                raise SchemaError(where, f"{folded['/'.join(parts[:n])][:80]!r} is a file and the folder of {name[:80]!r}")
+    return value
+
+
 # -- commit and tag ------------------------------------------------------------------------------
 
 
@@ -307,7 +394,7 @@ def _provenance(value: Any, where: str = "provenance") -> dict[str, Any]:
 def commit(value: Any) -> dict[str, Any]:
     """A commit (docs/design.md, "Commit")."""
     _fields(value, "commit", {"adapter", "parents", "author", "site", "timestamp", "message", "provenance"},
-            {"signature"})
+            {"signature"} | _COMMIT_ATTACHMENT_FIELDS)
     _object_id(value["adapter"], "adapter")
     parents = value["parents"]
     if not isinstance(parents, list):
@@ -321,6 +408,10 @@ def commit(value: Any) -> dict[str, Any]:
     _timestamp(value["timestamp"], "timestamp")
     _string(value["message"], "message")
     _provenance(value["provenance"])
+    # --- attachments (optional) ---
+    if "attachments" in value:
+        attachments(value["attachments"])
+    # --- end attachments ---
     if "signature" in value:
         signature(value["signature"])
     return value

@@ -26,6 +26,7 @@ from mfgit.remote.protocol import (
     remote_refs,
 )
 from mfgit.remote.transport import Transport
+from mfgit.repo.crash import crashpoint
 from mfgit.store.frame import decode_stored, stored_kind
 
 if TYPE_CHECKING:
@@ -94,6 +95,10 @@ def fetch(repo: "BaseRepository", transport: Transport, remote_name: str, *, ref
     need = []
     for a in adapters.values():
         need.extend(t for t in a.referenced_ids() if not have(t))
+    # --- attachments: the new commits' public ones (blobs), stored before the commits ---
+    for c in commits.values():
+        need.extend(b for b in c.attachment_ids() if not have(b))
+    # --- end attachments ---
     need = list(dict.fromkeys(need))
     sizes_total = [0]
     done = [0]
@@ -123,6 +128,7 @@ def fetch(repo: "BaseRepository", transport: Transport, remote_name: str, *, ref
         repo.store.end_batch()
         raise
     repo.store.end_batch()
+    crashpoint("fetch-after-tensors")
     for oid, data in adapter_bytes.items():
         repo.store.put_received(oid, data)
         report.objects += 1
@@ -139,7 +145,8 @@ def fetch(repo: "BaseRepository", transport: Transport, remote_name: str, *, ref
         if stored_kind(pending[oid]) == "tag":
             repo.store.put_received(oid, pending[oid])
             report.objects += 1
-    # Refs last.
+    # Refs last, one at a time: each is at its old value or at a complete commit.
+    crashpoint("fetch-before-refs")
     for ref, oid in sorted(wanted.items()):
         if ref.startswith(HEADS):
             tracking = f"{REMOTES}{remote_name}/{ref[len(HEADS):]}"
@@ -147,6 +154,7 @@ def fetch(repo: "BaseRepository", transport: Transport, remote_name: str, *, ref
             if old != oid:
                 repo.refs.update(tracking, oid, who=repo.who(), message=f"fetch {remote_name}")
                 report.refs.append({"ref": tracking, "old": old, "new": oid})
+                crashpoint("fetch-between-refs")
         elif ref.startswith(TAGS):
             if repo.refs.read(ref) is None:
                 repo.refs.update(ref, oid, None, who=repo.who(), message=f"fetch {remote_name}")

@@ -20,17 +20,17 @@ if TYPE_CHECKING:
 
 
 def _commit_objects(repo: "BaseRepository", cid: str) -> tuple[list[str], list[str]]:
-    """(parents, objects of this commit: the commit, its adapter, tensors and blobs)."""
+    """(parents, objects of this commit: the commit, its adapter, tensors and blobs, public attachments)."""
     commit = repo.read_commit(cid)
     adapter = repo.read_adapter(commit.adapter)
-    return list(commit.parents), [cid, commit.adapter, *adapter.referenced_ids()]
+    return list(commit.parents), [cid, commit.adapter, *adapter.referenced_ids(), *commit.attachment_ids()]
 
 
 @dataclass
 class PushPlan:
     """What a push may have to send, in dependency classes."""
 
-    leaves: list[str]  # tensors and blobs
+    leaves: list[str]  # tensors and blobs (the adapters' files and the commits' public attachments)
     adapters: list[str]
     commits: dict[str, list[str]]  # new commit -> its parents
     known_remote: set[str]  # objects of boundary commits: on the remote already
@@ -100,6 +100,9 @@ def plan_push(repo: "BaseRepository", tips: Iterable[str], remote_has: set[str])
         new_commits[cid] = list(commit.parents)
         adapters.append(commit.adapter)
         leaves.extend(adapter.referenced_ids())
+        # --- attachments: public ones travel as blobs; private ones are no object and never do ---
+        leaves.extend(commit.attachment_ids())
+        # --- end attachments ---
         stack.extend(commit.parents)
 
     def fresh(ids: list[str]) -> list[str]:

@@ -19,6 +19,7 @@ from mfgit.remote.protocol import ensure_remote, object_key
 from mfgit.remote.push import outgoing
 from mfgit.remote.transport import Transport
 from mfgit.repo import notes as notes_store
+from mfgit.repo.crash import crashpoint
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository
@@ -87,6 +88,7 @@ def fetch_notes(repo: "BaseRepository", transport: Transport, remote_name: str) 
     objects = nbytes = 0
     if tip is not None:
         objects, nbytes = _receive_notes_snapshot(repo, transport, tip)
+        crashpoint("fetch-notes-before-ref")
         notes_store.integrate(repo, notes_store.read_index(repo, tip), snapshot=tip, message=f"fetch {remote_name} --notes")
     after = notes_store.count(notes_store.read_index(repo))
     return {"ref": NOTES_REF, "remote": tip, "local": repo.refs.read(NOTES_REF), "new_notes": after - before,
@@ -129,6 +131,7 @@ def push_notes(repo: "BaseRepository", transport: Transport, remote_name: str, *
                 transport.put_many(((object_key(o), outgoing(repo, o)) for o in group), None)
                 objects += len(group)
                 nbytes += sum(sizes)
+        crashpoint("push-notes-before-ref")
         try:
             transport.put_if(NOTES_REF, (local + "\n").encode(), version)
         except PreconditionFailed:

@@ -91,6 +91,7 @@ def push(repo: "BaseRepository", transport: Transport, remote_name: str, src: st
         # leaves is reachable from no ref, and the next push skips it.
         todo = set(missing)
         upload([o for o in plan.leaves if o in todo])
+        crashpoint("push-after-tensors")
         upload([o for o in plan.adapters if o in todo])
         upload([c for c in topo_order(plan.commits) if c in todo])
     report.objects = len(missing)
@@ -109,6 +110,7 @@ def push(repo: "BaseRepository", transport: Transport, remote_name: str, src: st
         raise NonFastForward(dst_ref, local, theirs) from None
     report.refs.append({"ref": dst_ref, "old": remote_value, "new": local,
                         "status": "forced update" if remote_value and force else ("new" if not remote_value else "fast-forward")})
+    crashpoint("push-after-ref")
     _update_tracking(repo, remote_name, dst_ref, local)
     report.seconds = time.perf_counter() - t0
     return report

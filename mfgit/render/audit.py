@@ -70,6 +70,15 @@ def diff_text(d: dict[str, Any], *, stat: bool = False) -> str:
             r = m["rank_b"] if m["status"] == "added" else m["rank_a"]
             n = m["norm_b"] if m["status"] == "added" else m["norm_a"]
             lines.append(f"{marks[m['status']]}  {name}  r {r}  |ΔW| {_g(n)}")
+    # --- attachments ---
+    for x in d.get("attachments", []):
+        da, db = (x["digest_a"] or "")[:12], (x["digest_b"] or "")[:12]
+        change = {"added": f"sha256:{db}", "removed": f"sha256:{da}"}.get(x["status"], f"sha256:{da} -> sha256:{db}")
+        priv = {x["private_a"], x["private_b"]} - {None}
+        lines.append(f"{marks[x['status']]}  attachment {x['name']}  {change}"
+                     + ("  (private)" if priv == {True} else "  (public -> private)" if x["private_b"] else
+                        "  (private -> public)" if x["private_a"] else ""))
+    # --- end attachments ---
     lines.append(summary_line(d))
     return "\n".join(lines) + "\n"
 
@@ -185,6 +194,12 @@ def verify_text(r: dict[str, Any]) -> str:
     i = r["integrity"]
     lines.append(f"integrity: {'ok' if i['ok'] else 'FAILED'} — {i['commits']} commits, {i['adapters']} adapters, "
                  f"{i['tensors']} tensors, {i['blobs']} files checked (SHA-256)")
+    # --- attachments ---
+    if i.get("attachments") or i.get("private_attachments_elsewhere"):
+        lines.append(f"attachments: {i['attachments']} checked against their digests"
+                     + (f", {i['private_attachments_elsewhere']} private to another site (not here to check)"
+                        if i.get("private_attachments_elsewhere") else ""))
+    # --- end attachments ---
     for p in i["problems"]:
         lines.append(f"  FAIL {p['commit'][:10]}  {p['what']}: {p['error']}")
     if r.get("reproduce") is not None:

@@ -48,6 +48,11 @@ def _commit_block(c: dict[str, Any], decorations, notes: dict[str, list] | None 
     lines.append(f"Date:   {c['timestamp']}")
     if c.get("signature"):
         lines.append(f"Signed: {c['signature'].get('key_id', c['signature'].get('format', 'yes'))}")
+    # --- attachments ---
+    if c.get("attachments"):
+        private = sum(1 for a in c["attachments"] if a.get("private"))
+        lines.append(f"Attachments: {len(c['attachments'])}" + (f" ({private} private)" if private else ""))
+    # --- end attachments ---
     for n in (notes or {}).get(c["id"], []):
         lines.append("Note:   " + note_line(n))
     lines.append("")
@@ -123,8 +128,37 @@ def show_text(data: dict[str, Any], decorations) -> str:
         + ("  rsLoRA" if a["use_rslora"] else "")
         + "\n"
     )
+    # --- attachments ---
+    if data["commit"].get("attachments"):
+        text += "Attachments\n" + "".join("  " + ln for ln in _attachment_lines(data["commit"]["attachments"]))
+    # --- end attachments ---
     text += "Provenance\n" + "\n".join("  " + ln for ln in prov_json.splitlines()) + "\n"
     return text
+
+
+# --- attachments ---
+
+
+def _attachment_lines(items: list[dict[str, Any]]) -> list[str]:
+    width = max((len(a["name"]) for a in items), default=0)
+    out = []
+    for a in items:
+        where = "private" if a.get("private") else "public"
+        if "present" in a and not a["present"]:
+            where += ", not here" if not a.get("private") else ", kept at its site"
+        out.append(f"{a['name']:<{width}}  {human_bytes(a['size']):>10}  sha256:{a['digest'][:16]}  {where}\n")
+    return out
+
+
+def attachments_text(items: list[dict[str, Any]]) -> str:
+    """`mfgit attachments`: one line per attachment (name, size, digest, public or private, here or not)."""
+    items = terminal_doc(items)
+    if not items:
+        return "(no attachments)\n"
+    return "".join(_attachment_lines(items))
+
+
+# --- end attachments ---
 
 
 def status_text(data: dict[str, Any]) -> str:
@@ -174,6 +208,16 @@ def fsck_text(report: dict[str, Any]) -> str:
         lines.append(f"leftover temporary file {t} (from an interrupted write; mfgit gc removes it)")
     for lk in report["stale_locks"]:
         lines.append(f"lock file {lk} (remove it if no mfgit process is running)")
+    # --- attachments ---
+    for a in report.get("corrupt_private_attachments", []):
+        lines.append(f"corrupt private attachment {a['name']} of {a['commit'][:10]}: {a['path']} "
+                     f"has sha256 {a['actual']}, not {a['digest']}")
+    absent = report.get("private_attachments_absent", [])
+    if absent:
+        lines.append(f"{len(absent)} private attachment(s) not here (kept at the site that committed them; "
+                     "not damage): " + ", ".join(f"{a['name']} of {a['commit'][:10]}" for a in absent[:5])
+                     + (", …" if len(absent) > 5 else ""))
+    # --- end attachments ---
     repair = report.get("repair")
     if repair is not None:
         for oid in repair["repaired"]:

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from mfgit.errors import MalformedObject, OutputInTheWay
+from mfgit.errors import MalformedObject, OutputInTheWay, UnsafePath
 from mfgit.formats import peft as peftfmt
 from mfgit.formats import safetensors as st
 from mfgit.formats.dtypes import nbytes
@@ -29,16 +29,34 @@ if TYPE_CHECKING:
 
 
 def checkout(repo: "BaseRepository", rev: str, to: str | os.PathLike, *, force: bool = False,
-             progress: Callable[[int, int, str], None] | None = None) -> Path:
+             progress: Callable[[int, int, str], None] | None = None, with_attachments: bool = False) -> Path:
     """Write the adapter of `rev` as a PEFT adapter directory at `to`.
 
     Every tensor is checked against its digest as it is read; on any error
     the partial output is removed and nothing is left at the final names.
     `progress(bytes_done, bytes_total, tensor_name)` follows the tensors written.
+    `with_attachments` also writes each attachment whose bytes are here
+    (public ones, and private ones at the site that holds them) under
+    ``attachments/NAME``, checked against its digest like the tensors.
     """
     cid = repo.resolve(rev)
-    adapter = repo.read_adapter(repo.read_commit(cid).adapter)
-    return write_adapter_dir(repo, adapter, to, force=force, progress=progress)
+    commit = repo.read_commit(cid)
+    adapter = repo.read_adapter(commit.adapter)
+    # --- attachments ---
+    extra = attachment_files(repo, cid, commit) if with_attachments else {}
+    # --- end attachments ---
+    return write_adapter_dir(repo, adapter, to, force=force, progress=progress, attachments=extra)
+
+
+def attachment_files(repo: "BaseRepository", cid: str, commit) -> dict[str, bytes]:
+    """Relative path under the output → checked bytes, for each attachment available here."""
+    from mfgit.repo.attachments import entry_bytes, private_state
+
+    return {f"{ATTACHMENTS_DIR}/{a['name']}": entry_bytes(repo, cid, commit, a) for a in commit.attachments
+            if not a["private"] or private_state(repo, a) != "absent"}
+
+
+ATTACHMENTS_DIR = "attachments"
 
 
 def _check_destinations(out: Path, names: list[str]) -> None:
@@ -57,17 +75,27 @@ def _check_destinations(out: Path, names: list[str]) -> None:
 
 
 def write_adapter_dir(repo: "BaseRepository", adapter: Adapter, to: str | os.PathLike, *,
-                      force: bool = False, progress: Callable[[int, int, str], None] | None = None) -> Path:
+                      force: bool = False, progress: Callable[[int, int, str], None] | None = None,
+                      attachments: dict[str, bytes] | None = None) -> Path:
+    """`attachments`: relative POSIX path under `to` → bytes, already checked (names by the schema's rule)."""
+    attachments = attachments or {}
     for name in adapter.files:
         peftfmt.safe_join(Path(to), name)  # refuse before writing anything
     names = [peftfmt.WEIGHTS_NAME, peftfmt.CONFIG_NAME, *adapter.files]
+    # --- attachments: every folder on the way must be a real folder inside `to` ---
+    if attachments and any(n.casefold() == ATTACHMENTS_DIR for n in adapter.files):
+        raise OutputInTheWay(str(Path(to) / ATTACHMENTS_DIR), "a file of the adapter where its attachments go")
+    _check_attachment_paths(Path(to), list(attachments))
+    names += list(attachments)
+    # --- end attachments ---
     created = not os.path.lexists(to)
     out = peftfmt.prepare_output_dir(to, force=force)
     _check_destinations(out, names)
     staging = Path(tempfile.mkdtemp(prefix=".mfgit-checkout-", dir=out))
     try:
-        names = sorted(adapter.tensors)
-        specs = [(n, adapter.tensors[n]["dtype"], tuple(adapter.tensors[n]["shape"])) for n in names]
+        # Not `names`: those are the destinations, checked again before the renames.
+        tensor_names = sorted(adapter.tensors)
+        specs = [(n, adapter.tensors[n]["dtype"], tuple(adapter.tensors[n]["shape"])) for n in tensor_names]
         local = threading.local()
         tick = progress_counter(progress, sum(nbytes(s[1], s[2]) for s in specs))
 
@@ -95,11 +123,25 @@ def write_adapter_dir(repo: "BaseRepository", adapter: Adapter, to: str | os.Pat
         (staging / peftfmt.CONFIG_NAME).write_bytes(peftfmt.config_bytes(adapter.config))
         for name, bid in adapter.files.items():
             (staging / name).write_bytes(repo.read_object(bid).data)
+        # --- attachments: staged beside the adapter, in a folder of their own ---
+        for rel, data in attachments.items():
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        _check_attachment_paths(out, list(attachments))
+        # --- end attachments ---
         _check_destinations(out, names)
         # Renames of regular files over regular files in one directory: none
         # of them can be refused now, so the new adapter lands whole.
         for entry in sorted(staging.iterdir()):
+            if entry.name == ATTACHMENTS_DIR and attachments:
+                continue
             os.replace(entry, out / entry.name)
+        # --- attachments: file by file (a folder cannot replace a folder in one rename) ---
+        for rel in sorted(attachments):
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / rel, out / rel)
+        # --- end attachments ---
         fsync_dir(out)
     except BaseException:
         if created:  # leave no trace of a failed checkout
@@ -108,6 +150,22 @@ def write_adapter_dir(repo: "BaseRepository", adapter: Adapter, to: str | os.Pat
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _check_attachment_paths(out: Path, rels: list[str]) -> None:
+    """Each folder on the way to an attachment is absent or a real folder (never a link or a file),
+    so no attachment is written outside `out` (invariant 5)."""
+    for rel in rels:
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
+            raise UnsafePath(rel, "attachment names are relative paths inside the output directory")
+        d = out
+        for part in parts[:-1]:
+            d = d / part
+            if os.path.islink(d):
+                raise OutputInTheWay(str(d), "a symbolic link")
+            if os.path.lexists(d) and not os.path.isdir(d):
+                raise OutputInTheWay(str(d), "a file where a folder of attachments goes")
 
 
 def write_safetensors_parallel(fd: int, specs: Iterable[tuple[str, str, tuple[int, ...]]],

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from mfgit.errors import CorruptObject, MalformedObject
 from mfgit.objects.model import decode_object, is_object_id
 from mfgit.refs import HEADS, REFS
+from mfgit.repo.attachments import check_private
 from mfgit.repo.reachability import damaged_entries, reachable, reflog_reach, scan_refs
 
 if TYPE_CHECKING:
@@ -40,7 +41,9 @@ def fsck(repo: "BaseRepository", *, read_data: bool = False,
     entry. Then connectivity: everything reachable from refs and reflogs
     must be present, and a reflog entry from which damage no ref reaches
     can be reached is named with the command that drops it. Damage
-    (missing, corrupt, bad refs and reflogs) sets ``ok`` to False; dangling
+    (missing, corrupt, bad refs and reflogs, a private attachment's kept copy
+    that fails its digest) sets ``ok`` to False; private attachments whose
+    bytes are not here (any repository but their site's) are listed only; dangling
     objects and leftovers of interrupted writes are reported only.
     `progress(done, total, id)` is called after each object.
     """
@@ -89,7 +92,10 @@ def fsck(repo: "BaseRepository", *, read_data: bool = False,
     leftovers = [str(p) for p in repo.store.temp_files()]
     stale_locks = [str(p) for p in repo.refs.stale_locks()]
     missing_list = [{"id": oid} for oid in sorted(missing) if oid not in corrupt_ids]
-    ok = not corrupt and not missing_list and not bad_refs and not bad_reflog and not entries
+    # --- attachments: private ones are no objects; their kept copies are checked where they are ---
+    private_absent, private_corrupt = check_private(repo, sorted(o for o in reached if kinds.get(o) == "commit"))
+    # --- end attachments ---
+    ok = not corrupt and not missing_list and not bad_refs and not bad_reflog and not entries and not private_corrupt
     return {
         "ok": ok,
         "objects_checked": checked,
@@ -102,4 +108,6 @@ def fsck(repo: "BaseRepository", *, read_data: bool = False,
         "dangling": [{"id": oid, "kind": kinds[oid]} for oid in dangling],
         "temporary_files": leftovers,
         "stale_locks": stale_locks,
+        "private_attachments_absent": private_absent,
+        "corrupt_private_attachments": private_corrupt,
     }

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from mfgit.errors import BadRef, BadReflog, CorruptObject, DamagedReflogEntry, ObjectNotFound
 from mfgit.objects.model import decode_object
+from mfgit.repo.crash import crashpoint
 from mfgit.repo.reachability import damaged_entries, reachable, reflog_reach, scan_refs
 
 if TYPE_CHECKING:
@@ -88,8 +89,11 @@ def _delete_unreachable(repo: "BaseRepository", keep: set[str], prune_older_than
             continue
         if not dry_run:
             repo.store.delete(oid)
+            crashpoint("gc-during-delete")
         deleted.append(oid)
         freed += size
+    if not dry_run:
+        crashpoint("gc-after-delete")
     temp_removed = 0 if dry_run else repo.store.remove_temp_files(min(3600, prune_older_than))
     return {
         "deleted": len(deleted),

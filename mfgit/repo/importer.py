@@ -1,4 +1,4 @@
-"""The commit pipeline: a PEFT adapter directory (or a PeftModel) in, a commit out.
+"""The commit pipeline: a PEFT adapter directory (or a PeftModel, or a raw LoRA state dict) in, a commit out.
 
 The user's files are only ever read (invariant 6). Tensors are read with
 pread on a few threads, hashed, compressed and written as one store batch;
@@ -12,14 +12,16 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from mfgit.errors import InvalidAdapter, InvalidObject, NothingToCommit
+from mfgit.errors import BadLoraConfig, InvalidAdapter, InvalidObject, InvalidRawLora, NothingToCommit
 from mfgit.formats import peft as peftfmt
+from mfgit.formats import rawlora
 from mfgit.formats.hubcard import front_matter
 from mfgit.formats import safetensors as st
 from mfgit.objects.model import Adapter, TensorHeader, object_id, tensor_id
 from mfgit.parallel import Job, parallel_map, progress_counter
+from mfgit.repo import attachments as _attachments
 from mfgit.repo.crash import crashpoint
 from mfgit.repo.provenance import code_revision, library_versions, parse_meta
 from mfgit.repo.statcache import StatCache, quick_digest
@@ -39,37 +41,76 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
            code: str | os.PathLike | None = None, allow_pickle: bool = False, allow_empty: bool = False,
            author: dict[str, str] | None = None, timestamp: str | None = None,
            sign: "Signer | None" = None, code_from: str | os.PathLike | None = None,
-           progress: Callable[[int, int, str], None] | None = None) -> "CommitInfo":
-    """Commit a PEFT adapter directory (or a PeftModel) on the current branch.
+           progress: Callable[[int, int, str], None] | None = None,
+           lora: Mapping[str, Any] | str | os.PathLike | None = None,
+           base_model: str | None = None,
+           attachments: Mapping[str, Any] | None = None,
+           private_attachments: Mapping[str, Any] | None = None) -> "CommitInfo":
+    """Commit a PEFT adapter directory (or a PeftModel, or a raw LoRA state dict) on the current branch.
 
     A PeftModel (any object with ``save_pretrained``) is saved into a
     temporary directory and that is committed: the one-line way to commit
     from a plain PyTorch loop. Its code revision is read from `code_from`
     (default: the working directory), since the temporary directory has none.
     `progress(bytes_done, bytes_total, tensor_name)` follows the tensor import.
+    `attachments` / `private_attachments` map a name to a file or a folder
+    (each of its files becomes NAME/relpath): see mfgit.repo.attachments.
+
+    A raw LoRA state dict — a ``.pt`` / ``.safetensors`` file of the LoRA
+    entries of a model's state dict, without adapter_config.json
+    (`mfgit.formats.rawlora`) — is committed as the PEFT adapter it is:
+    `lora` states its config (``{"r": 16, "alpha": 16, "dropout": 0.1}``, or
+    the path of a JSON/YAML file of those keys), `base_model` names the base
+    model. A ``.pt`` needs `allow_pickle` and is read by torch's restricted
+    loader (``weights_only=True``).
 
     Raises InvalidAdapter / PickleRefused / SafetensorsError for bad input,
-    NothingToCommit if the adapter equals HEAD's (unless allow_empty),
+    LoraConfigNeeded / BadLoraConfig / InvalidRawLora / LoraRankMismatch for a raw state dict,
+    InvalidAttachment for an attachment that cannot be committed,
+    NothingToCommit if the adapter and attachments equal HEAD's (unless allow_empty),
     RefConflict if the branch moved meanwhile. The source is only read.
     """
     if not isinstance(source, (str, os.PathLike)):
+        if lora is not None or base_model is not None:
+            raise BadLoraConfig("lora", "is for a raw state dict file; a PeftModel has its own config")
         with tempfile.TemporaryDirectory(prefix="mfgit-peft-") as tmp:
             source.save_pretrained(tmp)
             return commit(repo, tmp, message, meta=meta, code=code, allow_empty=allow_empty,
                           author=author, timestamp=timestamp, sign=sign, code_from=code_from or os.getcwd(),
-                          progress=progress)
+                          progress=progress, attachments=attachments, private_attachments=private_attachments)
     path = Path(source)
     ident = author or repo.identity()
-    adir = peftfmt.inspect_adapter_dir(path, allow_pickle=allow_pickle)
+    if lora is not None or base_model is not None or rawlora.is_raw_file(path):
+        raw = rawlora.inspect_raw_file(path, rawlora.resolve_options(lora, base_model), allow_pickle=allow_pickle)
+        config, card = raw.config, None
+        source_doc = {"name": path.resolve().name, "format": "pickle" if raw.pickled else "safetensors",
+                      "files": [path.name], "layout": "raw-state-dict", "adapter_name": raw.adapter_name}
+        run_import = lambda start: import_raw_lora(repo, raw, before_import=start, progress=progress)  # noqa: E731
+    else:
+        adir = peftfmt.inspect_adapter_dir(path, allow_pickle=allow_pickle)
+        config, card = adir.config, _card_metadata(adir)
+        source_doc = {
+            "name": path.resolve().name,
+            "format": "pickle" if adir.pickled else "safetensors",
+            "files": sorted([peftfmt.CONFIG_NAME, adir.weights.name] + [f.name for f in adir.extra_files]),
+        }
+        run_import = lambda start: import_adapter(repo, adir, before_import=start, progress=progress)  # noqa: E731
+    # --- attachments: read and checked before anything is stored ---
+    staged = _attachments.stage(attachments, private_attachments)
+    # --- end attachments ---
     branch_ref, parent = repo.commit_target()
     # Reading the code revision (GitPython: ~50 ms, mostly its import)
     # overlaps the tensor import when there is one: the workers spend
     # their time in hashing, compression and I/O, outside the GIL.
     code_job = Job(lambda: code_revision(code, required=True) if code else code_revision(code_from or path))
     try:
-        adapter_id = import_adapter(repo, adir, before_import=code_job.start, progress=progress)
+        adapter_id = run_import(code_job.start)
+        # --- attachments: stored before the commit names them (objects before refs) ---
+        entries = _attachments.store(repo, staged)
+        # --- end attachments ---
         if parent is not None and not allow_empty:
-            if repo.read_commit(parent).adapter == adapter_id:
+            head = repo.read_commit(parent)
+            if head.adapter == adapter_id and _attachments.same_attachments(head.attachments, entries):
                 raise NothingToCommit(adapter_id)
     except BaseException:
         code_job.wait()
@@ -77,21 +118,17 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
     code_info = code_job.result()
     provenance = {
         "kind": "import",
-        "source": {
-            "name": path.resolve().name,
-            "format": "pickle" if adir.pickled else "safetensors",
-            "files": sorted([peftfmt.CONFIG_NAME, adir.weights.name] + [f.name for f in adir.extra_files]),
-        },
-        "base_model": base_model_of(adir.config),
+        "source": source_doc,
+        "base_model": base_model_of(config),
         "code": code_info,
         "meta": parse_meta(meta),
         "tool": library_versions(),
     }
-    card = _card_metadata(adir)
     if card is not None:  # only then: the ids of commits without a card stay what they were
         provenance["card"] = card
     return repo.write_commit(adapter_id, [parent] if parent else [], message, provenance,
-                             branch_ref, parent, ident, timestamp, sign=sign)
+                             branch_ref, parent, ident, timestamp, sign=sign,
+                             attachments=entries)
 
 
 def _card_metadata(adir: peftfmt.AdapterDir) -> dict[str, Any] | None:
@@ -122,6 +159,33 @@ def import_adapter(repo: "BaseRepository", adir: peftfmt.AdapterDir, *, before_i
     if before_import is not None:
         before_import()
     adapter = _import_pickle(repo, adir) if adir.pickled else _import_safetensors(repo, adir, progress)
+    aid = _put_checked(repo, adir, adapter)
+    if cache is not None and not adir.pickled:
+        cache.record(adir.path, files, digest_fn(), aid)
+    return aid
+
+
+def import_raw_lora(repo: "BaseRepository", raw: rawlora.RawLora, *, before_import=None,
+                    progress: Callable[[int, int, str], None] | None = None) -> str:
+    """Store a raw LoRA state dict under PEFT's names, with its built config; return the manifest id.
+
+    No stat cache: the file is one of many checkpoints a script rewrites in
+    place, and a pickle is read in full to be checked anyway.
+    """
+    if before_import is not None:
+        before_import()
+    adir = peftfmt.AdapterDir(raw.path, raw.config, raw.path, raw.pickled, [])
+    try:
+        if raw.pickled:
+            adapter = _adapter_of_torch(repo, adir, {raw.names[k]: v for k, v in (raw.state or {}).items()})
+        else:
+            adapter = _import_safetensors(repo, adir, progress, names=raw.names)
+        return _put_checked(repo, adir, adapter)
+    except InvalidAdapter as e:  # the rules of a manifest, said of the file the user gave
+        raise InvalidRawLora(str(raw.path), e.reason) from None
+
+
+def _put_checked(repo: "BaseRepository", adir: peftfmt.AdapterDir, adapter: Adapter) -> str:
     # Before the manifest exists: a refused adapter leaves at most tensors
     # that nothing names (gc removes them), and no ref moves.
     check_tensors(adir.config, {k: (v["dtype"], tuple(v["shape"])) for k, v in adapter.tensors.items()},
@@ -131,8 +195,6 @@ def import_adapter(repo: "BaseRepository", adir: peftfmt.AdapterDir, *, before_i
     except InvalidObject as e:  # what the checks above cannot see (e.g. metadata text)
         raise InvalidAdapter(str(adir.path), e.reason) from None
     crashpoint("after-adapter-object")
-    if cache is not None and not adir.pickled:
-        cache.record(adir.path, files, digest_fn(), aid)
     return aid
 
 
@@ -171,7 +233,9 @@ def _pread_into(fd: int, out: memoryview, offset: int, where: str) -> None:
         got += n
 
 
-def _import_safetensors(repo: "BaseRepository", adir: peftfmt.AdapterDir, progress=None) -> Adapter:
+def _import_safetensors(repo: "BaseRepository", adir: peftfmt.AdapterDir, progress=None,
+                        names: dict[str, str] | None = None) -> Adapter:
+    """`names` renames the file's tensors (a raw state dict's names → PEFT's)."""
     where = str(adir.weights)
     with repo.store.batch():
         # Read each tensor into memory with pread rather than mapping the
@@ -181,6 +245,9 @@ def _import_safetensors(repo: "BaseRepository", adir: peftfmt.AdapterDir, progre
         # kill the process with SIGBUS — a short read is a clear error.
         header = st.read_header(adir.weights)
         infos = list(header.tensors.values())
+        if names is not None and set(header.tensors) != set(names):
+            raise InvalidAdapter(where, "the file changed while it was read; commit again once it is written")
+        saved = (lambda n: names[n]) if names is not None else (lambda n: n)  # noqa: E731
         # The tensors of an adapter share a few shapes: each header is
         # encoded once, not once per tensor (for 200,000 small tensors the
         # JSON encoding cost more than their bytes).
@@ -220,11 +287,11 @@ def _import_safetensors(repo: "BaseRepository", adir: peftfmt.AdapterDir, progre
             ids = parallel_map(one, infos)
         finally:
             os.close(fd)
-        tensors = {i.name: {"id": tid, "dtype": i.dtype, "shape": list(i.shape)}
-                   for i, tid in sorted(zip(infos, ids), key=lambda p: p[0].name)}
+        tensors = {saved(i.name): {"id": tid, "dtype": i.dtype, "shape": list(i.shape)}
+                   for i, tid in sorted(zip(infos, ids), key=lambda p: saved(p[0].name))}
         files = _store_extra_files(repo, adir)
         crashpoint("after-tensors")
-    modules = peftfmt.lora_modules({i.name: (i.dtype, i.shape) for i in infos}, where)
+    modules = peftfmt.lora_modules({saved(i.name): (i.dtype, i.shape) for i in infos}, where)
     return Adapter(config=adir.config, base_model=base_model_of(adir.config), tensors=tensors,
                    modules=modules, metadata=header.metadata, files=files)
 
@@ -233,7 +300,10 @@ _JOIN_BELOW = 1 << 16
 
 
 def _import_pickle(repo: "BaseRepository", adir: peftfmt.AdapterDir) -> Adapter:
-    state = peftfmt.load_pickle_tensors(adir.weights)
+    return _adapter_of_torch(repo, adir, peftfmt.load_pickle_tensors(adir.weights))
+
+
+def _adapter_of_torch(repo: "BaseRepository", adir: peftfmt.AdapterDir, state: dict[str, Any]) -> Adapter:
     check_tensors(adir.config, {k: (str(v.dtype), tuple(v.shape)) for k, v in state.items()}, str(adir.weights))
     tensors = put_torch_tensors(repo.store, state)
     files = _store_extra_files(repo, adir)

@@ -105,15 +105,25 @@ def reachable(repo: "BaseRepository", tips: list[str], *, missing: dict[str, str
         if kind == "commit":
             stack.extend(obj.parents)
             stack.append(obj.adapter)
+            # --- attachments: the public ones are blobs the commit names; a
+            # private one is no object, so nothing here keeps or wants it ---
+            _leaves(repo, obj.attachment_ids(), seen, known, missing)
+            # --- end attachments ---
         elif kind == "tag":
             stack.append(obj.target)
         elif kind == "adapter":
-            for t in obj.referenced_ids():
-                if t not in seen and t not in known:
-                    seen.add(t)
-                    if not repo.store.has(t) and missing is not None:
-                        missing.setdefault(t, "missing")
+            _leaves(repo, obj.referenced_ids(), seen, known, missing)
     return seen
+
+
+def _leaves(repo: "BaseRepository", ids: list[str], seen: set[str], known: set[str],
+            missing: dict[str, str] | None) -> None:
+    """Tensors and blobs name nothing: present is enough, they need not be read."""
+    for t in ids:
+        if t not in seen and t not in known:
+            seen.add(t)
+            if not repo.store.has(t) and missing is not None:
+                missing.setdefault(t, "missing")
 
 
 def reflog_reach(repo: "BaseRepository", entries: list[tuple[str, int, str]],

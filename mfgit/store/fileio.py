@@ -8,6 +8,7 @@ created with O_EXCL so that exactly one writer holds them (invariant 3).
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import time
@@ -116,6 +117,50 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> 
     tmp = write_new_file(path, [data], sync=True, mode=mode)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    libc = _c_library()
+    if not libc or not hasattr(libc, "renameat2"):
+        return False
+    import ctypes
+
+    if libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system or kernel without it
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
+
+
+def replace_directory(staged: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the complete directory `staged` at `target` (same file system), replacing what is there.
+
+    A reader sees the old directory or the new one, never a mix: an absent
+    target is a plain rename; an existing one is swapped in one step where
+    the system can (Linux), else moved aside, replaced and then removed (a
+    moment without a target, never a half-written one). The old contents
+    are removed afterwards.
+    """
+    import shutil
+
+    staged, target = Path(staged), Path(target)
+    if not target.exists():
+        os.rename(staged, target)
+    elif not _exchange(staged, target):
+        aside = target.with_name(f"{_TMP_PREFIX}{target.name}.old.{secrets.token_hex(6)}")
+        os.rename(target, aside)
+        os.rename(staged, target)
+        os.rename(aside, staged)
+    fsync_dir(target.parent)
+    if staged.exists():
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 _libc = None

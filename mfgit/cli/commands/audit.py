@@ -1,4 +1,4 @@
-"""diff, lineage, blame, verify, keygen, export (docs/audit.md)."""
+"""diff, lineage, pages, blame, verify, keygen, export (docs/audit.md, docs/pages.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from mfgit.cli import errors as cli_errors
-from mfgit.cli.common import emit_json, open_repo
+from mfgit.cli.common import emit_json, open_repo, quiet_blas
 from mfgit.cli.progress import progress_bar
 from mfgit.render.audit import blame_text, diff_text, lineage_dot, lineage_text, verify_text
 from mfgit.render.escape import terminal, terminal_doc
@@ -50,6 +50,24 @@ def lineage(ctx, rev, as_json, dot, html_out):
     elif not html_out:
         click.echo(lineage_text(data), nl=False)
 
+
+
+@click.command()
+@click.argument("out", type=click.Path())
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@click.pass_context
+def pages(ctx, out, quiet, as_json):
+    """Write static HTML pages of the repository to directory OUT: sites, commits, merges, notes (docs/pages.md)."""
+    quiet_blas()
+    repo = open_repo(ctx)
+    with progress_bar("writing pages", quiet=quiet or as_json) as progress:
+        report = repo.pages(Path(ctx.obj["cwd"]) / out, progress=progress)
+    if as_json:
+        emit_json(report)
+    else:
+        click.echo(f"Wrote {report['commits']} commit pages and the index to {terminal(report['out'])} "
+                   f"(open {terminal(report['index'])})")
 
 @click.command()
 @click.argument("rev", default="HEAD", required=False)
@@ -151,4 +169,4 @@ def export(ctx, rev, outdir, card, manifest, key, base_model_id, force, as_json)
                    f"--signature {manifest} --public_key PUBLIC_KEY.pem {where}")
 
 
-COMMANDS = [diff_cmd, lineage, blame, verify, keygen, export]
+COMMANDS = [diff_cmd, lineage, pages, blame, verify, keygen, export]

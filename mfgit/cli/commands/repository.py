@@ -1,4 +1,4 @@
-"""init, config, commit, log, show, branch, switch, checkout, tag, status."""
+"""init, config, commit, log, show, branch, switch, checkout, tag, status, attachments."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import click
 
 from mfgit.cli.common import emit_json, open_repo, quiet_blas
 from mfgit.cli.progress import byte_progress
+from mfgit.errors import BadLoraConfig
+from mfgit.formats.rawlora import lora_options, parse_lora_option
 from mfgit.render import text as render
 from mfgit.render.escape import terminal
 
@@ -68,27 +70,62 @@ def config(ctx, key, value, global_, unset, list_):
 @click.option("-m", "--message", required=True, help="Commit message.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Record metadata (repeatable), e.g. samples=1200.")
 @click.option("--code", type=click.Path(), default=None, help="Git work tree of the training code (default: the one holding ADAPTER).")
-@click.option("--allow-pickle", is_flag=True, help="Accept adapter_model.bin (loaded with torch weights_only=True).")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept a pickle (adapter_model.bin, a raw .pt), loaded with torch weights_only=True.")
+@click.option("--lora", "lora", metavar="r=R,alpha=A[,dropout=D,rslora=B]", default=None,
+              help="ADAPTER is a raw LoRA state dict (.pt/.safetensors, no adapter_config.json) with this config.")
+@click.option("--lora-config", type=click.Path(), default=None,
+              help="The same from a JSON/YAML file (keys r, alpha, dropout, rslora, targets, base_model).")
+@click.option("--base", "base_model", metavar="NAME", default=None,
+              help="The base model of a raw LoRA state dict (its name or path, as PEFT records it).")
 @click.option("--allow-empty", is_flag=True, help="Commit even if the adapter equals HEAD's.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new commit as JSON.")
 @click.option("-S", "--sign", is_flag=True, help="Sign the commit with the key in config signing.key (docs/audit.md).")
+@click.option("--attach", multiple=True, metavar="NAME=PATH",
+              help="Commit a file (or each file of a folder, as NAME/relpath) with the adapter; pushed with it (repeatable).")
+@click.option("--attach-private", multiple=True, metavar="NAME=PATH",
+              help="As --attach, but only its size and digest are shared: the bytes stay in this repository (repeatable).")
 @click.pass_context
-def commit(ctx, adapter, message, meta, code, allow_pickle, allow_empty, quiet, as_json, sign):
-    """Record the PEFT adapter directory ADAPTER as a new commit."""
+def commit(ctx, adapter, message, meta, code, allow_pickle, lora, lora_config, base_model, allow_empty, quiet,
+           as_json, sign, attach, attach_private):
+    """Record the PEFT adapter directory ADAPTER (or a raw LoRA state dict, with --lora) as a new commit."""
     quiet_blas()
     repo = open_repo(ctx)
     cwd = Path(ctx.obj["cwd"])  # relative paths are relative to -C PATH, as for every command
+    if lora is not None and lora_config is not None:
+        raise BadLoraConfig("--lora-config", "give --lora or --lora-config, not both")
+    if lora is not None:
+        options = lora_options(parse_lora_option(lora), "--lora")
+    else:
+        options = cwd / lora_config if lora_config else None
+    attachments, private = _attachment_args(attach, cwd), _attachment_args(attach_private, cwd)
     with byte_progress("commit", quiet=quiet or as_json) as progress:
         info = repo.commit(cwd / adapter, message, meta=list(meta), code=(cwd / code) if code else None,
                            allow_pickle=allow_pickle, allow_empty=allow_empty, sign=repo.signer() if sign else None,
-                           progress=progress)
+                           progress=progress, lora=options, base_model=base_model,
+                           attachments=attachments, private_attachments=private)
     if as_json:
         emit_json(info.to_dict())
     else:
         branch = repo.head_branch() or "detached HEAD"
         root = " (root-commit)" if not info.commit.parents else ""
         click.echo(f"[{terminal(branch)}{root} {info.id[:10]}] {terminal(message.splitlines()[0] if message else '')}")
+
+
+def _attachment_args(values: tuple[str, ...], cwd: Path) -> dict[str, Path]:
+    """NAME=PATH options as {NAME: PATH}; a name given twice is refused, not overwritten."""
+    from mfgit.errors import InvalidAttachment
+
+    out: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not path:
+            raise InvalidAttachment(value, "give it as NAME=PATH")
+        if name in out:
+            raise InvalidAttachment(name, "is given twice")
+        out[name] = cwd / path
+    return out
 
 
 @click.command()
@@ -184,14 +221,46 @@ def switch(ctx, name, start, create, orphan):
 @click.option("--to", "to", required=True, type=click.Path(), help="Output directory (must be empty unless --force).")
 @click.option("-f", "--force", is_flag=True, help="Write into a non-empty directory, replacing adapter files.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--with-attachments", is_flag=True, help="Also write the commit's attachments under TO/attachments/NAME.")
 @click.pass_context
-def checkout(ctx, rev, to, force, quiet):
+def checkout(ctx, rev, to, force, quiet, with_attachments):
     """Write the adapter of REV as a PEFT adapter directory."""
     quiet_blas()
     repo = open_repo(ctx)
     with byte_progress("checkout", quiet=quiet) as progress:
-        out = repo.checkout(rev, Path(ctx.obj["cwd"]) / to, force=force, progress=progress)
+        out = repo.checkout(rev, Path(ctx.obj["cwd"]) / to, force=force, progress=progress,
+                            with_attachments=with_attachments)
     click.echo(f"Wrote {terminal(out)}")
+    if with_attachments:
+        for a in repo.attachments(rev):
+            if not a["present"]:
+                click.echo(f"not written: {terminal(a['name'])} (private to the site that committed it)", err=True)
+
+
+@click.command()
+@click.argument("rev", default="HEAD", required=False)
+@click.argument("name", required=False)
+@click.option("-o", "--output", "output", type=click.Path(), default=None,
+              help="Write attachment NAME to this file (default: standard output).")
+@click.option("--json", "as_json", is_flag=True, help="List as JSON (see docs/json.md).")
+@click.pass_context
+def attachments(ctx, rev, name, output, as_json):
+    """List the attachments of REV, or write attachment NAME."""
+    repo = open_repo(ctx)
+    if name is None:
+        items = repo.attachments(rev)
+        if as_json:
+            emit_json({"commit": repo.resolve(rev), "attachments": items})
+        else:
+            click.echo(render.attachments_text(items), nl=False)
+        return
+    data = repo.read_attachment(rev, name)
+    if output is None:
+        click.get_binary_stream("stdout").write(data)
+        return
+    from mfgit.store.fileio import atomic_write
+
+    atomic_write(Path(ctx.obj["cwd"]) / output, data)
 
 
 @click.command()
@@ -229,4 +298,4 @@ def status(ctx, as_json):
         click.echo(render.status_text(data), nl=False)
 
 
-COMMANDS = [init, config, commit, log, show, branch, switch, checkout, tag, status]
+COMMANDS = [init, config, commit, log, show, branch, switch, checkout, tag, status, attachments]

@@ -1,0 +1,260 @@
+"""Attachments: named files a site commits besides its adapter.
+
+A public attachment is a blob object, stored and moved like the extra files
+of a manifest; the commit names it by id, so reachability, push, fetch, gc
+and fsck carry it with no other rule. A private one is recorded by size and
+SHA-256 digest only; its bytes are kept in this repository under
+``private/<sha256>`` — outside the object store, so nothing that moves
+objects ever sees them — and nowhere else. Both kinds are part of the
+commit, so of its id and of what a signature covers (docs/design.md,
+"Attachments").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from mfgit.errors import AttachmentNotFound, AttachmentPrivate, CorruptAttachment, InvalidAttachment, WrongObjectType
+from mfgit.objects.model import Commit, object_id
+from mfgit.objects.schema import SchemaError, attachment_name_problem
+from mfgit.objects.schema import attachments as check_attachments
+from mfgit.store.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from mfgit.repo.base import BaseRepository
+
+PRIVATE_DIR = "private"
+
+
+@dataclass(frozen=True)
+class Staged:
+    """One attachment read from the user's files, not yet stored."""
+
+    name: str
+    data: bytes
+    private: bool
+    path: str
+
+    def entry(self) -> dict[str, Any]:
+        """Its record in the commit (docs/design.md, "Attachments")."""
+        e: dict[str, Any] = {"name": self.name, "size": len(self.data),
+                             "digest": hashlib.sha256(self.data).hexdigest(), "private": self.private}
+        if not self.private:
+            e["id"] = object_id("blob", self.data)
+        return e
+
+
+def _read_regular(path: Path, name: str) -> bytes:
+    # Links inside a folder were refused by the walk; here a FIFO or a
+    # device would block or never end, so only a regular file is read
+    # (O_NONBLOCK: opening a FIFO to find out must not wait for a writer).
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise InvalidAttachment(name, "no such file or folder", str(path)) from None
+    except OSError as e:
+        raise InvalidAttachment(name, f"cannot be read: {e.strerror}", str(path)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidAttachment(name, "not a regular file or a folder", str(path))
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def _files_of(name: str, path: Path) -> list[tuple[str, Path]]:
+    """(attachment name, file) for PATH: itself, or each file of a folder as NAME/relpath."""
+    if not os.path.lexists(path):
+        raise InvalidAttachment(name, "no such file or folder", str(path))
+    if not path.is_dir():
+        return [(name, path)]
+    out: list[tuple[str, Path]] = []
+    for root, dirs, files in os.walk(path, onerror=None, followlinks=False):
+        dirs.sort()
+        for entry in [*dirs, *files]:
+            p = Path(root) / entry
+            if p.is_symlink():
+                # What a link names can change between listing and commit, or
+                # lie outside the folder: only the folder's own files are taken.
+                raise InvalidAttachment(name, f"the folder holds a symbolic link ({p.relative_to(path)}); "
+                                        "attach what it names instead", str(path))
+        for f in sorted(files):
+            rel = (Path(root) / f).relative_to(path).as_posix()
+            out.append((f"{name}/{rel}", Path(root) / f))
+    if not out:
+        raise InvalidAttachment(name, "the folder holds no files", str(path))
+    return out
+
+
+def stage(attachments: Mapping[str, Any] | None, private: Mapping[str, Any] | None) -> list[Staged]:
+    """Read the user's attachments (name → file or folder), checked, sorted by name.
+
+    Everything is checked before anything is stored: names (the schema's
+    rule, and each given once), files that exist and can be read, and the
+    whole list as the commit will hold it.
+    """
+    staged: dict[str, Staged] = {}
+    for is_private, given in ((False, attachments or {}), (True, private or {})):
+        for name, path in given.items():
+            problem = attachment_name_problem(name)
+            if problem:
+                raise InvalidAttachment(str(name), f"cannot name an attachment: {problem}")
+            for full, file in _files_of(name, Path(path)):
+                problem = attachment_name_problem(full)
+                if problem:
+                    raise InvalidAttachment(full, f"cannot name an attachment: {problem}", str(file))
+                if full in staged:
+                    raise InvalidAttachment(full, "is given twice", str(file))
+                staged[full] = Staged(full, _read_regular(file, full), is_private, str(file))
+    out = [staged[n] for n in sorted(staged)]
+    if out:
+        try:
+            check_attachments([s.entry() for s in out])
+        except SchemaError as e:
+            raise InvalidAttachment(_name_in(e, out), e.reason) from None
+    return out
+
+
+def _name_in(e: SchemaError, staged: list[Staged]) -> str:
+    # "attachments[3].name" → the name of entry 3, for a message the user can act on.
+    if e.field.startswith("attachments["):
+        try:
+            return staged[int(e.field[len("attachments["):].split("]")[0])].name
+        except (ValueError, IndexError):
+            pass
+    return "attachments"
+
+
+def store(repo: "BaseRepository", staged: list[Staged]) -> tuple[dict[str, Any], ...]:
+    """Store each attachment's bytes (public: a blob; private: this repository's private/)
+    and return the commit's entries. Called before the commit object is written
+    (objects before refs)."""
+    entries = []
+    for s in staged:
+        e = s.entry()
+        if s.private:
+            write_private(repo, e["digest"], s.data)
+        else:
+            bid = repo.store.put("blob", s.data)  # an existing blob is freshened (git's rule)
+            assert bid == e["id"], (bid, e["id"])
+        entries.append(e)
+    return tuple(entries)
+
+
+def private_path(repo: "BaseRepository", digest: str) -> Path | None:
+    """Where the bytes of a private attachment are kept (None without a repository on disk)."""
+    return None if repo.gitdir is None else repo.gitdir / PRIVATE_DIR / digest
+
+
+def write_private(repo: "BaseRepository", digest: str, data: bytes) -> None:
+    path = private_path(repo, digest)
+    if path is None:
+        raise InvalidAttachment(digest, "a private attachment needs a repository on disk to be kept in")
+    if read_private(path, digest) is not None:
+        return  # written once, like an object: the same digest is the same bytes
+    # Readable by its owner only: these are the bytes that must not leave the site.
+    atomic_write(path, data, mode=0o400)
+
+
+def read_private(path: Path, digest: str) -> bytes | None:
+    """The bytes at `path` if they have `digest`; None when absent or damaged."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read()
+    finally:
+        os.close(fd)
+    return data if hashlib.sha256(data).hexdigest() == digest else None
+
+
+def private_state(repo: "BaseRepository", entry: dict[str, Any]) -> str:
+    """"present", "absent" or "corrupt": the local copy of a private attachment."""
+    path = private_path(repo, entry["digest"])
+    if path is None or not os.path.lexists(path):
+        return "absent"
+    return "present" if read_private(path, entry["digest"]) is not None else "corrupt"
+
+
+def listing(repo: "BaseRepository", rev: str = "HEAD") -> list[dict[str, Any]]:
+    """The attachments of `rev`: each entry of the commit and whether its bytes are here (``present``)."""
+    commit = repo.read_commit(repo.resolve(rev))
+    out = []
+    for a in commit.attachments:
+        present = private_state(repo, a) == "present" if a["private"] else repo.store.has(a["id"])
+        out.append({**a, "present": present})
+    return out
+
+
+def read(repo: "BaseRepository", rev: str, name: str) -> bytes:
+    """The bytes of attachment `name` of `rev`, checked against the size and digest the commit records."""
+    cid = repo.resolve(rev)
+    commit = repo.read_commit(cid)
+    entry = next((a for a in commit.attachments if a["name"] == name), None)
+    if entry is None:
+        raise AttachmentNotFound(cid, name, tuple(a["name"] for a in commit.attachments))
+    return entry_bytes(repo, cid, commit, entry)
+
+
+def entry_bytes(repo: "BaseRepository", cid: str, commit: Commit, entry: dict[str, Any]) -> bytes:
+    if entry["private"]:
+        path = private_path(repo, entry["digest"])
+        if path is None or not os.path.lexists(path):
+            raise AttachmentPrivate(cid, entry["name"], commit.site)
+        data = read_private(path, entry["digest"])
+        if data is None:
+            raise CorruptAttachment(cid, entry["name"], entry["digest"], _digest_of(path), str(path))
+        return data
+    kind, payload = repo.store.get(entry["id"])  # checked against the blob's id (invariant 2)
+    if kind != "blob":
+        raise WrongObjectType(entry["id"], "blob", kind)
+    data = bytes(payload)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != entry["digest"] or len(data) != entry["size"]:
+        raise CorruptAttachment(cid, entry["name"], entry["digest"], actual, f"blob {entry['id'][:12]}")
+    return data
+
+
+def _digest_of(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError as e:
+        return f"unreadable: {e.strerror}"
+
+
+def same_attachments(a: tuple[dict[str, Any], ...], b: tuple[dict[str, Any], ...]) -> bool:
+    return [dict(x) for x in a] == [dict(x) for x in b]
+
+
+def check_private(repo: "BaseRepository", commit_ids: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(absent, corrupt): the private attachments of `commit_ids` whose bytes are not here —
+    every clone, by design, so never damage — and those whose kept copy fails its digest (damage)."""
+    absent: list[dict[str, Any]] = []
+    corrupt: list[dict[str, Any]] = []
+    for cid in commit_ids:
+        try:
+            commit = repo.read_commit(cid)
+        except Exception:  # noqa: BLE001 - an unreadable commit is fsck's to report as such
+            continue
+        for a in commit.attachments:
+            if not a["private"]:
+                continue
+            state = private_state(repo, a)
+            record = {"commit": cid, "name": a["name"], "digest": a["digest"], "site": commit.site}
+            if state == "absent":
+                absent.append(record)
+            elif state == "corrupt":
+                path = private_path(repo, a["digest"])
+                corrupt.append({**record, "path": str(path), "actual": _digest_of(path)})
+    return absent, corrupt
