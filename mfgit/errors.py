@@ -661,3 +661,34 @@ class IsAMixture(MixtureError):
                          f"adapter): {verb}")
         self.rev = rev
         self.verb = verb
+
+
+# --- h13-dora ---
+
+
+class DoraNeedsBaseWeights(MergeError):
+    """A DoRA input merged without the base model's weights, on which its update depends."""
+
+    def __init__(self, rev: str):
+        super().__init__(f"{rev} is a DoRA adapter: its update depends on the base model's weights, "
+                         f"which this merge was not given")
+        self.rev = rev
+
+
+class BaseWeightsError(MfgitError):
+    """The base weights given with --base-weights cannot serve the merge (not safetensors, a module missing, a shape)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"base weights {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class BaseWeightsMismatch(MergeError):
+    """Base weights whose digest is not the one a merge commit recorded."""
+
+    def __init__(self, path: str, expected: str, actual: str):
+        super().__init__(f"base weights {path} have SHA-256 {actual[:16]}…, but the merge used {expected[:16]}…")
+        self.path = path
+        self.expected = expected
+        self.actual = actual

@@ -37,11 +37,12 @@ under each: protected under any, it must pass.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from mfgit.audit.policy import AllowedSigners, judge, load_policy
 from mfgit.audit.signing import check_signature
-from mfgit.errors import CorruptObject, MalformedObject, MfgitError, ObjectNotFound, SignatureError
+from mfgit.errors import CorruptObject, DoraNeedsBaseWeights, MalformedObject, MfgitError, ObjectNotFound, SignatureError
 from mfgit.objects.model import Commit, Tag, decode_object, is_object_id, split_tensor_payload
 from mfgit.refs import HEADS, REMOTES, SYMREF, TAGS, check_branch_name
 
@@ -242,7 +243,7 @@ def _check_attachments(repo: "BaseRepository", cid: str, commit: Commit, get, ch
 
 
 def check_reproduce(repo: "BaseRepository", commits: list[str], *, tolerance: float = DEFAULT_TOLERANCE,
-                    device: str | None = None,
+                    device: str | None = None, base_weights: Any = None,
                     progress: Callable[[int, int, str], None] | None = None) -> list[dict[str, Any]]:
     out = []
     for i, cid in enumerate(commits, 1):
@@ -261,10 +262,11 @@ def check_reproduce(repo: "BaseRepository", commits: list[str], *, tolerance: fl
         try:
             from mfgit.merge.replay import reproduce  # torch: only when merges are re-run
 
-            r = reproduce(repo, cid, device=dev)
+            r = reproduce(repo, cid, device=dev, base_weights=base_weights)
         except Exception as e:  # noqa: BLE001 - a merge that cannot be re-run is a finding, not a crash
+            hint = " (pass --base-weights PATH)" if isinstance(e, DoraNeedsBaseWeights) else ""
             entry.update(ok=False, outcome="not-reproducible", identical=False, max_abs_diff=None, device=None,
-                         reason=f"cannot re-run the merge: {e}")
+                         reason=f"cannot re-run the merge: {e}{hint}")
             out.append(entry)
             continue
         same_type = (r.get("device") or "").split(":")[0] == (recorded or "").split(":")[0]
@@ -500,9 +502,21 @@ def _annotated_tag(repo: "BaseRepository", rev: str) -> str | None:
     return None
 
 
+def _open_base(path: str | os.PathLike | None) -> Any:
+    """Opened once for every merge re-run (its digest is computed once); torch only when given."""
+    if path is None:
+        return None
+    from mfgit.merge.baseweights import open_base_weights
+
+    return open_base_weights(path)
+
+
 def verify(repo: "BaseRepository", rev: str = "HEAD", *, reproduce: bool = False, signatures: bool = False,
            branch: str | None = None, tolerance: float = DEFAULT_TOLERANCE, device: str | None = None,
+           base_weights: str | os.PathLike | None = None,
            progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Integrity of REV's history; with `reproduce`, every merge re-run (DoRA merges need
+    `base_weights`, the base model's weights they were made with); with `signatures`, the policy."""
     tag = _annotated_tag(repo, rev)
     tip = repo.resolve(rev)
     branches = rev_branches(repo, rev, tip, branch)
@@ -519,7 +533,8 @@ def verify(repo: "BaseRepository", rev: str = "HEAD", *, reproduce: bool = False
     failures += [{"check": "mixture", "commit": m["commit"], "reason": m["reason"]} for m in mixtures if not m["ok"]]
     report["reproduce"] = None
     if reproduce:
-        rep = check_reproduce(repo, commits, tolerance=tolerance, device=device, progress=progress)
+        rep = check_reproduce(repo, commits, tolerance=tolerance, device=device, progress=progress,
+                              base_weights=_open_base(base_weights))
         report["reproduce"] = {"ok": all(r["ok"] for r in rep), "merges": rep, "tolerance": tolerance}
         failures += [{"check": "reproduce", "commit": r["commit"], "reason": r["reason"]} for r in rep if not r["ok"]]
     report["signatures"] = None

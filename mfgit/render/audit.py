@@ -59,12 +59,15 @@ def diff_text(d: dict[str, Any], *, stat: bool = False) -> str:
         name = _short(m["name"])
         if m["status"] == "changed":
             if stat:
-                lines.append(f"M  {name}  rel {_g(m['rel_diff'])}")
+                mag = m.get("magnitude")
+                lines.append(f"M  {name}  rel {_g(m['rel_diff'])}" + (f"  magnitude rel {_g(mag['rel_diff'])}" if mag else ""))
                 continue
             sub = m.get("subspace") or {}
             ranks = f"r {m['rank_a']}" if m["rank_a"] == m["rank_b"] else f"r {m['rank_a']}->{m['rank_b']}"
+            mag = m.get("magnitude")
             lines.append(f"M  {name}  {ranks}  |ΔW_A| {_g(m['norm_a'])}  |ΔW_B| {_g(m['norm_b'])}  "
-                         f"rel {_g(m['rel_diff'])}  cos {_g(m['cosine'])}  subspace cos² {_g(sub.get('mean_cos2'))}")
+                         f"rel {_g(m['rel_diff'])}  cos {_g(m['cosine'])}  subspace cos² {_g(sub.get('mean_cos2'))}"
+                         + (f"  magnitude rel {_g(mag['rel_diff'])}" if mag else ""))
         else:
             r = m["rank_b"] if m["status"] == "added" else m["rank_a"]
             n = m["norm_b"] if m["status"] == "added" else m["norm_a"]

@@ -44,6 +44,8 @@ class _StrategyOption(click.Option):
 @click.option("--rank", default=None, help="Output rank: N, sum, or max (default: the largest input rank).")
 @click.option("--energy", type=float, default=None, help="Smallest rank per module keeping this fraction of energy.")
 @click.option("--seed", type=int, default=None, help="Seed of every random mask (default 0).")
+@click.option("--base-weights", type=click.Path(), default=None, metavar="PATH",
+              help="The base model's weights (.safetensors file or directory): needed to merge DoRA adapters.")
 @click.option("--device", default=None, help="auto (default), cpu or cuda[:N].")
 @click.option("--dtype", default=None, help="Output dtype (F32, BF16, F16); default: the inputs'.")
 @click.option("-m", "--message", default=None, help="Commit message.")
@@ -68,7 +70,7 @@ class _StrategyOption(click.Option):
 @click.option("--select-rule", type=click.Choice(["worst", "mean"]), default=None, help="Best worst-site score (default) or best mean.")
 @click.pass_context
 def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda_, extra, rank, energy, seed,
-          device, dtype, message, recipe, rebuild, no_commit, to, force, as_json, sign, search, score, base_spec,
+          base_weights, device, dtype, message, recipe, rebuild, no_commit, to, force, as_json, sign, search, score, base_spec,
           data_spec, budget, bounds, l1, candidates, from_candidates, select_by, select_rule):
     """Merge the adapters of REVS in weight space into the current branch."""
     repo = open_repo(ctx)
@@ -90,7 +92,8 @@ def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda
             list(revs), strategy=strategy, weights=wlist, weights_from=weights_from, params=params, rank=rank,
             energy=energy, seed=seed, device=device, dtype=dtype, message=message, no_commit=no_commit,
             to=(cwd / to) if to else None, rebuild=rebuild, force=force,
-            recipe=(cwd / recipe) if recipe else None, progress=progress, sign=repo.signer() if sign else None,
+            recipe=(cwd / recipe) if recipe else None, base_weights=(cwd / base_weights) if base_weights else None,
+            progress=progress, sign=repo.signer() if sign else None,
             search=search, score=score, base=base_spec, data=data_spec, budget=budget, bounds=bounds, l1=l1,
             candidates=candidates, from_candidates=from_candidates, select_by=select_by, select_rule=select_rule,
         )
@@ -109,6 +112,9 @@ def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda
         click.echo(f"Wrote {report.output_dir}")
     e = prov["kept_energy"]
     click.echo(f"kept energy: min {e['min']:.4f}, mean {e['mean']:.4f}; {prov['wall_time_s']:.2f} s")
+    if prov.get("dora"):
+        click.echo(f"DoRA: {len(prov['dora']['modules'])} module(s) merged as effective updates on base weights "
+                   f"{prov['dora']['base_weights']['sha256'][:16]}")
     if prov.get("search") or prov.get("selection"):
         click.echo(render.search_text(prov), nl=False)
 
