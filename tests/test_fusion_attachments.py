@@ -247,8 +247,8 @@ def test_a_distilled_set_that_is_not_safetensors_or_lacks_labels_is_refused_by_n
 
     import torch
     from mfgit.api.repository import Repository
-    from mfgit.api.sitedata import load_site_data
-    from mfgit.errors import AttachmentNotFound, InvalidSiteData
+    from mfgit.api.sitedata import InvalidSiteData, load_site_data
+    from mfgit.errors import AttachmentNotFound
 
     repo = Repository.init(tmp_path / "r", site="z")
     repo.config.set("user.name", "Site Z")

@@ -34,8 +34,8 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from mfgit.errors import InvalidSiteData, ScoreError
-from mfgit.api.sitedata import TASK
+from mfgit.api.sitedata import TASK, InvalidSiteData
+from mfgit.errors import ScoreError
 
 if TYPE_CHECKING:
     import torch

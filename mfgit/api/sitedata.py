@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from mfgit.errors import AttachmentNotFound, InvalidSiteData, SafetensorsError, ScoreError
+from mfgit.errors import AttachmentNotFound, MfgitError, SafetensorsError, ScoreError
 from mfgit.formats.jsonvalue import JSONValueError, loads_strict
 from mfgit.formats.safetensors import parse_header
 from mfgit.repo.attachments import entry_bytes, entry_of
@@ -33,6 +33,20 @@ if TYPE_CHECKING:
 PREFIX = "attachments:"
 TASK = "task"  # the attachment holding a site's task spec
 LABELS = "labels"
+
+
+class InvalidSiteData(ScoreError):
+    """A site's attachment that the built-in loader or scorer cannot use: the distilled set is no valid
+    safetensors file, lacks ``labels`` or has rows of other lengths; the task spec is not the JSON the
+    prompt scorer reads. Raised here and by mfgit.api.prompts only, so it lives here (a ScoreError: the
+    data of a score)."""
+
+    def __init__(self, commit: str, name: str, reason: str):
+        MfgitError.__init__(self, f"attachment {name!r} of commit {commit[:12]}: {reason}")
+        self.spec = PREFIX + name
+        self.commit = commit
+        self.name = name
+        self.reason = reason
 
 
 @dataclass
