@@ -14,7 +14,10 @@ model, metadata, the labels of merge inputs — so each goes through
   heading, a link, an HTML tag or a new table row;
 * names that are identifiers (the base model, file names, URLs, ids) are
   code spans and the message a fenced block, each with a fence no backtick
-  run inside can close.
+  run inside can close;
+* the body of the card the site committed (its attachment README.md) is the
+  site's own Markdown, written last, after a heading of mfgit's, with raw
+  HTML made inert (`escape.markdown_document`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from mfgit.render.audit import leaf_weight_text
-from mfgit.render.escape import markdown, markdown_block, markdown_code, yaml_dump
+from mfgit.render.escape import markdown, markdown_block, markdown_code, markdown_document, yaml_dump
 
 
 def _cell(value: Any) -> str:
@@ -113,4 +116,7 @@ def model_card(doc: dict[str, Any]) -> str:
         lines += [markdown_block(message.rstrip(), "text"), ""]
     lines += ["## Lineage", ""]
     lines += _merge_lineage(doc) if doc["is_merge"] else _import_provenance(doc)
+    if doc.get("card_body"):
+        lines += ["## Model card", "", "The card committed with this adapter, as its site wrote it "
+                  "(raw HTML shown as text):", "", markdown_document(doc["card_body"]), ""]
     return "\n".join(lines)

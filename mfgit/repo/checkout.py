@@ -9,6 +9,7 @@ was read and checked, so a corrupt object leaves no file behind.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from mfgit.errors import MalformedObject, OutputInTheWay, UnsafePath
 from mfgit.formats import peft as peftfmt
 from mfgit.formats import safetensors as st
 from mfgit.formats.dtypes import nbytes
+from mfgit.formats.hubcard import CARD_NAME
 from mfgit.objects.model import Adapter
 from mfgit.parallel import parallel_map, progress_counter
 from mfgit.store.fileio import fsync_dir, start_writeback
@@ -42,18 +44,37 @@ def checkout(repo: "BaseRepository", rev: str, to: str | os.PathLike, *, force: 
     cid = repo.resolve(rev)
     commit = repo.read_commit(cid)
     adapter = repo.read_adapter(commit.adapter)
+    card = card_entry(adapter, commit)
     # --- attachments ---
-    extra = attachment_files(repo, cid, commit) if with_attachments else {}
+    extra = attachment_files(repo, cid, commit, skip=card) if with_attachments else {}
     # --- end attachments ---
-    return write_adapter_dir(repo, adapter, to, force=force, progress=progress, attachments=extra)
+    return write_adapter_dir(repo, with_card(adapter, commit), to, force=force, progress=progress, attachments=extra)
 
 
-def attachment_files(repo: "BaseRepository", cid: str, commit) -> dict[str, bytes]:
-    """Relative path under the output → checked bytes, for each attachment available here."""
+def card_entry(adapter: Adapter, commit) -> dict | None:
+    """The commit's model card: its public attachment README.md, unless the manifest holds a
+    README.md of its own (commits made before the card was an attachment)."""
+    if CARD_NAME in adapter.files:
+        return None
+    return next((a for a in commit.attachments if a["name"] == CARD_NAME and not a["private"]), None)
+
+
+def with_card(adapter: Adapter, commit) -> Adapter:
+    """`adapter` with the commit's card among its files, so the directory is written back as
+    it was committed: README.md beside the adapter, where the Hub reads it."""
+    entry = card_entry(adapter, commit)
+    if entry is None:
+        return adapter
+    return dataclasses.replace(adapter, files={**adapter.files, CARD_NAME: entry["id"]})
+
+
+def attachment_files(repo: "BaseRepository", cid: str, commit, skip: dict | None = None) -> dict[str, bytes]:
+    """Relative path under the output → checked bytes, for each attachment available here
+    (but `skip`, the card, already written as the directory's README.md)."""
     from mfgit.repo.attachments import entry_bytes, private_state
 
     return {f"{ATTACHMENTS_DIR}/{a['name']}": entry_bytes(repo, cid, commit, a) for a in commit.attachments
-            if not a["private"] or private_state(repo, a) != "absent"}
+            if (not a["private"] or private_state(repo, a) != "absent") and a is not skip}
 
 
 ATTACHMENTS_DIR = "attachments"

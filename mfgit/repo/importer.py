@@ -14,10 +14,10 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from mfgit.errors import BadLoraConfig, InvalidAdapter, InvalidObject, InvalidRawLora, NothingToCommit
+from mfgit.errors import BadLoraConfig, InvalidAdapter, InvalidAttachment, InvalidObject, InvalidRawLora, NothingToCommit
 from mfgit.formats import peft as peftfmt
 from mfgit.formats import rawlora
-from mfgit.formats.hubcard import front_matter
+from mfgit.formats.hubcard import CARD_NAME, front_matter, split_card
 from mfgit.formats import safetensors as st
 from mfgit.objects.model import Adapter, TensorHeader, object_id, tensor_id
 from mfgit.parallel import Job, parallel_map, progress_counter
@@ -87,14 +87,18 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
                       "files": [path.name], "layout": "raw-state-dict", "adapter_name": raw.adapter_name}
         run_import = lambda start: import_raw_lora(repo, raw, before_import=start, progress=progress)  # noqa: E731
     else:
-        adir = peftfmt.inspect_adapter_dir(path, allow_pickle=allow_pickle)
-        config, card = adir.config, _card_metadata(adir)
+        whole = peftfmt.inspect_adapter_dir(path, allow_pickle=allow_pickle)
+        # The model card is the commit's attachment README.md, not a file of the adapter.
+        adir, card_path = split_card(whole)
+        config, card = adir.config, _card_metadata(card_path)
         source_doc = {
             "name": path.resolve().name,
             "format": "pickle" if adir.pickled else "safetensors",
-            "files": sorted([peftfmt.CONFIG_NAME, adir.weights.name] + [f.name for f in adir.extra_files]),
+            "files": sorted([peftfmt.CONFIG_NAME, adir.weights.name] + [f.name for f in whole.extra_files]),
         }
         run_import = lambda start: import_adapter(repo, adir, before_import=start, progress=progress)  # noqa: E731
+        if card_path is not None:
+            attachments = _with_card(attachments, private_attachments, card_path)
     # --- attachments: read and checked before anything is stored ---
     staged = _attachments.stage(attachments, private_attachments)
     # --- end attachments ---
@@ -131,12 +135,22 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
                              attachments=entries)
 
 
-def _card_metadata(adir: peftfmt.AdapterDir) -> dict[str, Any] | None:
+def _card_metadata(readme: Path | None) -> dict[str, Any] | None:
     """The front matter of the directory's README.md (a Hub model card), if it has one."""
-    readme = next((f for f in adir.extra_files if f.name == "README.md"), None)
     if readme is None:
         return None
     return front_matter(readme.read_bytes().decode("utf-8", "replace"))
+
+
+def _with_card(attachments: Mapping[str, Any] | None, private: Mapping[str, Any] | None,
+               card_path: Path) -> dict[str, Any]:
+    """The user's public attachments plus the directory's card, as attachment README.md."""
+    for given in (attachments or {}, private or {}):
+        if CARD_NAME in given:
+            raise InvalidAttachment(CARD_NAME, f"the adapter directory has a model card, kept as attachment "
+                                    f"{CARD_NAME}; remove the card from the directory or do not attach one",
+                                    str(given[CARD_NAME]))
+    return {**(attachments or {}), CARD_NAME: card_path}
 
 
 def import_adapter(repo: "BaseRepository", adir: peftfmt.AdapterDir, *, before_import=None,

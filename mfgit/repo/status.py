@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from mfgit.errors import MfgitError
 from mfgit.formats import peft as peftfmt
+from mfgit.formats.hubcard import split_card
 from mfgit.repo.history import adapter_summary
 from mfgit.repo.statcache import StatCache, quick_digest
 
@@ -44,7 +45,7 @@ def _source_state(cache: StatCache, p: Path, cached: str, head_adapter: str | No
     if not p.is_dir():
         return "missing"
     try:
-        adir = peftfmt.inspect_adapter_dir(p, allow_pickle=True)
+        adir, _card = split_card(peftfmt.inspect_adapter_dir(p, allow_pickle=True))  # as the commit saw it
         files = [p / peftfmt.CONFIG_NAME, adir.weights, *adir.extra_files]
         same = cache.lookup(p, files, lambda: quick_digest(files[0], adir.weights)) == cached
     except (MfgitError, OSError):
