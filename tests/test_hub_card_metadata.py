@@ -134,9 +134,11 @@ def test_a_card_edited_alone_is_a_new_commit_of_the_same_adapter(cli, repo_dir, 
     snap = hub_snapshot(tmp_path, 3)
     first = cli.json("commit", snap, "-m", "one", "--json", cwd=repo_dir)
     (snap / "README.md").write_text(CARD.replace("apache-2.0", "mit"), encoding="utf-8")
+    assert cli.json("status", "--json", cwd=repo_dir)["sources"][0]["state"] == "modified"  # the card is not HEAD's
     second = cli.json("commit", snap, "-m", "card edited", "--json", cwd=repo_dir)
     assert second["adapter"] == first["adapter"] and second["id"] != first["id"]
     assert Repository.open(repo_dir).read_commit(second["id"]).provenance["card"]["license"] == "mit"
+    assert cli.json("status", "--json", cwd=repo_dir)["sources"][0]["state"] == "unchanged"
 
 
 def test_a_card_and_an_attached_readme_are_refused_together(cli, repo_dir, tmp_path):
