@@ -196,8 +196,35 @@ def test_export_names_the_base_model_id_given_and_never_writes_a_path(cli, repo_
     assert ModelCard.load(tmp_path / "unnamed" / "README.md").data.base_model is None
     cli.ok("export", "HEAD", tmp_path / "named", "--base-model-id", "org/base-1b", cwd=repo_dir)
     assert json.loads((tmp_path / "named" / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/base-1b"
-    # Without --card the committed card is written back as it was.
-    assert (tmp_path / "named" / "README.md").read_text(encoding="utf-8") == no_base
+    # Without --card the committed card is published: its text, its front matter to the Hub's conventions.
+    card = ModelCard.load(tmp_path / "named" / "README.md")
+    assert card.data.base_model == "org/base-1b" and card.data.base_model_relation == "adapter"
+    assert card.data.license == "apache-2.0" and card.data.library_name == "peft"
+    assert card.text.strip() == no_base.split("---\n", 2)[2].strip()
+
+
+def test_export_never_publishes_the_local_path_of_the_card_peft_wrote(cli, repo_dir, tmp_path):
+    from tests.adapters import make_lora_adapter
+
+    snap = make_lora_adapter(tmp_path / "saved", seed=10)
+    # PEFT's own card names the base model as it was loaded: here, from disk.
+    text = (snap / "README.md").read_text(encoding="utf-8").replace("tiny-llama-test", "/models/tiny-llama")
+    (snap / "README.md").write_text(text, encoding="utf-8")
+    cfg = json.loads((snap / "adapter_config.json").read_text())
+    (snap / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": "/models/tiny-llama"}))
+    cli.ok("commit", snap, "-m", "saved by PEFT", cwd=repo_dir)
+    assert Repository.open(repo_dir).read_commit(Repository.open(repo_dir).head()).provenance["card"][
+        "base_model"] == "/models/tiny-llama"
+    for args in ([], ["--card"]):
+        out = tmp_path / f"out{len(args)}"
+        r = cli("export", "HEAD", out, *args, cwd=repo_dir)
+        assert r.returncode == 0 and "--base-model-id" in r.stderr
+        assert "/models/tiny-llama" not in (out / "adapter_config.json").read_text()
+        front = (out / "README.md").read_text(encoding="utf-8").split("\n---\n", 1)[0]
+        assert "/models/" not in front and ModelCard.load(out / "README.md").data.base_model is None
+    # checkout gives back what was committed.
+    cli.ok("checkout", "HEAD", "--to", tmp_path / "back", cwd=repo_dir)
+    assert (tmp_path / "back" / "README.md").read_text(encoding="utf-8") == text
 
 
 def test_a_composite_card_names_the_sites_base_model_and_lists_the_merged_adapters(cli, repo_dir, tmp_path):
@@ -262,3 +289,18 @@ def test_hostile_card_content_is_refused_from_the_metadata_and_inert_in_the_text
     # --base-model-id with a newline is refused in one line, as a path is.
     r = cli("export", "HEAD", tmp_path / "out2", "--card", "--base-model-id", "org/x\n---", cwd=repo_dir)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_card_given_with_a_peft_model_replaces_the_one_peft_writes(repo_dir, tmp_path):
+    from peft import PeftModel
+
+    from tests.adapters import tiny_llama
+
+    model = PeftModel.from_pretrained(tiny_llama(), str(hub_snapshot(tmp_path, 11)))
+    card = tmp_path / "card.md"
+    card.write_text(CARD, encoding="utf-8")
+    repo = Repository.open(repo_dir)
+    info = repo.commit(model, "from python", attachments={"README.md": card})
+    assert [a["name"] for a in info.commit.attachments] == ["README.md"]
+    assert repo.read_attachment("HEAD", "README.md") == CARD.encode()
+    assert info.commit.provenance["card"]["license"] == "apache-2.0"

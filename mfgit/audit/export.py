@@ -3,12 +3,15 @@
 ``export REV OUTDIR [--card] [--manifest]`` writes
 
 * the PEFT adapter directory of REV (``adapter_config.json``,
-  ``adapter_model.safetensors`` and the adapter's other files), exactly as
-  ``checkout`` does;
-* with ``card``: ``README.md``, a Hugging Face model card whose YAML front
-  matter says ``base_model: <name>`` and ``base_model_relation: adapter``
-  (``merge`` for a merge composite), followed by the commit, the lineage
-  summary (leaves and effective weights) and the merge recipe;
+  ``adapter_model.safetensors`` and the adapter's other files), as
+  ``checkout`` does, but with ``base_model_name_or_path`` in ``adapter_config.json`` a Hub id
+  or null, never a local path (``checkout`` writes the config as committed);
+* ``README.md``, a Hugging Face model card whose YAML front matter says
+  ``base_model: <Hub id>``, ``base_model_relation: adapter`` (a merge
+  composite too) and the committed card's metadata: without ``card``, the
+  text of the card the commit was made with (if any); with ``card``, the
+  commit, the lineage summary (leaves and effective weights), the merge
+  recipe, and then that text;
 * with ``manifest``: ``model.sig``, a SHA-256 manifest of every exported file
   in the format of the OpenSSF model-signing project (v1.0 predicate
   ``https://model_signing/signature/v1.0`` in an in-toto Statement v1, in a
@@ -39,7 +42,7 @@ from mfgit.errors import InvalidHubId, SigningKeyError, UnsafePath
 from mfgit.formats import peft as peftfmt
 from mfgit.formats.hubcard import CARD_NAME
 from mfgit.formats.hubcard import body as card_body
-from mfgit.render.card import model_card
+from mfgit.render.card import committed_card, model_card
 from mfgit.repo.attachments import entry_bytes
 from mfgit.repo.checkout import card_entry, checkout
 from mfgit.store.fileio import atomic_write
@@ -103,7 +106,7 @@ def hub_base_model(repo: "BaseRepository", cid: str, base_model_id: str | None =
 
 
 def committed_card_body(repo: "BaseRepository", cid: str, commit, adapter) -> str | None:
-    """The text of the card the commit was made with, without its front matter (None without one):
+    """The text of the card the commit was made with, without its front matter (None without a card):
     its attachment README.md, or the manifest's README.md for commits made before that."""
     entry = card_entry(adapter, commit)
     if entry is not None:
@@ -112,7 +115,7 @@ def committed_card_body(repo: "BaseRepository", cid: str, commit, adapter) -> st
         data = repo.read_object(adapter.files[CARD_NAME]).data
     else:
         return None
-    return card_body(bytes(data).decode("utf-8", "replace")) or None
+    return card_body(bytes(data).decode("utf-8", "replace"))
 
 
 def card_document(repo: "BaseRepository", cid: str, lineage: dict[str, Any], *,
@@ -286,13 +289,15 @@ def export(repo: "BaseRepository", rev: str, outdir: str | os.PathLike, *, card:
     out = Path(checkout(repo, cid, outdir, force=force))
     report: dict[str, Any] = {"commit": cid, "dir": str(out), "card": None, "manifest": None, "warnings": []}
     report["base_model"] = _write_hub_config(repo, cid, out, base_model_id, report["warnings"])
-    if card:
-        doc = card_document(repo, cid, lineage(repo, cid), base_model_id=base_model_id)
+    # The committed card is published too, its front matter brought to the Hub's conventions;
+    # --card adds mfgit's record of the commit and its lineage.
+    doc = card_document(repo, cid, lineage(repo, cid), base_model_id=base_model_id)
+    if card or doc["card_body"] is not None:
         if doc["base_model"] is None:
             report["warnings"].append(
                 f"the card has no base_model: the recorded base model {doc['base_model_recorded']!r} is not a Hub "
                 "model id; name it with --base-model-id ID")
-        text = model_card(doc)
+        text = model_card(doc) if card else committed_card(doc)
         report["card"] = str(_write_file(out, CARD_NAME, text.encode("utf-8")))
     if manifest:
         commit = repo.read_commit(cid)

@@ -45,7 +45,12 @@ def _front_matter(doc: dict[str, Any]) -> str:
     front["library_name"] = "peft"
     own = ["lora", "peft", "mfgit"] + (["merge"] if doc["is_merge"] else [])
     theirs = card.get("tags") if isinstance(card.get("tags"), list) else []
-    front["tags"] = list(dict.fromkeys([t for t in theirs if isinstance(t, str)] + own))
+    # PEFT tags its card "base_model:adapter:<what the model was loaded from>", a local path as
+    # often as not: such tags are mfgit's to write, from the Hub id alone.
+    theirs = [t for t in theirs if isinstance(t, str) and not t.startswith("base_model:")]
+    if doc["base_model"]:
+        own.insert(0, f"base_model:adapter:{doc['base_model']}")
+    front["tags"] = list(dict.fromkeys(theirs + own))
     for key, value in card.items():
         if key not in front and key not in ("base_model", "base_model_relation", "library_name", "tags"):
             front[key] = value
@@ -100,6 +105,12 @@ def _import_provenance(doc: dict[str, Any]) -> list[str]:
         lines += ["", markdown_block(yaml_dump(doc["meta"]), "yaml")]
     lines.append("")
     return lines
+
+
+def committed_card(doc: dict[str, Any]) -> str:
+    """README.md for `export` without ``--card``: the card the site committed, its text kept
+    (made inert) under front matter brought to the Hub's conventions (base_model a Hub id)."""
+    return _front_matter(doc) + "\n" + markdown_document(doc["card_body"] or "") + "\n"
 
 
 def model_card(doc: dict[str, Any]) -> str:
