@@ -232,9 +232,10 @@ def test_a_composite_card_names_the_sites_base_model_and_lists_the_merged_adapte
 
     from tests.adapters import tiny_llama
 
-    for site, seed in (("a", 7), ("b", 8)):
+    for site, seed, data in (("a", 7, "imdb"), ("b", 8, "sst2")):
         cli.ok("switch", "--orphan", f"sites/{site}", cwd=repo_dir)
-        cli.ok("commit", hub_snapshot(tmp_path, seed), "-m", f"site {site}", cwd=repo_dir)
+        card = CARD.replace("- imdb", f"- {data}")
+        cli.ok("commit", hub_snapshot(tmp_path, seed, card=card), "-m", f"site {site}", cwd=repo_dir)
     cli.ok("switch", "--orphan", "main", cwd=repo_dir)
     merged = cli.json("merge", "sites/a", "sites/b", "--weights", "0.5,0.5", "-m", "round 1", "--json", cwd=repo_dir)
     out = tmp_path / "composite"
@@ -243,6 +244,9 @@ def test_a_composite_card_names_the_sites_base_model_and_lists_the_merged_adapte
     card = ModelCard.load(out / "README.md")
     assert card.data.base_model == HUB_ID and card.data.base_model_relation == "adapter"
     assert "merge" in card.data.tags and card.data.library_name == "peft"
+    # What the sites' cards agree on is the composite's: their datasets, their one license.
+    assert card.data.datasets == ["imdb", "sst2"] and card.data.license == "apache-2.0"
+    assert card.data.language == ["en"]
     for leaf in merged["provenance"]["leaves"]:
         assert leaf["commit"][:10] in card.text
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == HUB_ID

@@ -105,6 +105,24 @@ def hub_base_model(repo: "BaseRepository", cid: str, base_model_id: str | None =
     return named.pop() if len(named) == 1 else None
 
 
+def leaf_card_metadata(repo: "BaseRepository", lineage: dict[str, Any]) -> dict[str, Any]:
+    """What the cards of a composite's leaves say of it: the union of their `datasets` and
+    `language` lists (in leaf order), and the `license` when every leaf that names one names
+    the same. A license the leaves disagree on is no license of the composite: none is written."""
+    cards = [(repo.read_commit(leaf["commit"]).provenance or {}).get("card") or {}
+             for leaf in lineage["leaves"] if leaf.get("commit")]
+    out: dict[str, Any] = {}
+    for key in ("datasets", "language"):
+        values = [v for c in cards for v in (c.get(key) if isinstance(c.get(key), list) else [c.get(key)])
+                  if isinstance(v, str)]
+        if values:
+            out[key] = list(dict.fromkeys(values))
+    licenses = {c["license"] for c in cards if isinstance(c.get("license"), str)}
+    if len(licenses) == 1:
+        out["license"] = licenses.pop()
+    return out
+
+
 def committed_card_body(repo: "BaseRepository", cid: str, commit, adapter) -> str | None:
     """The text of the card the commit was made with, without its front matter (None without a card):
     its attachment README.md, or the manifest's README.md for commits made before that."""
@@ -126,15 +144,17 @@ def card_document(repo: "BaseRepository", cid: str, lineage: dict[str, Any], *,
     commit's base-model name or the config's base_model_name_or_path when
     either is a Hub id, else the base_model of the card it was committed
     with; a local path is never written (the Hub rejects it).
-    `base_model_path` keeps a path that was dropped, for the warning.
+    `base_model_recorded` keeps a path that was dropped, for the warning.
+    A merge composite without a card of its own takes the metadata its
+    leaves' cards agree on (`leaf_card_metadata`).
     """
     commit = repo.read_commit(cid)
     adapter = repo.read_adapter(commit.adapter)
     recorded = (adapter.base_model or {}).get("name") or adapter.config.get("base_model_name_or_path")
-    card = (commit.provenance or {}).get("card") or {}
-    base = hub_base_model(repo, cid, base_model_id)
     prov = commit.provenance or {}
     is_merge = prov.get("kind") == "merge"
+    card = prov.get("card") or (leaf_card_metadata(repo, lineage) if is_merge else {})
+    base = hub_base_model(repo, cid, base_model_id)
     doc: dict[str, Any] = {
         "commit": cid,
         "adapter": commit.adapter,
