@@ -107,7 +107,7 @@ def hub_base_model(repo: "BaseRepository", cid: str, base_model_id: str | None =
 
 def leaf_card_metadata(repo: "BaseRepository", lineage: dict[str, Any]) -> dict[str, Any]:
     """What the cards of a composite's leaves say of it: the union of their `datasets` and
-    `language` lists (in leaf order), and the `license` when every leaf that names one names
+    `language` lists (sorted: the same whatever order the leaves come in), and the `license` when every leaf that names one names
     the same. A license the leaves disagree on is no license of the composite: none is written."""
     cards = [(repo.read_commit(leaf["commit"]).provenance or {}).get("card") or {}
              for leaf in lineage["leaves"] if leaf.get("commit")]
@@ -116,7 +116,7 @@ def leaf_card_metadata(repo: "BaseRepository", lineage: dict[str, Any]) -> dict[
         values = [v for c in cards for v in (c.get(key) if isinstance(c.get(key), list) else [c.get(key)])
                   if isinstance(v, str)]
         if values:
-            out[key] = list(dict.fromkeys(values))
+            out[key] = sorted(set(values))
     licenses = {c["license"] for c in cards if isinstance(c.get("license"), str)}
     if len(licenses) == 1:
         out["license"] = licenses.pop()
