@@ -626,3 +626,69 @@ class PagesTargetInUse(MfgitError):
         super().__init__(f"cannot write the pages to {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+# --- h13-mixture ---
+
+
+class MixtureError(MfgitError):
+    """A mixture (an output-space composite) cannot be made or loaded as asked."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MixtureBaseMismatch(MixtureError):
+    """Members of one mixture adapt different base models: their outputs cannot be mixed."""
+
+    def __init__(self, rev: str, base: dict, other_rev: str, other_base: dict):
+        def name(b: dict) -> str:
+            return f"{b.get('name')}" + (f"@{b.get('revision')}" if b.get("revision") else "")
+        super().__init__(f"cannot mix {rev} (base model {name(base)}) with {other_rev} "
+                         f"(base model {name(other_base)})")
+        self.rev = rev
+        self.base = base
+        self.other_rev = other_rev
+        self.other_base = other_base
+
+
+class IsAMixture(MixtureError):
+    """A verb that needs one adapter was given a mixture, which has none (its members are separate)."""
+
+    def __init__(self, rev: str, verb: str):
+        super().__init__(f"{rev} is a mixture (an output-space composite of member adapters, no merged "
+                         f"adapter): {verb}")
+        self.rev = rev
+        self.verb = verb
+
+
+# --- h13-dora ---
+
+
+class DoraNeedsBaseWeights(MergeError):
+    """A DoRA input merged without the base model's weights, on which its update depends."""
+
+    def __init__(self, rev: str):
+        super().__init__(f"{rev} is a DoRA adapter: its update depends on the base model's weights, "
+                         f"which this merge was not given")
+        self.rev = rev
+
+
+class BaseWeightsError(MfgitError):
+    """The base weights given with --base-weights cannot serve the merge (not safetensors, a module missing, a shape)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"base weights {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class BaseWeightsMismatch(MergeError):
+    """Base weights whose digest is not the one a merge commit recorded."""
+
+    def __init__(self, path: str, expected: str, actual: str):
+        super().__init__(f"base weights {path} have SHA-256 {actual[:16]}…, but the merge used {expected[:16]}…")
+        self.path = path
+        self.expected = expected
+        self.actual = actual

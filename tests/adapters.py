@@ -24,11 +24,16 @@ import torch  # noqa: E402
 __all__ = [
     "TINY_LLAMA_NAME",
     "delta_weights",
+    "dora_delta_weights",
+    "make_dora_adapter",
     "make_gpt2_adapter",
     "make_lora_adapter",
+    "make_classifier_adapter",
     "make_minilm_adapter",
     "minilm_model",
     "module_key",
+    "tiny_bert_classifier",
+    "perturb_magnitudes",
     "tiny_llama",
 ]
 
@@ -72,7 +77,7 @@ def minilm_model():
     return model
 
 
-def _fill_and_save(model, config, out_dir, seed: int, dtype: torch.dtype) -> Path:
+def _fill_and_save(model, config, out_dir, seed: int, dtype: torch.dtype, std: float | None = None) -> Path:
     from peft import get_peft_model
 
     peft_model = get_peft_model(model, config)
@@ -81,7 +86,7 @@ def _fill_and_save(model, config, out_dir, seed: int, dtype: torch.dtype) -> Pat
     # Sorted names: the values depend only on the seed and the module names.
     for name, param in sorted(peft_model.named_parameters(), key=lambda kv: kv[0]):
         if ".lora_A." in name or ".lora_B." in name or "lora_embedding_" in name:
-            values = torch.randn(param.shape, generator=gen, dtype=torch.float32) * _LORA_STD
+            values = torch.randn(param.shape, generator=gen, dtype=torch.float32) * (std or _LORA_STD)
             param.data = values.to(dtype)
             filled += 1
     if filled == 0:
@@ -135,6 +140,70 @@ def make_lora_adapter(
     return _fill_and_save(model, config, out_dir, seed, dtype)
 
 
+def make_dora_adapter(out_dir, *, seed: int = 0, base=None, r: int = 4, lora_alpha: float = 8,
+                      target_modules=("q_proj", "v_proj"), use_rslora: bool = False,
+                      magnitude_noise: float = 0.05) -> Path:
+    """Save a PEFT DoRA adapter (use_dora=True) of the tiny Llama (or a copy of `base`).
+
+    lora_A and lora_B get seeded N(0, 0.02) values as in `make_lora_adapter`;
+    PEFT initialises each magnitude vector to the row norms of W + s·B·A at
+    creation (with B = 0), and every entry is then scaled by a seeded
+    1 + N(0, `magnitude_noise`), so that the magnitudes are trained-looking
+    and the effective update is not the plain one.
+    """
+    from peft import LoraConfig
+
+    model = tiny_llama() if base is None else copy.deepcopy(base)
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=list(target_modules), lora_dropout=0.0,
+                        bias="none", use_dora=True, use_rslora=use_rslora)
+    return perturb_magnitudes(_fill_and_save(model, config, out_dir, seed, torch.float32), seed, magnitude_noise)
+
+
+def perturb_magnitudes(adapter_dir, seed: int, noise: float = 0.05) -> Path:
+    """Scale every DoRA magnitude entry of a saved adapter by a seeded 1 + N(0, `noise`), in place."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    gen = torch.Generator().manual_seed(seed + 7919)
+    for name in sorted(tensors):
+        if name.endswith(".lora_magnitude_vector"):
+            t = tensors[name]
+            tensors[name] = t * (1 + noise * torch.randn(t.shape, generator=gen, dtype=t.dtype))
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return Path(adapter_dir)
+
+
+def dora_delta_weights(adapter_dir, base_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DoRA's effective ΔW per module, in float64, from the paper's formula (arXiv:2402.09353).
+
+    W' = (m / ‖W + s·B·A‖_row)[:, None] · (W + s·B·A), ΔW = W' − W, with the
+    row norm over the input dimension as PEFT takes it; `base_state` is the
+    base model's state dict (keys without the ``base_model.model.`` prefix).
+    Plain LoRA modules of a non-DoRA adapter are s·B·A (`delta_weights`).
+    """
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if not config.get("use_dora"):
+        return delta_weights(adapter_dir)
+    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    out: dict[str, torch.Tensor] = {}
+    for key in sorted(tensors):
+        if not key.endswith(".lora_A.weight"):
+            continue
+        name = key[: -len(".lora_A.weight")]
+        A = tensors[key].double()
+        B = tensors[name + ".lora_B.weight"].double()
+        m = tensors[name + ".lora_magnitude_vector"].double()
+        _r, scaling = _scaling(config, module_key(name))
+        W = base_state[module_key(name) + ".weight"].double()
+        adapted = W + scaling * (B @ A)
+        out[name] = (m / torch.linalg.norm(adapted, dim=1)).unsqueeze(1) * adapted - W
+    return out
+
+
 def tiny_gpt2(seed: int = 0):
     """A deterministic tiny GPT-2: its attention and MLP layers are Conv1D (weights stored in × out)."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -164,9 +233,11 @@ def make_minilm_adapter(
     r: int = 8,
     lora_alpha: float = 16,
     target_modules=("query", "value"),
+    std: float | None = None,
     **lora: object,
 ) -> Path:
-    """Save a PEFT LoRA adapter for the real all-MiniLM-L6-v2 (`lora`: other LoraConfig fields)."""
+    """Save a PEFT LoRA adapter for the real all-MiniLM-L6-v2 (`lora`: other LoraConfig fields;
+    `std`: the factors' scale, default 0.02)."""
     from peft import LoraConfig
 
     config = LoraConfig(
@@ -177,7 +248,36 @@ def make_minilm_adapter(
         bias="none",
         **lora,
     )
-    return _fill_and_save(minilm_model(), config, out_dir, seed, torch.float32)
+    return _fill_and_save(minilm_model(), config, out_dir, seed, torch.float32, std=std)
+
+
+TINY_BERT_NAME = "tiny-bert-classifier"
+
+
+def tiny_bert_classifier(seed: int = 0, num_labels: int = 3):
+    """A deterministic tiny BertForSequenceClassification built from a config; global RNG state is untouched."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32, num_labels=num_labels,
+                        initializer_range=0.5)  # logits far from uniform, so members differ visibly
+    config.name_or_path = TINY_BERT_NAME
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config)
+    model.name_or_path = TINY_BERT_NAME
+    model.eval()
+    return model
+
+
+def make_classifier_adapter(out_dir, *, seed: int = 0, r: int = 4, lora_alpha: float = 8,
+                            target_modules=("query", "value"), std: float | None = None) -> Path:
+    """Save a PEFT LoRA adapter of the tiny BERT classifier (`std`: the factors' scale, default 0.02)."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=list(target_modules), lora_dropout=0.0,
+                        bias="none")
+    return _fill_and_save(tiny_bert_classifier(), config, out_dir, seed, torch.float32, std=std)
 
 
 # --- the dense reference ----------------------------------------------------

@@ -196,3 +196,21 @@ def test_a_version_1_repository_is_read_and_upgraded_by_its_first_write(committe
     assert old.store.read_stored(info.id)[4] == 1  # old files stay as they were, readable
     report = Repository.open(gitdir.parent).fsck(read_data=True)
     assert report["ok"], report
+
+
+# --- mixture: an output-space composite (docs/design.md, "Mixture") ---
+
+PINNED_MIXTURE_COMMIT_ID = "17c9bcebb7ab020ed30318a319944acbd05fc3b94f9606387ed7242964834a63"
+
+
+def test_a_fixed_mixture_commit_keeps_its_pinned_id():
+    a, b = "a" * 64, "b" * 64
+    c = Commit(adapter="c" * 64, parents=(a, b), author={"name": "Ada", "email": "ada@example.org"},
+               site=None, timestamp="2026-01-02T03:04:05.000006Z", message="mixture\n",
+               provenance={"kind": "mixture"},
+               mixture={"combine": "softmax", "members": [{"commit": a, "weight": 0.75}, {"commit": b, "weight": 0.25}]})
+    assert c.encode().endswith(b'"mixture":{"combine":"softmax","members":[{"commit":"' + a.encode()
+                               + b'","weight":0.75},{"commit":"' + b.encode() + b'","weight":0.25}]},'
+                               b'"parents":["' + a.encode() + b'","' + b.encode() + b'"],"provenance":{"kind":"mixture"},'
+                               b'"site":null,"timestamp":"2026-01-02T03:04:05.000006Z"}')
+    assert c.id == PINNED_MIXTURE_COMMIT_ID

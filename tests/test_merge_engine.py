@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from mfgit.api.repository import Repository
-from mfgit.errors import IncompatibleAdapters, MergeError, UnsupportedAdapterVariant
+from mfgit.errors import DoraNeedsBaseWeights, IncompatibleAdapters, MergeError
 from tests.adapters import delta_weights, make_lora_adapter, module_key, tiny_llama
 
 SITES = ("a", "b", "c", "d")
@@ -442,7 +442,7 @@ def test_refusals_are_clear_errors_and_commit_nothing(repo, adapters):
     with pytest.raises(IncompatibleAdapters, match="shape") as e:
         repo.merge(["sites/a", "sites/wide"])
     assert "64" in str(e.value) and "32" in str(e.value)
-    with pytest.raises(UnsupportedAdapterVariant, match="DoRA"):
+    with pytest.raises(DoraNeedsBaseWeights, match="DoRA"):  # merged only given the base weights (test_dora.py)
         repo.merge(["sites/a", "sites/dora"])
     with pytest.raises(MergeError, match="strategy") as e:
         repo.merge(["sites/a", "sites/b"], strategy="no_such_strategy")

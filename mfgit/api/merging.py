@@ -118,7 +118,8 @@ def _write_out(repo: "BaseRepository", adapter_id: str, output: Output) -> str |
 
 
 _SEARCH_KEYS = ("score", "base", "data", "budget", "bounds", "l1")
-_REQUEST_KEYS = ("strategy", "weights_from", "rank", "energy", "seed", "device", "dtype", "message", "rebuild", "force")
+_REQUEST_KEYS = ("strategy", "weights_from", "rank", "energy", "seed", "device", "dtype", "message", "rebuild", "force",
+                 "base_weights")
 
 
 def merge_keywords(repo: "BaseRepository", revs: list[str], *, params: dict[str, Any] | None = None,

@@ -124,6 +124,8 @@ def _unattributed_verdict(commit) -> dict[str, Any]:
 def _diffs(repo: "BaseRepository", cid: str, commit) -> list[dict[str, Any]]:
     """What changed, module by module: against the first parent, or for a merge against each input."""
     prov = commit.provenance or {}
+    if commit.is_mixture:  # --- mixture: no modules to compare; its page lists the members instead ---
+        return []
     if prov.get("kind") == "merge":
         against = [(i.get("commit"), i.get("label") or "input") for i in prov.get("inputs", [])]
     else:
@@ -166,6 +168,10 @@ def commit_entry(repo: "BaseRepository", cid: str, *, verdicts: list[dict[str, A
         entry["adapter"] = {"id": commit.adapter, "error": str(e)}
     if commit.is_merge:
         entry["lineage"] = lineage(repo, cid)
+    if commit.is_mixture:  # --- mixture ---
+        from mfgit.repo.mixture import mixture_summary
+
+        entry["mixture"] = mixture_summary(repo, commit)
     return entry
 
 

@@ -135,6 +135,24 @@ class Repository(BaseRepository):
 
         return merge_keywords(self, list(revs), **kwargs)
 
+    # -- mixture: an output-space composite (MedForge-Mixture) ---------------------------------
+
+    def mix(self, revs: list[str], **kwargs: Any):
+        """Commit the mixture Σ wⱼ·softmax(member j) of `revs`; see mfgit.api.mixture.
+
+        ``repo.mix(["sites/a", "sites/b"], weights=[0.6, 0.4])``, or searched:
+        ``repo.mix(revs, search="weights", score=fn, stagewise=True)``.
+        """
+        from mfgit.api.mixture import mix
+
+        return mix(self, list(revs), **kwargs)
+
+    def load_mixture(self, base_model, rev: str = "HEAD", **kwargs: Any):
+        """The mixture `rev` on `base_model` as a torch module returning Σ wⱼ·softmax(member j's logits)."""
+        from mfgit.api.mixture import load_mixture
+
+        return load_mixture(self, base_model, rev, **kwargs)
+
     def reproduce_merge(self, rev: str, **kwargs: Any) -> dict[str, Any]:
         """Re-run the merge commit `rev` from its recorded recipe and inputs."""
         from mfgit.merge.replay import reproduce

@@ -122,6 +122,78 @@ def sparsity_param(recipe: "Recipe") -> tuple[str, tuple[float, float]] | None:
     return None
 
 
+class SearchLog:
+    """Every evaluation of a search, in order: the score, the objective (score + penalty) and the best so far.
+
+    A proposal equal to one already scored is recorded again but not scored
+    again. `best` is (objective, evaluation index, what `score` built, x).
+    """
+
+    def __init__(self, budget: int, penalty: Callable[[Sequence[float]], float],
+                 say: Callable[[str], Any] | None = None):
+        self.budget = budget
+        self.penalty = penalty
+        self.say = say
+        self.evaluations: list[dict[str, Any]] = []
+        self.cache: dict[tuple[float, ...], dict[str, Any]] = {}
+        self.best: tuple[float, int, Any, list[float]] | None = None
+
+    def evaluate(self, x: list[float], source: str,
+                 score: Callable[[list[float]], tuple[dict[str, float], Any]]) -> float:
+        """Score `x` (`score(x)` → (values with "score", what was built)); the objective for the optimiser."""
+        key = tuple(x)
+        hit = self.cache.get(key)
+        if hit is None:
+            values, built = score(x)
+            s = values["score"]
+            obj = s + self.penalty(x) if math.isfinite(s) else math.inf
+            hit = {"score": s if math.isfinite(s) else None, "objective": obj if math.isfinite(obj) else None}
+            if len(values) > 1:
+                hit["values"] = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
+            self.cache[key] = hit
+            if math.isfinite(obj) and (self.best is None or obj < self.best[0]):
+                self.best = (obj, len(self.evaluations), built, list(x))
+        entry = {"index": len(self.evaluations), "source": source, "weights": list(x), **hit}
+        self.evaluations.append(entry)
+        if self.say:
+            shown = "failed" if hit["score"] is None else f"{hit['score']:.6g}"
+            self.say(f"search {entry['index']:>3}/{self.budget}: score {shown}")
+        return hit["objective"] if hit["objective"] is not None else _FAILED
+
+
+def minimise(x0: Sequence[float], lower: Any, upper: Any, *, budget: int, seed: int,
+             evaluate: Callable[[list[float], str], float]) -> str | None:
+    """Run nevergrad's NGOpt from `x0` within [lower, upper] (numbers, or one per coordinate).
+
+    `evaluate(x, source)` returns the value to minimise; `x0` is evaluated
+    first (source "start"), then `budget` proposals ("optimiser"). The
+    parametrization gets its own ``numpy.random.RandomState(seed)``: the
+    global RNGs are not used. Returns the name of the optimiser NGOpt selected.
+    """
+    import numpy as np
+
+    ng = _nevergrad()
+
+    def bound(b: Any) -> Any:
+        return np.asarray(b, dtype=np.float64) if isinstance(b, (list, tuple)) else b
+
+    param = ng.p.Array(init=np.asarray(x0, dtype=np.float64), lower=bound(lower), upper=bound(upper))
+    param.random_state = np.random.RandomState(int(seed) % (2 ** 32))
+    optimiser = ng.optimizers.NGOpt(parametrization=param, budget=budget, num_workers=1)
+    selected = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy / nevergrad chatter about their own defaults
+        evaluate(list(x0), "start")
+        for _ in range(budget):
+            cand = optimiser.ask()
+            x = [float(v) for v in np.asarray(cand.value, dtype=np.float64).reshape(-1)]
+            optimiser.tell(cand, evaluate(x, "optimiser"))
+            if selected is None:
+                sub = getattr(optimiser, "optim", None)
+                selected = getattr(sub, "name", None) or (type(sub).__name__ if sub is not None else None)
+    return selected
+
+
 def run_search(inputs: Sequence["MergeInput"], recipe: "Recipe", load, scorer: Scorer, *, mode: str,
                budget: int, bounds: tuple[float, float], l1: float, seed: int,
                say: Callable[[str], Any] | None = None) -> SearchResult:
@@ -136,9 +208,6 @@ def run_search(inputs: Sequence["MergeInput"], recipe: "Recipe", load, scorer: S
     process's own RNGs: nevergrad's parametrization gets a
     ``numpy.random.RandomState(seed)``; the global RNGs are not used.
     """
-    import numpy as np
-
-    ng = _nevergrad()
     lo, hi = bounds
     n = len(inputs)
     groups = layer_groups(inputs) if mode == "layer-weights" else None
@@ -165,55 +234,25 @@ def run_search(inputs: Sequence["MergeInput"], recipe: "Recipe", load, scorer: S
         return merge_adapters([dataclasses.replace(inp, weight=float(w)) for inp, w in zip(inputs, x[:n])],
                               recipe_for(x), load)
 
-    evaluations: list[dict[str, Any]] = []
-    cache: dict[tuple[float, ...], dict[str, Any]] = {}
-    best: tuple[float, int, "MergeOutput", list[float]] | None = None
+    def penalty(x: Sequence[float]) -> float:
+        return l1 * sum(abs(v) for v in x[:n * per])  # the weights only, not the density
 
-    def evaluate(x: list[float], loader: CandidateLoader, source: str) -> float:
-        nonlocal best
-        key = tuple(x)
-        hit = cache.get(key)
-        if hit is None:
-            out = build(x)
-            values = loader.score(out)
-            s = values["score"]
-            penalty = l1 * sum(abs(v) for v in x[:n * per])  # the weights only, not the density
-            obj = s + penalty if math.isfinite(s) else math.inf
-            hit = {"score": s if math.isfinite(s) else None, "objective": obj if math.isfinite(obj) else None}
-            if len(values) > 1:
-                hit["values"] = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
-            cache[key] = hit
-            if math.isfinite(obj) and (best is None or obj < best[0]):
-                best = (obj, len(evaluations), out, list(x))
-        entry = {"index": len(evaluations), "source": source, "weights": list(x), **hit}
-        evaluations.append(entry)
-        if say:
-            shown = "failed" if hit["score"] is None else f"{hit['score']:.6g}"
-            say(f"search {entry['index']:>3}/{budget}: score {shown}")
-        return hit["objective"] if hit["objective"] is not None else _FAILED
-
+    log = SearchLog(budget, penalty, say)
     # As LoraHub and MedForge parametrise it: bounded, mutation scale (HIGH - LOW) / 6; a searched
     # density has its own bounds, the strategy's range.
     if sparsity is None:
-        param = ng.p.Array(init=np.asarray(x0, dtype=np.float64), lower=lo, upper=hi)
+        lower, upper = lo, hi
     else:
-        param = ng.p.Array(init=np.asarray(x0, dtype=np.float64), lower=np.asarray([lo] * n + [sparsity[1][0]]),
-                           upper=np.asarray([hi] * n + [sparsity[1][1]]))
-    param.random_state = np.random.RandomState(int(seed) % (2 ** 32))
-    optimiser = ng.optimizers.NGOpt(parametrization=param, budget=budget, num_workers=1)
-    selected = None
+        lower, upper = [lo] * n + [sparsity[1][0]], [hi] * n + [sparsity[1][1]]
     t0 = time.perf_counter()
-    with CandidateLoader(scorer) as loader, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy / nevergrad chatter about their own defaults
-        evaluate(list(x0), loader, "start")
-        for _ in range(budget):
-            cand = optimiser.ask()
-            x = [float(v) for v in np.asarray(cand.value, dtype=np.float64).reshape(-1)]
-            value = evaluate(x, loader, "optimiser")
-            optimiser.tell(cand, value)
-            if selected is None:
-                sub = getattr(optimiser, "optim", None)
-                selected = getattr(sub, "name", None) or (type(sub).__name__ if sub is not None else None)
+    with CandidateLoader(scorer) as loader:
+        def candidate(x: list[float]) -> tuple[dict[str, float], "MergeOutput"]:
+            out = build(x)
+            return loader.score(out), out
+
+        selected = minimise(x0, lower, upper, budget=budget, seed=seed,
+                            evaluate=lambda x, source: log.evaluate(x, source, candidate))
+    evaluations, cache, best = log.evaluations, log.cache, log.best
     if best is None:
         raise ScoreError(scorer.record.get("score") or "score", "no candidate got a finite score")
     obj, idx, out, x = best

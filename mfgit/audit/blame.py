@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mfgit.errors import IsAMixture
 from mfgit.formats.peft import module_scaling
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 def blame(repo: "BaseRepository", rev: str = "HEAD", *, first_parent: bool = True) -> dict[str, Any]:
     tip = repo.resolve(rev)
+    if repo.read_commit(tip).is_mixture:  # --- mixture ---
+        raise IsAMixture(rev, "blame follows modules of one adapter; blame one of its members")
     commits: dict[str, Any] = {}
     values: dict[str, dict[str, tuple[str, str, float]]] = {}
 

@@ -19,6 +19,13 @@ so it has no difference norm, cosine or subspace overlap, and the totals
 count it as removed and added. Saved tensors that belong to no module are
 listed under ``tensors`` when they differ (added, removed, changed).
 
+A DoRA module's magnitude vector m (``<module>.lora_magnitude_vector``) is
+part of the module: a module whose m changed is *changed*, with
+``magnitude`` {``norm_a``, ``norm_b``, ``norm_diff``, ``rel_diff``} (‖m_A‖,
+‖m_B‖, ‖m_B − m_A‖, its ratio to ‖m_A‖; a side without m has null norms).
+The ΔW figures stay those of s·B·A: DoRA's effective update needs the base
+weights, which a diff does not have (docs/merging.md, "DoRA").
+
 Everything is exact and computed from the factors, never from a dense ΔW:
 ‖BA‖_F = ‖R_B R_Aᵀ‖_F with B = Q_B R_B and Aᵀ = Q_A R_A (QR), applied to
 B = [B_A, −B_B], A = [A_A; A_B] for the difference, and
@@ -35,9 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mfgit.errors import MalformedObject
+from mfgit.errors import IsAMixture, MalformedObject
 from mfgit.formats.dtypes import DTYPES
-from mfgit.formats.peft import module_scaling
+from mfgit.formats.peft import magnitude_name, module_scaling
 from mfgit.objects.model import Commit
 
 if TYPE_CHECKING:
@@ -117,9 +124,19 @@ class _Side:
         self.adapter = repo.read_adapter(self.adapter_id)
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def key(self, module: str) -> tuple[str, str, float]:
+    def key(self, module: str) -> tuple[str, str, float, str | None]:
         m = self.adapter.modules[module]
-        return (self.adapter.tensors[m["lora_A"]]["id"], self.adapter.tensors[m["lora_B"]]["id"], self.scaling(module))
+        return (self.adapter.tensors[m["lora_A"]]["id"], self.adapter.tensors[m["lora_B"]]["id"], self.scaling(module),
+                self.magnitude_id(module))
+
+    def magnitude_id(self, module: str) -> str | None:
+        """The id of the module's DoRA magnitude vector, None when it has none."""
+        t = self.adapter.tensors.get(magnitude_name(module))
+        return t["id"] if t is not None else None
+
+    def magnitude(self, module: str) -> np.ndarray | None:
+        t = self.adapter.tensors.get(magnitude_name(module))
+        return load_array(self.repo, t["id"], t).reshape(-1) if t is not None else None
 
     def rank(self, module: str) -> int:
         return int(self.adapter.modules[module]["r"])
@@ -143,7 +160,8 @@ class _Side:
 
     def loose_tensors(self) -> dict[str, str]:
         """Saved tensors that belong to no module: name → id."""
-        in_modules = {n for m in self.adapter.modules.values() for n in (m["lora_A"], m["lora_B"])}
+        in_modules = {n for mod, m in self.adapter.modules.items()
+                      for n in (m["lora_A"], m["lora_B"], magnitude_name(mod))}
         return {n: t["id"] for n, t in self.adapter.tensors.items() if n not in in_modules}
 
 
@@ -156,6 +174,15 @@ def _loose_tensor_changes(a: _Side, b: _Side) -> list[dict[str, Any]]:
         status = "added" if name not in ta else "removed" if name not in tb else "changed"
         out.append({"name": name, "status": status, "id_a": ta.get(name), "id_b": tb.get(name)})
     return out
+
+
+def _magnitude_change(ma: np.ndarray | None, mb: np.ndarray | None) -> dict[str, Any]:
+    """How a DoRA magnitude vector changed (a side without one: null norms)."""
+    na = float(np.linalg.norm(ma)) if ma is not None else None
+    nb = float(np.linalg.norm(mb)) if mb is not None else None
+    nd = float(np.linalg.norm(mb - ma)) if ma is not None and mb is not None and ma.shape == mb.shape else None
+    return {"norm_a": num(na), "norm_b": num(nb), "norm_diff": num(nd),
+            "rel_diff": num(nd / na) if nd is not None and na else None}
 
 
 # --- attachments ---
@@ -181,8 +208,15 @@ def attachment_changes(a: Commit, b: Commit) -> list[dict[str, Any]]:
 
 
 def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) -> dict[str, Any]:
-    a = _Side(repo, repo.resolve(rev_a))
-    b = _Side(repo, repo.resolve(rev_b))
+    ida, idb = repo.resolve(rev_a), repo.resolve(rev_b)
+    mixtures = [repo.read_commit(ida).is_mixture, repo.read_commit(idb).is_mixture]
+    if any(mixtures):  # --- mixture: members and weights, not modules ---
+        if not all(mixtures):
+            raise IsAMixture(rev_a if mixtures[0] else rev_b, "diff compares an adapter only with an adapter, "
+                             "a mixture only with a mixture; diff one of its members instead")
+        return mixture_diff(repo, rev_a, ida, rev_b, idb)
+    a = _Side(repo, ida)
+    b = _Side(repo, idb)
     names = sorted(set(a.adapter.modules) | set(b.adapter.modules))
     modules = []
     counts = {"added": 0, "removed": 0, "changed": 0, "unchanged": 0}
@@ -239,6 +273,8 @@ def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) 
                 entry["subspace"] = subspace_overlap(Ba, Bb)
         elif status in ("added", "removed"):
             entry["norm_diff"] = num(nd)
+        if status == "changed" and a.magnitude_id(name) != b.magnitude_id(name):
+            entry["magnitude"] = _magnitude_change(a.magnitude(name), b.magnitude(name))
         modules.append(entry)
     ta, tb = math.sqrt(tot_a2), math.sqrt(tot_b2)
     summary = {
@@ -270,3 +306,21 @@ def diff(repo: "BaseRepository", rev_a: str, rev_b: str, *, stat: bool = False) 
         out["attachments"] = attachment_changes(a.commit, b.commit)
     # --- end attachments ---
     return out
+
+
+# --- mixture: what changed between two mixtures ---
+
+
+def mixture_diff(repo: "BaseRepository", rev_a: str, id_a: str, rev_b: str, id_b: str) -> dict[str, Any]:
+    """Members of two mixtures: ``added``, ``removed``, ``reweighted`` (weight_a → weight_b) or ``unchanged``."""
+    wa = dict(repo.read_commit(id_a).mixture_members())
+    wb = dict(repo.read_commit(id_b).mixture_members())
+    members, counts = [], {"added": 0, "removed": 0, "reweighted": 0, "unchanged": 0}
+    for cid in list(wa) + [c for c in wb if c not in wa]:
+        a, b = wa.get(cid), wb.get(cid)
+        status = "added" if a is None else "removed" if b is None else "unchanged" if a == b else "reweighted"
+        counts[status] += 1
+        site = repo.read_commit(cid).site if repo.store.has(cid) else None
+        members.append({"commit": cid, "site": site, "status": status, "weight_a": a, "weight_b": b})
+    return {"kind": "mixture", "a": {"rev": rev_a, "commit": id_a}, "b": {"rev": rev_b, "commit": id_b},
+            "identical": counts["unchanged"] == len(members), "counts": counts, "members": members}

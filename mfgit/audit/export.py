@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from mfgit.audit.keys import load_ec_private_key
 from mfgit.audit.lineage import lineage
-from mfgit.errors import InvalidHubId, SigningKeyError, UnsafePath
+from mfgit.errors import InvalidHubId, IsAMixture, SigningKeyError, UnsafePath
 from mfgit.formats import peft as peftfmt
 from mfgit.formats.hubcard import CARD_NAME
 from mfgit.formats.hubcard import body as card_body
@@ -299,6 +299,9 @@ def export(repo: "BaseRepository", rev: str, outdir: str | os.PathLike, *, card:
     """
     if base_model_id is not None and hub_model_id(base_model_id) is None:
         raise InvalidHubId(base_model_id)
+    if repo.read_commit(repo.resolve(rev)).is_mixture:  # --- mixture ---
+        raise IsAMixture(rev, "export writes one PEFT adapter; write its members and mixture.json with "
+                              "mfgit checkout, or export each member")
 
     cid = repo.resolve(rev)
     private_key = None

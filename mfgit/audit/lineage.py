@@ -17,6 +17,13 @@ svd…) no single number describes the leaf's share: its effective weight is
 ``null`` and it is marked *not linear*, naming the merges responsible. A
 linear merge whose output rank was truncated (kept energy < 1) keeps its
 weights; the leaf is then marked not ``exact`` and the kept energy is shown.
+
+Mixtures (MedForge-Mixture, docs/merging.md) are nodes of kind ``mixture``
+whose inputs are their members with their weights. A mixture combines its
+members' *outputs* (Σ wⱼ·softmaxⱼ), so a leaf that is a member has the
+member's weight, in output space (``space: "output"``); a leaf under a merge
+that is a member is inside a softmax: no single number, *not linear*, via
+the mixture.
 """
 
 from __future__ import annotations
@@ -32,6 +39,30 @@ if TYPE_CHECKING:
 
 
 
+COMPOSITE_KINDS = ("merge", "mixture")
+
+
+def _mixture_coefficients(cid: str, node: dict[str, Any], nodes: dict[str, dict[str, Any]],
+                          coefficients) -> dict[str, dict[str, Any]]:
+    """A mixture's leaves: a member that is a leaf has its weight in output space; the leaves of a member
+    that is itself a composite are inside that member's softmax, so they have no single weight."""
+    out: dict[str, dict[str, Any]] = {}
+    for inp in node["inputs"]:
+        member = nodes.get(inp["commit"])
+        for leaf, c in coefficients(inp["commit"]).items():
+            cur = out.setdefault(leaf, {"weight": 0.0, "paths": 0, "exact": True, "nonlinear_via": [],
+                                        "space": "output"})
+            cur["paths"] += c["paths"]
+            if member is not None and member["kind"] not in COMPOSITE_KINDS and cur["weight"] is not None:
+                cur["weight"] += float(inp["weight"])
+            else:
+                cur["weight"], cur["exact"] = None, False
+                for v in list(c["nonlinear_via"]) + [cid]:
+                    if v not in cur["nonlinear_via"]:
+                        cur["nonlinear_via"].append(v)
+    return out
+
+
 def _subject(msg: str) -> str:
     return msg.splitlines()[0] if msg else ""
 
@@ -40,7 +71,7 @@ def _node(cid: str, commit) -> dict[str, Any]:
     prov = commit.provenance or {}
     node: dict[str, Any] = {
         "id": cid,
-        "kind": "merge" if prov.get("kind") == "merge" else "leaf",
+        "kind": "merge" if prov.get("kind") == "merge" else "mixture" if commit.is_mixture else "leaf",
         "site": commit.site,
         "author": commit.author,
         "timestamp": commit.timestamp,
@@ -60,6 +91,10 @@ def _node(cid: str, commit) -> dict[str, Any]:
         node["device"] = prov.get("device")
         node["inputs"] = [{"commit": i.get("commit"), "label": i.get("label"), "weight": i.get("weight")}
                           for i in prov.get("inputs", [])]
+    elif node["kind"] == "mixture":  # --- mixture: members with their output-space weights ---
+        node["combine"] = commit.mixture["combine"]
+        node["linear"] = False
+        node["inputs"] = [{"commit": m, "label": None, "weight": w} for m, w in commit.mixture_members()]
     else:
         node["provenance_kind"] = prov.get("kind")
         node["meta"] = prov.get("meta") or {}
@@ -86,7 +121,7 @@ def lineage(repo: "BaseRepository", rev: str = "HEAD") -> dict[str, Any]:
         node = _node(cid, commit)
         nodes[cid] = node
         order.append(cid)
-        if node["kind"] == "merge":
+        if node["kind"] in COMPOSITE_KINDS:
             for inp in node["inputs"]:
                 edges.append({"from": cid, "to": inp["commit"], "weight": inp["weight"], "label": inp["label"]})
             # Depth-first, in recorded input order.
@@ -105,8 +140,11 @@ def lineage(repo: "BaseRepository", rev: str = "HEAD") -> dict[str, Any]:
             return {}
         if cid in trail:  # a cycle cannot happen with content ids; be safe anyway
             return {}
-        if node["kind"] != "merge":
-            coef[cid] = {cid: {"weight": 1.0, "paths": 1, "exact": True, "nonlinear_via": []}}
+        if node["kind"] not in COMPOSITE_KINDS:
+            coef[cid] = {cid: {"weight": 1.0, "paths": 1, "exact": True, "nonlinear_via": [], "space": "weight"}}
+            return coef[cid]
+        if node["kind"] == "mixture":
+            coef[cid] = _mixture_coefficients(cid, node, nodes, lambda m: coefficients(m, trail + (cid,)))
             return coef[cid]
         out: dict[str, dict[str, Any]] = {}
         linear = node["linear"]
@@ -115,7 +153,8 @@ def lineage(repo: "BaseRepository", rev: str = "HEAD") -> dict[str, Any]:
         truncated = ke is not None and ke < KEPT_ENERGY_EXACT
         for inp in node["inputs"]:
             for leaf, c in coefficients(inp["commit"], trail + (cid,)).items():
-                cur = out.setdefault(leaf, {"weight": 0.0, "paths": 0, "exact": True, "nonlinear_via": []})
+                cur = out.setdefault(leaf, {"weight": 0.0, "paths": 0, "exact": True, "nonlinear_via": [],
+                                            "space": "weight"})
                 cur["paths"] += c["paths"]
                 cur["exact"] = cur["exact"] and c["exact"] and not truncated
                 via = list(c["nonlinear_via"])
@@ -155,11 +194,12 @@ def lineage(repo: "BaseRepository", rev: str = "HEAD") -> dict[str, Any]:
             "exact": c["exact"],
             "nonlinear_via": c["nonlinear_via"],
             "paths": c["paths"],
+            "space": c.get("space", "weight"),
         })
     leaves.sort(key=lambda x: (x["site"] or "", x["commit"]))
     # Per node: the effective weights of its own leaves (the panel shows them).
     for cid in order:
-        if nodes[cid]["kind"] == "merge":
+        if nodes[cid]["kind"] in COMPOSITE_KINDS:
             nodes[cid]["leaf_weights"] = {leaf: (num(c["weight"], 12) if c["weight"] is not None else None)
                                           for leaf, c in sorted(coefficients(cid).items())}
     return {

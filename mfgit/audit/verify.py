@@ -11,6 +11,10 @@ and signatures against the allowed-signers policy.
   the merged updates must agree within a tolerance (max |ΔW difference|).
 * **signatures**: each commit is attributed to a branch (below) and its
   signature judged by `mfgit.audit.signing.judge`.
+* **mixtures** (always, for every mixture in that history): each member is a
+  readable commit with an adapter, not itself a mixture, every member has a
+  recorded finite weight, and all members adapt one base model. (The members
+  are parents, so the integrity check has already read each of them.)
 
 Branch attribution. Signature policy follows the branch a commit belongs
 to, however it is named. REV's branches (``rev_branches``) are the branch REV
@@ -33,11 +37,12 @@ under each: protected under any, it must pass.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from mfgit.audit.policy import AllowedSigners, judge, load_policy
 from mfgit.audit.signing import check_signature
-from mfgit.errors import CorruptObject, MalformedObject, MfgitError, ObjectNotFound, SignatureError
+from mfgit.errors import CorruptObject, DoraNeedsBaseWeights, MalformedObject, MfgitError, ObjectNotFound, SignatureError
 from mfgit.objects.model import Commit, Tag, decode_object, is_object_id, split_tensor_payload
 from mfgit.refs import HEADS, REMOTES, SYMREF, TAGS, check_branch_name
 
@@ -158,6 +163,46 @@ def check_integrity(repo: "BaseRepository", commits: list[str], tag: str | None 
     return {"ok": not problems, **counts, "problems": problems}
 
 
+# -- mixtures ----------------------------------------------------------------------------------
+
+
+def _mixture_commits(repo: "BaseRepository", commits: list[str]):
+    for cid in commits:
+        try:
+            c = repo.read_commit(cid)
+        except MfgitError:
+            continue  # reported by the integrity check
+        if c.is_mixture:
+            yield cid, c
+
+
+def check_mixtures(repo: "BaseRepository", commits: list[str]) -> list[dict[str, Any]]:
+    """One entry per mixture commit in `commits`: its members are adapters of one base model, with weights."""
+    import math
+
+    out = []
+    for cid, c in _mixture_commits(repo, commits):
+        members = c.mixture_members()
+        problems, bases = [], {}
+        for mid, w in members:
+            if not math.isfinite(w):
+                problems.append(f"member {mid[:10]} has no finite weight")
+            try:
+                mc = repo.read_commit(mid)
+                if mc.is_mixture:
+                    problems.append(f"member {mid[:10]} is itself a mixture")
+                    continue
+                bases[mid] = repo.read_adapter(mc.adapter).base_model
+            except MfgitError as e:
+                problems.append(f"member {mid[:10]} cannot be read: {e}")
+        if len({(b.get("name"), b.get("revision")) for b in bases.values()}) > 1:
+            problems.append("members adapt different base models: "
+                            + ", ".join(f"{m[:10]} {b.get('name')}" for m, b in bases.items()))
+        out.append({"commit": cid, "ok": not problems, "members": len(members),
+                    "weight_sum": float(sum(w for _, w in members)),
+                    "reason": "; ".join(problems) if problems else
+                    f"{len(members)} member(s) present, weights recorded, one base model"})
+    return out
 def _check_attachments(repo: "BaseRepository", cid: str, commit: Commit, get, checked: set[str],
                        counts: dict[str, int], problems: list[dict[str, Any]]) -> None:
     """Each public attachment's blob is whole (SHA-256 against its id) and its bytes have the
@@ -198,7 +243,7 @@ def _check_attachments(repo: "BaseRepository", cid: str, commit: Commit, get, ch
 
 
 def check_reproduce(repo: "BaseRepository", commits: list[str], *, tolerance: float = DEFAULT_TOLERANCE,
-                    device: str | None = None,
+                    device: str | None = None, base_weights: Any = None,
                     progress: Callable[[int, int, str], None] | None = None) -> list[dict[str, Any]]:
     out = []
     for i, cid in enumerate(commits, 1):
@@ -217,10 +262,11 @@ def check_reproduce(repo: "BaseRepository", commits: list[str], *, tolerance: fl
         try:
             from mfgit.merge.replay import reproduce  # torch: only when merges are re-run
 
-            r = reproduce(repo, cid, device=dev)
+            r = reproduce(repo, cid, device=dev, base_weights=base_weights)
         except Exception as e:  # noqa: BLE001 - a merge that cannot be re-run is a finding, not a crash
+            hint = " (pass --base-weights PATH)" if isinstance(e, DoraNeedsBaseWeights) else ""
             entry.update(ok=False, outcome="not-reproducible", identical=False, max_abs_diff=None, device=None,
-                         reason=f"cannot re-run the merge: {e}")
+                         reason=f"cannot re-run the merge: {e}{hint}")
             out.append(entry)
             continue
         same_type = (r.get("device") or "").split(":")[0] == (recorded or "").split(":")[0]
@@ -300,7 +346,11 @@ def attribute(repo: "BaseRepository", tip: str, branches: Sequence[str | None], 
         except MfgitError:
             continue
         prov = c.provenance or {}
-        if prov.get("kind") == "merge":
+        if c.is_mixture:  # --- mixture: each member on its own branch; the previous tip stays on this one ---
+            members = {m for m, _ in c.mixture_members()}
+            for p in c.parents:
+                stack.append((p, _side_branch(repo, p, None)) if p in members else (p, b))
+        elif prov.get("kind") == "merge":
             integ = prov.get("integration") or {}
             base = integ.get("base")
             named = set(integ.get("added") or []) if integ.get("mode") == "one-shot" else set()
@@ -452,9 +502,21 @@ def _annotated_tag(repo: "BaseRepository", rev: str) -> str | None:
     return None
 
 
+def _open_base(path: str | os.PathLike | None) -> Any:
+    """Opened once for every merge re-run (its digest is computed once); torch only when given."""
+    if path is None:
+        return None
+    from mfgit.merge.baseweights import open_base_weights
+
+    return open_base_weights(path)
+
+
 def verify(repo: "BaseRepository", rev: str = "HEAD", *, reproduce: bool = False, signatures: bool = False,
            branch: str | None = None, tolerance: float = DEFAULT_TOLERANCE, device: str | None = None,
+           base_weights: str | os.PathLike | None = None,
            progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Integrity of REV's history; with `reproduce`, every merge re-run (DoRA merges need
+    `base_weights`, the base model's weights they were made with); with `signatures`, the policy."""
     tag = _annotated_tag(repo, rev)
     tip = repo.resolve(rev)
     branches = rev_branches(repo, rev, tip, branch)
@@ -466,9 +528,13 @@ def verify(repo: "BaseRepository", rev: str = "HEAD", *, reproduce: bool = False
     report["integrity"] = integrity
     for p in integrity["problems"]:
         failures.append({"check": "integrity", "commit": p["commit"], "reason": p["error"]})
+    mixtures = check_mixtures(repo, commits)  # --- mixture ---
+    report["mixtures"] = mixtures
+    failures += [{"check": "mixture", "commit": m["commit"], "reason": m["reason"]} for m in mixtures if not m["ok"]]
     report["reproduce"] = None
     if reproduce:
-        rep = check_reproduce(repo, commits, tolerance=tolerance, device=device, progress=progress)
+        rep = check_reproduce(repo, commits, tolerance=tolerance, device=device, progress=progress,
+                              base_weights=_open_base(base_weights))
         report["reproduce"] = {"ok": all(r["ok"] for r in rep), "merges": rep, "tolerance": tolerance}
         failures += [{"check": "reproduce", "commit": r["commit"], "reason": r["reason"]} for r in rep if not r["ok"]]
     report["signatures"] = None

@@ -165,3 +165,21 @@ TABLE += [
 TABLE += [
     (E.PagesTargetInUse, BAD_INPUT, _fix("give a new or empty directory, or one mfgit pages wrote before")),
 ]
+
+
+# --- h13-mixture ---
+TABLE += [  # the most specific first: IsAMixture and MixtureBaseMismatch are MixtureErrors
+    (E.IsAMixture, BAD_INPUT, _fix("use its members (mfgit show REV lists them), or load it with "
+                                   "Repository.load_mixture; see docs/merging.md, MedForge-Mixture")),
+    (E.MixtureBaseMismatch, MERGE, _fix("mix only adapters of one base model")),
+    (E.MixtureError, MERGE, _fix("see docs/merging.md, MedForge-Mixture")),
+]
+
+
+# --- h13-dora ---
+# Before MergeError, which they subclass: the first matching type wins.
+TABLE[:0] = [
+    (E.DoraNeedsBaseWeights, MERGE, _fix("pass --base-weights PATH: the base model's .safetensors file or directory")),
+    (E.BaseWeightsMismatch, MERGE, _fix("pass the base weights the merge was made with (--base-weights PATH)")),
+    (E.BaseWeightsError, BAD_INPUT, _fix("give the base model's own .safetensors file, or the directory holding it")),
+]

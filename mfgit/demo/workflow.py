@@ -289,7 +289,7 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
         # [mixture API] the mixture as a commit of its own
         coord.switch("composite/mixture", orphan=True)
         mixture_commit = coord.mix(all_revs, weights=[mix_weights[s] for s, _ in all_sites],
-                                   message=f"MedForge-Mixture of {len(all_revs)} sites, weighted by samples")
+                                   message=f"MedForge-Mixture of {len(all_revs)} sites, weighted by samples").commit
         coord.switch("main")
 
     # 6. evaluation ----------------------------------------------------------------------------

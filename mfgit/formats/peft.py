@@ -35,6 +35,11 @@ MAX_TENSOR_NAME = 4096
 RESERVED_FILE_NAMES = frozenset(n.casefold() for n in (CONFIG_NAME, WEIGHTS_NAME, *PICKLE_NAMES))
 PEFT_PREFIX = "base_model.model."
 
+# DoRA (use_dora) saves one magnitude vector per module, beside its factors:
+# `<module>.lora_magnitude_vector`, the learned norm of each output row.
+MAGNITUDE_SUFFIX = ".lora_magnitude_vector"
+DORA = "DoRA (use_dora)"
+
 _SUFFIXES = {
     ".lora_A.weight": ("linear", "lora_A"),
     ".lora_B.weight": ("linear", "lora_B"),
@@ -293,11 +298,16 @@ def _scaling(config: Mapping[str, Any], module: str, rank: int, where: str) -> t
     return r, alpha, scaling
 
 
+def magnitude_name(module: str) -> str:
+    """The saved name of a DoRA module's magnitude vector."""
+    return module + MAGNITUDE_SUFFIX
+
+
 def variants(config: dict[str, Any]) -> list[str]:
-    """LoRA variants a weight merge cannot treat as a plain B·A update."""
+    """LoRA variants a weight merge cannot treat as a plain B·A update (`DORA` among them)."""
     out = []
     if config.get("use_dora"):
-        out.append("DoRA (use_dora)")
+        out.append(DORA)
     if config.get("lora_bias"):
         out.append("lora_bias")
     if config.get("modules_to_save"):

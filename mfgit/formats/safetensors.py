@@ -390,6 +390,12 @@ class SafetensorsReader:
         base = self.header.data_offset
         return self._view[base + info.start : base + info.end]
 
+    def file_bytes(self) -> memoryview:
+        """Every byte of the file, header included (a read-only view of the mapping it was validated from)."""
+        if self._view is None:
+            raise ValueError("the reader is closed")
+        return self._view
+
     def close(self) -> None:
         view = self._view
         if view is not None:

@@ -22,9 +22,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from mfgit.errors import IncompatibleAdapters, MergeError, UnsupportedAdapterVariant
+from mfgit.errors import DoraNeedsBaseWeights, IncompatibleAdapters, MergeError, UnsupportedAdapterVariant
 from mfgit.formats import peft as peftfmt
 from mfgit.formats.dtypes import MERGE_OUTPUT_DTYPES, torch_dtype
+from mfgit.merge.dora import dense_factor, effective_update
 from mfgit.merge.lowrank import RankPolicy
 from mfgit.merge.strategies import STRATEGIES, Factor, check_weights, merge_module, resolve_params
 from mfgit.objects.model import Adapter
@@ -38,6 +39,9 @@ class MergeInput:
     id: str  # commit id (seeds the RNG, recorded in provenance)
     adapter: Adapter
     weight: float
+    # The base model's weights (mfgit.merge.baseweights.BaseWeights), which a
+    # DoRA input's update depends on; None when the merge was given none.
+    base: Any = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class MergeOutput:
     device_name: str
     dtype: str
     seconds: float
+    # DoRA inputs turned into their effective updates: {"base_weights", "modules"}; None when there were none.
+    dora: dict[str, Any] | None = None
 
 
 def pick_device(spec: str) -> torch.device:
@@ -106,9 +112,11 @@ def check_inputs(inputs: Sequence[MergeInput], strategy: str) -> None:
     check_weights(strategy, [float(inp.weight) for inp in inputs])
     first = inputs[0]
     for inp in inputs:
-        bad = peftfmt.variants(inp.adapter.config)
+        bad = [v for v in peftfmt.variants(inp.adapter.config) if v != peftfmt.DORA]
         if bad:
             raise UnsupportedAdapterVariant(inp.label, bad[0])
+        if is_dora(inp.adapter):
+            check_dora(inp)
     flags = {bool(inp.adapter.config.get("fan_in_fan_out")) for inp in inputs}
     if len(flags) > 1:
         other = next(inp for inp in inputs if bool(inp.adapter.config.get("fan_in_fan_out")) != bool(
@@ -138,6 +146,26 @@ def check_inputs(inputs: Sequence[MergeInput], strategy: str) -> None:
                 shapes[mod] = (inp.label, (out_f, in_f), kind)
 
 
+def is_dora(adapter: Adapter) -> bool:
+    return bool(adapter.config.get("use_dora"))
+
+
+def check_dora(inp: MergeInput) -> None:
+    """A DoRA input can be merged: base weights given, linear (or Conv1D) layers, a magnitude per module."""
+    if inp.base is None:
+        raise DoraNeedsBaseWeights(inp.label)
+    a = inp.adapter
+    for mod, m in a.modules.items():
+        if m.get("kind") == "embedding":  # PEFT's DoraEmbeddingLayer takes its norms another way
+            raise UnsupportedAdapterVariant(inp.label, f"DoRA on an embedding ({mod})")
+        mag = a.tensors.get(peftfmt.magnitude_name(mod))
+        out_f = a.tensors[m["lora_B"]]["shape"][0]
+        if mag is None or list(mag["shape"]) != [out_f]:
+            found = "none" if mag is None else f"shape {mag['shape']}"
+            raise MergeError(f"{inp.label}: DoRA module {mod} needs a magnitude vector "
+                             f"{peftfmt.magnitude_name(mod)} of shape [{out_f}], found {found}")
+
+
 def transposed(adapter: Adapter, module: str) -> bool:
     """Whether the base layer stores ΔW as (B·A)ᵀ: embeddings (num_embeddings × dim) and
     fan_in_fan_out layers (GPT-2's Conv1D, in × out), as PEFT's get_delta_weight does."""
@@ -160,6 +188,18 @@ def _factors(inp: MergeInput, module: str, load: Callable[[str, torch.device], t
     A = load(a.tensors[m["lora_A"]]["id"], device).to(torch.float32)
     B = load(a.tensors[m["lora_B"]]["id"], device).to(torch.float32)
     _r, _alpha, scaling = peftfmt.module_scaling(a.config, module, m["r"])
+    if is_dora(a):
+        # The effective update depends on W; as a dense factor it counts as rank r. The norms
+        # are of the rows of the out × in weight: a fan_in_fan_out (Conv1D) checkpoint holds
+        # Wᵀ, as PEFT's DoraLinearLayer transposes it, and its ΔW goes back in that layout.
+        mag = load(a.tensors[peftfmt.magnitude_name(module)]["id"], device).to(torch.float32)
+        out_f, in_f = B.shape[0], A.shape[1]
+        if transposed(a, module):
+            W = inp.base.weight(module, (in_f, out_f), device).T
+            delta = effective_update(W, B, A, mag, scaling, module).T
+        else:
+            delta = effective_update(inp.base.weight(module, (out_f, in_f), device), B, A, mag, scaling, module)
+        return dense_factor(delta, int(m["r"]))
     if transposed(a, module):
         return Factor(B=A.T.contiguous(), A=(B * scaling).T.contiguous())
     return Factor(B=B * scaling, A=A)
@@ -220,13 +260,23 @@ def merge_adapters(inputs: Sequence[MergeInput], recipe: Recipe,
                 progress(k + 1, len(modules), module)
     tensors = _pad_zero_ranks(tensors, names, stats)
     config = output_config(inputs, stats)
+    dora = dora_record(inputs, modules)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         device_name = torch.cuda.get_device_name(device)
     else:
         device_name = "cpu"
     return MergeOutput(tensors=tensors, config=config, modules=stats, device=device.type,
-                       device_name=device_name, dtype=out_dtype, seconds=time.perf_counter() - t0)
+                       device_name=device_name, dtype=out_dtype, seconds=time.perf_counter() - t0, dora=dora)
+
+
+def dora_record(inputs: Sequence[MergeInput], modules: Sequence[str]) -> dict[str, Any] | None:
+    """What the provenance records of DoRA inputs: the base weights' digest, the modules made dense."""
+    doras = [inp for inp in inputs if is_dora(inp.adapter)]
+    if not doras:
+        return None
+    dense = sorted({mod for inp in doras for mod in inp.adapter.modules if mod in set(modules)})
+    return {"base_weights": doras[0].base.record(), "modules": dense}
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ import torch
 from mfgit.merge.lowrank import (
     RankPolicy,
     balanced_split,
+    factorize_dense,
     lowrank_svd,
     numerical_rank,
     select_rank,
@@ -36,10 +37,26 @@ def _concat(present: list[tuple[int, float, torch.Tensor, torch.Tensor]], scale:
 
 def combined(B: torch.Tensor, A: torch.Tensor, m: ModuleInputs, policy: RankPolicy) -> ModuleResult:
     """The update B @ A, factors that combine the inputs' own: as they are under ``--rank sum``
-    (exact, rank Σ rᵢ), else truncated optimally as ``svd`` does."""
-    if policy.kind == "sum":
+    (exact, rank Σ rᵢ), else truncated optimally as ``svd`` does.
+
+    A dense input (a DoRA effective update) is wider than the rank it counts
+    as; ``sum`` then truncates to Σ rᵢ like any cap, with the kept energy
+    recorded, rather than store a full-rank matrix as factors."""
+    if policy.kind == "sum" and m.widths <= sum(m.ranks):
         return result(B, A, 1.0)
-    Bo, Ao, kept = truncate_factors(B, A, policy.rank_for(m.ranks, m.limit), policy.energy)
+    return _truncated(B, A, m, policy)
+
+
+def _truncated(B: torch.Tensor, A: torch.Tensor, m: ModuleInputs, policy: RankPolicy) -> ModuleResult:
+    """The best factorisation of B @ A under the policy: through QR of the factors, or, when
+    dense inputs (DoRA's) make them wider than the module, of the product itself, then the
+    smaller problem (QR of factors k wide costs O((out+in)·k²), the product O(out·in·k)).
+    Merges of plain LoRA inputs always take the first path, as they always did (same bits)."""
+    rank = policy.rank_for(m.ranks, m.limit)
+    if m.widths > sum(m.ranks) and B.shape[1] > m.limit:
+        Bo, Ao, kept = factorize_dense(B @ A, rank, policy.energy)
+    else:
+        Bo, Ao, kept = truncate_factors(B, A, rank, policy.energy)
     return result(Bo, Ao, kept)
 
 
@@ -51,8 +68,7 @@ def linear(m: ModuleInputs, p: Mapping[str, float], policy: RankPolicy) -> Modul
 
 def svd(m: ModuleInputs, p: Mapping[str, float], policy: RankPolicy) -> ModuleResult:
     B, A = _concat(m.inputs, p["lambda"])
-    Bo, Ao, kept = truncate_factors(B, A, policy.rank_for(m.ranks, m.limit), policy.energy)
-    return result(Bo, Ao, kept)
+    return _truncated(B, A, m, policy)
 
 
 def tsv(m: ModuleInputs, p: Mapping[str, float], policy: RankPolicy) -> ModuleResult:

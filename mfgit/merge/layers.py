@@ -13,7 +13,8 @@ import time
 from typing import Any, Sequence
 
 from mfgit.formats.peft import PEFT_PREFIX
-from mfgit.merge.engine import MergeInput, MergeOutput, Recipe, merge_adapters, output_config, output_dtype
+from mfgit.merge.engine import (MergeInput, MergeOutput, Recipe, dora_record, merge_adapters, output_config,
+                                output_dtype)
 from mfgit.objects.model import Adapter
 
 
@@ -68,7 +69,7 @@ def merge_layer_weights(inputs: Sequence[MergeInput], recipe: Recipe, matrix: Se
         mods = {m for m in all_modules if layer_of(m) == group}
         if not mods:
             continue
-        sub = [MergeInput(inp.label, inp.id, _restrict(inp.adapter, mods), float(matrix[i][g]))
+        sub = [MergeInput(inp.label, inp.id, _restrict(inp.adapter, mods), float(matrix[i][g]), inp.base)
                for i, inp in enumerate(inputs)]
         out = merge_adapters(sub, rec, load)
         tensors.update(out.tensors)
@@ -79,4 +80,5 @@ def merge_layer_weights(inputs: Sequence[MergeInput], recipe: Recipe, matrix: Se
             progress(done, len(all_modules), group)
     stats = dict(sorted(stats.items()))
     return MergeOutput(tensors=tensors, config=output_config(inputs, stats), modules=stats, device=device,
-                       device_name=device_name, dtype=rec.dtype, seconds=time.perf_counter() - t0)
+                       device_name=device_name, dtype=rec.dtype, seconds=time.perf_counter() - t0,
+                       dora=dora_record(inputs, all_modules))

@@ -27,7 +27,8 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
-from mfgit.errors import MergeError
+from mfgit.errors import IsAMixture, MergeError
+from mfgit.merge.baseweights import open_base_weights
 from mfgit.merge.engine import LINEAR_FAMILY, MergeInput, MergeOutput, Recipe
 from mfgit.merge.lowrank import RankPolicy
 from mfgit.merge.recipes import load_recipe, mergekit_differences
@@ -55,6 +56,7 @@ class MergeRequest:
     rebuild: bool = False
     force: bool = False  # re-merge a leaf already in the composite
     recipe_source: Mapping[str, Any] | None = None  # the mergekit configuration the request came from
+    base_weights: str | os.PathLike | None = None  # the base model's weights, for DoRA inputs (mfgit.merge.baseweights)
 
     def with_recipe_file(self, path: str | os.PathLike) -> "MergeRequest":
         """This request completed from a YAML recipe file (mfgit's or mergekit's); what the request already says wins."""
@@ -74,7 +76,17 @@ class MergeRequest:
             dtype=self.dtype or r.get("dtype"),
             message=self.message or r.get("message"),
             rebuild=self.rebuild or bool(r.get("rebuild")),
+            base_weights=self.base_weights or _beside(path, r.get("base_weights")),
         )
+
+
+def _beside(recipe: str | os.PathLike, value: Any) -> str | None:
+    """A path a recipe names, relative to the recipe's own folder (as a YAML file is read wherever it lies)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise MergeError(f"recipe {recipe}: base_weights must be a path, got {value!r}")
+    return os.path.join(os.path.dirname(os.fspath(recipe)), os.path.expanduser(value))
 
 
 def _tuple(v: Any) -> tuple | None:
@@ -123,6 +135,8 @@ class MergePlan:
             "linear": self.linear,
             "integration": self.integration,
             "modules": out.modules,
+            # DoRA inputs were merged as their effective updates, which depend on these base weights.
+            **({"dora": out.dora} if out.dora is not None else {}),
             "kept_energy": {"min": min(energies) if energies else 1.0,
                             "mean": sum(energies) / len(energies) if energies else 1.0},
             "device": {"type": out.device, "name": out.device_name},
@@ -196,6 +210,10 @@ def plan_merge(repo: "BaseRepository", request: MergeRequest, *, searching: bool
     branch_ref, tip = repo.commit_target()
     tip_commit = repo.read_commit(tip) if tip else None
     resolved = [(rev, repo.resolve(rev)) for rev in req.revs]
+    for rev, cid in resolved:  # --- mixture: nothing to merge in weight space ---
+        if repo.read_commit(cid).is_mixture:
+            raise IsAMixture(rev, "merge combines adapters in weight space; merge its members, or add a site to "
+                                  "the mixture with mfgit mix")
     if req.weights is not None and len(req.weights) != len(resolved):
         raise MergeError(f"--weights gives {len(req.weights)} weight(s) for {len(resolved)} revision(s)")
     old = (tip_commit.provenance or {}) if tip_commit is not None else {}
@@ -203,8 +221,11 @@ def plan_merge(repo: "BaseRepository", request: MergeRequest, *, searching: bool
     d = (_plan_integration(repo, req, resolved, tip, old, searching) if integrating
          else _plan_one_shot(repo, req, resolved, tip))
     recipe = Recipe(d.strategy, d.params, int(d.seed), d.policy, req.device or "auto", d.dtype).resolved()
-    inputs = [MergeInput(label, cid, repo.read_adapter(repo.read_commit(cid).adapter), float(w))
-              for cid, label, w in d.engine_inputs]
+    adapters = [repo.read_adapter(repo.read_commit(cid).adapter) for cid, _label, _w in d.engine_inputs]
+    # Opened (and hashed, which reads every byte of a possibly large model) only for DoRA inputs.
+    needed = req.base_weights is not None and any(a.config.get("use_dora") for a in adapters)
+    base = open_base_weights(req.base_weights) if needed else None
+    inputs = [MergeInput(label, cid, a, float(w), base) for (cid, label, w), a in zip(d.engine_inputs, adapters)]
     return MergePlan(req, recipe, d.mode, d.strategy in LINEAR_FAMILY, integrating, branch_ref, tip,
                      old if integrating else None, resolved, inputs, d.leaves, d.parents, d.integration)
 

@@ -8,9 +8,11 @@ devices.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from mfgit.errors import MergeError
+from mfgit.merge.baseweights import BaseWeights, open_base_weights
 from mfgit.merge.engine import MergeInput, Recipe, merge_adapters
 from mfgit.merge.layers import merge_layer_weights
 from mfgit.merge.lowrank import RankPolicy
@@ -20,8 +22,14 @@ if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository
 
 
-def reproduce(repo: "BaseRepository", cid: str, *, device: str | None = None) -> dict[str, Any]:
+def reproduce(repo: "BaseRepository", cid: str, *, device: str | None = None,
+              base_weights: "str | os.PathLike | BaseWeights | None" = None) -> dict[str, Any]:
     """Re-run a merge commit from its recorded recipe and inputs.
+
+    `base_weights` (a path or opened `BaseWeights`) is needed when the merge
+    had DoRA inputs: they must be the weights whose SHA-256 the commit
+    records (BaseWeightsMismatch otherwise); without them the engine
+    refuses the DoRA inputs (DoraNeedsBaseWeights).
 
     Returns {"commit", "recorded", "reproduced", "identical", "max_abs_diff"}.
     """
@@ -40,7 +48,13 @@ def reproduce(repo: "BaseRepository", cid: str, *, device: str | None = None) ->
         device = recorded if recorded != "cuda" or torch.cuda.is_available() else "cpu"
     rec = Recipe(r["strategy"], r.get("params", {}), int(r.get("seed", 0)), RankPolicy.from_dict(r.get("rank", {})),
                  device, r.get("dtype")).resolved()
-    inputs = [MergeInput(i["label"], i["commit"], repo.read_adapter(repo.read_commit(i["commit"]).adapter), float(i["weight"]))
+    base = None
+    recorded_base = ((prov.get("dora") or {}).get("base_weights") or {}).get("sha256")
+    if base_weights is not None and recorded_base is not None:
+        base = base_weights if isinstance(base_weights, BaseWeights) else open_base_weights(base_weights)
+        base.check_digest(recorded_base)
+    inputs = [MergeInput(i["label"], i["commit"], repo.read_adapter(repo.read_commit(i["commit"]).adapter),
+                         float(i["weight"]), base)
               for i in prov["inputs"]]
     search = prov.get("search") or {}
     if search.get("mode") == "layer-weights":  # one weight per input and layer (merge --search layer-weights)

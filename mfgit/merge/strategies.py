@@ -509,6 +509,7 @@ def merge_module(
         ws.append(x)
 
     present: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
+    counted: list[int | None] = []
     shape: tuple[int, int] | None = None
     device: torch.device | None = None
     for i, f in enumerate(factors):
@@ -527,11 +528,12 @@ def merge_module(
         if b.device != device or a.device != device:
             raise MergeError(f"input {i}: factors are on {b.device}/{a.device}, expected {device}")
         present.append((i, ws[i], b.to(torch.float32), a.to(torch.float32)))
+        counted.append(f.rank)
     if not present:
         raise MergeError("no input adapts this module")
     check_weights(strategy, ws)
     assert shape is not None and device is not None
-    m = ModuleInputs(present, shape, device, tuple(ws))
+    m = ModuleInputs(present, shape, device, tuple(ws), tuple(counted))
     with torch.no_grad(), _ieee_fp32_matmul(device):
         if spec.module is not None:
             return spec.module(m, p, policy)

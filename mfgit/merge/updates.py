@@ -11,10 +11,17 @@ __all__ = ["Factor", "ModuleInputs", "ModuleResult", "result", "zero_result"]
 
 @dataclass(frozen=True)
 class Factor:
-    """One input's update of one module: ΔW = B @ A, scaling already folded in."""
+    """One input's update of one module: ΔW = B @ A, scaling already folded in.
+
+    ``rank`` is the rank the rank policies count for this input when it is
+    not B's width: a DoRA input's effective update is dense (B or A is an
+    identity, :mod:`mfgit.merge.dora`) but counts as the adapter's own r, so
+    ``--rank max``/``sum`` mean for it what they mean for a plain LoRA.
+    """
 
     B: torch.Tensor  # out × r
     A: torch.Tensor  # r × in
+    rank: int | None = None
 
 
 @dataclass(frozen=True)
@@ -25,10 +32,18 @@ class ModuleInputs:
     shape: tuple[int, int]  # (out, in)
     device: torch.device
     weights: tuple[float, ...]  # every input's weight, present or not, by index
+    counted: tuple[int | None, ...] = ()  # per present input, Factor.rank (None: B's width)
 
     @property
     def ranks(self) -> list[int]:
-        return [int(b.shape[1]) for _, _, b, _ in self.inputs]
+        """The ranks the rank policies count, one per present input."""
+        counted = self.counted or (None,) * len(self.inputs)
+        return [int(b.shape[1]) if c is None else int(c) for (_, _, b, _), c in zip(self.inputs, counted)]
+
+    @property
+    def widths(self) -> int:
+        """Σ of the factors' actual widths (more than Σ ranks when an input is dense)."""
+        return int(sum(int(b.shape[1]) for _, _, b, _ in self.inputs))
 
     @property
     def limit(self) -> int:

@@ -171,6 +171,8 @@ class Commit:
     # --- attachments: entries {name, size, digest, private[, id]}, sorted by name ---
     attachments: tuple[dict[str, Any], ...] = ()
     # --- end attachments ---
+    # --- mixture: an output-space composite (schema.mixture); absent on every other commit ---
+    mixture: dict[str, Any] | None = None
 
     def to_dict(self, *, with_signature: bool = True) -> dict[str, Any]:
         d = {
@@ -189,6 +191,9 @@ class Commit:
         # --- end attachments ---
         if with_signature and self.signature is not None:
             d["signature"] = self.signature
+        # --- mixture: omitted when absent, so that every other commit keeps its bytes and id ---
+        if self.mixture is not None:
+            d["mixture"] = self.mixture
         return d
 
     def encode(self) -> bytes:
@@ -211,6 +216,14 @@ class Commit:
         """The blob ids of the public attachments (private ones have no object)."""
         return [a["id"] for a in self.attachments if not a["private"]]
     # --- end attachments ---
+    # --- mixture ---
+    @property
+    def is_mixture(self) -> bool:
+        return self.mixture is not None
+
+    def mixture_members(self) -> list[tuple[str, float]]:
+        """(member commit, weight) in order; empty for a commit that is not a mixture."""
+        return [(m["commit"], m["weight"]) for m in (self.mixture or {}).get("members", [])]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Commit":
@@ -226,6 +239,7 @@ class Commit:
             # --- attachments ---
             attachments=tuple(d.get("attachments", ())),
             # --- end attachments ---
+            mixture=d.get("mixture"),  # --- mixture ---
         )
 
 

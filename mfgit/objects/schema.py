@@ -394,7 +394,7 @@ def _provenance(value: Any, where: str = "provenance") -> dict[str, Any]:
 def commit(value: Any) -> dict[str, Any]:
     """A commit (docs/design.md, "Commit")."""
     _fields(value, "commit", {"adapter", "parents", "author", "site", "timestamp", "message", "provenance"},
-            {"signature"} | _COMMIT_ATTACHMENT_FIELDS)
+            {"signature"} | _COMMIT_ATTACHMENT_FIELDS | set(COMMIT_EXTENSIONS))
     _object_id(value["adapter"], "adapter")
     parents = value["parents"]
     if not isinstance(parents, list):
@@ -414,7 +414,56 @@ def commit(value: Any) -> dict[str, Any]:
     # --- end attachments ---
     if "signature" in value:
         signature(value["signature"])
+    for name, rule in COMMIT_EXTENSIONS.items():
+        if name in value:
+            rule(value[name], value)
     return value
+
+
+# Optional commit fields, each with its own rule `rule(field_value, commit_value)`. A commit
+# without the field encodes as it did before the field existed, so every earlier id stays.
+COMMIT_EXTENSIONS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {}
+
+
+# --- mixture (MedForge-Mixture: an output-space composite) --------------------------------------
+
+MIXTURE_COMBINE = ("softmax",)
+
+
+def mixture(value: Any, commit_value: dict[str, Any]) -> dict[str, Any]:
+    """``{"combine": "softmax", "members": [{"commit", "weight"}, ...]}`` (docs/design.md, "Mixture").
+
+    The members are the commit's last parents, in order (before them at most
+    one other parent: the branch's previous tip), so everything that walks
+    parents — reachability, push, fetch, gc, verify — reaches every member.
+    A weight is a float, never an integer: 1 and 1.0 would be two encodings
+    of one mixture.
+    """
+    _fields(value, "mixture", {"combine", "members"})
+    if value["combine"] not in MIXTURE_COMBINE:
+        raise SchemaError("mixture.combine", f"must be one of {', '.join(MIXTURE_COMBINE)}")
+    members = value["members"]
+    if not isinstance(members, list) or not members:
+        raise SchemaError("mixture.members", "must be a non-empty array of {commit, weight}")
+    ids = []
+    for i, m in enumerate(members):
+        where = f"mixture.members[{i}]"
+        _fields(m, where, {"commit", "weight"})
+        ids.append(_object_id(m["commit"], f"{where}.commit"))
+        if type(m["weight"]) is not float:
+            raise SchemaError(f"{where}.weight", f"must be a floating-point number, not {_type_name(m['weight'])}")
+    if len(set(ids)) != len(ids):
+        raise SchemaError("mixture.members", "names the same commit twice")
+    parents = commit_value.get("parents") or []
+    if parents[len(parents) - len(ids):] != ids or len(parents) - len(ids) not in (0, 1):
+        raise SchemaError("parents", "of a mixture must be its members in order, after at most one other "
+                                     "parent (the branch's previous tip)")
+    return value
+
+
+COMMIT_EXTENSIONS["mixture"] = mixture
+
+# --- end mixture --------------------------------------------------------------------------------
 
 
 def tag(value: Any) -> dict[str, Any]:

@@ -41,6 +41,8 @@ def summary_line(d: dict[str, Any]) -> str:
 
 
 def diff_text(d: dict[str, Any], *, stat: bool = False) -> str:
+    if d.get("kind") == "mixture":  # --- mixture ---
+        return mixture_diff_text(d)
     # Config values are shown as Python literals of the exact data (repr
     # escapes what is not printable); everything else is escaped text.
     config = [(terminal(k), terminal(repr(v["a"])), terminal(repr(v["b"]))) for k, v in d["config"].items()]
@@ -57,12 +59,15 @@ def diff_text(d: dict[str, Any], *, stat: bool = False) -> str:
         name = _short(m["name"])
         if m["status"] == "changed":
             if stat:
-                lines.append(f"M  {name}  rel {_g(m['rel_diff'])}")
+                mag = m.get("magnitude")
+                lines.append(f"M  {name}  rel {_g(m['rel_diff'])}" + (f"  magnitude rel {_g(mag['rel_diff'])}" if mag else ""))
                 continue
             sub = m.get("subspace") or {}
             ranks = f"r {m['rank_a']}" if m["rank_a"] == m["rank_b"] else f"r {m['rank_a']}->{m['rank_b']}"
+            mag = m.get("magnitude")
             lines.append(f"M  {name}  {ranks}  |ΔW_A| {_g(m['norm_a'])}  |ΔW_B| {_g(m['norm_b'])}  "
-                         f"rel {_g(m['rel_diff'])}  cos {_g(m['cosine'])}  subspace cos² {_g(sub.get('mean_cos2'))}")
+                         f"rel {_g(m['rel_diff'])}  cos {_g(m['cosine'])}  subspace cos² {_g(sub.get('mean_cos2'))}"
+                         + (f"  magnitude rel {_g(mag['rel_diff'])}" if mag else ""))
         else:
             r = m["rank_b"] if m["status"] == "added" else m["rank_a"]
             n = m["norm_b"] if m["status"] == "added" else m["norm_a"]
@@ -117,6 +122,8 @@ def _node_title(n: dict[str, Any]) -> str:
         if ke is not None and ke < KEPT_ENERGY_EXACT:
             bits.append(f"kept energy {ke:.4f}")
         return " ".join(bits)
+    if n["kind"] == "mixture":  # --- mixture ---
+        return f"mixture {n.get('combine')} (output space)"
     return f"site {n['site']}" if n["site"] else "commit"
 
 
@@ -134,9 +141,9 @@ def lineage_text(d: dict[str, Any]) -> str:
             lines.append(f"{prefix}{branch}{w}{cid[:10]} (missing)")
             return
         who = n["author"].get("name", "") if isinstance(n["author"], dict) else ""
-        again = " (shown above)" if cid in shown and n["kind"] == "merge" else ""
+        again = " (shown above)" if cid in shown and n["kind"] in ("merge", "mixture") else ""
         lines.append(f"{prefix}{branch}{w}{cid[:10]} {_node_title(n)}  {who}  {n['timestamp']}  {n['subject']}{again}")
-        if n["kind"] != "merge" or again:
+        if n["kind"] not in ("merge", "mixture") or again:
             return
         shown.add(cid)
         child_prefix = prefix + ("" if depth == 0 else ("    " if last else "│   "))
@@ -150,9 +157,25 @@ def lineage_text(d: dict[str, Any]) -> str:
     for lf in d["leaves"]:
         if lf["linear"]:
             w = _fmt_w(lf["effective_weight"]) + ("" if lf["exact"] else " (rank-truncated)")
+            w += " (output space)" if lf.get("space") == "output" else ""
         else:
             w = "not linear (via " + ", ".join(v[:10] for v in lf["nonlinear_via"]) + ")"
         lines.append(f"  {(lf['site'] or '-'):<20} {lf['commit'][:10]}  {w}")
+    return "\n".join(lines) + "\n"
+
+
+def mixture_diff_text(d: dict[str, Any]) -> str:
+    """Two mixtures' members: A added, D removed, W reweighted."""
+    d = terminal_doc(d)
+    lines = [f"diff {d['a']['commit'][:10]} ({d['a']['rev']}) -> {d['b']['commit'][:10]} ({d['b']['rev']}): mixtures"]
+    if d["identical"]:
+        lines.append("the mixtures are identical")
+    marks = {"added": "A", "removed": "D", "reweighted": "W", "unchanged": " "}
+    for m in d["members"]:
+        lines.append(f"{marks[m['status']]} {m['commit'][:10]}  {(m['site'] or '-'):<16} "
+                     f"{_fmt_w(m['weight_a'])} -> {_fmt_w(m['weight_b'])}")
+    c = d["counts"]
+    lines.append(f"{c['added']} added, {c['removed']} removed, {c['reweighted']} reweighted, {c['unchanged']} unchanged")
     return "\n".join(lines) + "\n"
 
 
@@ -166,7 +189,7 @@ def lineage_dot(d: dict[str, Any]) -> str:
     out = ["digraph lineage {", "  rankdir=TB;", '  node [fontname="Helvetica", fontsize=10];',
            '  edge [fontname="Helvetica", fontsize=9];']
     for n in d["nodes"]:
-        if n["kind"] == "merge":
+        if n["kind"] in ("merge", "mixture"):
             label = f"{_node_title(n)}\n{n['id'][:10]}\n{n['subject']}"
             attrs = f"shape=box, style=\"rounded,filled\", fillcolor={_dot_str('#dbe8ff' if n['linear'] else '#ffe1c7')}"
         else:
@@ -199,6 +222,8 @@ def verify_text(r: dict[str, Any]) -> str:
     # --- end attachments ---
     for p in i["problems"]:
         lines.append(f"  FAIL {p['commit'][:10]}  {p['what']}: {p['error']}")
+    for m in r.get("mixtures") or []:  # --- mixture ---
+        lines.append(f"mixture: {'ok  ' if m['ok'] else 'FAIL'} {m['commit'][:10]}  {m['reason']}")
     if r.get("reproduce") is not None:
         rep = r["reproduce"]
         lines.append(f"reproduce: {'ok' if rep['ok'] else 'FAILED'} — {len(rep['merges'])} merge(s)")

@@ -112,6 +112,10 @@ def lineage_svg(d: dict[str, Any], href: Callable[[str], str | None] | None = No
             cls = "merge linear" if n.get("linear") else "merge nonlinear"
             line1 = f"merge · {r.get('strategy')}" + (f" · λ={n['lambda']:g}" if n.get("lambda") not in (None, 1.0) else "")
             line3 = f"{len(n.get('inputs') or [])} inputs · {n.get('integration') or ''}"
+        elif n["kind"] == "mixture":  # --- mixture ---
+            cls = "merge nonlinear"
+            line1 = f"mixture · {n.get('combine')} · outputs"
+            line3 = f"{len(n.get('inputs') or [])} members"
         else:
             lf = leaf.get(n["id"])
             cls = "leaf"

@@ -392,6 +392,17 @@ def _bars(d: dict[str, Any]) -> str:
             "</tr>" + "".join(rows) + "</table>")
 
 
+def _mixture_section(entry: dict[str, Any], links: _Links) -> str:
+    """A mixture's members and weights (docs/merging.md, MedForge-Mixture): it has no modules to compare."""
+    mx = entry["mixture"]
+    rows = "".join(f"<tr><td>{links.commit(m['commit'])}</td><td>{html(m.get('site') or '–')}</td>"
+                   f"<td class=\"weight\">{_num(m['weight'])}</td><td>{html(m.get('subject') or '')}</td></tr>"
+                   for m in mx["members"])
+    return ('<section id="mixture"><h2>Mixture</h2><p class="muted">An output-space composite: the sum of '
+            f'weight × softmax over its {len(mx["members"])} members; no weights are merged.</p>'
+            "<table><tr><th>member</th><th>site</th><th>weight</th><th>message</th></tr>" + rows + "</table></section>")
+
+
 def _diff_section(entry: dict[str, Any], links: _Links) -> str:
     if not entry["diffs"]:
         return ('<section id="diff"><h2>Changes</h2><p class="muted">No parent or input to compare with: '
@@ -436,7 +447,8 @@ def commit_page(entry: dict[str, Any], doc: dict[str, Any]) -> str:
     if entry["kind"] == "merge":
         body.append(_merge_section(entry, links))
     body += [_notes_section(entry), _signature_section(entry), _attachments_section(entry),
-             _provenance_section(entry, links), _diff_section(entry, links)]
+             _provenance_section(entry, links),
+             _mixture_section(entry, links) if entry.get("mixture") else _diff_section(entry, links)]
     kind = "merge" if entry["kind"] == "merge" else "commit"
     return _page(f"{kind} {html(cid[:10])}: {html(subject)}", f"{kind.capitalize()} {html(cid[:10])} "
                  f"<span class=\"muted\">{html(subject)}</span>",

@@ -40,7 +40,9 @@ def _subject(msg: str) -> str:
 def _commit_block(c: dict[str, Any], decorations, notes: dict[str, list] | None = None) -> str:
     deco = decorations.get(c["id"])
     lines = [f"commit {c['id']}" + (f" ({', '.join(deco)})" if deco else "")]
-    if len(c["parents"]) > 1:
+    if c.get("mixture"):  # --- mixture ---
+        lines.append("Mixture: " + " ".join(f"{m['commit'][:10]}×{m['weight']:.4g}" for m in c["mixture"]["members"]))
+    elif len(c["parents"]) > 1:
         lines.append("Merge: " + " ".join(p[:10] for p in c["parents"]))
     lines.append(f"Author: {c['author'].get('name')} <{c['author'].get('email')}>")
     if c["site"]:
@@ -96,6 +98,8 @@ def graph_text(commits, decorations, *, oneline: bool = True) -> str:
         row = " ".join("*" if i == idx else "|" for i in range(len(columns)))
         deco = decorations.get(oid)
         text = f"{oid[:10]}{' (' + ', '.join(deco) + ')' if deco else ''} {_subject(c['message'])}"
+        if c.get("mixture"):  # --- mixture ---
+            text += f" [mixture of {len(c['mixture']['members'])}]"
         if not oneline:
             text += f"  [{c['site'] or c['author'].get('name')}, {c['timestamp'][:19]}]"
         out.append(f"{row}  {text}")
@@ -120,14 +124,21 @@ def show_text(data: dict[str, Any], decorations) -> str:
     text = _commit_block({**data["commit"], "id": data["id"]}, decorations, {data["id"]: data.get("notes") or []})
     a = data["adapter"]
     base = a["base_model"] or {}
-    text += (
-        f"Adapter {a['id']}\n"
-        f"  base model   {base.get('name')}" + (f" @ {base.get('revision')}" if base.get("revision") else "") + "\n"
-        f"  modules      {a['modules']} ({a['tensors']} tensors, {human_bytes(a['bytes'])}, {', '.join(a['dtypes'])})\n"
-        f"  rank         {', '.join(str(r) for r in a['ranks'])}  alpha {a['lora_alpha']}"
-        + ("  rsLoRA" if a["use_rslora"] else "")
-        + "\n"
-    )
+    based_on = f"  base model   {base.get('name')}" + (f" @ {base.get('revision')}" if base.get("revision") else "")
+    if data.get("mixture"):  # --- mixture: its adapter is empty; the members and weights are the model ---
+        mx = data["mixture"]
+        text += (f"Adapter {a['id']} (empty: a mixture merges no weights)\n{based_on}\n"
+                 f"Mixture ({mx['combine']}: sum of w * softmax over {len(mx['members'])} member(s), "
+                 f"weights sum to {mx['weight_sum']:.6g})\n")
+        text += mixture_members_text(mx["members"])
+    else:
+        text += (
+            f"Adapter {a['id']}\n{based_on}\n"
+            f"  modules      {a['modules']} ({a['tensors']} tensors, {human_bytes(a['bytes'])}, {', '.join(a['dtypes'])})\n"
+            f"  rank         {', '.join(str(r) for r in a['ranks'])}  alpha {a['lora_alpha']}"
+            + ("  rsLoRA" if a["use_rslora"] else "")
+            + "\n"
+        )
     # --- attachments ---
     if data["commit"].get("attachments"):
         text += "Attachments\n" + "".join("  " + ln for ln in _attachment_lines(data["commit"]["attachments"]))
@@ -355,3 +366,33 @@ def candidates_text(d: dict[str, Any]) -> str:
     lines.append(f"then here:    mfgit fetch REMOTE --notes && mfgit merge --from-candidates {d['round']} "
                  "--select-by NAME1,NAME2")
     return "\n".join(lines) + "\n"
+
+
+# --- mixture: an output-space composite (mfgit.api.mixture) ---
+
+
+def mixture_members_text(members: list[dict[str, Any]]) -> str:
+    """One line per member: weight, short id, site, subject."""
+    lines = []
+    for i, m in enumerate(members):
+        who = m.get("site") or "-"
+        extra = f"  {m['subject']}" if m.get("subject") else ""
+        missing = "  (missing)" if m.get("missing") else ""
+        lines.append(f"  {i:>2}  weight {m['weight']:<10.6g} {m['commit'][:10]}  {who}{extra}{missing}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def mix_text(report: dict[str, Any], branch: str) -> str:
+    report = terminal_doc(report)
+    prov = report["provenance"]
+    text = (f"[{branch} {report['commit'][:10]}] mixture of {len(report['members'])} member(s), "
+            f"sum of w * softmax (weights {prov['weights']})\n")
+    text += mixture_members_text(report["members"])
+    s = prov.get("search")
+    if s:
+        opt = s["optimiser"]
+        text += (f"search: {'stagewise ' if s['stagewise'] else ''}weights with {opt['name']} {opt['version']}, "
+                 f"budget {s['budget']}{' per stage' if s['stagewise'] else ''}, bounds {s['bounds']}, "
+                 f"seed {s['seed']}, l1 {s['l1']} (mean |w|)\n"
+                 f"  start score {s['start']['score']:.6g}, chosen score {s['chosen']['score']:.6g}\n")
+    return text

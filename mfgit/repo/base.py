@@ -306,7 +306,8 @@ class BaseRepository:
     def write_commit(self, adapter_id: str, parents: list[str], message: str, provenance: dict,
                      branch_ref: str | None, expected: str | None, ident: dict | None = None,
                      timestamp: str | None = None, sign: Signer | None = None,
-                     attachments: tuple[dict[str, Any], ...] = ()) -> CommitInfo:
+                     attachments: tuple[dict[str, Any], ...] = (),
+                     mixture: dict | None = None) -> CommitInfo:
         """Store a commit object, then move `branch_ref` (HEAD when None) from `expected` to it.
 
         Objects before refs (invariant 4): the caller has stored everything
@@ -325,6 +326,7 @@ class BaseRepository:
             # --- attachments ---
             attachments=tuple(attachments),
             # --- end attachments ---
+            mixture=mixture,  # --- mixture: an output-space composite (mfgit.api.mixture) ---
         )
         if sign is not None:
             commit = sign(commit)
@@ -337,6 +339,8 @@ class BaseRepository:
         else:
             crashpoint("after-commit-object")
         summary = message.splitlines()[0] if message else ""
+        if mixture is not None:  # --- mixture: named so in the reflog ---
+            kind = "mixture"
         if branch_ref is None:
             self.refs.update("HEAD", cid, ANY, who=self.who(), message=f"{kind}: {summary}")
         else:

@@ -10,6 +10,7 @@ was read and checked, so a corrupt object leaves no file behind.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -17,12 +18,12 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from mfgit.errors import MalformedObject, OutputInTheWay, UnsafePath
+from mfgit.errors import IsAMixture, MalformedObject, OutputInTheWay, UnsafePath
 from mfgit.formats import peft as peftfmt
 from mfgit.formats import safetensors as st
 from mfgit.formats.dtypes import nbytes
 from mfgit.formats.hubcard import CARD_NAME
-from mfgit.objects.model import Adapter
+from mfgit.objects.model import Adapter, Commit
 from mfgit.parallel import parallel_map, progress_counter
 from mfgit.store.fileio import fsync_dir, start_writeback
 
@@ -43,6 +44,8 @@ def checkout(repo: "BaseRepository", rev: str, to: str | os.PathLike, *, force: 
     """
     cid = repo.resolve(rev)
     commit = repo.read_commit(cid)
+    if commit.is_mixture:  # --- mixture: its members and mixture.json ---
+        return write_mixture_dir(repo, cid, commit, to, force=force, progress=progress)
     adapter = repo.read_adapter(commit.adapter)
     card = card_entry(adapter, commit)
     # --- attachments ---
@@ -51,7 +54,7 @@ def checkout(repo: "BaseRepository", rev: str, to: str | os.PathLike, *, force: 
     return write_adapter_dir(repo, with_card(adapter, commit), to, force=force, progress=progress, attachments=extra)
 
 
-def card_entry(adapter: Adapter, commit) -> dict | None:
+def card_entry(adapter: Adapter, commit: Commit) -> dict | None:
     """The commit's model card: its public attachment README.md, unless the manifest holds a
     README.md of its own (commits made before the card was an attachment)."""
     if CARD_NAME in adapter.files:
@@ -59,7 +62,7 @@ def card_entry(adapter: Adapter, commit) -> dict | None:
     return next((a for a in commit.attachments if a["name"] == CARD_NAME and not a["private"]), None)
 
 
-def with_card(adapter: Adapter, commit) -> Adapter:
+def with_card(adapter: Adapter, commit: Commit) -> Adapter:
     """`adapter` with the commit's card among its files, so the directory is written back as
     it was committed: README.md beside the adapter, where the Hub reads it."""
     entry = card_entry(adapter, commit)
@@ -229,10 +232,62 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         offset += n
 
 
+def write_mixture_dir(repo: "BaseRepository", cid: str, commit: Commit, to: str | os.PathLike, *,
+                      force: bool = False, progress: Callable[[int, int, str], None] | None = None) -> Path:
+    """Write the members of mixture `cid` under ``to/members/<n>-<short id>/`` and ``to/mixture.json``.
+
+    Everything is written into a staging directory inside the target first
+    and moved into place only when every member was read and checked, as a
+    plain checkout does.
+    """
+    from mfgit.repo.mixture import CHECKOUT_FORMAT, MEMBERS_DIR, MIXTURE_FILE, member_dir_name
+
+    created = not os.path.lexists(to)
+    out = peftfmt.prepare_output_dir(to, force=force)
+    for name in (MIXTURE_FILE, MEMBERS_DIR):
+        target = out / name
+        if os.path.islink(target):
+            raise OutputInTheWay(str(target), "a symbolic link")
+    if os.path.lexists(out / MIXTURE_FILE) and not os.path.isfile(out / MIXTURE_FILE):
+        raise OutputInTheWay(str(out / MIXTURE_FILE), "not a regular file")
+    if os.path.lexists(out / MEMBERS_DIR) and not os.path.isdir(out / MEMBERS_DIR):
+        raise OutputInTheWay(str(out / MEMBERS_DIR), "not a directory")
+    staging = Path(tempfile.mkdtemp(prefix=".mfgit-checkout-", dir=out))
+    try:
+        doc_members = []
+        for i, (mid, w) in enumerate(commit.mixture_members()):
+            name = member_dir_name(i, mid)
+            member = repo.read_commit(mid)
+            write_adapter_dir(repo, with_card(repo.read_adapter(member.adapter), member), staging / MEMBERS_DIR / name,
+                              progress=progress)
+            doc_members.append({"commit": mid, "weight": w, "site": member.site, "path": f"{MEMBERS_DIR}/{name}"})
+        doc = {"format": CHECKOUT_FORMAT, "commit": cid, "combine": commit.mixture["combine"],
+               "formula": "sum_j weight_j * softmax(logits of the base model with members[j])",
+               "base_model": repo.read_adapter(commit.adapter).base_model, "members": doc_members}
+        (staging / MIXTURE_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        # The old members/ (with --force) is moved aside, the new one renamed in, then the old removed:
+        # at every instant there is one whole members/ or none.
+        old = staging / ".old-members"
+        if os.path.lexists(out / MEMBERS_DIR):
+            os.rename(out / MEMBERS_DIR, old)
+        os.rename(staging / MEMBERS_DIR, out / MEMBERS_DIR)
+        os.replace(staging / MIXTURE_FILE, out / MIXTURE_FILE)
+        fsync_dir(out)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
 def load_adapter(repo: "BaseRepository", base_model, rev: str = "HEAD", *, adapter_name: str = "default", **kwargs):
     """Load `rev` onto `base_model` as a peft.PeftModel."""
     from peft import PeftModel
 
+    if repo.read_commit(repo.resolve(rev)).is_mixture:
+        raise IsAMixture(rev, "it has no one adapter to load (Repository.load_mixture loads all its members)")
     with tempfile.TemporaryDirectory(prefix="mfgit-load-") as tmp:
         path = checkout(repo, rev, Path(tmp) / "adapter")
         return PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name, **kwargs)

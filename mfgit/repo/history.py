@@ -107,4 +107,9 @@ def show(repo: "BaseRepository", rev: str = "HEAD") -> dict[str, Any]:
     cid = repo.resolve(rev)
     commit = repo.read_commit(cid)
     adapter = repo.read_adapter(commit.adapter)
-    return {"id": cid, "commit": commit.to_dict(), "adapter": adapter_summary(commit.adapter, adapter)}
+    out = {"id": cid, "commit": commit.to_dict(), "adapter": adapter_summary(commit.adapter, adapter)}
+    if commit.is_mixture:  # --- mixture: its members, for show (mfgit.repo.mixture) ---
+        from mfgit.repo.mixture import mixture_summary
+
+        out["mixture"] = mixture_summary(repo, commit)
+    return out

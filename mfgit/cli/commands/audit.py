@@ -90,13 +90,17 @@ def blame(ctx, rev, all_parents, as_json):
 @click.option("--branch", default=None, help="Also judge REV's history as branch BRANCH (besides the branches REV is on).")
 @click.option("--tolerance", type=float, default=None, help="Max |ΔW difference| accepted across device types (default 1e-4).")
 @click.option("--device", default=None, help="Device for --reproduce (default: the recorded device type if present, else cpu).")
+@click.option("--base-weights", type=click.Path(), default=None, metavar="PATH",
+              help="For --reproduce of DoRA merges: the base model's weights they recorded (by SHA-256).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (see docs/audit.md).")
 @click.pass_context
-def verify(ctx, rev, reproduce, signatures, branch, tolerance, device, quiet, as_json):
+def verify(ctx, rev, reproduce, signatures, branch, tolerance, device, base_weights, quiet, as_json):
     """Check REV: object integrity, and optionally merge reproducibility and signatures."""
     repo = open_repo(ctx)
-    extra = {"tolerance": tolerance} if tolerance is not None else {}
+    extra: dict = {"tolerance": tolerance} if tolerance is not None else {}
+    if base_weights is not None:
+        extra["base_weights"] = Path(ctx.obj["cwd"]) / base_weights
     with progress_bar("re-running merges", quiet=quiet or as_json or not reproduce) as progress:
         report = repo.verify(rev, reproduce=reproduce, signatures=signatures, branch=branch, device=device,
                              progress=progress, **extra)

@@ -1,4 +1,4 @@
-"""merge."""
+"""merge, mix."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ class _StrategyOption(click.Option):
 @click.option("--rank", default=None, help="Output rank: N, sum, or max (default: the largest input rank).")
 @click.option("--energy", type=float, default=None, help="Smallest rank per module keeping this fraction of energy.")
 @click.option("--seed", type=int, default=None, help="Seed of every random mask (default 0).")
+@click.option("--base-weights", type=click.Path(), default=None, metavar="PATH",
+              help="The base model's weights (.safetensors file or directory): needed to merge DoRA adapters.")
 @click.option("--device", default=None, help="auto (default), cpu or cuda[:N].")
 @click.option("--dtype", default=None, help="Output dtype (F32, BF16, F16); default: the inputs'.")
 @click.option("-m", "--message", default=None, help="Commit message.")
@@ -68,7 +70,7 @@ class _StrategyOption(click.Option):
 @click.option("--select-rule", type=click.Choice(["worst", "mean"]), default=None, help="Best worst-site score (default) or best mean.")
 @click.pass_context
 def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda_, extra, rank, energy, seed,
-          device, dtype, message, recipe, rebuild, no_commit, to, force, as_json, sign, search, score, base_spec,
+          base_weights, device, dtype, message, recipe, rebuild, no_commit, to, force, as_json, sign, search, score, base_spec,
           data_spec, budget, bounds, l1, candidates, from_candidates, select_by, select_rule):
     """Merge the adapters of REVS in weight space into the current branch."""
     repo = open_repo(ctx)
@@ -90,7 +92,8 @@ def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda
             list(revs), strategy=strategy, weights=wlist, weights_from=weights_from, params=params, rank=rank,
             energy=energy, seed=seed, device=device, dtype=dtype, message=message, no_commit=no_commit,
             to=(cwd / to) if to else None, rebuild=rebuild, force=force,
-            recipe=(cwd / recipe) if recipe else None, progress=progress, sign=repo.signer() if sign else None,
+            recipe=(cwd / recipe) if recipe else None, base_weights=(cwd / base_weights) if base_weights else None,
+            progress=progress, sign=repo.signer() if sign else None,
             search=search, score=score, base=base_spec, data=data_spec, budget=budget, bounds=bounds, l1=l1,
             candidates=candidates, from_candidates=from_candidates, select_by=select_by, select_rule=select_rule,
         )
@@ -109,8 +112,61 @@ def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda
         click.echo(f"Wrote {report.output_dir}")
     e = prov["kept_energy"]
     click.echo(f"kept energy: min {e['min']:.4f}, mean {e['mean']:.4f}; {prov['wall_time_s']:.2f} s")
+    if prov.get("dora"):
+        click.echo(f"DoRA: {len(prov['dora']['modules'])} module(s) merged as effective updates on base weights "
+                   f"{prov['dora']['base_weights']['sha256'][:16]}")
     if prov.get("search") or prov.get("selection"):
         click.echo(render.search_text(prov), nl=False)
 
 
-COMMANDS = [merge]
+def _weights_list(weights: str | None) -> list[float] | None:
+    if weights is None:
+        return None
+    try:
+        return [float(w) for w in weights.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{weights!r}: give numbers separated by commas", param_hint="--weights") from None
+
+
+@click.command()
+@click.argument("revs", nargs=-1, required=True)
+@click.option("--weights", default=None, metavar="W1,W2,...",
+              help="One weight per revision, in order (a mixture's weight scales its members'); default: "
+                   "each revision's share of the members.")
+@click.option("--search", type=click.Choice(["weights"]), default=None,
+              help="Search the revisions' weights that minimise --score.")
+@click.option("--stagewise", is_flag=True, help="Search as MedForge does: one revision at a time, [a, b] from "
+                                                "[0.5, 0.5], then w <- [a*w, b].")
+@click.option("--score", default=None, metavar="MODULE:FUNC", help="Your score function (lower is better); it "
+                                                                   "receives the mixture module (probabilities).")
+@click.option("--base", "base_spec", default=None, metavar="MODULE:FUNC", help="Base model factory (default: base_model() in the score module).")
+@click.option("--data", "data_spec", default=None, metavar="MODULE:FUNC", help="Data loader (default: load_data() in the score module, if any).")
+@click.option("--budget", type=int, default=None, help="Optimiser proposals to evaluate (per stage with --stagewise; default 40).")
+@click.option("--bounds", default=None, metavar="LOW,HIGH", help="Bounds of every searched weight (default -1.5,1.5).")
+@click.option("--l1", type=float, default=None, help="Penalty l1 * mean(|w|) on the searched weights (default 0.05, MedForge's).")
+@click.option("--seed", type=int, default=None, help="Seed of the optimiser (default 0).")
+@click.option("--logits", "logits_spec", default=None, metavar="MODULE:FUNC",
+              help="fn(model, *args, **kwargs) giving one member's logits (default: the model output's .logits).")
+@click.option("-m", "--message", default=None, help="Commit message.")
+@click.option("--branch", default=None, metavar="NAME", help="Commit on branch NAME (created if absent) instead of the current branch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result and provenance as JSON.")
+@click.option("-S", "--sign", is_flag=True, help="Sign the mixture commit with the key in config signing.key.")
+@click.pass_context
+def mix(ctx, revs, weights, search, stagewise, score, base_spec, data_spec, budget, bounds, l1, seed, logits_spec,
+        message, branch, as_json, sign):
+    """Commit the output-space mixture of REVS (MedForge-Mixture): sum of w_j * softmax(member j); no weights merged."""
+    repo = open_repo(ctx)
+    if score or search or logits_spec:
+        import_path(ctx)
+    say = None if as_json else (lambda line: click.echo(line, err=True))
+    report = repo.mix(list(revs), weights=_weights_list(weights), search=search, stagewise=stagewise, score=score,
+                      base=base_spec, data=data_spec, budget=budget, bounds=bounds, l1=l1, seed=seed,
+                      logits=logits_spec, message=message, branch=branch, sign=repo.signer() if sign else None,
+                      say=say if search else None)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    click.echo(render.mix_text(report.to_dict(), branch or repo.head_branch() or "detached HEAD"), nl=False)
+
+
+COMMANDS = [merge, mix]

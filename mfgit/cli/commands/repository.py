@@ -224,7 +224,7 @@ def switch(ctx, name, start, create, orphan):
 @click.option("--with-attachments", is_flag=True, help="Also write the commit's attachments under TO/attachments/NAME.")
 @click.pass_context
 def checkout(ctx, rev, to, force, quiet, with_attachments):
-    """Write the adapter of REV as a PEFT adapter directory."""
+    """Write the adapter of REV as a PEFT adapter directory (a mixture: members/<n>-<id>/ and mixture.json)."""
     quiet_blas()
     repo = open_repo(ctx)
     with byte_progress("checkout", quiet=quiet) as progress:
