@@ -515,7 +515,7 @@ class RepositoryBusy(MfgitError):
         self.holders = holders
 
 
-# --- h16-hub ---
+# --- Hugging Face Hub ids --------------------------------------------------------------------
 
 
 class InvalidHubId(MfgitError):
@@ -526,7 +526,7 @@ class InvalidHubId(MfgitError):
         self.name = name
 
 
-# --- h13-lora ---
+# --- raw LoRA state dicts --------------------------------------------------------------------
 
 
 class LoraConfigNeeded(MfgitError):
@@ -566,7 +566,7 @@ class LoraRankMismatch(MfgitError):
         self.found = found
 
 
-# --- h13-attach ---
+# --- commit attachments ----------------------------------------------------------------------
 
 
 class InvalidAttachment(MfgitError):
@@ -616,7 +616,7 @@ class CorruptAttachment(MfgitError):
         self.where = where
 
 
-# --- h16-pages ---
+# --- pages for a browser ---------------------------------------------------------------------
 
 
 class PagesTargetInUse(MfgitError):
@@ -628,7 +628,7 @@ class PagesTargetInUse(MfgitError):
         self.reason = reason
 
 
-# --- h13-mixture ---
+# --- mixtures (MedForge-Mixture) -------------------------------------------------------------
 
 
 class MixtureError(MfgitError):
@@ -663,7 +663,7 @@ class IsAMixture(MixtureError):
         self.verb = verb
 
 
-# --- h13-dora ---
+# --- DoRA merges and base weights ------------------------------------------------------------
 
 
 class DoraNeedsBaseWeights(MergeError):

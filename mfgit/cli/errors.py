@@ -131,13 +131,13 @@ def _lookup(exc: BaseException) -> tuple[int, str]:
     return INTERNAL, f"mfgit: internal error: {type(exc).__name__}: {exc} (rerun with MFGIT_DEBUG=1 for details)"
 
 
-# --- h16-hub ---
+# --- Hugging Face Hub ids --------------------------------------------------------------------
 TABLE += [
     (E.InvalidHubId, USAGE, _fix("give owner/name as on huggingface.co, e.g. --base-model-id meta-llama/Llama-3.2-1B")),
 ]
 
 
-# --- h13-lora ---
+# --- raw LoRA state dicts --------------------------------------------------------------------
 TABLE += [
     (E.LoraConfigNeeded, USAGE, _fix(
         "state its config: --lora r=R,alpha=A[,dropout=D] --base NAME, or --lora-config FILE")),
@@ -151,7 +151,7 @@ TABLE += [
 ]
 
 
-# --- h13-attach ---
+# --- commit attachments ----------------------------------------------------------------------
 TABLE += [
     (E.InvalidAttachment, BAD_INPUT, _fix("attach a file or a folder of files as NAME=PATH, NAME a relative path "
                                           "without '..', empty segments, backslashes or control characters")),
@@ -162,13 +162,13 @@ TABLE += [
 ]
 
 
-# --- h16-pages ---
+# --- pages for a browser ---------------------------------------------------------------------
 TABLE += [
     (E.PagesTargetInUse, BAD_INPUT, _fix("give a new or empty directory, or one mfgit pages wrote before")),
 ]
 
 
-# --- h13-mixture ---
+# --- mixtures (MedForge-Mixture) -------------------------------------------------------------
 TABLE += [  # the most specific first: IsAMixture and MixtureBaseMismatch are MixtureErrors
     (E.IsAMixture, BAD_INPUT, _fix("use its members (mfgit show REV lists them), or load it with "
                                    "Repository.load_mixture; see docs/merging.md, MedForge-Mixture")),
@@ -177,7 +177,7 @@ TABLE += [  # the most specific first: IsAMixture and MixtureBaseMismatch are Mi
 ]
 
 
-# --- h13-dora ---
+# --- DoRA merges and base weights ------------------------------------------------------------
 # Before MergeError, which they subclass: the first matching type wins.
 TABLE[:0] = [
     (E.DoraNeedsBaseWeights, MERGE, _fix("pass --base-weights PATH: the base model's .safetensors file or directory")),
@@ -186,7 +186,7 @@ TABLE[:0] = [
 ]
 
 
-# --- h13-fusion ---
+# --- the built-in site data and prompt scorer ------------------------------------------------
 # Before ScoreError, which it subclasses: the first matching type wins.
 TABLE[:0] = [
     (InvalidSiteData, BAD_INPUT, _fix("see docs/search-and-eval.md (\"Built-in data and score\") for what the "
