@@ -25,6 +25,18 @@ from typing import Any
 
 import pytest
 
+# One intra-op thread per process: the suite runs as several pytest workers,
+# each starting `mfgit` subprocesses, on a few cores. Each of them spinning up
+# a thread per core oversubscribes the machine (OpenMP threads busy-wait), and
+# a sub-second linear-algebra test then takes a minute. Merges give the same
+# bits whatever the thread count (mfgit.merge.engine.module_parallelism), and
+# subprocesses inherit the setting through `isolated_env`. An explicit
+# OMP_NUM_THREADS / MKL_NUM_THREADS in the environment wins.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+if "torch" in sys.modules:  # imported by a plugin before this file: its pool is already sized
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 MFGIT = str(Path(sys.executable).with_name("mfgit"))
 AUTHOR_NAME = "Test Author"
 AUTHOR_EMAIL = "author@example.org"

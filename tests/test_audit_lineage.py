@@ -28,12 +28,7 @@ def env(tmp_path_factory, adapter_store):
     cli = Cli(root / "home", root)
     dirs = {s: build_adapter(adapter_store, seed=40 + i) for i, s in enumerate(SITES)}
     repo_dir = root / "repo"
-    cli.ok("init", repo_dir)
     cli = cli.at(repo_dir)
-    for s in SITES:
-        cli.ok("switch", "--orphan", f"sites/{s}")
-        cli.ok("config", "site", f"hospital-{s}")
-        cli.ok("commit", dirs[s], "-m", f"site {s} round 1", "--meta", "samples=100")
     # A second version of site a, with one module changed (for blame).
     from safetensors.torch import load_file, save_file
 
@@ -43,19 +38,24 @@ def env(tmp_path_factory, adapter_store):
     key = next(k for k in sorted(t) if k.endswith("layers.0.self_attn.v_proj.lora_A.weight"))
     t[key] = t[key] * 2
     save_file(t, str(a2 / "adapter_model.safetensors"), metadata={"format": "pt"})
-    cli.ok("switch", "sites/a")
-    cli.ok("commit", a2, "-m", "site a round 2: retrained v_proj")
-    cli.ok("config", "site", "coordinator")
 
     from mfgit.api.repository import Repository
 
+    # The history is built in process (one process, not one per command); the tests drive the CLI on it.
     with pytest.MonkeyPatch.context() as mp:
         for k in [k for k in os.environ if k.startswith("MFGIT_")]:
             mp.delenv(k)
         for k, v in cli.env.items():
             if k.startswith("MFGIT_"):
                 mp.setenv(k, v)
-        repo = Repository.open(repo_dir)
+        repo = Repository.init(repo_dir)
+        for s in SITES:
+            repo.switch(f"sites/{s}", orphan=True)
+            repo.config.set("site", f"hospital-{s}")
+            repo.commit(dirs[s], f"site {s} round 1", meta=["samples=100"])
+        repo.switch("sites/a")
+        repo.commit(a2, "site a round 2: retrained v_proj")
+        repo.config.set("site", "coordinator")
         # Round 1 and 2: two composites; round 3: a composite of composites.
         repo.switch("m1", orphan=True)
         repo.merge(["sites/a~1", "sites/b"], weights=[0.7, 0.3], rank="sum", message="round 1: a + b")
@@ -68,7 +68,7 @@ def env(tmp_path_factory, adapter_store):
         repo.merge(["sites/c", "sites/d"], strategy="ties", density=0.5, weights=[0.5, 0.5], message="ties c + d")
         repo.switch("mixed", orphan=True)
         repo.merge(["m1", "t"], weights=[0.25, 0.75], rank="sum", message="m1 + ties")
-    cli.ok("switch", "main")
+        repo.switch("main")
     return cli, repo_dir, dirs, a2
 
 

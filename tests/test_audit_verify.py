@@ -39,18 +39,27 @@ def template(tmp_path_factory, adapter_store):
         cli.ok("keygen", keys / "site-b")
     cli.json("keygen", keys / "coordinator", "--json")
     repo = root / "repo"
-    cli.ok("init", repo)
-    cli = cli.at(repo)
-    for s, seed in (("a", 60), ("b", 61)):
-        cli.ok("switch", "--orphan", f"sites/{s}")
-        cli.ok("config", "site", f"hospital-{s}")
-        cli.ok("config", "signing.key", keys / f"site-{s}")
-        cli.ok("commit", build_adapter(adapter_store, seed=seed), "-m", f"site {s}", "--sign")
-    cli.ok("config", "site", "coordinator")
-    cli.ok("config", "signing.key", keys / "coordinator")
-    cli.ok("switch", "--orphan", "main")
-    cli.ok("merge", "sites/a", "sites/b", "--weights", "0.5,0.5", "--rank", "sum", "-S", "-m", "composite")
-    cli.ok("tag", "-s", "-m", "release 1", "v1", "main")
+    from mfgit.api.repository import Repository
+
+    # The history is made in one process (what `commit --sign`, `merge -S` and `tag -s` call); the tests
+    # drive the CLI on it.
+    with pytest.MonkeyPatch.context() as mp:
+        for k in [k for k in os.environ if k.startswith("MFGIT_")]:
+            mp.delenv(k)
+        for k, v in cli.env.items():
+            if k.startswith("MFGIT_"):
+                mp.setenv(k, v)
+        r = Repository.init(repo)
+        for s, seed in (("a", 60), ("b", 61)):
+            r.switch(f"sites/{s}", orphan=True)
+            r.config.set("site", f"hospital-{s}")
+            r.config.set("signing.key", str(keys / f"site-{s}"))
+            r.commit(build_adapter(adapter_store, seed=seed), f"site {s}", sign=r.signer())
+        r.config.set("site", "coordinator")
+        r.config.set("signing.key", str(keys / "coordinator"))
+        r.switch("main", orphan=True)
+        r.merge(["sites/a", "sites/b"], weights=[0.5, 0.5], rank="sum", message="composite", sign=r.signer())
+        r.tag("v1", "main", message="release 1", sign=r.signer())
     lines = [f"main {(keys / 'coordinator.pub').read_text().strip()}",
              f"sites/a {(keys / 'site-a.pub').read_text().strip()}",
              f"sites/b,sites/b-* {(keys / 'site-b.pub').read_text().strip()}"]

@@ -11,6 +11,7 @@ module, input adapter id).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 
 from mfgit.merge.engine import module_seed
 from tests.adapters import delta_weights, make_minilm_adapter, minilm_model
-from tests.conftest import Cli
+from tests.conftest import Cli, isolated_env
 from tests.test_merge_cli import peft_deltas
 from tests.test_merge_spherical import nuslerp_parallel, ref_interpolate, ref_karcher, ref_model_stock
 from tests.test_merge_subspace import ref_core, ref_knots, steps
@@ -38,13 +39,20 @@ def built(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory, built) -> Path:
+    from mfgit.api.repository import Repository
+
     root = tmp_path_factory.mktemp("methods-template")
-    cli = Cli(root / "home", root)
-    cli.ok("init", "repo")
-    cli = cli.at(root / "repo")
-    for s in SITES:
-        cli.ok("switch", "--orphan", f"sites/{s}")
-        cli.ok("commit", built[s], "-m", f"site {s}")
+    # Committed in process (one process, not one per command); the tests merge through the CLI.
+    with pytest.MonkeyPatch.context() as mp:
+        for k in [k for k in os.environ if k.startswith("MFGIT_")]:
+            mp.delenv(k)
+        for k, v in isolated_env(root / "home").items():
+            if k.startswith("MFGIT_"):
+                mp.setenv(k, v)
+        repo = Repository.init(root / "repo")
+        for s in SITES:
+            repo.switch(f"sites/{s}", orphan=True)
+            repo.commit(built[s], f"site {s}")
     return root / "repo"
 
 

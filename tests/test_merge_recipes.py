@@ -8,6 +8,7 @@ math is the same, mergekit's own code computes the same update.
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 
 import numpy as np
@@ -15,18 +16,37 @@ import pytest
 import torch
 
 from tests.adapters import delta_weights
+from tests.conftest import Cli, build_adapter
 
 SITES = ("a", "b", "c")
 
 
-@pytest.fixture
-def sites(cli, repo_dir, adapter_dir):
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, adapter_store):
+    """A repository with sites/a, sites/b and sites/c committed, built once; (repository, site -> adapter dir)."""
+    root = tmp_path_factory.mktemp("recipes-template")
+    repo = root / "repo"
+    cli = Cli(root / "home", root)
+    cli.ok("init", repo)
     dirs = {}
     for i, s in enumerate(SITES):
-        dirs[s] = adapter_dir(s, seed=60 + i)
-        cli.ok("switch", "--orphan", f"sites/{s}", cwd=repo_dir)
-        cli.ok("commit", dirs[s], "-m", f"site {s}", cwd=repo_dir)
-    return dirs
+        dirs[s] = build_adapter(adapter_store, seed=60 + i)
+        cli.ok("switch", "--orphan", f"sites/{s}", cwd=repo)
+        cli.ok("commit", dirs[s], "-m", f"site {s}", cwd=repo)
+    return repo, dirs
+
+
+@pytest.fixture
+def repo_dir(tmp_path, template, mfgit_env):
+    """A private copy of the template repository at tmp_path/"repo" (each test merges into its own)."""
+    dst = tmp_path / "repo"
+    shutil.copytree(template[0], dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture
+def sites(repo_dir, template):
+    return template[1]
 
 
 def _merge(cli, repo_dir, branch, *args):
