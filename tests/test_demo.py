@@ -216,6 +216,65 @@ def test_mixture_is_searched_stagewise_and_the_late_site_joins_it(demo_run):
     assert sum(before) > 0  # the demo reads the mixture's output as a distribution by dividing by Σ w
 
 
+def test_mixture_row_is_the_committed_mixture_read_back_with_peft(demo_run):
+    """The table's mixture row: Σ wⱼ softmaxⱼ / Σ wⱼ of the checked-out members, each loaded with PEFT on its own."""
+    import torch
+    from peft import PeftModel
+
+    from mfgit.demo.data import load_task
+    from mfgit.demo.model import load_base, logits, tokenize
+    from mfgit.demo.train import metrics
+    from mfgit.demo.workflow import QUICK
+
+    work = _ok(demo_run)
+    r = _results(work)
+    out = work / "exported" / "mixture"
+    assert demo_run["cli"].at(work / "coordinator")("checkout", "composite/mixture", "--to", out).returncode == 0
+    doc = json.loads((out / "mixture.json").read_text(encoding="utf-8"))
+    assert [m["site"] for m in doc["members"]] == [*SITES, LATE]
+    task = load_task("breast", seed=0, max_train=QUICK["max_train"], max_test=QUICK["max_test"])
+    total = None
+    with torch.no_grad():
+        for m in doc["members"]:
+            model = PeftModel.from_pretrained(load_base(), str(out / m["path"]))
+            p = logits(model, task.prompts, **tokenize(task.test_text)).softmax(-1).double() * m["weight"]
+            total = p if total is None else total + p
+    p = (total / sum(m["weight"] for m in doc["members"])).numpy()
+    row = next(row for row in r["rows"] if row["kind"] == "mixture")
+    expected = metrics(task.test_y, p)
+    assert row["metrics"]["breast"]["acc"] == pytest.approx(expected["acc"], abs=1e-12)
+    assert row["metrics"]["breast"]["auc"] == pytest.approx(expected["auc"], abs=1e-6)
+
+
+def test_mixture_search_scores_the_modules_own_output(demo_run):
+    """The search's score (member outputs kept between candidates) equals the score of the module's forward."""
+    import torch
+    from safetensors.torch import load
+
+    from mfgit.api.repository import Repository
+    from mfgit.demo.mixture import FLOOR, mixture_loss
+    from mfgit.demo.model import load_base, logits
+
+    work = _ok(demo_run)
+    coord = Repository.open(work / "coordinator")
+    data = [(json.loads(coord.read_attachment(f"origin/sites/{s}", "task"))["prompts"],
+             load(coord.read_attachment(f"origin/sites/{s}", "distilled"))) for s in [*SITES, LATE]]
+    module = coord.load_mixture(load_base(), "composite/mixture", logits=logits)
+    for weights in (list(module.weights), [0.4, -0.1, 0.0, 0.7]):
+        module.set_weights(weights)
+        direct = []
+        with torch.no_grad():
+            for prompts, t in data:
+                p = module(prompts, **{k: v for k, v in t.items() if k != "labels"})
+                q = (p / p.sum(-1, keepdim=True)).gather(1, t["labels"].unsqueeze(1)).squeeze(1)
+                direct.append(float(-q.clamp(min=FLOOR).log().mean()))
+        assert mixture_loss(module, data) == float(np.mean(direct))
+        assert mixture_loss(module, data) == float(np.mean(direct))  # from the kept member outputs
+        assert module.weights == weights
+    module.set_weights([0.5, -0.5, 0.0, 0.0])  # Σ w = 0: no distribution, a failed candidate
+    assert mixture_loss(module, data) == math.inf
+
+
 def test_sites_commit_task_specs_and_distilled_sets_as_attachments(demo_run):
     """The hub's site commits carry the task spec and the distilled set (the shared contract); no record is in it."""
     from safetensors.torch import load

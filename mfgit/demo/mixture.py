@@ -22,11 +22,11 @@ import numpy as np
 FLOOR = 1e-6
 
 
-def _distribution(p):
-    total = p.sum(-1, keepdim=True)
-    if not bool((total > 0).all()):
+def _distribution(p, weights: Sequence[float]):
+    """`p` (the module's output) divided by its row sums, Σⱼ wⱼ up to rounding; None when Σⱼ wⱼ ≤ 0."""
+    if p is None or not math.fsum(weights) > 0:
         return None
-    return p / total
+    return p / p.sum(-1, keepdim=True)
 
 
 # module -> {(member commit, id of a distilled set's tensor): (that tensor, the member's softmax on it)}
@@ -76,8 +76,7 @@ def mixture_loss(module, data: Sequence[tuple[list[list[str]], dict[str, Any]]])
     with torch.no_grad():
         for prompts, t in data:
             inputs = {k: v for k, v in t.items() if k != "labels"}
-            mixed = _mixed(module, prompts, inputs)
-            q = None if mixed is None else _distribution(mixed)
+            q = _distribution(_mixed(module, prompts, inputs), module.weights)
             if q is None:
                 return math.inf
             picked = q.gather(1, t["labels"].unsqueeze(1)).squeeze(1).clamp(min=FLOOR)
@@ -96,7 +95,7 @@ def mixture_predict_proba(module, prompts: list[list[str]], texts: list[str], ba
     out = []
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
-            q = _distribution(module(prompts, **tokenize(texts[i:i + batch_size])))
+            q = _distribution(module(prompts, **tokenize(texts[i:i + batch_size])), module.weights)
             if q is None:
                 raise DemoError(f"the mixture's weights {module.weights} sum to 0 or less: no distribution "
                                 "(re-run the demo; the search never chooses such weights)")
