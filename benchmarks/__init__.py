@@ -20,5 +20,5 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "remote": ("benchmarks.remote", "push/clone vs boto3 on one SeaweedFS server, negotiation time vs history length"),
     "many_tensors": ("benchmarks.many_tensors", "commit/re-commit/checkout/fsck of 200,000 small tensors: cost per tensor vs cp -r"),
     "merge_8b": ("benchmarks.merge_8b", "TIES dense and in Core Space over three r=16 adapters of Llama-3-8B shapes vs PEFT ties_svd (CPU)"),
-    "gpu": ("benchmarks.gpu", "TIES/svd/dare_ties over three r=16 adapters of 7B shapes on CUDA (skipped without one)"),
+    "gpu": ("benchmarks.gpu", "TIES (dense and Core Space), svd, dare_ties over three r=16 adapters of Llama-3-8B and -70B shapes on CUDA (skipped without one)"),
 }

@@ -1,12 +1,12 @@
-"""GPU benchmark: mfgit's merge engine on CUDA over a 7B-scale model's linear modules.
+"""GPU benchmark: mfgit's merge engine on CUDA over 8B- and 70B-scale models' linear modules.
 
-Three rank-16 LoRA adapters with Llama-2-7B shapes (32 layers, hidden 4096,
-intermediate 11008; q/k/v/o 4096×4096, gate/up 11008×4096, down 4096×11008:
-224 modules) are generated directly as random factor tensors in bf16 (no
-model needed; lora_A ~ N(0, 1/in)·c, lora_B ~ N(0, s²) with s log-uniform in
-[5e-4, 5e-3], α = 32), and merged by ``mfgit.merge.engine.merge_adapters`` on
-``cuda`` with ``ties`` (density 0.2), ``svd`` and ``dare_ties`` (drop rate 0.9),
-all at output rank 16:
+Three rank-16 LoRA adapters with Llama-3-8B shapes (32 layers, hidden 4096,
+intermediate 14336, k/v 1024: 224 modules) and Llama-3-70B shapes (80 layers,
+hidden 8192, intermediate 28672: 560 modules) come from the generator in
+``benchmarks/shapes.py`` that the CPU benchmark ``merge_8b`` uses (bf16, no
+model needed), and are merged by ``mfgit.merge.engine.merge_adapters`` on
+``cuda`` with ``ties`` (density 0.2, dense ΔW), ``core_ties`` (the same in
+Core Space), ``svd`` and ``dare_ties`` (drop rate 0.9), all at output rank 16:
 
 * total seconds per merge (CUDA-synchronised wall time, after a warm-up merge
   of one layer), per-module time, peak GPU memory (``max_memory_allocated``);
@@ -21,83 +21,31 @@ switches it off for each module and restores it) keeps GPU results at fp32
 accuracy; the setting is restored at the end.
 
 Without CUDA it prints a skip line and returns ``{"skipped": "no CUDA device"}``.
-Run: ``python -m benchmarks.gpu [--quick]`` (quick: 4 layers).
+Run: ``python -m benchmarks.gpu [--quick] [--shape 8b|70b|all]`` (quick: 4 layers of each).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from benchmarks.common import fmt_table
+from benchmarks.shapes import LLAMA3_8B, LLAMA3_70B, in_memory
+
 NAME = "gpu"
-DESCRIPTION = "merge engine on CUDA: ties / svd / dare_ties over three r=16 adapters with Llama-2-7B shapes"
+DESCRIPTION = "merge engine on CUDA: ties / core_ties / svd / dare_ties over three r=16 adapters of Llama-3-8B and -70B shapes"
 
 RANK = 16
-ALPHA = 32
-LAYERS = 32
-HIDDEN = 4096
-INTERMEDIATE = 11008
-MODULES = {  # name -> (out_features, in_features)
-    "self_attn.q_proj": (HIDDEN, HIDDEN),
-    "self_attn.k_proj": (HIDDEN, HIDDEN),
-    "self_attn.v_proj": (HIDDEN, HIDDEN),
-    "self_attn.o_proj": (HIDDEN, HIDDEN),
-    "mlp.gate_proj": (INTERMEDIATE, HIDDEN),
-    "mlp.up_proj": (INTERMEDIATE, HIDDEN),
-    "mlp.down_proj": (HIDDEN, INTERMEDIATE),
-}
-STRATEGIES = (("ties", {"density": 0.2}), ("svd", {}), ("dare_ties", {"drop_rate": 0.9}))
+SHAPES = {"8b": LLAMA3_8B, "70b": LLAMA3_70B}
+STRATEGIES = (("ties", {"density": 0.2}), ("core_ties", {"density": 0.2}), ("svd", {}), ("dare_ties", {"drop_rate": 0.9}))
 WEIGHTS = (1.0, 1.0, 1.0)
-TARGET_TOTAL_S = 10.0  # per merge, one H100
+TARGET_TOTAL_S = {"8b": 10.0, "70b": 60.0}  # per merge, one H100-class GPU
 AGREEMENT_MODULES = ("layers.0.self_attn.q_proj", "layers.0.mlp.gate_proj", "layers.{last}.mlp.down_proj")
 
-from benchmarks.common import fmt_table
-
-
-def _name(layer: int, mod: str) -> str:
-    return f"base_model.model.model.layers.{layer}.{mod}"
-
-
-def make_adapters(layers: int, n: int = 3, dtype_name: str = "BF16"):
-    """n adapters as (Adapter manifest, {tensor id: CPU tensor}); deterministic, global RNG untouched."""
-    import torch
-
-    from mfgit.formats import peft as peftfmt
-    from mfgit.objects.model import Adapter
-
-    dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[dtype_name]
-    store: dict[str, Any] = {}
-    adapters = []
-    nbytes = []
-    for i in range(n):
-        g = torch.Generator().manual_seed(7000 + i)
-        tensors: dict[str, dict[str, Any]] = {}
-        size = 0
-        for layer in range(layers):
-            for mod, (out_f, in_f) in MODULES.items():
-                a_scale = (1.0 / in_f) ** 0.5 * math.exp(0.15 * float(torch.randn(1, generator=g)))
-                b_scale = 10 ** float(torch.empty(1).uniform_(-3.3, -2.3, generator=g))
-                A = (torch.randn(RANK, in_f, generator=g) * a_scale).to(dtype)
-                B = (torch.randn(out_f, RANK, generator=g) * b_scale).to(dtype)
-                for suffix, t in ((".lora_A.weight", A), (".lora_B.weight", B)):
-                    name = _name(layer, mod) + suffix
-                    tid = f"{i}:{name}"
-                    store[tid] = t
-                    tensors[name] = {"id": tid, "dtype": dtype_name, "shape": list(t.shape)}
-                    size += t.numel() * t.element_size()
-        config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": "meta-llama/Llama-2-7b-hf",
-                  "revision": None, "r": RANK, "lora_alpha": ALPHA, "target_modules": sorted({m.split(".")[-1] for m in MODULES}),
-                  "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False}
-        modules = peftfmt.lora_modules({k: (v["dtype"], tuple(v["shape"])) for k, v in tensors.items()}, f"adapter {i}")
-        adapters.append(Adapter(config=config, base_model={"name": config["base_model_name_or_path"], "revision": None},
-                                tensors=tensors, modules=modules))
-        nbytes.append(size)
-    return adapters, store, nbytes
 
 
 def _inputs(adapters, weights):
@@ -216,8 +164,9 @@ def agreement(adapters, store, strategy, params, device: str, modules: Sequence[
     return {"modules": rows}
 
 
-def run(quick: Any = False, device: str = "cuda", layers: int | None = None) -> dict[str, Any]:
-    """Measure, print the tables, return the numbers (or {"skipped": reason})."""
+def run(quick: Any = False, device: str = "cuda", layers: int | None = None,
+        shapes: Sequence[str] = ("8b", "70b")) -> dict[str, Any]:
+    """Measure each shape, print the tables, return the numbers (or {"skipped": reason})."""
     import torch
 
     if hasattr(quick, "quick"):  # a benchmarks.common.Context
@@ -225,11 +174,20 @@ def run(quick: Any = False, device: str = "cuda", layers: int | None = None) -> 
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu: skipped: no CUDA device")
         return {"skipped": "no CUDA device"}
-    layers = layers or (4 if quick else LAYERS)
-    adapters, store, nbytes = make_adapters(layers)
-    n_mod = layers * len(MODULES)
-    res: dict[str, Any] = {"name": NAME, "quick": bool(quick), "layers": layers, "modules": n_mod, "rank": RANK,
-                           "adapter_bytes": nbytes, "dtype": "BF16", "device": device, "target_total_s": TARGET_TOTAL_S}
+    return {"name": NAME, "quick": bool(quick), "shapes": {key: _run_shape(key, quick, device, layers) for key in shapes}}
+
+
+def _run_shape(key: str, quick: bool, device: str, layers: int | None) -> dict[str, Any]:
+    import torch
+
+    shape = SHAPES[key]
+    shape = shape.with_layers(layers or (4 if quick else shape.layers))
+    adapters, store, nbytes = in_memory(shape)
+    per_layer = len(shape.modules())
+    n_mod = shape.layers * per_layer
+    target = TARGET_TOTAL_S[key]
+    res: dict[str, Any] = {"shape": shape.name, "layers": shape.layers, "modules": n_mod, "rank": RANK,
+                           "adapter_bytes": nbytes, "dtype": "BF16", "device": device, "target_total_s": target}
     cuda = device.startswith("cuda")
     if cuda:
         res["device_name"] = torch.cuda.get_device_name(0)
@@ -244,8 +202,8 @@ def run(quick: Any = False, device: str = "cuda", layers: int | None = None) -> 
                 mm.allow_tf32 = True  # what a user may have set; the engine must not use it
             except RuntimeError:
                 tf32_before = None
-        print(f"== gpu: {len(adapters)} adapters r={RANK}, {layers} layers x {len(MODULES)} modules ({n_mod}), bf16, "
-              f"{nbytes[0] / 1e6:.0f} MB each; device {res.get('device_name', device)}"
+        print(f"== gpu: {shape.name}: {len(adapters)} adapters r={RANK}, {shape.layers} layers x {per_layer} modules "
+              f"({n_mod}), bf16, {nbytes[0] / 1e6:.0f} MB each; device {res.get('device_name', device)}"
               f"{'; TF32 left ON globally' if cuda else ''}")
         warm = _subset(adapters, {0})
         merges = {}
@@ -253,15 +211,14 @@ def run(quick: Any = False, device: str = "cuda", layers: int | None = None) -> 
             merge_timed(warm, store, strategy, params, device)  # warm-up: kernels, cuBLAS/cuSOLVER handles
             merges[strategy] = merge_timed(adapters, store, strategy, params, device)
         res["merges"] = merges
-        last = layers - 1
-        mods = [m.format(last=last) for m in AGREEMENT_MODULES]
+        mods = [m.format(last=shape.layers - 1) for m in AGREEMENT_MODULES]
         res["agreement"] = {s: agreement(adapters, store, s, p, device, mods) for s, p in STRATEGIES}
         if cuda:
             res["tf32_restored"] = (tf32_before is None) or (mm.allow_tf32 is True)
     finally:
         if cuda and tf32_before is not None:
             mm.allow_tf32 = tf32_before
-    res["targets_met"] = {f"{s}_under_{TARGET_TOTAL_S:g}s": m["total_s"] < TARGET_TOTAL_S for s, m in res["merges"].items()}
+    res["targets_met"] = {f"{s}_under_{target:g}s": m["total_s"] < target for s, m in res["merges"].items()}
     _print(res)
     return res
 
@@ -271,10 +228,10 @@ def _print(res: dict[str, Any]) -> None:
     for s, m in res["merges"].items():
         rows.append([s, f"{m['total_s']:.2f} s", f"{m['per_module_ms']:.1f} ms",
                      "-" if m["peak_gpu_bytes"] is None else f"{m['peak_gpu_bytes'] / 2**20:,.0f} MiB",
-                     f"{m['kept_energy_mean']:.3f}", "yes" if m["total_s"] < TARGET_TOTAL_S else "NO"])
+                     f"{m['kept_energy_mean']:.3f}", "yes" if m["total_s"] < res["target_total_s"] else "NO"])
     print()
-    print(fmt_table(["strategy", "total", "per module", "peak GPU memory", "kept energy (mean)", f"< {TARGET_TOTAL_S:g} s"],
-                    rows, title=f"Merge of 3 adapters, {res['modules']} modules, rank 16, on {res.get('device_name', res['device'])} "
+    print(fmt_table(["strategy", "total", "per module", "peak GPU memory", "kept energy (mean)", f"< {res['target_total_s']:g} s"],
+                    rows, title=f"{res['shape']}: merge of 3 adapters, {res['modules']} modules, rank 16, on {res.get('device_name', res['device'])} "
                                 f"(synchronised wall time, after a one-layer warm-up)"))
     rows = []
     for s, a in res["agreement"].items():
@@ -296,9 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="4 layers instead of 32")
     ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # 'cpu' only to smoke-test this script
     ap.add_argument("--layers", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--shape", choices=[*SHAPES, "all"], default="all", help="model shapes to merge (default: all)")
     ap.add_argument("--json", metavar="PATH", help="also write the returned numbers as JSON")
     args = ap.parse_args(argv)
-    res = run(args.quick, device=args.device, layers=args.layers)
+    shapes = list(SHAPES) if args.shape == "all" else [args.shape]
+    res = run(args.quick, device=args.device, layers=args.layers, shapes=shapes)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=str) + "\n")
     return 0

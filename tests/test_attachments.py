@@ -31,6 +31,19 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@pytest.fixture
+def adapter_dir(adapter_dir):
+    """Adapter directories without the README.md PEFT writes: a directory's model card is an
+    attachment of its own (tests/test_hub_card_metadata.py), and these tests list theirs exactly."""
+
+    def make(*args, **kw):
+        d = adapter_dir(*args, **kw)
+        (d / "README.md").unlink(missing_ok=True)
+        return d
+
+    return make
+
+
 TASK = b'{"task": "chest x-ray", "classes": ["normal", "pneumonia"]}'
 SECRET = b"patient-level distilled rows: " + bytes(range(256)) * 8
 

@@ -170,3 +170,37 @@ def test_card_renders_participant_fields_escaped(cards):
     assert fenced in card and fenced.startswith("````text\n")  # one backtick longer than the message's fences
     for s in (AUTHOR, f"{SITE} a", BASE):  # one-line fields: never raw, so never a second line
         assert s not in card
+
+
+# -- property: any participant text, through each escaper, renders as exactly that text -----------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_hostile_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40) | st.sampled_from(
+    ["<script>alert(1)</script>", "```\n# h\n", "[x](http://e.example)", "| a | b |\n|---|---|", "---\nk: v",
+     "&lt;b&gt;", "\\", "`", "<!-- c -->", "\u202egnp.exe"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_hostile_text, _hostile_text)
+def test_any_text_in_a_heading_cell_code_and_front_matter_stays_text(a, b):
+    import yaml
+    from markdown_it import MarkdownIt
+
+    from mfgit.render.escape import markdown, markdown_block, markdown_code, terminal, yaml_dump
+
+    doc = (f"---\n{yaml_dump({'author': a, 'site': b})}---\n\n# {markdown(a)}\n\n"
+           f"| key | value |\n|---|---|\n| {markdown(a)} | {markdown_code(b, table=True)} |\n\n"
+           f"{markdown_block(a + chr(10) + b)}\n\n## Lineage\n")
+    front, body = doc[4:].split("\n---\n", 1)
+    assert yaml.safe_load(front) == {"author": a, "site": b}
+    tokens = MarkdownIt("commonmark").enable("table").parse(body)
+    types = [t.type for t in _walk(tokens)]
+    assert "html_block" not in types and "html_inline" not in types
+    assert "link_open" not in types and "image" not in types
+    # exactly one h1, one table row of two cells, one fence, then our own h2
+    assert [t.tag for t in tokens if t.type == "heading_open"] == ["h1", "h2"]
+    assert sum(t.type == "tr_open" for t in tokens) == 2 and sum(t.type == "fence" for t in tokens) == 1
+    heading = "".join(c.content for c in tokens[1].children if c.type in ("text", "code_inline"))
+    assert heading == terminal(a).strip()

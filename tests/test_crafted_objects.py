@@ -91,7 +91,8 @@ CRAFTED = {
     "config_r_disagrees": _adapter_mutation(lambda a: a["config"].update(r=4)),
     "invalid_rank_pattern_key": _adapter_mutation(lambda a: a["config"].update(rank_pattern={"(": 8})),
     "rank_pattern_value_a_word": _adapter_mutation(lambda a: a["config"].update(rank_pattern={"q_proj": "eight"})),
-    "reserved_file_name": _adapter_mutation(lambda a: a["files"].update({"adapter_model.safetensors": a["files"]["README.md"]})),
+    "reserved_file_name": _adapter_mutation(
+        lambda a: a["files"].update({"adapter_model.safetensors": next(iter(a["tensors"].values()))["id"]})),
     "author_a_string": _commit_mutation(author="Mallory <m@example.org>"),
     "timestamp_an_int": _commit_mutation(timestamp=1893456000),
     "message_a_list": _commit_mutation(message=["crafted"]),

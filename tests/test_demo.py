@@ -252,7 +252,7 @@ def test_mixture_search_scores_the_modules_own_output(demo_run):
     from safetensors.torch import load
 
     from mfgit.api.repository import Repository
-    from mfgit.demo.mixture import FLOOR, mixture_loss
+    from mfgit.demo.scoring import FLOOR, mixture_loss
     from mfgit.demo.model import load_base, logits
 
     work = _ok(demo_run)

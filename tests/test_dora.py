@@ -407,3 +407,10 @@ def test_base_weights_in_shards_are_found_and_identified_by_their_bytes(tmp_path
         open_base_weights(tmp_path / "empty")
     one = shards / "model-00001-of-00002.safetensors"
     assert open_base_weights(one).sha256 == hashlib.sha256(one.read_bytes()).hexdigest()  # what sha256sum prints
+
+
+def test_a_recipe_names_the_base_weights_beside_itself(sites: Cli, tmp_path: Path, world):
+    recipe = world["root"] / "dora-recipe.yaml"
+    recipe.write_text("strategy: linear\ninputs: [sites/d1, sites/plain]\nbase_weights: base\nrank: 64\n")
+    p = _merge(sites, "from-recipe", "--recipe", recipe)
+    assert p["dora"]["modules"] and p["kept_energy"]["min"] == pytest.approx(1.0, abs=1e-6)

@@ -442,3 +442,17 @@ def test_verify_and_show_name_a_missing_member(tmp_path, mfgit_env, bert_adapter
     assert any(f["check"] == "mixture" and "cannot be read" in f["reason"] for f in v["failures"])
     shown = repo.show("crafted")["mixture"]["members"]
     assert "missing" not in shown[0] and shown[1]["missing"]
+
+
+def test_member_text_written_by_participants_is_escaped_on_the_terminal():
+    from mfgit.render.text import mix_text, show_text
+
+    evil = "site \x1b[2J\u202eevil"
+    member = {"commit": "a" * 64, "weight": 0.5, "site": "a", "subject": evil}
+    report = {"commit": "c" * 64, "adapter": "d" * 64, "members": [member],
+              "provenance": {"weights": "given"}}
+    shown = {"id": "c" * 64, "commit": {**_fixed_mixture().to_dict(), "message": evil},
+             "adapter": {"id": "d" * 64, "base_model": {"name": "b", "revision": None}},
+             "mixture": {"combine": "softmax", "weight_sum": 0.5, "members": [member]}}
+    for text in (mix_text(report, "main"), show_text(shown, {})):
+        assert "\x1b" not in text and "\u202e" not in text and "evil" in text

@@ -184,9 +184,10 @@ def test_notes_on_the_command_line_and_across_remotes(net, tmp_path):
 
     code = tmp_path / "evalcode"
     code.mkdir()
-    (code / "scoremod.py").write_text((shared / "scoremod.py").read_text(encoding="utf-8"), encoding="utf-8")
+    for name in ("scoremod.py", "tinysites.py"):  # the score module and the model and data it imports
+        (code / name).write_text((shared / name).read_text(encoding="utf-8"), encoding="utf-8")
     gitrepo = git.Repo.init(code)
-    gitrepo.index.add(["scoremod.py"])
+    gitrepo.index.add(["scoremod.py", "tinysites.py"])
     sha = gitrepo.index.commit("score code", author=git.Actor("a", "a@x"), committer=git.Actor("a", "a@x")).hexsha
     gitrepo.close()
     res = cli.ok("-C", site_a, "eval", "HEAD", "--score", "scoremod:score", "--name", "public-val", cwd=code)
@@ -303,8 +304,8 @@ def test_forged_notes_never_select_and_are_shown_untrusted(net, tmp_path):
     cli = Cli(tmp_path / "home", root, isolated_env(tmp_path / "home"))
     code = tmp_path / "evalcode"
     code.mkdir()
-    (code / "scoremod.py").write_text((net["shared"]["root"] / "scoremod.py").read_text(encoding="utf-8"),
-                                      encoding="utf-8")
+    for name in ("scoremod.py", "tinysites.py"):  # the score module and the model and data it imports
+        (code / name).write_text((net["shared"]["root"] / name).read_text(encoding="utf-8"), encoding="utf-8")
     (code / "liar.py").write_text(LIAR, encoding="utf-8")
     coord_dir = root / "coordinator"
     coord = cli.at(coord_dir)

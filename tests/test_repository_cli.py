@@ -503,19 +503,19 @@ def test_identical_tensors_are_stored_once_across_commits_and_branches(cli, repo
     a = adapter_dir("a", seed=41)
     commit_json(cli, repo_dir, a, "a")
     n0 = len(object_files(repo_dir))
-    assert n0 == 8 + 1 + 1 + 1  # 8 tensors, README blob, adapter, commit
+    assert n0 == 8 + 1 + 1 + 1  # 8 tensors, README blob (the card attachment), adapter, commit
 
     # The same adapter on another branch: only a commit.
     cli.ok("switch", "-c", "sites/b", cwd=repo_dir)
     commit_json(cli, repo_dir, a, "same again", "--allow-empty")
     assert len(object_files(repo_dir)) == n0 + 1
 
-    # Same tensors, another README: a blob, an adapter, a commit.
+    # Same tensors, another README: a blob and a commit (the card is an attachment, the adapter is the same).
     b = tmp_path / "adapters" / "b"
     shutil.copytree(a, b)
     (b / "README.md").write_text("another model card\n")
     commit_json(cli, repo_dir, b, "new card")
-    assert len(object_files(repo_dir)) == n0 + 4
+    assert len(object_files(repo_dir)) == n0 + 3
 
     # One tensor changed: one tensor, an adapter, a commit.
     c = tmp_path / "adapters" / "c"
@@ -526,7 +526,7 @@ def test_identical_tensors_are_stored_once_across_commits_and_branches(cli, repo
     save_file(tensors, str(c / "adapter_model.safetensors"), metadata={"format": "pt"})
     cli.ok("switch", "main", cwd=repo_dir)
     commit_json(cli, repo_dir, c, "one tensor changed")
-    assert len(object_files(repo_dir)) == n0 + 7
+    assert len(object_files(repo_dir)) == n0 + 6
     assert cli.json("fsck", "--read-data", "--json", cwd=repo_dir)["ok"] is True
 
 

@@ -266,7 +266,7 @@ def one_commit_repo(tmp_path_factory):
         "commit": info["id"],
         "adapter": info["adapter"],
         "tensor": adapter.tensors[sorted(adapter.tensors)[0]]["id"],
-        "blob": adapter.files["README.md"],
+        "blob": repo.read_commit(info["id"]).attachments[0]["id"],  # the model card PEFT wrote
     }
     return SimpleNamespace(path=root / "repo", ids=ids, src=src)
 
@@ -474,7 +474,7 @@ def test_checkout_never_writes_outside_its_target_nor_over_the_adapter_files(cli
     repo = Repository.open(repo_dir)
     good = repo.read_adapter(repo.read_commit(repo.head()).adapter)
     blob = repo.store.put("blob", b"malicious content\n")
-    bad = {**good.to_dict(), "files": {"README.md": good.files["README.md"], evil: blob}}
+    bad = {**good.to_dict(), "files": {"README.md": blob, evil: blob}}
     aid = repo.store.put("adapter", canonical_json(bad))
     commit = Commit(adapter=aid, parents=(repo.head(),), author={"name": AUTHOR_NAME, "email": AUTHOR_EMAIL},
                     site=None, timestamp="2030-01-01T00:00:00.000000Z", message="evil", provenance={"kind": "import"})
@@ -496,7 +496,7 @@ def test_checkout_refuses_an_unsafe_file_name_of_an_adapter_built_in_memory(cli,
     cli.ok("commit", adapter_dir("a", seed=8), "-m", "one", cwd=repo_dir)
     repo = Repository.open(repo_dir)
     good = repo.read_adapter(repo.read_commit(repo.head()).adapter)
-    bad = Adapter.from_dict({**good.to_dict(), "files": {"../evil": good.files["README.md"]}})
+    bad = Adapter.from_dict({**good.to_dict(), "files": {"../evil": repo.store.put("blob", b"card\n")}})
     with pytest.raises(UnsafePath):
         write_adapter_dir(repo, bad, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "evil").exists()

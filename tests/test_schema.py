@@ -64,7 +64,23 @@ def valid_note() -> dict[str, Any]:
             "code": None, "scorer": {"name": "score"}, "timestamp": TS, "tool": {"mfgit": "0.1"}}
 
 
+def valid_commit_with_attachments() -> dict[str, Any]:
+    c = valid_commit()
+    c["attachments"] = [{"name": "distilled", "size": 12, "digest": C, "private": True},
+                        {"name": "task.json", "size": 3, "digest": A, "private": False, "id": B}]
+    return c
+
+
+def valid_mixture_commit() -> dict[str, Any]:
+    c = valid_commit()
+    c["parents"] = [A, B]
+    c["mixture"] = {"combine": "softmax", "members": [{"commit": A, "weight": 0.25}, {"commit": B, "weight": 0.75}]}
+    return c
+
+
 VALID = {"adapter": valid_adapter, "commit": valid_commit, "tag": valid_tag}
+# Commits with the optional fields, for the property tests: decoded as "commit".
+VARIANTS = {"commit+attachments": valid_commit_with_attachments, "commit+mixture": valid_mixture_commit}
 
 
 def decode(kind: str, value: Any) -> Any:
@@ -290,8 +306,9 @@ def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
 
 @st.composite
 def mutated(draw):
-    kind = draw(st.sampled_from(["adapter", "commit", "tag", "note"]))
-    value = valid_note() if kind == "note" else VALID[kind]()
+    kind = draw(st.sampled_from(["adapter", "commit", "tag", "note", *VARIANTS]))
+    value = valid_note() if kind == "note" else {**VALID, **VARIANTS}[kind]()
+    kind = kind.split("+")[0]
     for _ in range(draw(st.integers(1, 3))):
         paths = _paths(value)
         path = draw(st.sampled_from(paths))
@@ -332,9 +349,10 @@ def test_mutated_objects_raise_only_malformed_and_never_decode_to_another_encodi
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.sampled_from(["adapter", "commit", "tag"]), st.data())
+@given(st.sampled_from(["adapter", "commit", "tag", *VARIANTS]), st.data())
 def test_byte_mutations_raise_only_malformed(kind, data):
-    raw = bytearray(canonical_json(VALID[kind]()))
+    raw = bytearray(canonical_json({**VALID, **VARIANTS}[kind]()))
+    kind = kind.split("+")[0]
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(raw) - 1))
         raw[i] = data.draw(st.integers(0, 255))

@@ -117,7 +117,7 @@ def _write_out(repo: "BaseRepository", adapter_id: str, output: Output) -> str |
     return str(write_adapter_dir(repo, repo.read_adapter(adapter_id), output.to, force=output.force))
 
 
-_SEARCH_KEYS = ("score", "base", "data", "budget", "bounds", "l1")
+_SEARCH_KEYS = ("score", "base", "data", "budget", "bounds", "l1", "start")
 _REQUEST_KEYS = ("strategy", "weights_from", "rank", "energy", "seed", "device", "dtype", "message", "rebuild", "force",
                  "base_weights")
 
@@ -149,7 +149,7 @@ def merge_keywords(repo: "BaseRepository", revs: list[str], *, params: dict[str,
                          "--search, --no-commit or --to")
     given = {k: v for k, v in search_kw.items() if v is not None}
     if search is None and (set(given) - {"bounds"} or ("bounds" in given and candidates is None)):
-        raise MergeError("--score, --base, --data, --budget, --l1 and --bounds go with --search "
+        raise MergeError("--score, --base, --data, --budget, --l1, --start and --bounds go with --search "
                          "(--bounds also with --candidates)")
     if from_candidates is None and (select_by is not None or select_rule is not None):
         raise MergeError("--select-by and --select-rule go with --from-candidates ROUND")

@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from mfgit.api.sitedata import attachment_name, load_site_data
 from mfgit.api.usercode import CandidateLoader, Scorer, resolve_scorer
 from mfgit.errors import MergeError, ScoreError
 from mfgit.merge.engine import merge_adapters
@@ -49,6 +50,7 @@ class SearchRequest:
     budget: int | None = None
     bounds: Any = None
     l1: float | None = None
+    start: float | None = None  # one starting value for every weight (MedForge: 0.5); default: the merge's weights
 
 
 @dataclass
@@ -85,6 +87,18 @@ def check_search_args(mode: str | None, budget: Any, bounds: Any, l1: Any) -> tu
     if not math.isfinite(lam) or lam < 0:
         raise MergeError(f"--l1 must be a finite number >= 0, got {l1!r}")
     return b, check_bounds(bounds), lam
+
+
+def check_start(start: Any) -> float | None:
+    if start is None:
+        return None
+    try:
+        x = float(start)
+    except (TypeError, ValueError):
+        raise MergeError(f"--start must be a number (every weight's starting value), got {start!r}") from None
+    if isinstance(start, bool) or not math.isfinite(x):
+        raise MergeError(f"--start must be a finite number, got {start!r}")
+    return x
 
 
 def optimiser_version() -> str:
@@ -195,13 +209,13 @@ def minimise(x0: Sequence[float], lower: Any, upper: Any, *, budget: int, seed: 
 
 
 def run_search(inputs: Sequence["MergeInput"], recipe: "Recipe", load, scorer: Scorer, *, mode: str,
-               budget: int, bounds: tuple[float, float], l1: float, seed: int,
+               budget: int, bounds: tuple[float, float], l1: float, seed: int, start: float | None = None,
                say: Callable[[str], Any] | None = None) -> SearchResult:
     """Search the weights of `inputs` (and, with ``weights+density``, the strategy's density) that minimise
     score + l1·Σ|w|, each candidate merged by the engine with the merge's strategy.
 
     The starting point is the inputs' own weights (the merge's default:
-    uniform, from metadata, or explicit), clipped to the bounds; it is
+    uniform, from metadata, or explicit), or `start` for every weight, clipped to the bounds; it is
     always scored first, so the result is never worse than the default on
     the score. Then the optimiser proposes `budget` vectors (a proposal equal
     to one already scored is not scored again). Everything runs on this
@@ -212,7 +226,7 @@ def run_search(inputs: Sequence["MergeInput"], recipe: "Recipe", load, scorer: S
     n = len(inputs)
     groups = layer_groups(inputs) if mode == "layer-weights" else None
     per = len(groups) if groups else 1
-    start = [min(max(float(inp.weight), lo), hi) for inp in inputs]
+    start = [min(max(float(inp.weight) if start is None else float(start), lo), hi) for inp in inputs]
     x0 = [w for w in start for _ in range(per)]
     sparsity = sparsity_param(recipe) if mode == "weights+density" else None
     if mode == "weights+density":
@@ -294,9 +308,18 @@ def run_for_plan(repo: "BaseRepository", plan: "MergePlan", request: SearchReque
         raise MergeError(f"--search over an incremental {plan.recipe.strategy} integration would weigh the old "
                          "composite as one input; add --rebuild to search the weights of every leaf")
     budget, bounds, l1 = check_search_args(request.mode, request.budget, request.bounds, request.l1)
-    scorer = resolve_scorer(request.score, request.base, request.data)
+    data, reads = request.data, None
+    name = attachment_name(data)
+    if name is not None:  # the sites' committed data (mfgit.api.sitedata), read before any model is built
+        data, reads = load_site_data(repo, plan.leaves, name)
+    scorer = resolve_scorer(request.score, request.base, data)
+    if reads is not None:
+        scorer.record["data"] = request.data
     res = run_search(plan.inputs, plan.recipe, lambda oid, dev: repo.load_tensor(oid, device=dev), scorer,
-                     mode=request.mode, budget=budget, bounds=bounds, l1=l1, seed=int(plan.recipe.seed))
+                     mode=request.mode, budget=budget, bounds=bounds, l1=l1, seed=int(plan.recipe.seed),
+                     start=check_start(request.start))
+    if reads is not None:
+        res.record["attachments"] = reads  # what was read, by digest: verify --reproduce reads them again
     chosen = dataclasses.replace(plan.with_weights(repo, res.weights), recipe=res.recipe)
     return chosen, res.output, res.record
 

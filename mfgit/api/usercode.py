@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from mfgit.api.prompts import NAME as PROMPTS
+from mfgit.api.prompts import prompt_score
+from mfgit.api.sitedata import PREFIX as ATTACHMENTS_PREFIX
 from mfgit.errors import ScoreError
 from mfgit.formats import peft as peftfmt
 from mfgit.repo.provenance import code_revision
@@ -154,6 +157,17 @@ def resolve_scorer(score: Any, base: Any = None, data: Any = None, *, need_base:
     """
     if score is None:
         raise ScoreError("-", "a score function is needed: --score MODULE:FUNCTION")
+    if isinstance(data, str) and data.startswith(ATTACHMENTS_PREFIX):
+        raise ScoreError(data, "--data attachments:NAME reads the attachments of the commits being merged; it works "
+                               "with merge --search (elsewhere give --data MODULE:FUNCTION)")
+    if score == PROMPTS:  # the built-in prompt classifier (mfgit.api.prompts), with the --base module's tokenizer
+        if base is None:
+            raise ScoreError(PROMPTS, "--score prompts needs the base model: pass --base MODULE:FUNCTION")
+        base_fn = load_callable(base, "--base") if isinstance(base, str) else base
+        fn = prompt_score(base_fn, base if isinstance(base, str) else None)
+        scorer = resolve_scorer(fn, base_fn, data, need_base=need_base)
+        scorer.record.update(score=PROMPTS, base=_describe(base), prompts=fn.record())
+        return scorer
     fn = load_callable(score, "--score") if isinstance(score, str) else score
     if not callable(fn):
         raise ScoreError(_describe(score) or "-", "the score is not callable")

@@ -3,12 +3,15 @@
 ``export REV OUTDIR [--card] [--manifest]`` writes
 
 * the PEFT adapter directory of REV (``adapter_config.json``,
-  ``adapter_model.safetensors`` and the adapter's other files), exactly as
-  ``checkout`` does;
-* with ``card``: ``README.md``, a Hugging Face model card whose YAML front
-  matter says ``base_model: <name>`` and ``base_model_relation: adapter``
-  (``merge`` for a merge composite), followed by the commit, the lineage
-  summary (leaves and effective weights) and the merge recipe;
+  ``adapter_model.safetensors`` and the adapter's other files), as
+  ``checkout`` does, but with ``base_model_name_or_path`` in ``adapter_config.json`` a Hub id
+  or null, never a local path (``checkout`` writes the config as committed);
+* ``README.md``, a Hugging Face model card whose YAML front matter says
+  ``base_model: <Hub id>``, ``base_model_relation: adapter`` (a merge
+  composite too) and the committed card's metadata: without ``card``, the
+  text of the card the commit was made with (if any); with ``card``, the
+  commit, the lineage summary (leaves and effective weights), the merge
+  recipe, and then that text;
 * with ``manifest``: ``model.sig``, a SHA-256 manifest of every exported file
   in the format of the OpenSSF model-signing project (v1.0 predicate
   ``https://model_signing/signature/v1.0`` in an in-toto Statement v1, in a
@@ -36,15 +39,18 @@ from typing import TYPE_CHECKING, Any
 from mfgit.audit.keys import load_ec_private_key
 from mfgit.audit.lineage import lineage
 from mfgit.errors import InvalidHubId, IsAMixture, SigningKeyError, UnsafePath
-from mfgit.render.card import model_card
-from mfgit.repo.checkout import checkout
+from mfgit.formats import peft as peftfmt
+from mfgit.formats.hubcard import CARD_NAME
+from mfgit.formats.hubcard import body as card_body
+from mfgit.render.card import committed_card, model_card
+from mfgit.repo.attachments import entry_bytes
+from mfgit.repo.checkout import card_entry, checkout
 from mfgit.store.fileio import atomic_write
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository
 
 SIGNATURE_NAME = "model.sig"
-CARD_NAME = "README.md"
 # What model-signing ignores by default; recorded in the statement so its
 # verifier ignores the same paths.
 IGNORE_PATHS = [SIGNATURE_NAME, ".gitattributes", ".github", ".git", ".gitignore"]
@@ -78,6 +84,58 @@ def hub_model_id(name: Any) -> str | None:
 
 
 
+def hub_base_model(repo: "BaseRepository", cid: str, base_model_id: str | None = None) -> str | None:
+    """The base model of `cid` as a Hub id, or None: `base_model_id` if given, else the commit's
+    base-model name or the config's base_model_name_or_path when either is a Hub id, else the
+    base_model of the card the adapter was committed with — for a merge composite, the one
+    Hub id the cards of its leaves (the site commits) agree on."""
+    if base_model_id:
+        return hub_model_id(base_model_id)
+    commit = repo.read_commit(cid)
+    adapter = repo.read_adapter(commit.adapter)
+    prov = commit.provenance or {}
+    found = (hub_model_id((adapter.base_model or {}).get("name"))
+             or hub_model_id(adapter.config.get("base_model_name_or_path"))
+             or hub_model_id((prov.get("card") or {}).get("base_model")))
+    if found or prov.get("kind") != "merge":
+        return found
+    named = {hub_model_id((repo.read_commit(leaf["commit"]).provenance or {}).get("card", {}).get("base_model"))
+             for leaf in lineage(repo, cid)["leaves"] if leaf.get("commit")}
+    named.discard(None)
+    return named.pop() if len(named) == 1 else None
+
+
+def leaf_card_metadata(repo: "BaseRepository", lineage: dict[str, Any]) -> dict[str, Any]:
+    """What the cards of a composite's leaves say of it: the union of their `datasets` and
+    `language` lists (sorted: the same whatever order the leaves come in), and the `license` when every leaf that names one names
+    the same. A license the leaves disagree on is no license of the composite: none is written."""
+    cards = [(repo.read_commit(leaf["commit"]).provenance or {}).get("card") or {}
+             for leaf in lineage["leaves"] if leaf.get("commit")]
+    out: dict[str, Any] = {}
+    for key in ("datasets", "language"):
+        values = [v for c in cards for v in (c.get(key) if isinstance(c.get(key), list) else [c.get(key)])
+                  if isinstance(v, str)]
+        if values:
+            out[key] = sorted(set(values))
+    licenses = {c["license"] for c in cards if isinstance(c.get("license"), str)}
+    if len(licenses) == 1:
+        out["license"] = licenses.pop()
+    return out
+
+
+def committed_card_body(repo: "BaseRepository", cid: str, commit, adapter) -> str | None:
+    """The text of the card the commit was made with, without its front matter (None without a card):
+    its attachment README.md, or the manifest's README.md for commits made before that."""
+    entry = card_entry(adapter, commit)
+    if entry is not None:
+        data = entry_bytes(repo, cid, commit, entry)
+    elif CARD_NAME in adapter.files:
+        data = repo.read_object(adapter.files[CARD_NAME]).data
+    else:
+        return None
+    return card_body(bytes(data).decode("utf-8", "replace"))
+
+
 def card_document(repo: "BaseRepository", cid: str, lineage: dict[str, Any], *,
                   base_model_id: str | None = None) -> dict[str, Any]:
     """What the model card of `cid` shows, as data (`mfgit.render.card.model_card` writes the text).
@@ -86,17 +144,17 @@ def card_document(repo: "BaseRepository", cid: str, lineage: dict[str, Any], *,
     commit's base-model name or the config's base_model_name_or_path when
     either is a Hub id, else the base_model of the card it was committed
     with; a local path is never written (the Hub rejects it).
-    `base_model_path` keeps a path that was dropped, for the warning.
+    `base_model_recorded` keeps a path that was dropped, for the warning.
+    A merge composite without a card of its own takes the metadata its
+    leaves' cards agree on (`leaf_card_metadata`).
     """
     commit = repo.read_commit(cid)
     adapter = repo.read_adapter(commit.adapter)
     recorded = (adapter.base_model or {}).get("name") or adapter.config.get("base_model_name_or_path")
-    card = (commit.provenance or {}).get("card") or {}
-    base = hub_model_id(base_model_id) if base_model_id else (
-        hub_model_id((adapter.base_model or {}).get("name")) or hub_model_id(adapter.config.get("base_model_name_or_path"))
-        or hub_model_id(card.get("base_model")))
     prov = commit.provenance or {}
     is_merge = prov.get("kind") == "merge"
+    card = prov.get("card") or (leaf_card_metadata(repo, lineage) if is_merge else {})
+    base = hub_base_model(repo, cid, base_model_id)
     doc: dict[str, Any] = {
         "commit": cid,
         "adapter": commit.adapter,
@@ -110,6 +168,7 @@ def card_document(repo: "BaseRepository", cid: str, lineage: dict[str, Any], *,
         "base_model": base,
         "base_model_recorded": recorded,
         "card_metadata": card,
+        "card_body": committed_card_body(repo, cid, commit, adapter),
         "is_merge": is_merge,
     }
     if is_merge:
@@ -127,6 +186,24 @@ def card_document(repo: "BaseRepository", cid: str, lineage: dict[str, Any], *,
         doc["code"] = prov.get("code") or {}
         doc["meta"] = prov.get("meta") or {}
     return doc
+
+
+def _write_hub_config(repo: "BaseRepository", cid: str, out: Path, base_model_id: str | None,
+                      warnings: list[str]) -> str | None:
+    """Rewrite the exported adapter_config.json with base_model_name_or_path a Hub id (or null).
+
+    PEFT records where the base model was loaded from, a local path for any
+    model loaded from disk; a published adapter names its base model on the
+    Hub, so a path is never written. `checkout` writes the config as committed."""
+    adapter = repo.read_adapter(repo.read_commit(cid).adapter)
+    base = hub_base_model(repo, cid, base_model_id)
+    recorded = adapter.config.get("base_model_name_or_path")
+    if base is None and recorded is not None:
+        warnings.append(f"adapter_config.json's base_model_name_or_path {recorded!r} is not a Hub model id and is "
+                        "written as null; name it with --base-model-id ID")
+    if base != recorded:
+        _write_file(out, peftfmt.CONFIG_NAME, peftfmt.config_bytes({**adapter.config, "base_model_name_or_path": base}))
+    return base
 
 
 # -- OpenSSF model-signing manifest ---------------------------------------------------------------
@@ -234,13 +311,16 @@ def export(repo: "BaseRepository", rev: str, outdir: str | os.PathLike, *, card:
         private_key = load_ec_private_key(key_path)
     out = Path(checkout(repo, cid, outdir, force=force))
     report: dict[str, Any] = {"commit": cid, "dir": str(out), "card": None, "manifest": None, "warnings": []}
-    if card:
-        doc = card_document(repo, cid, lineage(repo, cid), base_model_id=base_model_id)
+    report["base_model"] = _write_hub_config(repo, cid, out, base_model_id, report["warnings"])
+    # The committed card is published too, its front matter brought to the Hub's conventions;
+    # --card adds mfgit's record of the commit and its lineage.
+    doc = card_document(repo, cid, lineage(repo, cid), base_model_id=base_model_id)
+    if card or doc["card_body"] is not None:
         if doc["base_model"] is None:
             report["warnings"].append(
                 f"the card has no base_model: the recorded base model {doc['base_model_recorded']!r} is not a Hub "
                 "model id; name it with --base-model-id ID")
-        text = model_card(doc)
+        text = model_card(doc) if card else committed_card(doc)
         report["card"] = str(_write_file(out, CARD_NAME, text.encode("utf-8")))
     if manifest:
         commit = repo.read_commit(cid)

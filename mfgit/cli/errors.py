@@ -11,6 +11,7 @@ import shlex
 from typing import Callable
 
 from mfgit import errors as E
+from mfgit.api.sitedata import InvalidSiteData
 from mfgit.render.escape import terminal
 from mfgit.repo.fsck import bad_ref_fix, reflog_fix
 
@@ -182,4 +183,12 @@ TABLE[:0] = [
     (E.DoraNeedsBaseWeights, MERGE, _fix("pass --base-weights PATH: the base model's .safetensors file or directory")),
     (E.BaseWeightsMismatch, MERGE, _fix("pass the base weights the merge was made with (--base-weights PATH)")),
     (E.BaseWeightsError, BAD_INPUT, _fix("give the base model's own .safetensors file, or the directory holding it")),
+]
+
+
+# --- h13-fusion ---
+# Before ScoreError, which it subclasses: the first matching type wins.
+TABLE[:0] = [
+    (InvalidSiteData, BAD_INPUT, _fix("see docs/search-and-eval.md (\"Built-in data and score\") for what the "
+                                      "distilled set and the task spec hold")),
 ]

@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.nn import functional as F
+
+from mfgit.api.prompts import ENCODER_TEMPERATURE, class_vectors, mean_pooled
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 LORA_TARGETS = ["query", "value"]
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
-TEMPERATURE = 20.0
+TEMPERATURE = ENCODER_TEMPERATURE  # the built-in prompt scorer's (merge --score prompts)
 MAX_LENGTH = 64
 
 
@@ -62,21 +63,12 @@ def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
 
 def embed(model, **inputs: torch.Tensor) -> torch.Tensor:
     """Mean-pooled, L2-normalised sentence embeddings (input_ids or inputs_embeds, + attention_mask)."""
-    mask = inputs["attention_mask"]
-    hidden = model(**inputs).last_hidden_state
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return F.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1.0), dim=-1)
+    return mean_pooled(model, **inputs)
 
 
 def class_embeddings(model, prompts: list[list[str]]) -> torch.Tensor:
     """One unit vector per class: the normalised mean of its prompts' embeddings."""
-    flat = [p for ps in prompts for p in ps]
-    e = embed(model, **tokenize(flat))
-    out, i = [], 0
-    for ps in prompts:
-        out.append(F.normalize(e[i:i + len(ps)].mean(0), dim=-1))
-        i += len(ps)
-    return torch.stack(out)
+    return class_vectors(embed(model, **tokenize([p for ps in prompts for p in ps])), [len(ps) for ps in prompts])
 
 
 def logits(model, prompts: list[list[str]], **inputs: torch.Tensor) -> torch.Tensor:

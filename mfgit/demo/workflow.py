@@ -103,15 +103,15 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load as load_safetensors
     from safetensors.torch import save_file
 
     from mfgit.api.repository import Repository
     from mfgit.demo import report
     from mfgit.demo.data import MAX_TEST, MAX_TRAIN, load_task
     from mfgit.demo.model import LORA, LORA_TARGETS, MODEL_NAME, TEMPERATURE, load_base
-    from mfgit.demo.mixture import mixture_loss, mixture_predict_proba
     from mfgit.demo.model import logits
-    from mfgit.demo.scoring import distilled_loss
+    from mfgit.demo.scoring import mixture_loss, mixture_predict_proba
     from mfgit.demo.train import DISTILL, TRAIN, distill, metrics, predict_proba, train_lora
 
     t_start = time.perf_counter()
@@ -188,7 +188,7 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
         """The prompts and the distilled set of `site`, as the hub's commit has them (never the site's folder)."""
         rev = f"origin/sites/{site}"
         spec = report.loads(coord.read_attachment(rev, "task").decode("utf-8"))
-        return spec["prompts"], _safetensors_bytes(coord.read_attachment(rev, "distilled"))
+        return spec["prompts"], load_safetensors(coord.read_attachment(rev, "distilled"))
 
     def announce(c: dict[str, Any], step: str) -> None:
         m = c["meta"]
@@ -282,13 +282,13 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
     say(f"      coordinator: {late[0]} joins MedForge-Mixture -> {mixtures[-1].commit[:10]}: "
         f"{_mixture_summary(mixtures[-1:])}")
 
-    # MedForge-Fusion: weights searched on the distilled sets the sites committed (never on records)
+    # MedForge-Fusion: weights searched on the distilled sets the sites committed (never on records), with
+    # the built-in loader and scorer: each site's `distilled` attachment classified with its own `task` prompts
     t = time.perf_counter()
     all_revs = [*revs, late_rev]
-    distilled = [site_data(s) for s, _ in all_sites]
     coord.switch("composite/fusion", orphan=True)
     fusion = coord.merge(all_revs, strategy="linear", weights=[FUSION["start"]] * len(all_revs), rank="sum",
-                         search="weights", score=distilled_loss, base=load_base(), data=distilled,
+                         search="weights", score="prompts", base=load_base, data="attachments:distilled",
                          budget=budget, bounds=FUSION["bounds"], l1=FUSION["l1"], seed=seed,
                          message=(f"MedForge-Fusion of {len(all_revs)} sites: weights searched on the sites' "
                                   "distilled sets"))
@@ -430,12 +430,6 @@ def _require_demo_packages() -> None:
                if importlib.util.find_spec(mod) is None]
     if missing:
         raise DemoError(f"mfgit demo needs {', '.join(missing)} (install them: pip install 'mfgit[demo]')")
-
-
-def _safetensors_bytes(blob: bytes) -> dict[str, Any]:
-    from safetensors.torch import load
-
-    return load(blob)
 
 
 def delta_difference(repo, rev_a: str, rev_b: str) -> dict[str, Any]:

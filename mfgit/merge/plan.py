@@ -76,7 +76,17 @@ class MergeRequest:
             dtype=self.dtype or r.get("dtype"),
             message=self.message or r.get("message"),
             rebuild=self.rebuild or bool(r.get("rebuild")),
+            base_weights=self.base_weights or _beside(path, r.get("base_weights")),
         )
+
+
+def _beside(recipe: str | os.PathLike, value: Any) -> str | None:
+    """A path a recipe names, relative to the recipe's own folder (as a YAML file is read wherever it lies)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise MergeError(f"recipe {recipe}: base_weights must be a path, got {value!r}")
+    return os.path.join(os.path.dirname(os.fspath(recipe)), os.path.expanduser(value))
 
 
 def _tuple(v: Any) -> tuple | None:

@@ -26,7 +26,7 @@ from typing import Any
 from mfgit.errors import MergeError
 
 RECIPE_KEYS = {"strategy", "inputs", "weights", "weights_from", "params", "rank", "energy", "seed", "device",
-               "dtype", "message", "rebuild"}
+               "dtype", "message", "rebuild", "base_weights"}
 
 # mergekit's top-level keys; the ones that only concern full models (tokenizers, chat
 # templates) are accepted and recorded, since an adapter merge has nothing to do with them.

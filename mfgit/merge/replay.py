@@ -16,6 +16,7 @@ from mfgit.merge.baseweights import BaseWeights, open_base_weights
 from mfgit.merge.engine import MergeInput, Recipe, merge_adapters
 from mfgit.merge.layers import merge_layer_weights
 from mfgit.merge.lowrank import RankPolicy
+from mfgit.repo.attachments import read_recorded
 from mfgit.repo.tensors import tensor_id_of
 
 if TYPE_CHECKING:
@@ -57,6 +58,10 @@ def reproduce(repo: "BaseRepository", cid: str, *, device: str | None = None,
                          float(i["weight"]), base)
               for i in prov["inputs"]]
     search = prov.get("search") or {}
+    for a in search.get("attachments") or []:
+        # The search scored on these bytes; re-running it needs them, as they were (by digest). A private
+        # one stops here: its bytes are its site's (AttachmentPrivate names it).
+        read_recorded(repo, a["commit"], a["name"], a["digest"])
     if search.get("mode") == "layer-weights":  # one weight per input and layer (merge --search layer-weights)
         out = merge_layer_weights(inputs, rec, search["chosen"]["matrix"], search["layout"]["groups"],
                                   lambda oid, dev: repo.load_tensor(oid, device=dev))

@@ -14,7 +14,10 @@ model, metadata, the labels of merge inputs — so each goes through
   heading, a link, an HTML tag or a new table row;
 * names that are identifiers (the base model, file names, URLs, ids) are
   code spans and the message a fenced block, each with a fence no backtick
-  run inside can close.
+  run inside can close;
+* the body of the card the site committed (its attachment README.md) is the
+  site's own Markdown, written last, after a heading of mfgit's, with raw
+  HTML made inert (`escape.markdown_document`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from mfgit.render.audit import leaf_weight_text
-from mfgit.render.escape import markdown, markdown_block, markdown_code, yaml_dump
+from mfgit.render.escape import markdown, markdown_block, markdown_code, markdown_document, yaml_dump
 
 
 def _cell(value: Any) -> str:
@@ -42,7 +45,12 @@ def _front_matter(doc: dict[str, Any]) -> str:
     front["library_name"] = "peft"
     own = ["lora", "peft", "mfgit"] + (["merge"] if doc["is_merge"] else [])
     theirs = card.get("tags") if isinstance(card.get("tags"), list) else []
-    front["tags"] = list(dict.fromkeys([t for t in theirs if isinstance(t, str)] + own))
+    # PEFT tags its card "base_model:adapter:<what the model was loaded from>", a local path as
+    # often as not: such tags are mfgit's to write, from the Hub id alone.
+    theirs = [t for t in theirs if isinstance(t, str) and not t.startswith("base_model:")]
+    if doc["base_model"]:
+        own.insert(0, f"base_model:adapter:{doc['base_model']}")
+    front["tags"] = list(dict.fromkeys(theirs + own))
     for key, value in card.items():
         if key not in front and key not in ("base_model", "base_model_relation", "library_name", "tags"):
             front[key] = value
@@ -99,6 +107,12 @@ def _import_provenance(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def committed_card(doc: dict[str, Any]) -> str:
+    """README.md for `export` without ``--card``: the card the site committed, its text kept
+    (made inert) under front matter brought to the Hub's conventions (base_model a Hub id)."""
+    return _front_matter(doc) + "\n" + markdown_document(doc["card_body"] or "") + "\n"
+
+
 def model_card(doc: dict[str, Any]) -> str:
     """README.md text for a card document (`mfgit.audit.export.card_document`)."""
     message = doc["message"] or ""
@@ -113,4 +127,7 @@ def model_card(doc: dict[str, Any]) -> str:
         lines += [markdown_block(message.rstrip(), "text"), ""]
     lines += ["## Lineage", ""]
     lines += _merge_lineage(doc) if doc["is_merge"] else _import_provenance(doc)
+    if doc.get("card_body"):
+        lines += ["## Model card", "", "The card committed with this adapter, as its site wrote it "
+                  "(raw HTML shown as text):", "", markdown_document(doc["card_body"]), ""]
     return "\n".join(lines)

@@ -147,6 +147,15 @@ def markdown_block(value: Any, info: str = "") -> str:
     return f"{fence}{info}\n{text}\n{fence}"
 
 
+def markdown_document(value: Any) -> str:
+    """Markdown a participant wrote as a document (the body of a model card), kept as Markdown
+    but inert: no raw HTML and no autolink can start, since every ``<`` is written ``&lt;``
+    (inside code it then shows as such), and control and format characters are escaped as
+    for the terminal. Headings, lists, emphasis and links stay theirs; what it holds is put
+    after mfgit's own sections, so an unclosed fence can only swallow its own text."""
+    return terminal_text(value).replace("<", "&lt;")
+
+
 # -- YAML ---------------------------------------------------------------------------------------
 
 

@@ -338,6 +338,8 @@ def search_text(prov: dict[str, Any]) -> str:
                      f"{s['scored']} candidate(s) scored")
         lines.append(f"  start score {s['start']['score']}, chosen score {s['chosen']['score']} "
                      f"(evaluation {s['chosen']['index']})")
+        for a in s.get("attachments") or []:  # what the built-in loader read (merge --data attachments:NAME)
+            lines.append(f"  read {a['name']} of {a['commit'][:10]} ({a.get('site') or '-'}): sha256 {a['digest'][:16]}…")
         for i, label in enumerate(s["layout"]["inputs"]):
             w = prov["inputs"][i]["weight"]
             lines.append(f"  {label}: weight {w:.6g}" + (" (mean over layers)" if s["mode"] == "layer-weights" else ""))

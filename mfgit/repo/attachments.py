@@ -199,10 +199,25 @@ def listing(repo: "BaseRepository", rev: str = "HEAD") -> list[dict[str, Any]]:
 def read(repo: "BaseRepository", rev: str, name: str) -> bytes:
     """The bytes of attachment `name` of `rev`, checked against the size and digest the commit records."""
     cid = repo.resolve(rev)
+    commit, entry = entry_of(repo, cid, name)
+    return entry_bytes(repo, cid, commit, entry)
+
+
+def entry_of(repo: "BaseRepository", cid: str, name: str) -> tuple[Commit, dict[str, Any]]:
+    """Commit `cid` and its entry for attachment `name` (AttachmentNotFound when it has none)."""
     commit = repo.read_commit(cid)
     entry = next((a for a in commit.attachments if a["name"] == name), None)
     if entry is None:
         raise AttachmentNotFound(cid, name, tuple(a["name"] for a in commit.attachments))
+    return commit, entry
+
+
+def read_recorded(repo: "BaseRepository", cid: str, name: str, digest: str) -> bytes:
+    """The bytes of attachment `name` of commit `cid`, read again for a record that names their `digest`
+    (what a merge read): the same bytes, or an error — private here, missing, or other bytes."""
+    commit, entry = entry_of(repo, cid, name)
+    if entry["digest"] != digest:
+        raise CorruptAttachment(cid, name, digest, entry["digest"], "the commit records another digest")
     return entry_bytes(repo, cid, commit, entry)
 
 

@@ -9,6 +9,7 @@ was read and checked, so a corrupt object leaves no file behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from mfgit.errors import IsAMixture, MalformedObject, OutputInTheWay, UnsafePath
 from mfgit.formats import peft as peftfmt
 from mfgit.formats import safetensors as st
 from mfgit.formats.dtypes import nbytes
+from mfgit.formats.hubcard import CARD_NAME
 from mfgit.objects.model import Adapter, Commit
 from mfgit.parallel import parallel_map, progress_counter
 from mfgit.store.fileio import fsync_dir, start_writeback
@@ -45,18 +47,37 @@ def checkout(repo: "BaseRepository", rev: str, to: str | os.PathLike, *, force: 
     if commit.is_mixture:  # --- mixture: its members and mixture.json ---
         return write_mixture_dir(repo, cid, commit, to, force=force, progress=progress)
     adapter = repo.read_adapter(commit.adapter)
+    card = card_entry(adapter, commit)
     # --- attachments ---
-    extra = attachment_files(repo, cid, commit) if with_attachments else {}
+    extra = attachment_files(repo, cid, commit, skip=card) if with_attachments else {}
     # --- end attachments ---
-    return write_adapter_dir(repo, adapter, to, force=force, progress=progress, attachments=extra)
+    return write_adapter_dir(repo, with_card(adapter, commit), to, force=force, progress=progress, attachments=extra)
 
 
-def attachment_files(repo: "BaseRepository", cid: str, commit) -> dict[str, bytes]:
-    """Relative path under the output → checked bytes, for each attachment available here."""
+def card_entry(adapter: Adapter, commit: Commit) -> dict | None:
+    """The commit's model card: its public attachment README.md, unless the manifest holds a
+    README.md of its own (commits made before the card was an attachment)."""
+    if CARD_NAME in adapter.files:
+        return None
+    return next((a for a in commit.attachments if a["name"] == CARD_NAME and not a["private"]), None)
+
+
+def with_card(adapter: Adapter, commit: Commit) -> Adapter:
+    """`adapter` with the commit's card among its files, so the directory is written back as
+    it was committed: README.md beside the adapter, where the Hub reads it."""
+    entry = card_entry(adapter, commit)
+    if entry is None:
+        return adapter
+    return dataclasses.replace(adapter, files={**adapter.files, CARD_NAME: entry["id"]})
+
+
+def attachment_files(repo: "BaseRepository", cid: str, commit, skip: dict | None = None) -> dict[str, bytes]:
+    """Relative path under the output → checked bytes, for each attachment available here
+    (but `skip`, the card, already written as the directory's README.md)."""
     from mfgit.repo.attachments import entry_bytes, private_state
 
     return {f"{ATTACHMENTS_DIR}/{a['name']}": entry_bytes(repo, cid, commit, a) for a in commit.attachments
-            if not a["private"] or private_state(repo, a) != "absent"}
+            if (not a["private"] or private_state(repo, a) != "absent") and a is not skip}
 
 
 ATTACHMENTS_DIR = "attachments"
@@ -237,7 +258,7 @@ def write_mixture_dir(repo: "BaseRepository", cid: str, commit: Commit, to: str 
         for i, (mid, w) in enumerate(commit.mixture_members()):
             name = member_dir_name(i, mid)
             member = repo.read_commit(mid)
-            write_adapter_dir(repo, repo.read_adapter(member.adapter), staging / MEMBERS_DIR / name,
+            write_adapter_dir(repo, with_card(repo.read_adapter(member.adapter), member), staging / MEMBERS_DIR / name,
                               progress=progress)
             doc_members.append({"commit": mid, "weight": w, "site": member.site, "path": f"{MEMBERS_DIR}/{name}"})
         doc = {"format": CHECKOUT_FORMAT, "commit": cid, "combine": commit.mixture["combine"],

@@ -14,10 +14,10 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from mfgit.errors import BadLoraConfig, InvalidAdapter, InvalidObject, InvalidRawLora, NothingToCommit
+from mfgit.errors import BadLoraConfig, InvalidAdapter, InvalidAttachment, InvalidObject, InvalidRawLora, NothingToCommit
 from mfgit.formats import peft as peftfmt
 from mfgit.formats import rawlora
-from mfgit.formats.hubcard import front_matter
+from mfgit.formats.hubcard import CARD_NAME, front_matter, split_card
 from mfgit.formats import safetensors as st
 from mfgit.objects.model import Adapter, TensorHeader, object_id, tensor_id
 from mfgit.parallel import Job, parallel_map, progress_counter
@@ -50,7 +50,8 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
 
     A PeftModel (any object with ``save_pretrained``) is saved into a
     temporary directory and that is committed: the one-line way to commit
-    from a plain PyTorch loop. Its code revision is read from `code_from`
+    from a plain PyTorch loop (an attachment named README.md replaces the
+    card PEFT writes). Its code revision is read from `code_from`
     (default: the working directory), since the temporary directory has none.
     `progress(bytes_done, bytes_total, tensor_name)` follows the tensor import.
     `attachments` / `private_attachments` map a name to a file or a folder
@@ -75,6 +76,9 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
             raise BadLoraConfig("lora", "is for a raw state dict file; a PeftModel has its own config")
         with tempfile.TemporaryDirectory(prefix="mfgit-peft-") as tmp:
             source.save_pretrained(tmp)
+            if CARD_NAME in (attachments or {}) or CARD_NAME in (private_attachments or {}):
+                # The card given replaces the template PEFT writes: a commit has one card.
+                (Path(tmp) / CARD_NAME).unlink(missing_ok=True)
             return commit(repo, tmp, message, meta=meta, code=code, allow_empty=allow_empty,
                           author=author, timestamp=timestamp, sign=sign, code_from=code_from or os.getcwd(),
                           progress=progress, attachments=attachments, private_attachments=private_attachments)
@@ -82,21 +86,26 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
     ident = author or repo.identity()
     if lora is not None or base_model is not None or rawlora.is_raw_file(path):
         raw = rawlora.inspect_raw_file(path, rawlora.resolve_options(lora, base_model), allow_pickle=allow_pickle)
-        config, card = raw.config, None
+        config = raw.config
         source_doc = {"name": path.resolve().name, "format": "pickle" if raw.pickled else "safetensors",
                       "files": [path.name], "layout": "raw-state-dict", "adapter_name": raw.adapter_name}
         run_import = lambda start: import_raw_lora(repo, raw, before_import=start, progress=progress)  # noqa: E731
     else:
-        adir = peftfmt.inspect_adapter_dir(path, allow_pickle=allow_pickle)
-        config, card = adir.config, _card_metadata(adir)
+        whole = peftfmt.inspect_adapter_dir(path, allow_pickle=allow_pickle)
+        # The model card is the commit's attachment README.md, not a file of the adapter.
+        adir, card_path = split_card(whole)
+        config = adir.config
         source_doc = {
             "name": path.resolve().name,
             "format": "pickle" if adir.pickled else "safetensors",
-            "files": sorted([peftfmt.CONFIG_NAME, adir.weights.name] + [f.name for f in adir.extra_files]),
+            "files": sorted([peftfmt.CONFIG_NAME, adir.weights.name] + [f.name for f in whole.extra_files]),
         }
         run_import = lambda start: import_adapter(repo, adir, before_import=start, progress=progress)  # noqa: E731
+        if card_path is not None:
+            attachments = _with_card(attachments, private_attachments, card_path)
     # --- attachments: read and checked before anything is stored ---
     staged = _attachments.stage(attachments, private_attachments)
+    card = _card_metadata(staged)
     # --- end attachments ---
     branch_ref, parent = repo.commit_target()
     # Reading the code revision (GitPython: ~50 ms, mostly its import)
@@ -131,12 +140,24 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
                              attachments=entries)
 
 
-def _card_metadata(adir: peftfmt.AdapterDir) -> dict[str, Any] | None:
-    """The front matter of the directory's README.md (a Hub model card), if it has one."""
-    readme = next((f for f in adir.extra_files if f.name == "README.md"), None)
-    if readme is None:
+def _card_metadata(staged: list[_attachments.Staged]) -> dict[str, Any] | None:
+    """The front matter of the commit's card — its public attachment README.md, the directory's
+    own or one given — if it has one."""
+    card = next((s for s in staged if s.name == CARD_NAME and not s.private), None)
+    if card is None:
         return None
-    return front_matter(readme.read_bytes().decode("utf-8", "replace"))
+    return front_matter(card.data.decode("utf-8", "replace"))
+
+
+def _with_card(attachments: Mapping[str, Any] | None, private: Mapping[str, Any] | None,
+               card_path: Path) -> dict[str, Any]:
+    """The user's public attachments plus the directory's card, as attachment README.md."""
+    for given in (attachments or {}, private or {}):
+        if CARD_NAME in given:
+            raise InvalidAttachment(CARD_NAME, f"the adapter directory has a model card, kept as attachment "
+                                    f"{CARD_NAME}; remove the card from the directory or do not attach one",
+                                    str(given[CARD_NAME]))
+    return {**(attachments or {}), CARD_NAME: card_path}
 
 
 def import_adapter(repo: "BaseRepository", adir: peftfmt.AdapterDir, *, before_import=None,

@@ -144,11 +144,13 @@ def keygen(ctx, path, key_type, comment, force, as_json):
 @click.command()
 @click.argument("rev")
 @click.argument("outdir", type=click.Path())
-@click.option("--card", is_flag=True, help="Write README.md: a model card with base_model, lineage and recipe.")
+@click.option("--card", is_flag=True, help="Write README.md: the committed card's metadata and text, "
+              "with base_model, lineage and recipe.")
 @click.option("--manifest", is_flag=True, help="Write model.sig: an OpenSSF model-signing manifest, signed.")
 @click.option("--key", type=click.Path(), default=None, help="ECDSA key for --manifest (default: signing.manifestKey, then signing.key).")
 @click.option("--base-model-id", default=None, metavar="ID",
-              help="The Hub id the card names as base_model (default: the recorded base model, if it is a Hub id).")
+              help="The Hub id the card and adapter_config.json name as the base model "
+                   "(default: the recorded base model, if it is a Hub id).")
 @click.option("-f", "--force", is_flag=True, help="Write into a non-empty directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context

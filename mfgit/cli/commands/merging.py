@@ -58,12 +58,13 @@ class _StrategyOption(click.Option):
 @click.option("-S", "--sign", is_flag=True, help="Sign the merge commit with the key in config signing.key.")
 @click.option("--search", type=click.Choice(["weights", "layer-weights", "weights+density"]), default=None,
               help="Search the weights (per revision, or per revision and layer) that minimise --score.")
-@click.option("--score", default=None, metavar="MODULE:FUNC", help="Your score function (lower is better); see docs/search-and-eval.md.")
+@click.option("--score", default=None, metavar="MODULE:FUNC", help="Your score function (lower is better), or 'prompts': the built-in prompt classifier; see docs/search-and-eval.md.")
 @click.option("--base", "base_spec", default=None, metavar="MODULE:FUNC", help="Base model factory (default: base_model() in the score module).")
-@click.option("--data", "data_spec", default=None, metavar="MODULE:FUNC", help="Data loader (default: load_data() in the score module, if any).")
+@click.option("--data", "data_spec", default=None, metavar="MODULE:FUNC", help="Data loader, or attachments:NAME: attachment NAME of every leaf (default: load_data() in the score module, if any).")
 @click.option("--budget", type=int, default=None, help="Optimiser proposals to evaluate (default 40).")
 @click.option("--bounds", default=None, metavar="LOW,HIGH", help="Bounds of every searched weight (default -1.5,1.5).")
 @click.option("--l1", type=float, default=None, help="L1 penalty on the searched weights (default 0; MedForge uses 0.05).")
+@click.option("--start", type=float, default=None, help="Start the search with every weight at this value (default: the merge's weights; MedForge uses 0.5).")
 @click.option("--candidates", type=int, default=None, metavar="N", help="Publish N candidate composites on candidates/<round>/<k> for the sites to evaluate.")
 @click.option("--from-candidates", default=None, metavar="ROUND", help="Commit the candidate of ROUND chosen by the sites' notes (--select-by).")
 @click.option("--select-by", default=None, metavar="NAME,...", help="Evaluation names (mfgit eval --name) to choose by.")
@@ -71,7 +72,7 @@ class _StrategyOption(click.Option):
 @click.pass_context
 def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda_, extra, rank, energy, seed,
           base_weights, device, dtype, message, recipe, rebuild, no_commit, to, force, as_json, sign, search, score, base_spec,
-          data_spec, budget, bounds, l1, candidates, from_candidates, select_by, select_rule):
+          data_spec, budget, bounds, l1, start, candidates, from_candidates, select_by, select_rule):
     """Merge the adapters of REVS in weight space into the current branch."""
     repo = open_repo(ctx)
     if score or search or from_candidates or candidates:
@@ -95,6 +96,7 @@ def merge(ctx, revs, strategy, weights, weights_from, density, drop_rate, lambda
             recipe=(cwd / recipe) if recipe else None, base_weights=(cwd / base_weights) if base_weights else None,
             progress=progress, sign=repo.signer() if sign else None,
             search=search, score=score, base=base_spec, data=data_spec, budget=budget, bounds=bounds, l1=l1,
+            start=start,
             candidates=candidates, from_candidates=from_candidates, select_by=select_by, select_rule=select_rule,
         )
     if as_json:
