@@ -287,7 +287,7 @@ def test_sites_commit_task_specs_and_distilled_sets_as_attachments(demo_run):
     for s, task in zip([*SITES, LATE], TASKS):
         assert r["site_commits"][s]["attachments"] == ["distilled", "task"]
         commit = hub.read_commit(hub.resolve(f"sites/{s}"))
-        assert sorted(a["name"] for a in commit.attachments) == ["distilled", "task"]
+        assert {"distilled", "task"} <= {a["name"] for a in commit.attachments}
         spec = json.loads(hub.read_attachment(f"sites/{s}", "task").decode("utf-8"))
         assert spec["task"] == task and spec["metric"] == "accuracy"
         assert len(spec["classes"]) == len(spec["prompts"]) == 2

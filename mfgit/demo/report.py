@@ -226,7 +226,7 @@ def next_steps(work: Path, initial: list[str], late: str, *, lineage_page: bool 
         ("mfgit verify --reproduce main", "re-run every merge from its recorded recipe"),
         ("mfgit show --json composite/fusion", "Fusion's search: optimiser, every weight vector tried, its score"),
         ("mfgit show composite/mixture", "the mixture's members with their searched weights"),
-        ("mfgit log --graph composite/mixture", "the mixture, then the late site joining it"),
+        ("mfgit log --graph composite/mixture", "the mixture's stages: one site joining each, the late site last"),
     ]
     width = max(len(c) for c, _ in commands)
     sites = " ".join(f"origin/sites/{n}" for n in [*initial, late])

@@ -22,7 +22,8 @@ is left on disk can be explored with ordinary ``mfgit`` commands):
    MedForge-Fusion (the per-site weights searched with NGOpt on the sites'
    distilled sets) over all sites;
 6. every model is evaluated on every task's held-out test split (the
-   mixture through the module ``repo.load_mixture`` returns); the table, the targets and the plot are written to ``results.{json,md,png}``.
+   mixture through the module ``repo.load_mixture`` returns); the table,
+   the targets and the plot are written to ``results.{json,md,png}``.
 
 A demonstration of the workflow on small public tables, not a clinical model.
 """
@@ -374,9 +375,10 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
         "mixture": {"commit": mixture.commit, "branch": "composite/mixture", "weights": mix_weights,
                     "stages": [_mixture_record(m) for m in mixtures],
                     "how": ("Σ wⱼ softmaxⱼ of the site adapters (one forward pass each), committed with repo.mix, "
-                            "one commit per stage; MedForge's stagewise search: when site j joins, [a, b] is searched "
-                            "from [0.5, 0.5] and w ← [a·w, b], scored by the cross-entropy of the mixed distribution on the distilled "
-                            "sets of the sites mixed so far; evaluated on the module repo.load_mixture returns")},
+                            "one commit per stage; MedForge's stagewise search: when site j joins, [a, b] is "
+                            "searched from [0.5, 0.5] and w ← [a·w, b], scored by the cross-entropy of the mixed "
+                            "distribution on the distilled sets of the sites mixed so far; evaluated on the module "
+                            "repo.load_mixture returns")},
         "rows": rows,
     }
     timings["total"] = round(time.perf_counter() - t_start, 3)
