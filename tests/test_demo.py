@@ -179,18 +179,119 @@ def test_fusion_records_its_search_on_distilled_sets(demo_run):
     assert sorted(lf["site"] for lf in prov["leaves"]) == sorted([*SITES, LATE])
 
 
-def test_sites_commit_task_specs_and_distilled_sets(demo_run):
-    """The task spec and the distilled set follow the shared contract; the distilled set holds no record."""
-    from safetensors.torch import load_file
+def test_mixture_is_searched_stagewise_and_the_late_site_joins_it(demo_run):
+    """MedForge-Mixture: one mixture commit per stage, each site joining as w ← [a·w, b] with [a, b] searched from
+    [0.5, 0.5] within ±1.5 (l1 0.05); the late site is the last stage; the table's row is the branch's tip."""
+    from mfgit.api.repository import Repository
 
     work = _ok(demo_run)
     r = _results(work)
+    coord = Repository.open(work / "coordinator")
+    order = [*SITES, LATE]
+    site_ids = {s: coord.resolve(f"origin/sites/{s}") for s in order}
+    tip = coord.read_commit(coord.resolve("composite/mixture"))
+    assert tip.id == r["mixture"]["commit"]
+    row = next(row for row in r["rows"] if row["kind"] == "mixture")
+    assert row["commit"] == tip.id and row["rev"] == "composite/mixture"
+    chain = [tip]
+    while chain[-1].parents and coord.read_commit(chain[-1].parents[0]).is_mixture:
+        chain.append(coord.read_commit(chain[-1].parents[0]))
+    chain.reverse()
+    assert len(chain) == len(order) - 1 == len(r["mixture"]["stages"])
+    before = [1.0]  # the first site alone
+    for k, c in enumerate(chain, start=1):
+        assert c.is_mixture and [m for m, _ in c.mixture_members()] == [site_ids[s] for s in order[:k + 1]]
+        assert list(c.parents) == ([chain[k - 2].id] if k > 1 else []) + [site_ids[s] for s in order[:k + 1]]
+        s = c.provenance["search"]
+        assert s["stagewise"] is True and s["optimiser"]["name"] == "nevergrad.NGOpt"
+        assert s["bounds"] == [-1.5, 1.5] and s["l1"] == 0.05 and s["logits"] == "mfgit.demo.model:logits"
+        (st,) = s["stages"]
+        assert st["evaluations"][0]["source"] == "start" and st["evaluations"][0]["weights"] == [0.5, 0.5]
+        assert st["adds"] == f"origin/sites/{order[k]}"
+        a, b = st["chosen"]["a"], st["chosen"]["b"]
+        after = [w for _, w in c.mixture_members()]
+        assert after == pytest.approx([a * w for w in before] + [b], rel=1e-12)  # w <- [a·w, b]
+        before = after
+    assert r["mixture"]["weights"] == pytest.approx(dict(zip(order, before)), rel=1e-12)
+    assert sum(before) > 0  # the demo reads the mixture's output as a distribution by dividing by Σ w
+
+
+def test_mixture_row_is_the_committed_mixture_read_back_with_peft(demo_run):
+    """The table's mixture row: Σ wⱼ softmaxⱼ / Σ wⱼ of the checked-out members, each loaded with PEFT on its own."""
+    import torch
+    from peft import PeftModel
+
+    from mfgit.demo.data import load_task
+    from mfgit.demo.model import load_base, logits, tokenize
+    from mfgit.demo.train import metrics
+    from mfgit.demo.workflow import QUICK
+
+    work = _ok(demo_run)
+    r = _results(work)
+    out = work / "exported" / "mixture"
+    assert demo_run["cli"].at(work / "coordinator")("checkout", "composite/mixture", "--to", out).returncode == 0
+    doc = json.loads((out / "mixture.json").read_text(encoding="utf-8"))
+    assert [m["site"] for m in doc["members"]] == [*SITES, LATE]
+    task = load_task("breast", seed=0, max_train=QUICK["max_train"], max_test=QUICK["max_test"])
+    total = None
+    with torch.no_grad():
+        for m in doc["members"]:
+            model = PeftModel.from_pretrained(load_base(), str(out / m["path"]))
+            p = logits(model, task.prompts, **tokenize(task.test_text)).softmax(-1).double() * m["weight"]
+            total = p if total is None else total + p
+    p = (total / sum(m["weight"] for m in doc["members"])).numpy()
+    row = next(row for row in r["rows"] if row["kind"] == "mixture")
+    expected = metrics(task.test_y, p)
+    assert row["metrics"]["breast"]["acc"] == pytest.approx(expected["acc"], abs=1e-12)
+    assert row["metrics"]["breast"]["auc"] == pytest.approx(expected["auc"], abs=1e-6)
+
+
+def test_mixture_search_scores_the_modules_own_output(demo_run):
+    """The search's score (member outputs kept between candidates) equals the score of the module's forward."""
+    import torch
+    from safetensors.torch import load
+
+    from mfgit.api.repository import Repository
+    from mfgit.demo.scoring import FLOOR, mixture_loss
+    from mfgit.demo.model import load_base, logits
+
+    work = _ok(demo_run)
+    coord = Repository.open(work / "coordinator")
+    data = [(json.loads(coord.read_attachment(f"origin/sites/{s}", "task"))["prompts"],
+             load(coord.read_attachment(f"origin/sites/{s}", "distilled"))) for s in [*SITES, LATE]]
+    module = coord.load_mixture(load_base(), "composite/mixture", logits=logits)
+    for weights in (list(module.weights), [0.4, -0.1, 0.0, 0.7]):
+        module.set_weights(weights)
+        direct = []
+        with torch.no_grad():
+            for prompts, t in data:
+                p = module(prompts, **{k: v for k, v in t.items() if k != "labels"})
+                q = (p / p.sum(-1, keepdim=True)).gather(1, t["labels"].unsqueeze(1)).squeeze(1)
+                direct.append(float(-q.clamp(min=FLOOR).log().mean()))
+        assert mixture_loss(module, data) == float(np.mean(direct))
+        assert mixture_loss(module, data) == float(np.mean(direct))  # from the kept member outputs
+        assert module.weights == weights
+    module.set_weights([0.5, -0.5, 0.0, 0.0])  # Σ w = 0: no distribution, a failed candidate
+    assert mixture_loss(module, data) == math.inf
+
+
+def test_sites_commit_task_specs_and_distilled_sets_as_attachments(demo_run):
+    """The hub's site commits carry the task spec and the distilled set (the shared contract); no record is in it."""
+    from safetensors.torch import load
+
+    from mfgit.api.repository import Repository
+
+    work = _ok(demo_run)
+    r = _results(work)
+    hub = Repository.open(work / "hub.mfgit")
     for s, task in zip([*SITES, LATE], TASKS):
-        files = r["site_commits"][s]["attachments"]
-        spec = json.loads(Path(files["task"]).read_text(encoding="utf-8"))
+        assert r["site_commits"][s]["attachments"] == ["distilled", "task"]
+        commit = hub.read_commit(hub.resolve(f"sites/{s}"))
+        assert {"distilled", "task"} <= {a["name"] for a in commit.attachments}
+        spec = json.loads(hub.read_attachment(f"sites/{s}", "task").decode("utf-8"))
         assert spec["task"] == task and spec["metric"] == "accuracy"
         assert len(spec["classes"]) == len(spec["prompts"]) == 2
-        d = load_file(files["distilled"])
+        d = load(hub.read_attachment(f"sites/{s}", "distilled"))
         assert set(d) == {"inputs_embeds", "attention_mask", "labels"}
         n = d["labels"].shape[0]
         assert d["inputs_embeds"].shape[0] == n and d["inputs_embeds"].shape[2] == 384
@@ -205,7 +306,8 @@ def test_hub_has_the_site_branches(demo_run):
     assert hub.is_bare
     branches = {b["name"] for b in hub.branches()}
     assert {f"sites/{s}" for s in [*SITES, LATE]} <= branches
-    assert {"main", "composite/fusion", "composite/uniform-all", *(f"composite/{k}" for k in COMPOSITES)} <= branches
+    assert {"main", "composite/fusion", "composite/uniform-all", "composite/mixture",
+            *(f"composite/{k}" for k in COMPOSITES)} <= branches
     for s in [*SITES, LATE]:
         assert hub.resolve(f"sites/{s}") == Repository.open(work / "sites" / s).resolve(f"sites/{s}")
     assert hub.fsck()["ok"]

@@ -108,7 +108,12 @@ def table_markdown(results: dict[str, Any]) -> str:
     check = results["async_integration"]
     fusion = results["fusion"]
     sizes_txt = ", ".join(f"{k} {v}" for k, v in results["test_sizes"].items())
-    ws = ", ".join(f"{s} {w:.3f}" for s, w in results["mixture"]["weights"].items())
+    mixture = results["mixture"]
+    ws = ", ".join(f"{s} {w:.3f}" for s, w in mixture["weights"].items())
+    stages = "; ".join(f"{st['adds'].rsplit('/', 1)[-1]} joins: a = {st['a']:.3f}, b = {st['b']:.3f}, distilled "
+                       f"loss {st['start']['score']:.4f} at the default weights -> {st['chosen']['score']:.4f}"
+                       for st in mixture["stages"])
+    last = mixture["stages"][-1]
     return "\n".join([
         "# mfgit demo results", "", results["about"], "",
         f"Seed {results['seed']}{' (--quick)' if results['quick'] else ''}. Test records: {sizes_txt}. "
@@ -122,7 +127,9 @@ def table_markdown(results: dict[str, Any]) -> str:
         f"MedForge-Fusion (`composite/fusion`): {fusion['how']}; {fusion['optimiser']['name']}, budget "
         f"{fusion['budget']}, bounds {fusion['bounds']}, L1 {fusion['l1']}; distilled loss "
         f"{fusion['start']['score']:.4f} at the start weights -> {fusion['chosen']['score']:.4f}.", "",
-        f"MedForge-Mixture: Σ wⱼ softmaxⱼ over the site adapters, weights by samples ({ws}).", "",
+        f"MedForge-Mixture (`composite/mixture`): {mixture['how']}; {last['optimiser']['name']}, budget "
+        f"{last['budget']} per stage, bounds {last['bounds']}, L1 {last['l1']}; stages: {stages}; weights {ws}.",
+        "",
         targets_text(results).replace("\n  ", "\n- ").replace("Targets:", "## Targets\n"), "",
     ])
 
@@ -218,6 +225,8 @@ def next_steps(work: Path, initial: list[str], late: str, *, lineage_page: bool 
         ("mfgit checkout HEAD --to composite/", "the composite as a PEFT adapter directory"),
         ("mfgit verify --reproduce main", "re-run every merge from its recorded recipe"),
         ("mfgit show --json composite/fusion", "Fusion's search: optimiser, every weight vector tried, its score"),
+        ("mfgit show composite/mixture", "the mixture's members with their searched weights"),
+        ("mfgit log --graph composite/mixture", "the mixture's stages: one site joining each, the late site last"),
     ]
     width = max(len(c) for c, _ in commands)
     sites = " ".join(f"origin/sites/{n}" for n in [*initial, late])

@@ -13,13 +13,17 @@ is left on disk can be explored with ordinary ``mfgit`` commands):
    task's prompts (attachment ``task``) and a distilled set (attachment
    ``distilled``: synthetic input embeddings, no real record) and push;
 4. the coordinator fetches and merges: linear by samples, linear uniform,
-   TIES, core-space TIES;
+   TIES, core-space TIES; and commits MedForge-Mixture (Σ wⱼ softmaxⱼ in
+   output space, ``repo.mix``), its weights searched stagewise on the
+   distilled sets it read from the hub's commits;
 5. one more hospital arrives late and is integrated into ``main``
-   asynchronously (checked against the one-shot merge); MedForge-Fusion
-   (the per-site weights searched with NGOpt on the sites' distilled sets)
-   and MedForge-Mixture (Σ wⱼ softmaxⱼ in output space) over all sites;
-6. every model is evaluated on every task's held-out test split; the
-   table, the targets and the plot are written to ``results.{json,md,png}``.
+   asynchronously (checked against the one-shot merge) and into the
+   mixture (``repo.mix([mixture, late])``, one more stagewise [a, b]);
+   MedForge-Fusion (the per-site weights searched with NGOpt on the sites'
+   distilled sets) over all sites;
+6. every model is evaluated on every task's held-out test split (the
+   mixture through the module ``repo.load_mixture`` returns); the table,
+   the targets and the plot are written to ``results.{json,md,png}``.
 
 A demonstration of the workflow on small public tables, not a clinical model.
 """
@@ -41,6 +45,9 @@ MIN_SITES, MAX_SITES = 2, len(SITES) - 1
 TIES_DENSITY = 0.2  # the TIES paper's k = 20 %
 # MedForge-Fusion: per-site weights searched like MedForge (NGOpt, budget 40, start 0.5, bounds ±1.5, L1 0.05)
 FUSION = {"budget": 40, "start": 0.5, "bounds": (-1.5, 1.5), "l1": 0.05}
+# MedForge-Mixture: stagewise [a, b] from [0.5, 0.5] (mfgit.api.mixture), the same bounds, penalty and
+# budget (per stage) as Fusion
+MIXTURE = {"bounds": FUSION["bounds"], "l1": FUSION["l1"]}
 QUICK = {"epochs": 1, "max_train": 96, "max_test": 50, "budget": 6, "distill_steps": 15}
 TARGETS_S = {"full": 180, "quick": 60}
 
@@ -97,13 +104,15 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load as load_safetensors
     from safetensors.torch import save_file
 
     from mfgit.api.repository import Repository
     from mfgit.demo import report
     from mfgit.demo.data import MAX_TEST, MAX_TRAIN, load_task
     from mfgit.demo.model import LORA, LORA_TARGETS, MODEL_NAME, TEMPERATURE, load_base
-    from mfgit.demo.scoring import mixture_proba
+    from mfgit.demo.model import logits
+    from mfgit.demo.scoring import mixture_loss, mixture_predict_proba
     from mfgit.demo.train import DISTILL, TRAIN, distill, metrics, predict_proba, train_lora
 
     t_start = time.perf_counter()
@@ -174,8 +183,13 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
                            meta=meta, attachments=attach)
         repo.push("origin", [f"sites/{site}"])
         return {"site": site, "task": task.name, "commit": info.id, "adapter": info.commit.adapter, "meta": meta,
-                "attachments": {k: str(v) for k, v in attach.items()},
-                "train_s": round(train_s, 2), "distill_s": round(distill_s, 2)}
+                "attachments": sorted(attach), "train_s": round(train_s, 2), "distill_s": round(distill_s, 2)}
+
+    def site_data(site: str) -> tuple[list[list[str]], dict[str, Any]]:
+        """The prompts and the distilled set of `site`, as the hub's commit has them (never the site's folder)."""
+        rev = f"origin/sites/{site}"
+        spec = report.loads(coord.read_attachment(rev, "task").decode("utf-8"))
+        return spec["prompts"], load_safetensors(coord.read_attachment(rev, "distilled"))
 
     def announce(c: dict[str, Any], step: str) -> None:
         m = c["meta"]
@@ -221,6 +235,26 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
         say(f"[4/6] coordinator: merged {n0} sites with {k:<9} -> {rep.commit[:10]}"
             f"{'  = main' if k == 'linear' else ''}")
 
+    # MedForge-Mixture: Σ wⱼ softmaxⱼ, a commit of its own per stage. Stage k is MedForge's: site k joins
+    # the mixture so far as w ← [a·w, b], [a, b] searched from [0.5, 0.5] on the distilled sets of the
+    # sites mixed so far (syndatalist[:k+1]; read from the hub's commits, never from a site's folder).
+    def mix_stage(k: int):
+        so_far = [s for s, _ in all_sites[:k + 1]]
+        first = f"origin/sites/{so_far[0]}" if k == 1 else "composite/mixture"
+        return coord.mix([first, f"origin/sites/{so_far[-1]}"], search="weights", stagewise=True,
+                         score=mixture_loss, base=load_base, logits=logits, data=[site_data(s) for s in so_far],
+                         budget=budget, bounds=MIXTURE["bounds"], l1=MIXTURE["l1"], seed=seed + k - 1,
+                         branch="composite/mixture",
+                         message=(f"MedForge-Mixture stage {k}: {so_far[-1]} joins ({k + 1} sites; [a, b] searched "
+                                  "on their distilled sets)"))
+
+    t = time.perf_counter()
+    mixtures = [mix_stage(k) for k in range(1, n0)]
+    coord.push("origin", ["composite/mixture"])
+    lap("mixture", t)
+    say(f"[4/6] coordinator: MedForge-Mixture of {n0} sites -> {mixtures[-1].commit[:10]}: "
+        f"{_mixture_summary(mixtures)}")
+
     # 5. the late site, Fusion and Mixture --------------------------------------------------------
     t = time.perf_counter()
     site_commits[late[0]] = site_round(late[0], n0)
@@ -239,6 +273,15 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
     say(f"      coordinator: integrated {late[0]} into main ({mode}) -> {integrated.commit[:10]}; max |dW| "
         f"difference to the one-shot merge: {check['max_abs_diff']:.3g} (identical adapter: "
         f"{check['identical_adapter']})")
+
+    # the late site joins the mixture with one more stage, on every distilled set so far; the previous
+    # mixture stays the branch's first parent
+    t = time.perf_counter()
+    mixtures.append(mix_stage(n0))
+    coord.push("origin", ["composite/mixture"])
+    lap("mixture_late", t)
+    say(f"      coordinator: {late[0]} joins MedForge-Mixture -> {mixtures[-1].commit[:10]}: "
+        f"{_mixture_summary(mixtures[-1:])}")
 
     # MedForge-Fusion: weights searched on the distilled sets the sites committed (never on records), with
     # the built-in loader and scorer: each site's `distilled` attachment classified with its own `task` prompts
@@ -262,17 +305,8 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
         f"{search['budget']}, distilled loss {search['start']['score']:.4f} at start -> "
         f"{search['chosen']['score']:.4f}")
 
-    # MedForge-Mixture: Σ wⱼ softmaxⱼ, weights by samples
-    samples = {s: site_commits[s]["meta"]["samples"] for s, _ in all_sites}
-    total = sum(samples.values())
-    mix_weights = {s: samples[s] / total for s in samples}
-    mixture_commit = None
-    if hasattr(coord, "mix"):
-        # [mixture API] the mixture as a commit of its own
-        coord.switch("composite/mixture", orphan=True)
-        mixture_commit = coord.mix(all_revs, weights=[mix_weights[s] for s, _ in all_sites],
-                                   message=f"MedForge-Mixture of {len(all_revs)} sites, weighted by samples").commit
-        coord.switch("main")
+    mixture = mixtures[-1]
+    mix_weights = {m["site"]: m["weight"] for m in mixture.members}
 
     # 6. evaluation ----------------------------------------------------------------------------
     t = time.perf_counter()
@@ -291,24 +325,32 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
                  "commit": uniform_all.commit, "strategy": "uniform-all"})
     rows.append({"name": f"MedForge-Fusion ({n0 + 1} sites)", "kind": "fusion", "rev": "composite/fusion",
                  "commit": fusion.commit, "strategy": "linear"})
-    say(f"[6/6] evaluating {len(rows) + 1} models on {len(tasks)} held-out test splits (each composite loaded "
-        "from the coordinator's repository onto a fresh base model with PEFT)")
-    probs: dict[str, dict[str, Any]] = {}
+    rows.append({"name": f"MedForge-Mixture ({n0 + 1} sites)", "kind": "mixture", "rev": "composite/mixture",
+                 "commit": mixture.commit, "weights": mix_weights})
+    say(f"[6/6] evaluating {len(rows)} models on {len(tasks)} held-out test splits (each composite loaded "
+        "from the coordinator's repository onto a fresh base model with PEFT; the mixture with "
+        "repo.load_mixture)")
+    by_adapter: dict[str, dict[str, Any]] = {}
     for row in rows:
+        if row["kind"] == "mixture":
+            module = coord.load_mixture(load_base(), row["rev"], logits=logits)
+            row["metrics"] = {name: metrics(tk.test_y, mixture_predict_proba(module, tk.prompts, tk.test_text))
+                              for name, tk in tasks.items()}
+            continue
+        adapter = coord.read_commit(coord.resolve(row["rev"])).adapter if row["rev"] is not None else None
+        twin = by_adapter.get(adapter) if adapter is not None else None
+        if twin is not None:
+            # the very same adapter object (equal sample counts make "by samples" uniform): the same predictions
+            row["metrics"] = {name: dict(m) for name, m in twin["metrics"].items()}
+            row["same_adapter_as"] = twin["name"]
+            continue
         model = load_base()
         if row["rev"] is not None:
             model = coord.load_adapter(model, row["rev"])
-        p = {name: predict_proba(model, tk.prompts, tk.test_text) for name, tk in tasks.items()}
-        if row["kind"] == "site":
-            probs[row["site"]] = p
-        row["metrics"] = {name: metrics(tasks[name].test_y, p[name]) for name in tasks}
-    # Mixture: the sites' softmaxes, weighted; the same probabilities as the site rows
-    mix_row = {"name": f"MedForge-Mixture ({n0 + 1} sites)", "kind": "mixture", "rev": None,
-               "commit": mixture_commit, "weights": mix_weights}
-    mix_row["metrics"] = {name: metrics(tasks[name].test_y, mixture_proba([probs[s][name] for s in mix_weights],
-                                                                          list(mix_weights.values())))
-                          for name in tasks}
-    rows.append(mix_row)
+        row["metrics"] = {name: metrics(tk.test_y, predict_proba(model, tk.prompts, tk.test_text))
+                          for name, tk in tasks.items()}
+        if adapter is not None:
+            by_adapter[adapter] = row
     for row in rows:
         row["metrics"]["macro"] = {k: float(np.mean([row["metrics"][n][k] for n in tasks])) for k in ("acc", "auc")}
     lap("evaluate", t)
@@ -330,7 +372,13 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
                    "start": search["start"], "chosen": search["chosen"],
                    "how": ("per-site weights of a linear merge searched by NGOpt on the sites' distilled sets "
                            "(cross-entropy of each set against its own task's prompts); no record leaves a site")},
-        "mixture": {"weights": mix_weights, "commit": mixture_commit},
+        "mixture": {"commit": mixture.commit, "branch": "composite/mixture", "weights": mix_weights,
+                    "stages": [_mixture_record(m) for m in mixtures],
+                    "how": ("Σ wⱼ softmaxⱼ of the site adapters (one forward pass each), committed with repo.mix, "
+                            "one commit per stage; MedForge's stagewise search: when site j joins, [a, b] is "
+                            "searched from [0.5, 0.5] and w ← [a·w, b], scored by the cross-entropy of the mixed "
+                            "distribution on the distilled sets of the sites mixed so far; evaluated on the module "
+                            "repo.load_mixture returns")},
         "rows": rows,
     }
     timings["total"] = round(time.perf_counter() - t_start, 3)
@@ -356,6 +404,24 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
     say("")
     say(report.next_steps(work, [s for s, _ in initial], late[0], lineage_page=bool(page)))
     return results
+
+
+def _mixture_record(m) -> dict[str, Any]:
+    """One stage's repo.mix commit as results.json keeps it: the members' weights after it and its [a, b]."""
+    s = m.provenance["search"]
+    (st,) = s["stages"]  # one stage per commit: [mixture so far, the site that joins]
+    return {"commit": m.commit, "adds": st["adds"], "a": st["chosen"]["a"], "b": st["chosen"]["b"],
+            "weights": {x["site"]: x["weight"] for x in m.members}, "optimiser": s["optimiser"],
+            "budget": s["budget"], "bounds": s["bounds"], "l1": s["l1"], "seed": s["seed"],
+            "start": s["start"], "chosen": s["chosen"]}
+
+
+def _mixture_summary(stages: list) -> str:
+    rs = [_mixture_record(m) for m in stages]
+    ab = "; ".join(f"{r['adds'].rsplit('/', 1)[-1]} joins: a={r['a']:.3f} b={r['b']:.3f}, distilled loss "
+                   f"{r['start']['score']:.4f} at the default weights -> {r['chosen']['score']:.4f}" for r in rs)
+    ws = ", ".join(f"{s} {w:.3f}" for s, w in rs[-1]["weights"].items())
+    return f"{rs[-1]['optimiser']['name']}, budget {rs[-1]['budget']} per stage ({ab}); weights {ws}"
 
 
 def _require_demo_packages() -> None:
