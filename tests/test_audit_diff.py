@@ -8,16 +8,14 @@ and the command's output must be byte-identical from run to run.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from tests.adapters import delta_weights
-from tests.conftest import Cli, build_adapter, isolated_env
+from tests.conftest import Cli, build_adapter
 
 REL = 1e-6
 

@@ -21,7 +21,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field

@@ -4,7 +4,6 @@ adapters (a tiny Llama built from a config, and all-MiniLM-L6-v2).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -241,7 +240,7 @@ def test_branch_create_list_and_delete(cli, repo_dir, history, adapter_dir):
     assert by_name["main"] == {"name": "main", "ref": "refs/heads/main", "commit": c3, "current": True, "subject": "seed 3"}
     assert by_name["old"]["commit"] == c1 and by_name["old"]["current"] is False
     text = cli.ok("branch", cwd=repo_dir).stdout
-    assert f"* main" in text and f"  old" in text
+    assert "* main" in text and "  old" in text
     assert "already exists" in cli.fails("branch", "old", cwd=repo_dir, code=4)
     cli.ok("branch", "-f", "old", c2, cwd=repo_dir)
     assert cli.json("show", "old", "--json", cwd=repo_dir)["id"] == c2

@@ -33,7 +33,7 @@ from mfgit.objects import Adapter, Commit
 from mfgit.objects.canonical import canonical_json
 from mfgit.repo.checkout import write_adapter_dir
 from mfgit.repo.crash import points_of
-from tests.conftest import AUTHOR_EMAIL, AUTHOR_NAME, Cli, build_adapter, isolated_env
+from tests.conftest import AUTHOR_EMAIL, AUTHOR_NAME, Cli, build_adapter
 
 # --- helpers ---------------------------------------------------------------------------------
 
