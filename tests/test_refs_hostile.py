@@ -534,3 +534,13 @@ def test_any_bytes_in_a_ref_head_reflog_or_config_give_exit_0_or_one_clean_line(
     for args in (["log"], ["status"], ["branch"], ["fsck"], ["commit", committed, "-m", "x", "--allow-empty"]):
         clean(cli(*args, cwd=work))
     shutil.rmtree(work)
+
+
+def test_reflog_line_without_its_new_key_is_damage_not_a_crash():
+    """Regression: a flipped byte turned "new" into another key; fsck died with KeyError: 'new' (exit 70)."""
+    from mfgit.refs.refstore import ReflogEntry, parse_reflog_line
+
+    good = b'{"message":"m","new":"' + b"a" * 64 + b'","old":null,"time":"2026-01-01T00:00:00Z","who":"w"}'
+    assert isinstance(parse_reflog_line(good), ReflogEntry)
+    assert parse_reflog_line(good.replace(b'"new"', b'"nfw"')) == "'new' is missing"
+    assert parse_reflog_line(good.replace(b'"old"', b'"olx"')) == "'old' is missing"

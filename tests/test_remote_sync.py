@@ -242,7 +242,8 @@ def derive_adapter(src: Path, dst: Path, *, change: int = 1) -> Path:
 
 def build_history(site: Path, n: int) -> str:
     """n more commits on the current branch, fast: the commit objects written
-    in one batch through the API (same adapter, same provenance), one ref update."""
+    in one batch through the API (same adapter, provenance and attachments, such as the
+    card), one ref update."""
     from mfgit.api.repository import Repository
     from mfgit.objects.model import Commit
 
@@ -256,7 +257,7 @@ def build_history(site: Path, n: int) -> str:
         for i in range(n):
             c = Commit(adapter=base.adapter, parents=(parent,), author=base.author, site=base.site,
                        timestamp=f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}.{i:06d}Z",
-                       message=f"history step {i}", provenance=base.provenance)
+                       message=f"history step {i}", provenance=base.provenance, attachments=base.attachments)
             parent = repo.put_commit(c)
     finally:
         repo.store.end_batch()

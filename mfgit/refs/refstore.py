@@ -100,7 +100,9 @@ def parse_reflog_line(raw: bytes) -> ReflogEntry | str:
     if not isinstance(d, dict):
         return "not a JSON object"
     for key in ("old", "new"):
-        v = d.get(key)
+        if key not in d:  # null is a value (no old id); an absent key is damage
+            return f"{key!r} is missing"
+        v = d[key]
         if v is not None and not is_object_id(v):
             return f"{key!r} is not an object id"
     for key in ("who", "time", "message"):
