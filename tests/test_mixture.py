@@ -286,6 +286,19 @@ def test_a_late_site_joins_a_mixture_with_one_searched_stage(tmp_path, mfgit_env
     assert [w for _, w in repo.read_commit(report.commit).mixture_members()] == pytest.approx([0.5 * a, 0.5 * a, b])
 
 
+def test_search_over_revisions_that_share_a_member_loads_each_member_once(tmp_path, mfgit_env, bert_adapters):
+    """Regression: mixing a mixture with one of its own members failed with "2 weight(s) for 3 member(s)"
+    under --search (every revision's members were loaded, duplicates included), though it worked without."""
+    repo, ids = _site_repo(tmp_path / "repo", bert_adapters)
+    repo.mix(["sites/a", "sites/b"], weights=[0.5, 0.5], branch="mx")
+    report = repo.mix(["mx", "sites/a"], search="weights", score=_target_score(bert_adapters, 0),
+                      base=tiny_bert_classifier, budget=6, branch="mx2")
+    members = repo.read_commit(report.commit).mixture_members()
+    assert [c for c, _ in members] == [ids[0], ids[1]]
+    wa, wb = report.provenance["search"]["chosen"]["weights"]
+    assert [w for _, w in members] == pytest.approx([0.5 * wa + wb, 0.5 * wa])
+
+
 # --- the command line -----------------------------------------------------------------------------------
 
 

@@ -233,7 +233,9 @@ def _search(repo: "BaseRepository", resolved: list[_Rev], start: list[float], *,
     if len(resolved) < 2:
         raise MixtureError("--search needs at least two revisions to weigh")
     t0 = time.perf_counter()
-    module = load_members(repo, scorer.base_model(), [cid for r in resolved for cid, _ in r.members], logits=logits)
+    # The members once each, in the order _flatten gives the weights (two revisions may share a member).
+    members = [cid for cid, _ in _flatten(resolved, [1.0] * len(resolved))]
+    module = load_members(repo, scorer.base_model(), members, logits=logits)
 
     def score_weights(rev_weights: Sequence[float]) -> tuple[dict[str, float], None]:
         module.set_weights([w for _, w in _flatten(resolved, rev_weights)])
@@ -275,8 +277,8 @@ def _search(repo: "BaseRepository", resolved: list[_Rev], start: list[float], *,
                        **{k: log.evaluations[idx][k] for k in ("score", "objective")}},
                        "evaluations": log.evaluations, "scored": len(log.cache)})
     # The uniform/default mixture scored too, so the record shows what the search gained.
-    start_values, _ = score_weights(start)
-    final_values, _ = score_weights(chosen)
+    start_score = _finite_or_none(score_weights(start)[0]["score"])
+    final_score = _finite_or_none(score_weights(chosen)[0]["score"])
     record = {
         "mode": "weights",
         "stagewise": bool(stagewise),
@@ -290,8 +292,8 @@ def _search(repo: "BaseRepository", resolved: list[_Rev], start: list[float], *,
         "scorer": scorer.record,
         "logits": logits_record,
         "layout": {"inputs": [r.rev for r in resolved], "commits": [r.commit for r in resolved]},
-        "start": {"weights": list(start), "score": start_values["score"]},
-        "chosen": {"weights": [float(w) for w in chosen], "score": final_values["score"]},
+        "start": {"weights": list(start), "score": start_score},
+        "chosen": {"weights": [float(w) for w in chosen], "score": final_score},
         "stages": stages,
         "seconds": round(time.perf_counter() - t0, 3),
     }
@@ -404,3 +406,12 @@ def load_mixture(repo: "BaseRepository", base_model, rev: str = "HEAD", *,
     members = c.mixture_members()
     _base_model(repo, [(f"{rev} member {m[:10]}", m) for m, _ in members])
     return load_members(repo, base_model, [m for m, _ in members], [w for _, w in members], logits=logits)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    """A score as the record keeps it: canonical JSON has no NaN or infinity (as SearchLog records them)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None

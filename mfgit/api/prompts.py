@@ -88,7 +88,8 @@ def prompt_counts(site: "SiteData") -> list[int]:
                               "prompts (commit it with --attach task=task.json)")
     prompts = spec.get("prompts")
     if prompts is None:
-        n = len(spec.get("classes") or [])
+        classes = spec.get("classes")
+        n = len(classes) if isinstance(classes, list) else 0
         if n < 2 or "prompt_inputs" not in spec:
             raise InvalidSiteData(site.commit, TASK, "has no 'prompts' (a list of prompts per class)")
         return [1] * n
@@ -137,10 +138,13 @@ class PromptScore:
             rows = _rows(given.get("input_ids")) if isinstance(given, dict) else None
             mask = given.get("attention_mask") if isinstance(given, dict) else None
             masks = _rows(mask) if mask is not None else [[1] * len(r) for r in rows or []]
-            if rows is None or masks is None or len(rows) != sum(counts) or [len(m) for m in masks] != [len(r) for r in rows]:
+            if (rows is None or masks is None or len(rows) != sum(counts)
+                    or [len(m) for m in masks] != [len(r) for r in rows]
+                    or any(not 0 <= i < MAX_TOKEN_ID for r in rows for i in r)
+                    or any(v not in (0, 1) for m in masks for v in m)):
                 raise InvalidSiteData(site.commit, TASK, f"'prompt_inputs' must hold input_ids (and optionally an "
-                                      f"attention_mask of the same shape): one list of token ids per prompt, "
-                                      f"{sum(counts)} in all")
+                                      f"attention_mask of 0s and 1s of the same shape): one list of token ids "
+                                      f"(0 ≤ id < 2^31) per prompt, {sum(counts)} in all")
             width = max(len(r) for r in rows)
             # Ragged rows are padded with id 0 under a mask of 0.
             inp = {"input_ids": torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long),
@@ -169,8 +173,13 @@ class PromptScore:
             return F.normalize(_features(inner.get_text_features(**inp)), dim=-1) if clip else mean_pooled(inner, **inp)
 
         pin, counts = self.prompt_inputs(site)
-        classes = class_vectors(embed_text(pin), counts)
         x = site.inputs()
+        vocab = _vocab_size(inner)
+        for where, ids in ((TASK, pin["input_ids"]), (site.name, x.get("input_ids"))):
+            # An id past the embedding table is an IndexError on CPU and a device-side assert on CUDA.
+            if vocab is not None and ids is not None and ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < vocab:
+                raise InvalidSiteData(site.commit, where, f"holds token ids outside the model's vocabulary (0..{vocab - 1})")
+        classes = class_vectors(embed_text(pin), counts)
         if "pixel_values" in x and not callable(getattr(inner, "get_image_features", None)):
             raise InvalidSiteData(site.commit, site.name, "holds pixel_values, but the model has no "
                                   "get_image_features (a CLIP model is needed)")
@@ -220,6 +229,19 @@ class PromptScore:
             out[f"{t}/cross_entropy"] = per_task[t]
             out[f"{t}/accuracy"] = acc[t]
         return out
+
+
+def _vocab_size(model: Any) -> int | None:
+    """The text vocabulary's size from the model's config (a CLIP model keeps it in text_config)."""
+    config = getattr(model, "config", None)
+    for c in (getattr(config, "text_config", None), config):
+        size = getattr(c, "vocab_size", None)
+        if isinstance(size, int) and size > 0:
+            return size
+    return None
+
+
+MAX_TOKEN_ID = 2 ** 31  # ids beyond any vocabulary (and beyond what torch.long holds) are refused before any lookup
 
 
 def _rows(value: Any) -> list[list[int]] | None:

@@ -75,7 +75,10 @@ def _files_of(name: str, path: Path) -> list[tuple[str, Path]]:
     if not path.is_dir():
         return [(name, path)]
     out: list[tuple[str, Path]] = []
-    for root, dirs, files in os.walk(path, onerror=None, followlinks=False):
+    def unreadable(e: OSError) -> None:  # os.walk would skip the folder silently: a partial commit
+        raise InvalidAttachment(name, f"cannot be read: {e.strerror or e}", str(e.filename or path))
+
+    for root, dirs, files in os.walk(path, onerror=unreadable, followlinks=False):
         dirs.sort()
         for entry in [*dirs, *files]:
             p = Path(root) / entry
