@@ -134,13 +134,15 @@ def _name_in(e: SchemaError, staged: list[Staged]) -> str:
     return "attachments"
 
 
-def store(repo: "BaseRepository", staged: list[Staged]) -> tuple[dict[str, Any], ...]:
+def store(repo: "BaseRepository", staged: list[Staged],
+          entries: tuple[dict[str, Any], ...] | None = None) -> tuple[dict[str, Any], ...]:
     """Store each attachment's bytes (public: a blob; private: this repository's private/)
-    and return the commit's entries. Called before the commit object is written
-    (objects before refs)."""
+    and return the commit's entries (`entries`, when the caller computed them already).
+    Called before the commit object is written (objects before refs)."""
+    given = entries
     entries = []
-    for s in staged:
-        e = s.entry()
+    for i, s in enumerate(staged):
+        e = s.entry() if given is None else given[i]
         if s.private:
             write_private(repo, e["digest"], s.data)
         else:

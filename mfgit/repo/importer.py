@@ -114,13 +114,15 @@ def commit(repo: "BaseRepository", source: Any, message: str, *, meta: list[str]
     code_job = Job(lambda: code_revision(code, required=True) if code else code_revision(code_from or path))
     try:
         adapter_id = run_import(code_job.start)
-        # --- attachments: stored before the commit names them (objects before refs) ---
-        entries = _attachments.store(repo, staged)
-        # --- end attachments ---
+        entries = tuple(st.entry() for st in staged)
         if parent is not None and not allow_empty:
             head = repo.read_commit(parent)
             if head.adapter == adapter_id and _attachments.same_attachments(head.attachments, entries):
                 raise NothingToCommit(adapter_id)
+        # --- attachments: stored once the commit is decided, before it names them (objects before refs):
+        # nothing to commit leaves no private copy behind ---
+        _attachments.store(repo, staged, entries)
+        # --- end attachments ---
     except BaseException:
         code_job.wait()
         raise
