@@ -30,8 +30,10 @@ A demonstration of the workflow on small public tables, not a clinical model.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -93,10 +95,30 @@ def run_demo(workdir: str | os.PathLike = "mfgit-demo", sites: int = 3, seed: in
     threads = torch.get_num_threads()
     torch.set_num_threads(min(2, threads))
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_libraries():
             return _run(work, initial, late, seed, quick, say)
     finally:
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """The demo's own lines only: transformers' weight-loading bars and the deprecation warning PEFT's
+    calls raise there are printed for every model loaded (dozens of times), and say nothing to a reader."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed: int, quick: bool,
