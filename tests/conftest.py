@@ -15,6 +15,8 @@ initialised repositories, and real PEFT adapter directories.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import shutil
@@ -142,18 +144,27 @@ def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path / "home", tmp_path)
 
 
+@contextlib.contextmanager
+def in_process_env(env: dict[str, str]):
+    """In-process API calls see the same identity, credentials and endpoint as `cli`.
+
+    Its own MonkeyPatch, so a test's `monkeypatch.undo()` does not drop it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k in [k for k in os.environ if k.startswith(("MFGIT_", "AWS_"))]:
+            mp.delenv(k)
+        for k, v in env.items():
+            if k.startswith(("MFGIT_", "AWS_")):
+                mp.setenv(k, v)
+        yield
+
+
 @pytest.fixture
 def mfgit_env(cli: Cli):
     """The same isolated environment for in-process API calls as for `cli`.
 
     Its own MonkeyPatch, so a test's `monkeypatch.undo()` does not drop it.
     """
-    with pytest.MonkeyPatch.context() as mp:
-        for k in [k for k in os.environ if k.startswith("MFGIT_")]:
-            mp.delenv(k)
-        for k, v in cli.env.items():
-            if k.startswith("MFGIT_"):
-                mp.setenv(k, v)
+    with in_process_env(cli.env):
         yield cli.env
 
 

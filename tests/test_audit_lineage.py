@@ -9,7 +9,6 @@ loaded in headless Chromium (Selenium) and clicked.
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
@@ -17,7 +16,7 @@ import torch
 
 from tests.adapters import delta_weights
 from tests.browser import graph_shape, headless_chromium, severe_errors
-from tests.conftest import Cli, build_adapter
+from tests.conftest import Cli, build_adapter, in_process_env
 
 SITES = ("a", "b", "c", "d")
 
@@ -42,12 +41,7 @@ def env(tmp_path_factory, adapter_store):
     from mfgit.api.repository import Repository
 
     # The history is built in process (one process, not one per command); the tests drive the CLI on it.
-    with pytest.MonkeyPatch.context() as mp:
-        for k in [k for k in os.environ if k.startswith("MFGIT_")]:
-            mp.delenv(k)
-        for k, v in cli.env.items():
-            if k.startswith("MFGIT_"):
-                mp.setenv(k, v)
+    with in_process_env(cli.env):
         repo = Repository.init(repo_dir)
         for s in SITES:
             repo.switch(f"sites/{s}", orphan=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, build_adapter
+from tests.conftest import Cli, build_adapter, in_process_env
 
 DAMAGED, SIGNATURE, MERGE, BAD_INPUT = 5, 9, 8, 4
 
@@ -43,12 +43,7 @@ def template(tmp_path_factory, adapter_store):
 
     # The history is made in one process (what `commit --sign`, `merge -S` and `tag -s` call); the tests
     # drive the CLI on it.
-    with pytest.MonkeyPatch.context() as mp:
-        for k in [k for k in os.environ if k.startswith("MFGIT_")]:
-            mp.delenv(k)
-        for k, v in cli.env.items():
-            if k.startswith("MFGIT_"):
-                mp.setenv(k, v)
+    with in_process_env(cli.env):
         r = Repository.init(repo)
         for s, seed in (("a", 60), ("b", 61)):
             r.switch(f"sites/{s}", orphan=True)

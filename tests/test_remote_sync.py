@@ -16,7 +16,6 @@ through the real `mfgit` command.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from mfgit.api.repository import Repository
-from tests.conftest import Cli, build_adapter, isolated_env, one_line_error
+from tests.conftest import Cli, build_adapter, in_process_env, isolated_env, one_line_error  # noqa: F401  (in_process_env: imported from here by other tests)
 
 try:
     from tests.seaweed import seaweed  # noqa: F401  (session fixture)
@@ -296,18 +295,6 @@ def world(tmp_path_factory, seaweed, adapter_store):
     w = make_world(root, seaweed, adapter_store, "sync")
     with in_process_env(w.cli.env):
         yield w
-
-
-@contextlib.contextmanager
-def in_process_env(env: dict[str, str]):
-    """In-process API calls see the same identity, credentials and endpoint as `cli`."""
-    with pytest.MonkeyPatch.context() as mp:
-        for k in [k for k in os.environ if k.startswith(("MFGIT_", "AWS_"))]:
-            mp.delenv(k)
-        for k, v in env.items():
-            if k.startswith(("MFGIT_", "AWS_")):
-                mp.setenv(k, v)
-        yield
 
 
 @pytest.fixture(scope="module", params=KINDS)
