@@ -16,7 +16,10 @@ when a site joins.
 
 With ``search="weights"`` the revisions' weights are chosen by the user's
 score (mfgit.api.usercode; the same optimiser as ``merge --search``,
-mfgit.api.search.minimise). Jointly, or ``stagewise`` as MedForge does it:
+mfgit.api.search.minimise), or by the built-in pair ``score="prompts",
+data="attachments:NAME"``: every member site's committed data, read and
+recorded by digest (mfgit.api.sitedata), scored by the generalized KL of
+the mixture (mfgit.api.mixscore). Jointly, or ``stagewise`` as MedForge does it:
 stage j searches [a, b] from [0.5, 0.5] within the bounds (default ±1.5) to
 minimise score + l1·mean(|[a, b]|) (default l1 0.05) and sets w ← [a·w, b·wⱼ].
 Each candidate is scored on one `MixtureModule` whose members are loaded
