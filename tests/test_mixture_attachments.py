@@ -58,6 +58,11 @@ def test_the_mixture_records_every_member_sites_attachments_by_digest(mixdata):
         want = sorted((x, name, sha(mixdata["files"][x][name]), members[x]) for x in sites
                       for name in ("distilled", "task"))
         assert got == want
+    from mfgit.render.text import mix_text
+
+    text = mix_text(mixdata["joined"], "main")
+    c = _site_of(mixdata["joined"])["c"]
+    assert f"read distilled of {c[:10]} (c): sha256 {sha(mixdata['files']['c']['distilled'])[:16]}" in text
 
 
 def _by_hand(module, sites):

@@ -384,6 +384,10 @@ def mixture_members_text(members: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def _score(value: Any) -> str:
+    return "failed" if value is None else f"{value:.6g}"  # a non-finite score is recorded as null
+
+
 def mix_text(report: dict[str, Any], branch: str) -> str:
     report = terminal_doc(report)
     prov = report["provenance"]
@@ -396,5 +400,7 @@ def mix_text(report: dict[str, Any], branch: str) -> str:
         text += (f"search: {'stagewise ' if s['stagewise'] else ''}weights with {opt['name']} {opt['version']}, "
                  f"budget {s['budget']}{' per stage' if s['stagewise'] else ''}, bounds {s['bounds']}, "
                  f"seed {s['seed']}, l1 {s['l1']} (mean |w|)\n"
-                 f"  start score {s['start']['score']:.6g}, chosen score {s['chosen']['score']:.6g}\n")
+                 f"  start score {_score(s['start']['score'])}, chosen score {_score(s['chosen']['score'])}\n")
+        for a in s.get("attachments") or []:  # what the built-in loader read (mix --data attachments:NAME)
+            text += f"  read {a['name']} of {a['commit'][:10]} ({a.get('site') or '-'}): sha256 {a['digest'][:16]}…\n"
     return text
