@@ -279,3 +279,26 @@ def test_commit_entries_keep_one_encoding(cli, repo_dir, adapter_dir, tmp_path):
     repo = Repository.open(repo_dir)
     c = repo.read_commit(repo.head())
     assert repo.put_commit(dataclasses.replace(c)) == repo.head()
+
+
+def test_a_part_of_another_kind_is_damage_in_one_line(cli, repo_dir, adapter_dir, tmp_path):
+    commit_distilled(cli, repo_dir, adapter_dir("a"), write(tmp_path / "d.safetensors", safetensors_bytes(tensors(3, 64))))
+    repo = Repository.open(repo_dir)
+    (entry,) = repo.read_commit(repo.head()).attachments
+    replace_head(repo_dir, attachments=(dict(entry, tensors=dict(entry["tensors"], x01=entry["header"])),))
+    line = cli.fails("attachments", "HEAD", "distilled", cwd=repo_dir, code=5)
+    assert "is corrupt" in line and "is a blob, not a tensor" in line
+    (p,) = json.loads(cli("verify", "--json", cwd=repo_dir).stdout)["integrity"]["problems"]
+    assert p["what"] == "attachment distilled" and "not a tensor" in p["error"]
+    (bad,) = json.loads(cli("fsck", "--json", cwd=repo_dir).stdout)["corrupt_attachments"]
+    assert "not a tensor" in bad["error"]
+
+
+def test_identical_tensors_of_one_file_are_one_object(cli, repo_dir, adapter_dir, tmp_path):
+    same = os.urandom(4096)
+    data = safetensors_bytes({"a": same, "b": same, "c": os.urandom(4096)})
+    made = commit_distilled(cli, repo_dir, adapter_dir("a"), write(tmp_path / "d.safetensors", data))
+    t = made["attachments"][0]["tensors"]
+    assert t["a"] == t["b"] != t["c"]
+    assert Repository.open(repo_dir).read_attachment("HEAD", "distilled") == data
+    assert cli.json("fsck", "--json", "--read-data", cwd=repo_dir)["ok"]

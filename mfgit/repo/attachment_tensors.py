@@ -23,7 +23,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from mfgit.errors import CorruptAttachment, MalformedObject
+from mfgit.errors import CorruptAttachment, MalformedObject, WrongObjectType
 from mfgit.formats import safetensors as st
 from mfgit.formats.hubcard import CARD_NAME
 from mfgit.formats.peft import tensor_name_problem
@@ -102,13 +102,29 @@ def part_ids(entry: dict[str, Any]) -> list[str]:
 def join(entry: dict[str, Any], fetch: Fetch, commit: str) -> bytes | None:
     """The bytes of a split entry, put together from its parts and checked against its
     size and digest: CorruptAttachment when they do not give those bytes back (parts that
-    hash correctly but belong to another file), None when `fetch` lacks a part."""
+    hash correctly but belong to another file, or an id naming an object of another kind),
+    None when `fetch` lacks a part. `fetch` may raise WrongObjectType."""
     name, digest, size = entry["name"], entry["digest"], entry["size"]
     where = f"header blob {entry['header'][:12]} and {len(entry['tensors'])} tensor objects"
 
     def unfit(reason: str) -> CorruptAttachment:
         return CorruptAttachment(commit, name, digest, f"parts that do not fit together: {reason}", where)
 
+    try:
+        out = _join(entry, fetch, unfit)
+    except WrongObjectType as e:  # an id of the entry names an object of another kind
+        raise unfit(str(e)) from None
+    if out is None:
+        return None
+    actual = hashlib.sha256(out).hexdigest()
+    if actual != digest or len(out) != size:
+        raise CorruptAttachment(commit, name, digest, f"{actual} ({len(out)} bytes)", where)
+    return bytes(out)
+
+
+def _join(entry: dict[str, Any], fetch: Fetch, unfit: Callable[[str], CorruptAttachment]) -> bytearray | None:
+    """The header blob, then each tensor's bytes in the order of their offsets (unchecked against the digest)."""
+    name, size = entry["name"], entry["size"]
     head = fetch(entry["header"], "blob")
     if head is None:
         return None
@@ -137,9 +153,4 @@ def join(entry: dict[str, Any], fetch: Fetch, commit: str) -> bytes | None:
             raise unfit(f"tensor {info.name!r} is {th.dtype}{list(th.shape)}, "
                         f"the header says {info.dtype}{list(info.shape)}")
         out += raw
-    if not complete:
-        return None
-    actual = hashlib.sha256(out).hexdigest()
-    if actual != digest or len(out) != size:
-        raise CorruptAttachment(commit, name, digest, f"{actual} ({len(out)} bytes)", where)
-    return bytes(out)
+    return out if complete else None
