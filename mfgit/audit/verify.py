@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from mfgit.audit.policy import AllowedSigners, judge, load_policy
 from mfgit.audit.signing import check_signature
-from mfgit.errors import CorruptAttachment, CorruptObject, DoraNeedsBaseWeights, MalformedObject, MfgitError, ObjectNotFound, SignatureError
+from mfgit.errors import (CorruptAttachment, CorruptObject, DoraNeedsBaseWeights, MalformedObject, MfgitError,
+                          ObjectNotFound, SignatureError)
 from mfgit.objects.model import Commit, Tag, decode_object, is_object_id, split_tensor_payload
 from mfgit.refs import HEADS, REMOTES, SYMREF, TAGS, check_branch_name
 
