@@ -247,32 +247,33 @@ def test_mixture_row_is_the_committed_mixture_read_back_with_peft(demo_run):
 
 
 def test_mixture_search_scores_the_modules_own_output(demo_run):
-    """The search's score (member outputs kept between candidates) equals the score of the module's forward."""
+    """The search's built-in score (member outputs kept between candidates) equals the generalized KL of the
+    module's forward with the demo's logits: the demo's prompt classifier is the built-in one."""
     import torch
-    from safetensors.torch import load
 
+    from mfgit.api.mixscore import MixturePromptScore, generalized_kl
+    from mfgit.api.prompts import prompt_score, task_means
     from mfgit.api.repository import Repository
-    from mfgit.demo.scoring import FLOOR, mixture_loss
+    from mfgit.api.sitedata import load_site_data, member_leaves
     from mfgit.demo.model import load_base, logits
 
     work = _ok(demo_run)
     coord = Repository.open(work / "coordinator")
-    data = [(json.loads(coord.read_attachment(f"origin/sites/{s}", "task"))["prompts"],
-             load(coord.read_attachment(f"origin/sites/{s}", "distilled"))) for s in [*SITES, LATE]]
+    tip = coord.resolve("composite/mixture")
+    sites, _ = load_site_data(coord, member_leaves(coord, [("mixture", tip)]), "distilled")
+    assert sorted(s.site for s in sites) == sorted([*SITES, LATE])
     module = coord.load_mixture(load_base(), "composite/mixture", logits=logits)
+    score = MixturePromptScore(prompt_score(load_base))
     for weights in (list(module.weights), [0.4, -0.1, 0.0, 0.7]):
         module.set_weights(weights)
-        direct = []
         with torch.no_grad():
-            for prompts, t in data:
-                p = module(prompts, **{k: v for k, v in t.items() if k != "labels"})
-                q = (p / p.sum(-1, keepdim=True)).gather(1, t["labels"].unsqueeze(1)).squeeze(1)
-                direct.append(float(-q.clamp(min=FLOOR).log().mean()))
-        assert mixture_loss(module, data) == float(np.mean(direct))
-        assert mixture_loss(module, data) == float(np.mean(direct))  # from the kept member outputs
+            direct = task_means([(s, generalized_kl(p := module(s.task["prompts"], **s.inputs()), s.labels),
+                                  p.argmax(1)) for s in sites], "generalized_kl")
+        assert score(module, sites)["score"] == pytest.approx(direct["score"], abs=1e-5)
+        assert score(module, sites)["score"] == pytest.approx(direct["score"], abs=1e-5)  # from the kept outputs
         assert module.weights == weights
-    module.set_weights([0.5, -0.5, 0.0, 0.0])  # Σ w = 0: no distribution, a failed candidate
-    assert mixture_loss(module, data) == math.inf
+    search = coord.read_commit(tip).provenance["search"]
+    assert search["scorer"]["score"] == "prompts" and search["scorer"]["data"] == "attachments:distilled"
 
 
 def test_sites_commit_task_specs_and_distilled_sets_as_attachments(demo_run):

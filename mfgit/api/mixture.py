@@ -16,7 +16,10 @@ when a site joins.
 
 With ``search="weights"`` the revisions' weights are chosen by the user's
 score (mfgit.api.usercode; the same optimiser as ``merge --search``,
-mfgit.api.search.minimise). Jointly, or ``stagewise`` as MedForge does it:
+mfgit.api.search.minimise), or by the built-in pair ``score="prompts",
+data="attachments:NAME"``: every member site's committed data, read and
+recorded by digest (mfgit.api.sitedata), scored by the generalized KL of
+the mixture (mfgit.api.mixscore). Jointly, or ``stagewise`` as MedForge does it:
 stage j searches [a, b] from [0.5, 0.5] within the bounds (default ±1.5) to
 minimise score + l1·mean(|[a, b]|) (default l1 0.05) and sets w ← [a·w, b·wⱼ].
 Each candidate is scored on one `MixtureModule` whose members are loaded
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from mfgit.errors import IsAMixture, MixtureBaseMismatch, MixtureError
 from mfgit.objects.model import Adapter
 from mfgit.refs import HEADS
+from mfgit.repo.mixture import flatten_members, revision_members
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository, Signer
@@ -76,7 +80,7 @@ def _resolve(repo: "BaseRepository", revs: Sequence[str]) -> list[_Rev]:
     for rev in revs:
         cid = repo.resolve(rev)
         c = repo.read_commit(cid)
-        out.append(_Rev(rev, cid, c.mixture_members() if c.is_mixture else [(cid, 1.0)]))
+        out.append(_Rev(rev, cid, revision_members(c, cid)))
     return out
 
 
@@ -98,13 +102,9 @@ def _base_model(repo: "BaseRepository", members: Sequence[tuple[str, str]]) -> d
 
 
 def _flatten(revs: Sequence[_Rev], weights: Sequence[float]) -> list[tuple[str, float]]:
-    """The members of all revisions, each weighted by its revision's weight; a commit named twice
-    once, with its weights summed (Σ wⱼ softmaxⱼ is the same)."""
-    out: dict[str, float] = {}
-    for r, a in zip(revs, weights):
-        for cid, w in r.members:
-            out[cid] = out.get(cid, 0.0) + float(a) * float(w)
-    return list(out.items())
+    """The members of all revisions, each weighted by its revision's weight (verify --reproduce
+    flattens the recorded inputs the same way)."""
+    return flatten_members([(r.members, a) for r, a in zip(revs, weights)])
 
 
 def _check_weights(weights: Any, n: int) -> list[float]:
@@ -224,17 +224,25 @@ def _search(repo: "BaseRepository", resolved: list[_Rev], start: list[float], *,
             say: Callable[[str], Any] | None) -> tuple[list[float], dict[str, Any]]:
     """The revisions' weights chosen by the user's score, and the record of the search."""
     from mfgit.api.search import OPTIMISER, SearchLog, check_search_args, minimise, optimiser_version
+    from mfgit.api.sitedata import PREFIX, attachment_name, load_site_data, member_leaves
     from mfgit.api.usercode import resolve_scorer
     from mfgit.errors import ScoreError
 
     budget_n, (lo, hi), lam = check_search_args("weights", budget, bounds, DEFAULT_L1 if l1 is None else l1)
     seed_n = 0 if seed is None else int(seed)
-    scorer = resolve_scorer(score, base, data)
     if len(resolved) < 2:
         raise MixtureError("--search needs at least two revisions to weigh")
-    t0 = time.perf_counter()
     # The members once each, in the order _flatten gives the weights (two revisions may share a member).
     members = [cid for cid, _ in _flatten(resolved, [1.0] * len(resolved))]
+    reads, name = None, attachment_name(data)
+    if name is not None:  # the member sites' committed data (mfgit.api.sitedata), read before any model is built
+        labels = {m: (r.rev if m == r.commit else f"{r.rev} member {m[:10]}") for r in reversed(resolved)
+                  for m, _ in r.members}
+        data, reads = load_site_data(repo, member_leaves(repo, [(labels[m], m) for m in members]), name)
+    scorer = resolve_scorer(score, base, data, output_space=True)
+    if reads is not None:
+        scorer.record["data"] = PREFIX + name
+    t0 = time.perf_counter()
     module = load_members(repo, scorer.base_model(), members, logits=logits)
 
     def score_weights(rev_weights: Sequence[float]) -> tuple[dict[str, float], None]:
@@ -295,6 +303,7 @@ def _search(repo: "BaseRepository", resolved: list[_Rev], start: list[float], *,
         "start": {"weights": list(start), "score": start_score},
         "chosen": {"weights": [float(w) for w in chosen], "score": final_score},
         "stages": stages,
+        **({"attachments": reads} if reads is not None else {}),  # by digest: verify --reproduce reads them again
         "seconds": round(time.perf_counter() - t0, 3),
     }
     module.unload()

@@ -98,11 +98,19 @@ def evaluate(repo: "BaseRepository", revs: Iterable[str], *, score: Any, name: s
     """Score each revision with the user's function at this site and attach the values as notes.
 
     The score function gets the commit's adapter loaded as a PeftModel onto
-    the base model, and the data object the data loader returns (this
-    site's own data) — nothing else; only the returned numbers are
-    recorded. See mfgit.api.usercode.resolve_scorer for how score, base and
-    data are found. Returns the notes written, as read back (see read_note).
+    the base model — for a mixture commit, the mixture module
+    (``load_mixture``: its forward gives Σⱼ wⱼ·softmaxⱼ) — and the data
+    object the data loader returns (this site's own data) — nothing else;
+    only the returned numbers are recorded. ``data="attachments:NAME"``
+    scores each revision on its own leaves' committed data instead (the
+    commit itself, a merge's leaves, a mixture's members), read and recorded
+    by digest in the note's scorer. See mfgit.api.usercode.resolve_scorer for
+    how score, base and data are found; ``score="prompts"`` is the built-in
+    prompt classifier (of a mixture: mfgit.api.mixscore). Returns the notes
+    written, as read back (see read_note).
     """
+    from mfgit.api.mixture import load_mixture
+    from mfgit.api.sitedata import PREFIX, attachment_name, load_site_data, member_leaves
     from mfgit.api.usercode import resolve_scorer
 
     name = check_name(name)
@@ -112,17 +120,40 @@ def evaluate(repo: "BaseRepository", revs: Iterable[str], *, score: Any, name: s
     commits = [repo.resolve(r) for r in revs]
     key = _signing_key(repo, sign)
     repo.identity()  # who measured: fail before any work
-    scorer = resolve_scorer(score, base, data)
-    code_info = code_revision(Path(code), required=True) if code else scorer.record.get("code")
+    attachment = attachment_name(data)
+    code_given = code_revision(Path(code), required=True) if code else None
+    scorers: dict[Any, Any] = {}
+    base_model = None
+
+    def scorer_for(cid: str, mixture: bool):
+        """One scorer per kind of commit (a mixture's built-in score differs) and, for attachments, per commit."""
+        nonlocal base_model
+        if attachment is None:
+            k: Any = mixture
+            if k not in scorers:
+                scorers[k] = resolve_scorer(score, base, data, output_space=mixture)
+        else:
+            k = (mixture, cid)
+            sites, reads = load_site_data(repo, member_leaves(repo, [(cid[:10], cid)]), attachment)
+            scorers[k] = resolve_scorer(score, base, sites, output_space=mixture)
+            scorers[k].record.update(data=PREFIX + attachment, attachments=reads)
+        s = scorers[k]
+        if base_model is None:
+            base_model = s.base_model()
+        s._base = base_model  # one base model for every revision: each is unloaded from it after scoring
+        return s
+
     notes = []
-    base_model = scorer.base_model()
     for cid in commits:
-        model = load_adapter(repo, base_model, cid)
+        mixture = repo.read_commit(cid).is_mixture
+        scorer = scorer_for(cid, mixture)
+        model = load_mixture(repo, base_model, cid) if mixture else load_adapter(repo, base_model, cid)
         try:
             model.eval()
             values = scorer(model)
         finally:
             model.unload()  # back to the plain base model for the next revision
+        code_info = code_given or scorer.record.get("code")
         notes.append(make_note(repo, cid, name, values, scorer=scorer.record, code=code_info, message=message, key=key))
     ids = add_notes(repo, notes)
     trust = NoteTrust.of(repo)

@@ -208,27 +208,51 @@ class PromptScore:
         import torch
         from torch.nn import functional as F
 
-        if not isinstance(sites, (list, tuple)) or not sites or not all(hasattr(s, "task") for s in sites):
-            raise ScoreError(NAME, "--score prompts scores the sites' own data: use it with --data attachments:NAME")
-        losses: dict[str, list[torch.Tensor]] = {}
-        hits: dict[str, list[torch.Tensor]] = {}
+        check_sites(sites)
+        per_sample = []
         with torch.no_grad():
             for site in sites:
                 logits = self.site_logits(model, site).float().cpu()
-                labels = site.labels
-                if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
-                    raise InvalidSiteData(site.commit, site.name, f"labels must lie in 0..{logits.shape[1] - 1} "
-                                          "(one per class of the task spec)")
-                task = str(site.task.get("task") or site.site or site.commit)
-                losses.setdefault(task, []).append(F.cross_entropy(logits, labels, reduction="none"))
-                hits.setdefault(task, []).append((logits.argmax(1) == labels).float())
-        per_task = {t: float(torch.cat(v).mean()) for t, v in losses.items()}
-        acc = {t: float(torch.cat(v).mean()) for t, v in hits.items()}
-        out = {"score": sum(per_task.values()) / len(per_task), "accuracy": sum(acc.values()) / len(acc)}
-        for t in sorted(per_task):
-            out[f"{t}/cross_entropy"] = per_task[t]
-            out[f"{t}/accuracy"] = acc[t]
-        return out
+                check_labels(site, logits.shape[1])
+                per_sample.append((site, F.cross_entropy(logits, site.labels, reduction="none"), logits.argmax(1)))
+        return task_means(per_sample, "cross_entropy")
+
+
+def check_sites(sites: Any) -> None:
+    if not isinstance(sites, (list, tuple)) or not sites or not all(hasattr(s, "task") for s in sites):
+        raise ScoreError(NAME, "--score prompts scores the sites' own data: use it with --data attachments:NAME")
+
+
+def check_labels(site: "SiteData", classes: int) -> None:
+    labels = site.labels
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise InvalidSiteData(site.commit, site.name, f"labels must lie in 0..{classes - 1} "
+                              "(one per class of the task spec)")
+
+
+def site_task(site: "SiteData") -> str:
+    """The task a site's samples count under: two sites of one task pool their samples."""
+    return str(site.task.get("task") or site.site or site.commit)
+
+
+def task_means(per_sample: Sequence[tuple["SiteData", "torch.Tensor", "torch.Tensor"]], loss: str) -> dict[str, float]:
+    """{"score": mean over tasks of each task's mean per-sample loss, "accuracy", "<task>/<loss>", "<task>/accuracy"}
+    from (site, per-sample losses, predicted classes) triples."""
+    import torch
+
+    losses: dict[str, list[torch.Tensor]] = {}
+    hits: dict[str, list[torch.Tensor]] = {}
+    for site, values, predicted in per_sample:
+        task = site_task(site)
+        losses.setdefault(task, []).append(values)
+        hits.setdefault(task, []).append((predicted == site.labels).float())
+    per_task = {t: float(torch.cat(v).mean()) for t, v in losses.items()}
+    acc = {t: float(torch.cat(v).mean()) for t, v in hits.items()}
+    out = {"score": sum(per_task.values()) / len(per_task), "accuracy": sum(acc.values()) / len(acc)}
+    for t in sorted(per_task):
+        out[f"{t}/{loss}"] = per_task[t]
+        out[f"{t}/accuracy"] = acc[t]
+    return out
 
 
 def _vocab_size(model: Any) -> int | None:

@@ -6,9 +6,11 @@ committed with their adapters, never on records: each site's distilled set
 their keyword names and ``labels``) and its task spec (attachment ``task``,
 JSON with the class prompts). ``attachments:NAME`` reads attachment NAME of
 every leaf of the merge — each input being merged, and each leaf already in
-the composite being integrated into — and, where the commit has one, its
-``task``; it returns one `SiteData` per leaf. Every read is recorded (commit,
-name, SHA-256 digest, size) in the merge's ``provenance.search.attachments``,
+the composite being integrated into —, of every member of a mixture
+(``mix --search``; the leaves of a member that is a merge), or of the
+commit evaluated (``eval``), and, where the commit has one, its ``task``;
+it returns one `SiteData` per leaf. Every read is recorded (commit,
+name, SHA-256 digest, size) in the merge's or mixture's ``provenance.search.attachments``,
 and ``verify --reproduce`` reads them again by that digest.
 
 Everything comes from other institutions, so nothing is trusted: the
@@ -88,6 +90,22 @@ def leaf_commits(leaves: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             seen.add(lf["commit"])
             out.append({"commit": lf["commit"], "site": lf.get("site"), "label": lf.get("label") or lf["commit"][:10]})
     return out
+
+
+def member_leaves(repo: "BaseRepository", members: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The leaves whose data a composite was or is scored on, each once, from (label, commit) pairs: a merge
+    commit's recorded leaves, a mixture's members' leaves, any other commit itself."""
+    out: list[dict[str, Any]] = []
+    for label, cid in members:
+        c = repo.read_commit(cid)
+        if c.is_mixture:
+            out += member_leaves(repo, [(f"{label} member {m[:10]}", m) for m, _ in c.mixture_members()])
+        elif c.is_merge:
+            out += [{"commit": lf["commit"], "site": lf.get("site"), "label": lf.get("label") or label}
+                    for lf in (c.provenance or {}).get("leaves") or []]
+        else:
+            out.append({"commit": cid, "site": c.site, "label": label})
+    return leaf_commits(out)
 
 
 def _read(repo: "BaseRepository", cid: str, name: str, *, required: bool) -> tuple[bytes, dict[str, Any]] | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from mfgit.api.prompts import NAME as PROMPTS
-from mfgit.api.prompts import prompt_score
+from mfgit.api.prompts import check_sites, prompt_counts, prompt_score
 from mfgit.api.sitedata import PREFIX as ATTACHMENTS_PREFIX
 from mfgit.errors import ScoreError
 from mfgit.formats import peft as peftfmt
@@ -143,7 +143,8 @@ def score_values(result: Any, where: str = "score") -> dict[str, float]:
     return {"score": number(result, "score")}
 
 
-def resolve_scorer(score: Any, base: Any = None, data: Any = None, *, need_base: bool = True) -> Scorer:
+def resolve_scorer(score: Any, base: Any = None, data: Any = None, *, need_base: bool = True,
+                   output_space: bool = False) -> Scorer:
     """Find the score function, the base model and the data.
 
     ``score``: ``"module:function"`` (imported; ``path/file.py:function`` also
@@ -154,17 +155,29 @@ def resolve_scorer(score: Any, base: Any = None, data: Any = None, *, need_base:
     is; when omitted, the score module's ``load_data()`` is used if it defines
     one. With data the score function is called as ``score(model, data)``,
     without as ``score(model)``. Nothing else is ever passed to it.
+
+    ``score="prompts"`` is the built-in prompt classifier (mfgit.api.prompts)
+    on `data`, the sites' data (a list of SiteData, from ``--data
+    attachments:NAME``); with `output_space` (a mixture is scored) its
+    mixture form, mfgit.api.mixscore.
     """
     if score is None:
         raise ScoreError("-", "a score function is needed: --score MODULE:FUNCTION")
     if isinstance(data, str) and data.startswith(ATTACHMENTS_PREFIX):
-        raise ScoreError(data, "--data attachments:NAME reads the attachments of the commits being merged; it works "
-                               "with merge --search (elsewhere give --data MODULE:FUNCTION)")
+        raise ScoreError(data, "--data attachments:NAME reads the attachments of the commits scored; merge --search, "
+                               "mix --search and eval read them (elsewhere give --data MODULE:FUNCTION)")
     if score == PROMPTS:  # the built-in prompt classifier (mfgit.api.prompts), with the --base module's tokenizer
+        check_sites(data)
+        for site in data:
+            prompt_counts(site)  # a missing or malformed task spec is refused before any model is built
         if base is None:
             raise ScoreError(PROMPTS, "--score prompts needs the base model: pass --base MODULE:FUNCTION")
         base_fn = load_callable(base, "--base") if isinstance(base, str) else base
         fn = prompt_score(base_fn, base if isinstance(base, str) else None)
+        if output_space:
+            from mfgit.api.mixscore import MixturePromptScore
+
+            fn = MixturePromptScore(fn)
         scorer = resolve_scorer(fn, base_fn, data, need_base=need_base)
         scorer.record.update(score=PROMPTS, base=_describe(base), prompts=fn.record())
         return scorer

@@ -6,7 +6,10 @@ and signatures against the allowed-signers policy.
   tensor and file the manifest names is present, decodes, and hashes to its id
   (full SHA-256, not the store's quick XXH3 check).
 * **reproduce**: every merge commit in that history is re-run from its
-  recorded recipe and inputs (`Repository.reproduce_merge`). On the recorded
+  recorded recipe and inputs (`Repository.reproduce_merge`), every mixture
+  from its recorded inputs and weights (mfgit.repo.mixture.reproduce_mixture:
+  the attachments its search read are read again by digest, the members
+  flattened again and compared). On the recorded
   device type the result must have the same tensor ids; on another device type
   the merged updates must agree within a tolerance (max |ΔW difference|).
 * **signatures**: each commit is attributed to a branch (below) and its
@@ -269,6 +272,9 @@ def check_reproduce(repo: "BaseRepository", commits: list[str], *, tolerance: fl
             c = repo.read_commit(cid)
         except MfgitError:
             continue  # reported by the integrity check
+        if c.is_mixture:
+            out.append(_reproduce_mixture(repo, cid))
+            continue
         if not c.is_merge:
             continue
         recorded = ((c.provenance or {}).get("device") or {}).get("type")
@@ -302,6 +308,21 @@ def check_reproduce(repo: "BaseRepository", commits: list[str], *, tolerance: fl
                                 f"(the recipe, the inputs or the adapter are not what the commit records)")
         out.append(entry)
     return out
+
+
+def _reproduce_mixture(repo: "BaseRepository", cid: str) -> dict[str, Any]:
+    """A mixture re-run from its recorded inputs and weights, its search's attachments read again by digest."""
+    from mfgit.repo.mixture import reproduce_mixture
+
+    entry: dict[str, Any] = {"commit": cid, "kind": "mixture", "max_abs_diff": None}
+    try:
+        r = reproduce_mixture(repo, cid)
+    except MfgitError as e:  # a private or changed attachment, a missing input: a finding, not a crash
+        entry.update(ok=False, outcome="not-reproducible", identical=False, reason=f"cannot re-run the mixture: {e}")
+        return entry
+    entry.update(identical=r["identical"], max_abs_diff=r["max_abs_diff"], ok=r["identical"],
+                 outcome="bit-identical" if r["identical"] else "mismatch", reason=r["reason"])
+    return entry
 
 
 # -- signatures --------------------------------------------------------------------------------

@@ -126,7 +126,6 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
-    from safetensors.torch import load as load_safetensors
     from safetensors.torch import save_file
 
     from mfgit.api.repository import Repository
@@ -134,7 +133,7 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
     from mfgit.demo.data import MAX_TEST, MAX_TRAIN, load_task
     from mfgit.demo.model import LORA, LORA_TARGETS, MODEL_NAME, TEMPERATURE, load_base
     from mfgit.demo.model import logits
-    from mfgit.demo.scoring import mixture_loss, mixture_predict_proba
+    from mfgit.demo.scoring import mixture_predict_proba
     from mfgit.demo.train import DISTILL, TRAIN, distill, metrics, predict_proba, train_lora
 
     t_start = time.perf_counter()
@@ -207,12 +206,6 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
         return {"site": site, "task": task.name, "commit": info.id, "adapter": info.commit.adapter, "meta": meta,
                 "attachments": sorted(attach), "train_s": round(train_s, 2), "distill_s": round(distill_s, 2)}
 
-    def site_data(site: str) -> tuple[list[list[str]], dict[str, Any]]:
-        """The prompts and the distilled set of `site`, as the hub's commit has them (never the site's folder)."""
-        rev = f"origin/sites/{site}"
-        spec = report.loads(coord.read_attachment(rev, "task").decode("utf-8"))
-        return spec["prompts"], load_safetensors(coord.read_attachment(rev, "distilled"))
-
     def announce(c: dict[str, Any], step: str) -> None:
         m = c["meta"]
         say(f"[{step}] site {c['site']}: LoRA on {m['samples']} {c['task']} records in {c['train_s']:.1f} s "
@@ -259,12 +252,14 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
 
     # MedForge-Mixture: Σ wⱼ softmaxⱼ, a commit of its own per stage. Stage k is MedForge's: site k joins
     # the mixture so far as w ← [a·w, b], [a, b] searched from [0.5, 0.5] on the distilled sets of the
-    # sites mixed so far (syndatalist[:k+1]; read from the hub's commits, never from a site's folder).
+    # sites mixed so far (syndatalist[:k+1]; the members' attachments, read from the hub's commits by the
+    # built-in loader, never from a site's folder), scored by the built-in mixture score (mfgit.api.mixscore:
+    # the demo's logits are the built-in prompt classifier's, mean-pooled cosine × TEMPERATURE).
     def mix_stage(k: int):
         so_far = [s for s, _ in all_sites[:k + 1]]
         first = f"origin/sites/{so_far[0]}" if k == 1 else "composite/mixture"
         return coord.mix([first, f"origin/sites/{so_far[-1]}"], search="weights", stagewise=True,
-                         score=mixture_loss, base=load_base, logits=logits, data=[site_data(s) for s in so_far],
+                         score="prompts", base=load_base, logits=logits, data="attachments:distilled",
                          budget=budget, bounds=MIXTURE["bounds"], l1=MIXTURE["l1"], seed=seed + k - 1,
                          branch="composite/mixture",
                          message=(f"MedForge-Mixture stage {k}: {so_far[-1]} joins ({k + 1} sites; [a, b] searched "

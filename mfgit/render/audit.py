@@ -226,8 +226,13 @@ def verify_text(r: dict[str, Any]) -> str:
         lines.append(f"mixture: {'ok  ' if m['ok'] else 'FAIL'} {m['commit'][:10]}  {m['reason']}")
     if r.get("reproduce") is not None:
         rep = r["reproduce"]
-        lines.append(f"reproduce: {'ok' if rep['ok'] else 'FAILED'} — {len(rep['merges'])} merge(s)")
+        mixed = sum(1 for m in rep["merges"] if m.get("kind") == "mixture")
+        lines.append(f"reproduce: {'ok' if rep['ok'] else 'FAILED'} — {len(rep['merges']) - mixed} merge(s)"
+                     + (f", {mixed} mixture(s)" if mixed else ""))
         for m in rep["merges"]:
+            if m.get("kind") == "mixture":
+                lines.append(f"  {'ok  ' if m['ok'] else 'FAIL'} {m['commit'][:10]}  mixture: {m['reason']}")
+                continue
             dev = f"{m.get('device')} vs recorded {m.get('recorded_device')}"
             lines.append(f"  {'ok  ' if m['ok'] else 'FAIL'} {m['commit'][:10]}  {m['strategy']}  {dev}: {m['reason']}")
     if r.get("signatures") is not None:

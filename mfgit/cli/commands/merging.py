@@ -139,10 +139,13 @@ def _weights_list(weights: str | None) -> list[float] | None:
               help="Search the revisions' weights that minimise --score.")
 @click.option("--stagewise", is_flag=True, help="Search as MedForge does: one revision at a time, [a, b] from "
                                                 "[0.5, 0.5], then w <- [a*w, b].")
-@click.option("--score", default=None, metavar="MODULE:FUNC", help="Your score function (lower is better); it "
-                                                                   "receives the mixture module (probabilities).")
+@click.option("--score", default=None, metavar="MODULE:FUNC", help="Your score function (lower is better; it "
+                                                                   "receives the mixture module, probabilities), or "
+                                                                   "'prompts': the built-in prompt classifier's "
+                                                                   "generalized KL of the mixture on each member "
+                                                                   "site's data; see docs/search-and-eval.md.")
 @click.option("--base", "base_spec", default=None, metavar="MODULE:FUNC", help="Base model factory (default: base_model() in the score module).")
-@click.option("--data", "data_spec", default=None, metavar="MODULE:FUNC", help="Data loader (default: load_data() in the score module, if any).")
+@click.option("--data", "data_spec", default=None, metavar="MODULE:FUNC", help="Data loader, or attachments:NAME: attachment NAME of every member site (default: load_data() in the score module, if any).")
 @click.option("--budget", type=int, default=None, help="Optimiser proposals to evaluate (per stage with --stagewise; default 40).")
 @click.option("--bounds", default=None, metavar="LOW,HIGH", help="Bounds of every searched weight (default -1.5,1.5).")
 @click.option("--l1", type=float, default=None, help="Penalty l1 * mean(|w|) on the searched weights (default 0.05, MedForge's).")

@@ -13,10 +13,10 @@ from mfgit.render import text as render
 
 @click.command("eval")
 @click.argument("revs", nargs=-1, required=True)
-@click.option("--score", required=True, metavar="MODULE:FUNC", help="Your score function: score(model[, data]) -> number or {'score': ..., ...}.")
+@click.option("--score", required=True, metavar="MODULE:FUNC", help="Your score function: score(model[, data]) -> number or {'score': ..., ...} (a mixture commit's model is its mixture module), or 'prompts': the built-in prompt classifier.")
 @click.option("--name", required=True, help="Name of the data evaluated on (e.g. breakhis-val); --select-by uses it.")
 @click.option("--base", "base_spec", default=None, metavar="MODULE:FUNC", help="Base model factory (default: base_model() in the score module).")
-@click.option("--data", "data_spec", default=None, metavar="MODULE:FUNC", help="This site's data loader (default: load_data() in the score module, if any).")
+@click.option("--data", "data_spec", default=None, metavar="MODULE:FUNC", help="This site's data loader, or attachments:NAME: attachment NAME of each revision's leaves (default: load_data() in the score module, if any).")
 @click.option("--code", type=click.Path(), default=None, help="Git work tree of the evaluation code (default: the score module's).")
 @click.option("-m", "--message", default=None, help="A remark stored with the note.")
 @click.option("--sign/--no-sign", "sign", default=None, help="Sign the notes (default: when config signing.key is set).")
