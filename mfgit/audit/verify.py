@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from mfgit.audit.policy import AllowedSigners, judge, load_policy
 from mfgit.audit.signing import check_signature
-from mfgit.errors import CorruptObject, DoraNeedsBaseWeights, MalformedObject, MfgitError, ObjectNotFound, SignatureError
+from mfgit.errors import (CorruptAttachment, CorruptObject, DoraNeedsBaseWeights, MalformedObject, MfgitError,
+                          ObjectNotFound, SignatureError)
 from mfgit.objects.model import Commit, Tag, decode_object, is_object_id, split_tensor_payload
 from mfgit.refs import HEADS, REMOTES, SYMREF, TAGS, check_branch_name
 
@@ -209,10 +210,12 @@ def check_mixtures(repo: "BaseRepository", commits: list[str]) -> list[dict[str,
 def _check_attachments(repo: "BaseRepository", cid: str, commit: Commit, get, checked: set[str],
                        counts: dict[str, int], problems: list[dict[str, Any]]) -> None:
     """Each public attachment's blob is whole (SHA-256 against its id) and its bytes have the
-    size and digest the commit records; a private one is checked where its bytes are kept
+    size and digest the commit records — for one stored as its tensors, each part is whole and
+    the parts put together give those bytes back; a private one is checked where its bytes are kept
     (at its site) and counted as elsewhere where they are not (any other repository)."""
     import hashlib
 
+    from mfgit.repo import attachment_tensors
     from mfgit.repo.attachments import private_path, private_state
 
     for a in commit.attachments:
@@ -226,6 +229,19 @@ def _check_attachments(repo: "BaseRepository", cid: str, commit: Commit, get, ch
                                  "error": f"the private copy {private_path(repo, a['digest'])} does not have "
                                           f"sha256 {a['digest']}"})
             else:
+                counts["attachments"] += 1
+            continue
+        if attachment_tensors.is_split(a):
+            key = ":".join([a["digest"], str(a["size"]), *attachment_tensors.part_ids(a)])
+            if key in checked:
+                continue
+            checked.add(key)
+            try:
+                data = attachment_tensors.join(a, lambda oid, want: get(oid, want, cid, what), cid)
+            except CorruptAttachment as e:
+                problems.append({"commit": cid, "object": a["header"], "what": what, "error": str(e)})
+                continue
+            if data is not None:
                 counts["attachments"] += 1
             continue
         if a["id"] in checked:

@@ -158,6 +158,16 @@ class Adapter:
         )
 
 
+# --- attachments ---
+def attachment_object_ids(entry: dict[str, Any]) -> list[str]:
+    """The objects a public attachment entry names: its blob, or, for a safetensors file
+    stored as its tensors, its header blob and each tensor (docs/design.md, "Attachments")."""
+    if "tensors" in entry:
+        return [entry["header"], *entry["tensors"].values()]
+    return [entry["id"]]
+# --- end attachments ---
+
+
 @dataclass(frozen=True)
 class Commit:
     adapter: str
@@ -168,7 +178,7 @@ class Commit:
     message: str
     provenance: dict[str, Any]
     signature: dict[str, Any] | None = None
-    # --- attachments: entries {name, size, digest, private[, id]}, sorted by name ---
+    # --- attachments: entries {name, size, digest, private[, id | header, tensors]}, sorted by name ---
     attachments: tuple[dict[str, Any], ...] = ()
     # --- end attachments ---
     # --- mixture: an output-space composite (schema.mixture); absent on every other commit ---
@@ -213,8 +223,9 @@ class Commit:
 
     # --- attachments ---
     def attachment_ids(self) -> list[str]:
-        """The blob ids of the public attachments (private ones have no object)."""
-        return [a["id"] for a in self.attachments if not a["private"]]
+        """The objects of the public attachments (private ones have none): what
+        reachability, push, fetch and gc carry for them."""
+        return [oid for a in self.attachments if not a["private"] for oid in attachment_object_ids(a)]
     # --- end attachments ---
     # --- mixture ---
     @property

@@ -327,8 +327,10 @@ def attachment_name_problem(name: Any) -> str | None:
 def attachments(value: Any, where: str = "attachments") -> list[dict[str, Any]]:
     """The commit's attachments: a non-empty array sorted by name (absent when
     there are none: one encoding), each exactly {name, size, digest, private}
-    plus "id" (the blob) when it is public; names unique, also case-folded,
-    and no name a folder of another (checkout writes each as a file)."""
+    plus, when it is public, either "id" (the blob) or, for a safetensors file
+    stored as its tensors, "header" (the blob of its header) and "tensors"
+    (a non-empty object: tensor name → tensor id); names unique, also
+    case-folded, and no name a folder of another (checkout writes each as a file)."""
     if not isinstance(value, list):
         raise SchemaError(where, f"must be an array, not {_type_name(value)}")
     if not value:
@@ -342,7 +344,9 @@ def attachments(value: Any, where: str = "attachments") -> list[dict[str, Any]]:
         private = a.get("private")
         if type(private) is not bool:
             raise SchemaError(f"{at}.private", "must be a boolean")
-        _fields(a, at, {"name", "size", "digest", "private"} | (set() if private else {"id"}))
+        split = not private and ("tensors" in a or "header" in a)
+        _fields(a, at, {"name", "size", "digest", "private"}
+                | (set() if private else {"header", "tensors"} if split else {"id"}))
         name = a["name"]
         problem = attachment_name_problem(name)
         if problem:
@@ -361,7 +365,15 @@ def attachments(value: Any, where: str = "attachments") -> list[dict[str, Any]]:
             raise SchemaError(f"{at}.size", "must be a non-negative integer")
         if not isinstance(a["digest"], str) or not _ID.fullmatch(a["digest"]):
             raise SchemaError(f"{at}.digest", "must be a SHA-256 digest (64 lowercase hex digits)")
-        if not private:
+        if split:
+            _object_id(a["header"], f"{at}.header")
+            tensors = a["tensors"]
+            if not isinstance(tensors, dict) or not tensors:
+                raise SchemaError(f"{at}.tensors", "must be a non-empty object: tensor name → tensor id")
+            for tname, tid in tensors.items():
+                _tensor_name(tname, f"{at}.tensors")
+                _object_id(tid, f"{at}.tensors[{tname[:80]!r}]")
+        elif not private:
             _object_id(a["id"], f"{at}.id")
     for key, name in folded.items():
         # "a" and "a/b" cannot both be files of one folder.

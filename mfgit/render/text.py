@@ -155,6 +155,8 @@ def _attachment_lines(items: list[dict[str, Any]]) -> list[str]:
     out = []
     for a in items:
         where = "private" if a.get("private") else "public"
+        if isinstance(a.get("tensors"), dict):
+            where += f", {len(a['tensors'])} tensors"
         if "present" in a and not a["present"]:
             where += ", not here" if not a.get("private") else ", kept at its site"
         out.append(f"{a['name']:<{width}}  {human_bytes(a['size']):>10}  sha256:{a['digest'][:16]}  {where}\n")
@@ -223,6 +225,8 @@ def fsck_text(report: dict[str, Any]) -> str:
     for a in report.get("corrupt_private_attachments", []):
         lines.append(f"corrupt private attachment {a['name']} of {a['commit'][:10]}: {a['path']} "
                      f"has sha256 {a['actual']}, not {a['digest']}")
+    for a in report.get("corrupt_attachments", []):
+        lines.append(a["error"])
     absent = report.get("private_attachments_absent", [])
     if absent:
         lines.append(f"{len(absent)} private attachment(s) not here (kept at the site that committed them; "

@@ -1,8 +1,11 @@
 """Attachments: named files a site commits besides its adapter.
 
 A public attachment is a blob object, stored and moved like the extra files
-of a manifest; the commit names it by id, so reachability, push, fetch, gc
-and fsck carry it with no other rule. A private one is recorded by size and
+of a manifest, or, when it is a safetensors file, a header blob and one
+tensor object per tensor, stored like an adapter's tensors
+(mfgit.repo.attachment_tensors); the commit names its objects by id
+(Commit.attachment_ids), so reachability, push, fetch and gc carry them with
+no other rule. A private one is recorded by size and
 SHA-256 digest only; its bytes are kept in this repository under
 ``private/<sha256>`` — outside the object store, so nothing that moves
 objects ever sees them — and nowhere else. Both kinds are part of the
@@ -16,13 +19,16 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from mfgit.errors import AttachmentNotFound, AttachmentPrivate, CorruptAttachment, InvalidAttachment, WrongObjectType
+from mfgit.errors import (AttachmentNotFound, AttachmentPrivate, CorruptAttachment, InvalidAttachment, MfgitError,
+                          WrongObjectType)
 from mfgit.objects.model import Commit, object_id
 from mfgit.objects.schema import SchemaError, attachment_name_problem
 from mfgit.objects.schema import attachments as check_attachments
+from mfgit.repo import attachment_tensors
 from mfgit.store.fileio import atomic_write
 
 if TYPE_CHECKING:
@@ -40,12 +46,21 @@ class Staged:
     private: bool
     path: str
 
+    @cached_property
+    def parts(self) -> attachment_tensors.Split | None:
+        """A public safetensors file cut into header and tensors (hashed once, however often
+        the entry is asked for); None for a file kept as one blob, and for a private one."""
+        return None if self.private else attachment_tensors.split(self.name, self.data)
+
     def entry(self) -> dict[str, Any]:
         """Its record in the commit (docs/design.md, "Attachments")."""
         e: dict[str, Any] = {"name": self.name, "size": len(self.data),
                              "digest": hashlib.sha256(self.data).hexdigest(), "private": self.private}
         if not self.private:
-            e["id"] = object_id("blob", self.data)
+            if self.parts is not None:
+                e.update(self.parts.fields())
+            else:
+                e["id"] = object_id("blob", self.data)
         return e
 
 
@@ -136,7 +151,7 @@ def _name_in(e: SchemaError, staged: list[Staged]) -> str:
 
 def store(repo: "BaseRepository", staged: list[Staged],
           entries: tuple[dict[str, Any], ...] | None = None) -> tuple[dict[str, Any], ...]:
-    """Store each attachment's bytes (public: a blob; private: this repository's private/)
+    """Store each attachment's bytes (public: a blob, or a header and tensors; private: this repository's private/)
     and return the commit's entries (`entries`, when the caller computed them already).
     Called before the commit object is written (objects before refs)."""
     given = entries
@@ -145,6 +160,8 @@ def store(repo: "BaseRepository", staged: list[Staged],
         e = s.entry() if given is None else given[i]
         if s.private:
             write_private(repo, e["digest"], s.data)
+        elif s.parts is not None:
+            attachment_tensors.store_split(repo.store, s.parts)
         else:
             bid = repo.store.put("blob", s.data)  # an existing blob is freshened (git's rule)
             assert bid == e["id"], (bid, e["id"])
@@ -196,7 +213,8 @@ def listing(repo: "BaseRepository", rev: str = "HEAD") -> list[dict[str, Any]]:
     commit = repo.read_commit(repo.resolve(rev))
     out = []
     for a in commit.attachments:
-        present = private_state(repo, a) == "present" if a["private"] else repo.store.has(a["id"])
+        present = (private_state(repo, a) == "present" if a["private"]
+                   else all(repo.store.has(o) for o in attachment_tensors.part_ids(a)))
         out.append({**a, "present": present})
     return out
 
@@ -235,6 +253,14 @@ def entry_bytes(repo: "BaseRepository", cid: str, commit: Commit, entry: dict[st
         if data is None:
             raise CorruptAttachment(cid, entry["name"], entry["digest"], _digest_of(path), str(path))
         return data
+    if attachment_tensors.is_split(entry):
+        def fetch(oid: str, want: str) -> memoryview:
+            kind, payload = repo.store.get(oid)  # each part checked against its id (invariant 2)
+            if kind != want:
+                raise WrongObjectType(oid, want, kind)
+            return payload
+
+        return attachment_tensors.join(entry, fetch, cid)
     kind, payload = repo.store.get(entry["id"])  # checked against the blob's id (invariant 2)
     if kind != "blob":
         raise WrongObjectType(entry["id"], "blob", kind)
@@ -278,3 +304,43 @@ def check_private(repo: "BaseRepository", commit_ids: list[str]) -> tuple[list[d
                 path = private_path(repo, a["digest"])
                 corrupt.append({**record, "path": str(path), "actual": _digest_of(path)})
     return absent, corrupt
+
+
+def check_public(repo: "BaseRepository", commit_ids: list[str]) -> list[dict[str, Any]]:
+    """The public attachments of `commit_ids` whose objects, all present, do not give back the
+    recorded size and digest (each commit's entry once per distinct record; a missing object is
+    reachability's to report)."""
+    def fetch(oid: str, want: str):
+        try:
+            kind, payload = repo.store.get(oid)
+        except MfgitError:  # missing or damaged: reported by fsck's object and reachability checks
+            return None
+        if kind != want:
+            raise WrongObjectType(oid, want, kind)
+        return payload
+
+    done: set[str] = set()
+    corrupt: list[dict[str, Any]] = []
+    for cid in commit_ids:
+        try:
+            commit = repo.read_commit(cid)
+        except MfgitError:  # an unreadable commit is fsck's to report as such
+            continue
+        for a in commit.attachments:
+            if a["private"]:
+                continue
+            key = f"{a['digest']}:{a['size']}:{','.join(attachment_tensors.part_ids(a))}"
+            if key in done:
+                continue
+            done.add(key)
+            try:
+                if attachment_tensors.is_split(a):
+                    attachment_tensors.join(a, fetch, cid)
+                else:
+                    data = fetch(a["id"], "blob")
+                    if data is not None and (len(data) != a["size"] or hashlib.sha256(data).hexdigest() != a["digest"]):
+                        raise CorruptAttachment(cid, a["name"], a["digest"], hashlib.sha256(data).hexdigest(),
+                                                f"blob {a['id'][:12]}")
+            except (CorruptAttachment, WrongObjectType) as e:
+                corrupt.append({"commit": cid, "name": a["name"], "digest": a["digest"], "error": str(e)})
+    return corrupt

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from mfgit.errors import CorruptObject, MalformedObject
 from mfgit.objects.model import decode_object, is_object_id
 from mfgit.refs import HEADS, REFS
-from mfgit.repo.attachments import check_private
+from mfgit.repo.attachments import check_private, check_public
 from mfgit.repo.reachability import damaged_entries, reachable, reflog_reach, scan_refs
 
 if TYPE_CHECKING:
@@ -42,7 +42,8 @@ def fsck(repo: "BaseRepository", *, read_data: bool = False,
     must be present, and a reflog entry from which damage no ref reaches
     can be reached is named with the command that drops it. Damage
     (missing, corrupt, bad refs and reflogs, a private attachment's kept copy
-    that fails its digest) sets ``ok`` to False; private attachments whose
+    that fails its digest, a public attachment whose objects do not give back
+    its recorded bytes) sets ``ok`` to False; private attachments whose
     bytes are not here (any repository but their site's) are listed only; dangling
     objects and leftovers of interrupted writes are reported only.
     `progress(done, total, id)` is called after each object.
@@ -93,9 +94,12 @@ def fsck(repo: "BaseRepository", *, read_data: bool = False,
     stale_locks = [str(p) for p in repo.refs.stale_locks()]
     missing_list = [{"id": oid} for oid in sorted(missing) if oid not in corrupt_ids]
     # --- attachments: private ones are no objects; their kept copies are checked where they are ---
-    private_absent, private_corrupt = check_private(repo, sorted(o for o in reached if kinds.get(o) == "commit"))
+    commits = sorted(o for o in reached if kinds.get(o) == "commit")
+    private_absent, private_corrupt = check_private(repo, commits)
+    public_corrupt = check_public(repo, commits)  # split ones put together and checked against their digest
     # --- end attachments ---
-    ok = not corrupt and not missing_list and not bad_refs and not bad_reflog and not entries and not private_corrupt
+    ok = (not corrupt and not missing_list and not bad_refs and not bad_reflog and not entries
+          and not private_corrupt and not public_corrupt)
     return {
         "ok": ok,
         "objects_checked": checked,
@@ -110,4 +114,5 @@ def fsck(repo: "BaseRepository", *, read_data: bool = False,
         "stale_locks": stale_locks,
         "private_attachments_absent": private_absent,
         "corrupt_private_attachments": private_corrupt,
+        "corrupt_attachments": public_corrupt,
     }

@@ -19,14 +19,13 @@ from mfgit.formats import peft as peftfmt
 from mfgit.formats import rawlora
 from mfgit.formats.hubcard import CARD_NAME, front_matter, split_card
 from mfgit.formats import safetensors as st
-from mfgit.objects.model import Adapter, TensorHeader, object_id, tensor_id
+from mfgit.objects.model import Adapter
 from mfgit.parallel import Job, parallel_map, progress_counter
 from mfgit.repo import attachments as _attachments
 from mfgit.repo.crash import crashpoint
 from mfgit.repo.provenance import code_revision, library_versions, parse_meta
 from mfgit.repo.statcache import StatCache, quick_digest
-from mfgit.repo.tensors import put_torch_tensors
-from mfgit.store.frame import tensor_payload_parts
+from mfgit.repo.tensors import payload_heads, put_torch_tensors, raw_tensor_id
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository, CommitInfo, Signer
@@ -271,14 +270,7 @@ def _import_safetensors(repo: "BaseRepository", adir: peftfmt.AdapterDir, progre
         if names is not None and set(header.tensors) != set(names):
             raise InvalidAdapter(where, "the file changed while it was read; commit again once it is written")
         saved = (lambda n: names[n]) if names is not None else (lambda n: n)  # noqa: E731
-        # The tensors of an adapter share a few shapes: each header is
-        # encoded once, not once per tensor (for 200,000 small tensors the
-        # JSON encoding cost more than their bytes).
-        heads: dict[tuple[str, tuple[int, ...]], tuple[TensorHeader, bytes]] = {}
-        for info in infos:
-            if (info.dtype, info.shape) not in heads:
-                th = TensorHeader(info.dtype, tuple(info.shape))
-                heads[(info.dtype, info.shape)] = (th, tensor_payload_parts(th))
+        heads = payload_heads(infos)
         fd = os.open(adir.weights, os.O_RDONLY)
         try:
             local = threading.local()
@@ -296,9 +288,7 @@ def _import_safetensors(repo: "BaseRepository", adir: peftfmt.AdapterDir, progre
                     buf = local.buf = bytearray(max(n, 1 << 20))
                 raw = memoryview(buf)[:n]
                 _pread_into(fd, raw, data_offset + info.start, where)
-                # A small tensor is hashed from a joined copy (cheaper than
-                # encoding its header again); a large one in place.
-                tid = object_id("tensor", head + raw) if n <= _JOIN_BELOW else tensor_id(th, raw)
+                tid = raw_tensor_id(th, head, raw)
                 put_tensor(th, raw, tid, head=head)
                 crashpoint("during-tensors")
                 if tick:
@@ -318,8 +308,6 @@ def _import_safetensors(repo: "BaseRepository", adir: peftfmt.AdapterDir, progre
     return Adapter(config=adir.config, base_model=base_model_of(adir.config), tensors=tensors,
                    modules=modules, metadata=header.metadata, files=files)
 
-
-_JOIN_BELOW = 1 << 16
 
 
 def _import_pickle(repo: "BaseRepository", adir: peftfmt.AdapterDir) -> Adapter:

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from mfgit.errors import InvalidAdapter
 from mfgit.formats import dtypes
-from mfgit.objects.model import TensorHeader, tensor_id
+from mfgit.objects.model import TensorHeader, object_id, tensor_id
+from mfgit.store.frame import tensor_payload_parts
 
 if TYPE_CHECKING:
     from mfgit.store import ObjectStore
@@ -51,3 +52,29 @@ def tensor_id_of(t: Any) -> str:
     """The id a torch tensor would have as a stored tensor object."""
     th, raw = torch_to_bytes(t)
     return tensor_id(th, raw)
+
+
+# -- raw tensors of a safetensors file (an adapter's weights, a tensor attachment) ----------------
+
+_JOIN_BELOW = 1 << 16
+
+
+def payload_heads(infos) -> dict[tuple[str, tuple[int, ...]], tuple[TensorHeader, bytes]]:
+    """(dtype, shape) → (header, its payload header bytes), once per shape.
+
+    The tensors of a file share a few shapes: each header is encoded once,
+    not once per tensor (for 200,000 small tensors the JSON encoding cost
+    more than their bytes). `infos` are safetensors TensorInfo records."""
+    heads: dict[tuple[str, tuple[int, ...]], tuple[TensorHeader, bytes]] = {}
+    for info in infos:
+        key = (info.dtype, tuple(info.shape))
+        if key not in heads:
+            th = TensorHeader(info.dtype, key[1])
+            heads[key] = (th, tensor_payload_parts(th))
+    return heads
+
+
+def raw_tensor_id(th: TensorHeader, head: bytes, raw: bytes | memoryview) -> str:
+    """The id of a tensor object: a small tensor is hashed from a joined copy (cheaper
+    than encoding its header again), a large one in place."""
+    return object_id("tensor", head + raw) if len(raw) <= _JOIN_BELOW else tensor_id(th, raw)
