@@ -232,7 +232,7 @@ def _check_attachments(repo: "BaseRepository", cid: str, commit: Commit, get, ch
                 counts["attachments"] += 1
             continue
         if attachment_tensors.is_split(a):
-            key = ":".join([a["digest"], str(a["size"]), *attachment_tensors.part_ids(a)])
+            key = attachment_tensors.record_key(a)
             if key in checked:
                 continue
             checked.add(key)

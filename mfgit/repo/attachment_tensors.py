@@ -94,9 +94,10 @@ def is_split(entry: dict[str, Any]) -> bool:
     return "tensors" in entry
 
 
-def part_ids(entry: dict[str, Any]) -> list[str]:
-    """Every object a public entry names: its blob, or its header blob and tensors."""
-    return attachment_object_ids(entry)
+def record_key(entry: dict[str, Any]) -> str:
+    """One key per distinct public record (digest, size and the objects it names): verify and fsck
+    put each record together and check it once, however many commits carry it."""
+    return ":".join([entry["digest"], str(entry["size"]), *attachment_object_ids(entry)])
 
 
 def join(entry: dict[str, Any], fetch: Fetch, commit: str) -> bytes | None:

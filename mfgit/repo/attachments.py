@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from mfgit.errors import (AttachmentNotFound, AttachmentPrivate, CorruptAttachment, InvalidAttachment, MfgitError,
                           WrongObjectType)
-from mfgit.objects.model import Commit, object_id
+from mfgit.objects.model import Commit, attachment_object_ids, object_id
 from mfgit.objects.schema import SchemaError, attachment_name_problem
 from mfgit.objects.schema import attachments as check_attachments
 from mfgit.repo import attachment_tensors
@@ -214,7 +214,7 @@ def listing(repo: "BaseRepository", rev: str = "HEAD") -> list[dict[str, Any]]:
     out = []
     for a in commit.attachments:
         present = (private_state(repo, a) == "present" if a["private"]
-                   else all(repo.store.has(o) for o in attachment_tensors.part_ids(a)))
+                   else all(repo.store.has(o) for o in attachment_object_ids(a)))
         out.append({**a, "present": present})
     return out
 
@@ -253,17 +253,35 @@ def entry_bytes(repo: "BaseRepository", cid: str, commit: Commit, entry: dict[st
         if data is None:
             raise CorruptAttachment(cid, entry["name"], entry["digest"], _digest_of(path), str(path))
         return data
-    if attachment_tensors.is_split(entry):
-        def fetch(oid: str, want: str) -> memoryview:
-            kind, payload = repo.store.get(oid)  # each part checked against its id (invariant 2)
-            if kind != want:
-                raise WrongObjectType(oid, want, kind)
-            return payload
+    data = _public_bytes(entry, _store_fetch(repo, missing_ok=False), cid)
+    assert data is not None  # a missing object raised
+    return data
 
+
+def _store_fetch(repo: "BaseRepository", *, missing_ok: bool) -> "attachment_tensors.Fetch":
+    """fetch(object id, kind) from the store, each object checked against its id (invariant 2);
+    with `missing_ok` a missing or damaged object gives None (fsck reports it by its own checks)."""
+    def fetch(oid: str, want: str):
+        try:
+            kind, payload = repo.store.get(oid)
+        except MfgitError:
+            if missing_ok:
+                return None
+            raise
+        if kind != want:
+            raise WrongObjectType(oid, want, kind)
+        return payload
+    return fetch
+
+
+def _public_bytes(entry: dict[str, Any], fetch: "attachment_tensors.Fetch", cid: str) -> bytes | None:
+    """A public entry's bytes, checked against its size and digest (CorruptAttachment when they differ);
+    None when `fetch` lacks an object."""
+    if attachment_tensors.is_split(entry):
         return attachment_tensors.join(entry, fetch, cid)
-    kind, payload = repo.store.get(entry["id"])  # checked against the blob's id (invariant 2)
-    if kind != "blob":
-        raise WrongObjectType(entry["id"], "blob", kind)
+    payload = fetch(entry["id"], "blob")
+    if payload is None:
+        return None
     data = bytes(payload)
     actual = hashlib.sha256(data).hexdigest()
     if actual != entry["digest"] or len(data) != entry["size"]:
@@ -310,15 +328,7 @@ def check_public(repo: "BaseRepository", commit_ids: list[str]) -> list[dict[str
     """The public attachments of `commit_ids` whose objects, all present, do not give back the
     recorded size and digest (each commit's entry once per distinct record; a missing object is
     reachability's to report)."""
-    def fetch(oid: str, want: str):
-        try:
-            kind, payload = repo.store.get(oid)
-        except MfgitError:  # missing or damaged: reported by fsck's object and reachability checks
-            return None
-        if kind != want:
-            raise WrongObjectType(oid, want, kind)
-        return payload
-
+    fetch = _store_fetch(repo, missing_ok=True)
     done: set[str] = set()
     corrupt: list[dict[str, Any]] = []
     for cid in commit_ids:
@@ -329,18 +339,12 @@ def check_public(repo: "BaseRepository", commit_ids: list[str]) -> list[dict[str
         for a in commit.attachments:
             if a["private"]:
                 continue
-            key = f"{a['digest']}:{a['size']}:{','.join(attachment_tensors.part_ids(a))}"
+            key = attachment_tensors.record_key(a)
             if key in done:
                 continue
             done.add(key)
             try:
-                if attachment_tensors.is_split(a):
-                    attachment_tensors.join(a, fetch, cid)
-                else:
-                    data = fetch(a["id"], "blob")
-                    if data is not None and (len(data) != a["size"] or hashlib.sha256(data).hexdigest() != a["digest"]):
-                        raise CorruptAttachment(cid, a["name"], a["digest"], hashlib.sha256(data).hexdigest(),
-                                                f"blob {a['id'][:12]}")
+                _public_bytes(a, fetch, cid)
             except (CorruptAttachment, WrongObjectType) as e:
                 corrupt.append({"commit": cid, "name": a["name"], "digest": a["digest"], "error": str(e)})
     return corrupt
