@@ -110,25 +110,32 @@ def site_repo(cli: Cli, root: Path, hub: Path, site: str, files: dict[str, Path]
     return home
 
 
-@pytest.fixture(scope="module")
-def fusion(tmp_path_factory):
-    """Three sites on a hub; a coordinator whose main holds sites a and b, then integrates c by the search."""
-    root = tmp_path_factory.mktemp("fusion")
+def site_hub(root: Path, seed: int):
+    """A hub with every site of SITES pushed (site i's files made with seed + i) and a coordinator's
+    clone of it on an empty main: (cli, the CLIP module's path, the module, each site's files, coordinator)."""
     cli = Cli(root / "home", root, isolated_env(root / "home"))
     clip_path, mod = _clipmod(root)
     hub = root / "hub.mfgit"
     cli.ok("init", "--bare", hub)
-    files = {s: make_site(root, mod, s, seed=10 + i) for i, s in enumerate(SITES)}
+    files = {s: make_site(root, mod, s, seed=seed + i) for i, s in enumerate(SITES)}
     for s in SITES:
         site_repo(cli, root, hub, s, files[s])
     coord = root / "coord"
     cli.ok("clone", hub, coord, "-q")
     cli.ok("switch", "--orphan", "main", cwd=coord)
+    return cli, clip_path, mod, files, coord
+
+
+@pytest.fixture(scope="module")
+def fusion(tmp_path_factory):
+    """Three sites on a hub; a coordinator whose main holds sites a and b, then integrates c by the search."""
+    root = tmp_path_factory.mktemp("fusion")
+    cli, clip_path, mod, files, coord = site_hub(root, seed=10)
     cli.ok("merge", "origin/sites/a", "origin/sites/b", "-m", "composite of a and b", cwd=coord)
     base = f"{clip_path}:base"
     made = cli.json("merge", "main", "origin/sites/c", "--search", "weights", "--data", "attachments:distilled",
                     "--score", "prompts", "--l1", str(L1), "--budget", "40", "--base", base, "--json", cwd=coord)
-    return {"root": root, "cli": cli, "mod": mod, "hub": hub, "coord": coord, "files": files, "base": base,
+    return {"root": root, "cli": cli, "mod": mod, "hub": root / "hub.mfgit", "coord": coord, "files": files, "base": base,
             "made": made}
 
 

@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("nevergrad")
 
-from tests.conftest import Cli, in_process_env, isolated_env  # noqa: E402
-from tests.test_fusion_attachments import SITES, _clipmod, make_site, sha, site_repo  # noqa: E402
+from tests.conftest import in_process_env  # noqa: E402
+from tests.test_fusion_attachments import make_site, sha, site_hub  # noqa: E402
 
 L1 = 0.05
 BUDGET = "12"
@@ -25,16 +25,7 @@ BUDGET = "12"
 @pytest.fixture(scope="module")
 def mixdata(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixdata")
-    cli = Cli(root / "home", root, isolated_env(root / "home"))
-    clip_path, mod = _clipmod(root)
-    hub = root / "hub.mfgit"
-    cli.ok("init", "--bare", hub)
-    files = {s: make_site(root, mod, s, seed=20 + i) for i, s in enumerate(SITES)}
-    for s in SITES:
-        site_repo(cli, root, hub, s, files[s])
-    coord = root / "coord"
-    cli.ok("clone", hub, coord, "-q")
-    cli.ok("switch", "--orphan", "main", cwd=coord)
+    cli, clip_path, mod, files, coord = site_hub(root, seed=20)
     base = f"{clip_path}:base"
     search = ["--search", "weights", "--data", "attachments:distilled", "--score", "prompts", "--base", base,
               "--budget", BUDGET]
