@@ -277,10 +277,14 @@ def test_mixture_search_scores_the_modules_own_output(demo_run):
 
 
 def test_sites_commit_task_specs_and_distilled_sets_as_attachments(demo_run):
-    """The hub's site commits carry the task spec and the distilled set (the shared contract); no record is in it."""
+    """The hub's site commits carry the task spec and the distilled set (the shared contract); no training
+    record is in it."""
     from safetensors.torch import load
 
     from mfgit.api.repository import Repository
+    from mfgit.demo.data import load_task
+    from mfgit.demo.model import tokenizer
+    from mfgit.demo.workflow import QUICK
 
     work = _ok(demo_run)
     r = _results(work)
@@ -293,9 +297,15 @@ def test_sites_commit_task_specs_and_distilled_sets_as_attachments(demo_run):
         assert spec["task"] == task and spec["metric"] == "accuracy"
         assert len(spec["classes"]) == len(spec["prompts"]) == 2
         d = load(hub.read_attachment(f"sites/{s}", "distilled"))
-        assert set(d) == {"inputs_embeds", "attention_mask", "labels"}
+        assert set(d) == {"input_ids", "attention_mask", "labels"}
         n = d["labels"].shape[0]
-        assert d["inputs_embeds"].shape[0] == n and d["inputs_embeds"].shape[2] == 384
+        assert d["input_ids"].shape == d["attention_mask"].shape and d["input_ids"].shape[0] == n
+        # the committed records, decoded, are none of the site's training records
+        own = load_task(task, seed=0, max_train=QUICK["max_train"], max_test=QUICK["max_test"])
+        real = {"".join(t.lower().split()) for t in own.train_text}
+        decoded = {"".join(tokenizer().decode(ids[m.bool()], skip_special_tokens=True).split())
+                   for ids, m in zip(d["input_ids"], d["attention_mask"])}
+        assert len(decoded) == n and not decoded & real
         assert sorted(set(d["labels"].tolist())) == [0, 1]
 
 
