@@ -205,12 +205,14 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
                            meta=meta, attachments=attach)
         repo.push("origin", [f"sites/{site}"])
         return {"site": site, "task": task.name, "commit": info.id, "adapter": info.commit.adapter, "meta": meta,
-                "attachments": sorted(attach), "train_s": round(train_s, 2), "distill_s": round(distill_s, 2)}
+                "attachments": sorted(attach), "train_s": round(train_s, 2), "distill_s": round(distill_s, 2),
+                "distilled_records": len(synthetic_y)}
 
     def announce(c: dict[str, Any], step: str) -> None:
         m = c["meta"]
         say(f"[{step}] site {c['site']}: LoRA on {m['samples']} {c['task']} records in {c['train_s']:.1f} s "
-            f"(own test acc {m['val_acc']:.3f}, AUC {m['val_auc']:.3f}); distilled set in {c['distill_s']:.1f} s; "
+            f"(own test acc {m['val_acc']:.3f}, AUC {m['val_auc']:.3f}); distilled set of {c['distilled_records']} "
+            "synthetic records; "
             f"committed {c['commit'][:10]} on sites/{c['site']}, pushed")
 
     t = time.perf_counter()
