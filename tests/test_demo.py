@@ -277,10 +277,14 @@ def test_mixture_search_scores_the_modules_own_output(demo_run):
 
 
 def test_sites_commit_task_specs_and_distilled_sets_as_attachments(demo_run):
-    """The hub's site commits carry the task spec and the distilled set (the shared contract); no record is in it."""
+    """The hub's site commits carry the task spec and the distilled set (the shared contract); no training
+    record is in it."""
     from safetensors.torch import load
 
     from mfgit.api.repository import Repository
+    from mfgit.demo.data import load_task
+    from mfgit.demo.model import tokenizer
+    from mfgit.demo.workflow import QUICK
 
     work = _ok(demo_run)
     r = _results(work)
@@ -293,9 +297,15 @@ def test_sites_commit_task_specs_and_distilled_sets_as_attachments(demo_run):
         assert spec["task"] == task and spec["metric"] == "accuracy"
         assert len(spec["classes"]) == len(spec["prompts"]) == 2
         d = load(hub.read_attachment(f"sites/{s}", "distilled"))
-        assert set(d) == {"inputs_embeds", "attention_mask", "labels"}
+        assert set(d) == {"input_ids", "attention_mask", "labels"}
         n = d["labels"].shape[0]
-        assert d["inputs_embeds"].shape[0] == n and d["inputs_embeds"].shape[2] == 384
+        assert d["input_ids"].shape == d["attention_mask"].shape and d["input_ids"].shape[0] == n
+        # the committed records, decoded, are none of the site's training records
+        own = load_task(task, seed=0, max_train=QUICK["max_train"], max_test=QUICK["max_test"])
+        real = {"".join(t.lower().split()) for t in own.train_text}
+        decoded = {"".join(tokenizer().decode(ids[m.bool()], skip_special_tokens=True).split())
+                   for ids, m in zip(d["input_ids"], d["attention_mask"])}
+        assert len(decoded) == n and not decoded & real
         assert sorted(set(d["labels"].tolist())) == [0, 1]
 
 
@@ -374,3 +384,38 @@ def test_task_splits_are_disjoint_stratified_and_seeded():
         again, other = load_task(name, seed=0), load_task(name, seed=1)
         assert again.test_text == t.test_text and other.test_text != t.test_text
         assert len(t.spec()["prompts"]) == len(t.classes) == 2
+
+
+def test_repeat_table_is_mean_and_half_range_of_every_cell(demo_run, tmp_path):
+    """`--repeat N` summarises N runs' tables cell by cell; checked on the quick run and a shifted copy of it."""
+    import copy
+
+    from mfgit.demo.report import repeat_stats, repeat_summary, write_repeat
+
+    first = _results(_ok(demo_run))
+    second = copy.deepcopy(first)
+    second["seed"] = 1
+    for row in second["rows"]:
+        for key in second["test_sets"]:
+            row["metrics"][key]["acc"] = row["metrics"][key]["acc"] - 0.1
+    second["targets"][0]["met"] = not first["targets"][0]["met"]
+    stats = repeat_stats([first, second])
+    assert stats["seeds"] == [0, 1]
+    assert [r["name"] for r in stats["rows"]] == [r["name"] for r in first["rows"]]
+    for row, orig in zip(stats["rows"], first["rows"]):
+        assert set(row["metrics"]) == set(first["test_sets"])
+        for key in first["test_sets"]:
+            acc = row["metrics"][key]["acc"]
+            assert acc["mean"] == pytest.approx(orig["metrics"][key]["acc"] - 0.05)
+            assert acc["spread"] == pytest.approx(0.05)
+            auc = row["metrics"][key]["auc"]
+            if orig["metrics"][key]["auc"] is not None:
+                assert auc == {"mean": pytest.approx(orig["metrics"][key]["auc"]), "spread": pytest.approx(0.0)}
+    assert stats["targets"][0]["met"] == 1 and stats["targets"][0]["runs"] == 2
+    text = repeat_summary([first, second])
+    assert "Over 2 seeds (0, 1)" in text and "1/2  " + first["targets"][0]["target"] in text
+    files = write_repeat([first, second], tmp_path)
+    assert json.loads((tmp_path / "repeat.json").read_text(encoding="utf-8"))["seeds"] == [0, 1]
+    md = (tmp_path / "repeat.md").read_text(encoding="utf-8")
+    assert sum(1 for ln in md.splitlines() if ln.startswith("| ") and "±" in ln) == len(first["rows"])
+    assert len(files) == 2

@@ -191,7 +191,9 @@ def test_search_is_at_least_as_good_as_uniform_and_reproducible(sites):
     assert repo.reproduce_merge(first.commit)["identical"]
 
 
-def test_l1_penalty_enters_the_objective(sites):
+def test_l1_penalty_is_the_mean_absolute_weight_as_lorahub_and_medforge_define_it(sites):
+    """Regression: the penalty was l1·Σ|w|, n times LoraHub's and MedForge's l1·mean|w| for the same --l1
+    (four sites at 0.05 were penalised as if --l1 were 0.2), and it drove Fusion's weights towards 0."""
     repo = _repo(sites)
     repo.switch("searched-l1", orphan=True)
     rep = repo.merge([f"sites/{s}" for s in SITES], search="weights", score=ce_loss, base=_base_factory(sites),
@@ -199,7 +201,8 @@ def test_l1_penalty_enters_the_objective(sites):
     s = rep.provenance["search"]
     assert s["l1"] == 0.05 and s["bounds"] == [-1.0, 1.0] and s["seed"] == 3
     for e in s["evaluations"]:
-        assert e["objective"] == pytest.approx(e["score"] + 0.05 * sum(abs(w) for w in e["weights"]))
+        assert e["objective"] == pytest.approx(e["score"] + 0.05 * sum(abs(w) for w in e["weights"]) / len(SITES))
+    assert s["objective"] == "score + l1 * mean(|w|), minimised"
     assert s["chosen"]["objective"] == min(e["objective"] for e in s["evaluations"])
 
 

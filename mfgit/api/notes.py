@@ -140,7 +140,7 @@ def evaluate(repo: "BaseRepository", revs: Iterable[str], *, score: Any, name: s
         s = scorers[k]
         if base_model is None:
             base_model = s.base_model()
-        s._base = base_model  # one base model for every revision: each is unloaded from it after scoring
+        s.use_base(base_model)  # one base model for every revision: each is unloaded from it after scoring
         return s
 
     notes = []

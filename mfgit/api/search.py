@@ -212,7 +212,11 @@ def run_search(inputs: Sequence["MergeInput"], recipe: "Recipe", load, scorer: S
                budget: int, bounds: tuple[float, float], l1: float, seed: int, start: float | None = None,
                say: Callable[[str], Any] | None = None) -> SearchResult:
     """Search the weights of `inputs` (and, with ``weights+density``, the strategy's density) that minimise
-    score + l1·Σ|w|, each candidate merged by the engine with the merge's strategy.
+    score + l1·mean|w|, each candidate merged by the engine with the merge's strategy.
+
+    The penalty is LoraHub's and MedForge's (``0.05 * sum(|w|) / len(w)`` in
+    their code): the mean over the searched weights, so that one λ means the
+    same for two sites or twenty, and the same as in ``mix --search``.
 
     The starting point is the inputs' own weights (the merge's default:
     uniform, from metadata, or explicit), or `start` for every weight, clipped to the bounds; it is
@@ -249,7 +253,8 @@ def run_search(inputs: Sequence["MergeInput"], recipe: "Recipe", load, scorer: S
                               recipe_for(x), load)
 
     def penalty(x: Sequence[float]) -> float:
-        return l1 * sum(abs(v) for v in x[:n * per])  # the weights only, not the density
+        weights = x[:n * per]  # the weights only, not the density
+        return l1 * sum(abs(v) for v in weights) / len(weights)
 
     log = SearchLog(budget, penalty, say)
     # As LoraHub and MedForge parametrise it: bounded, mutation scale (HIGH - LOW) / 6; a searched
@@ -280,7 +285,7 @@ def run_search(inputs: Sequence["MergeInput"], recipe: "Recipe", load, scorer: S
         "bounds": [lo, hi],
         "seed": int(seed),
         "l1": l1,
-        "objective": "score + l1 * sum(|w|), minimised",
+        "objective": "score + l1 * mean(|w|), minimised",
         "scorer": scorer.record,
         "layout": {"inputs": [inp.label for inp in inputs], "commits": [inp.id for inp in inputs],
                    **({"groups": list(groups), "order": "input-major: w[i * groups + g]"} if groups else {})},

@@ -102,6 +102,11 @@ class Scorer:
                 self._base = model
         return self._base
 
+    def use_base(self, model) -> None:
+        """Score on `model`, a base model already built from this scorer's base source: a caller that scores
+        several revisions with several scorers builds it once. The record still names the source."""
+        self._base = model
+
     def data(self):
         if not self._data_loaded:
             try:

@@ -191,25 +191,73 @@ def write_all(results: dict[str, Any], work: Path) -> list[str]:
     return [str(work / "results.json"), str(md), str(png)]
 
 
-def repeat_summary(runs: list[dict[str, Any]]) -> str:
-    """Mean ± spread (half the range) of every row's macro accuracy and AUC over seeded runs."""
+def repeat_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per row and test set (every task, then macro): mean and spread (half the range) of accuracy and AUC
+    over seeded runs, and how many runs met each target."""
     import numpy as np
 
-    names = [r["name"] for r in runs[0]["rows"]]
-    width = max(len(n) for n in names)
-    lines = [f"Over {len(runs)} seeds ({', '.join(str(r['seed']) for r in runs)}): macro accuracy and AUC, "
+    first = runs[0]
+    rows = []
+    for i, row in enumerate(first["rows"]):
+        cells = {}
+        for key in first["test_sets"]:
+            cells[key] = {}
+            for metric in ("acc", "auc"):
+                v = np.array([r["rows"][i]["metrics"][key][metric] for r in runs], dtype=float)
+                v = v[~np.isnan(v)]
+                cells[key][metric] = ({"mean": float(v.mean()), "spread": float((v.max() - v.min()) / 2)}
+                                      if len(v) else None)
+        rows.append({"name": row["name"], "kind": row["kind"], "metrics": cells})
+    met = [{"target": t["target"], "met": sum(1 for r in runs if r["targets"][j]["met"]), "runs": len(runs)}
+           for j, t in enumerate(first["targets"])]
+    return {"seeds": [r["seed"] for r in runs], "quick": first["quick"], "test_sets": first["test_sets"],
+            "site_tasks": first["site_tasks"], "late_site": first["late_site"], "rows": rows, "targets": met}
+
+
+def _pm(cell: dict[str, float] | None) -> str:
+    return "n/a" if cell is None else f"{cell['mean']:.3f}±{cell['spread']:.3f}"
+
+
+def repeat_summary(runs: list[dict[str, Any]]) -> str:
+    """The demo's table over seeded runs: every cell is mean ± spread (half the range), then the targets
+    with how many runs met each."""
+    stats = repeat_stats(runs)
+    cols = _columns(stats)
+    name_w = max(len("model"), *(len(r["name"]) for r in stats["rows"]))
+    cell_w = 2 * len("0.000±0.000") + 1
+    lines = [f"Over {len(runs)} seeds ({', '.join(str(s) for s in stats['seeds'])}): accuracy and AUC per test set, "
              "mean ± half the range",
-             f"{'model':<{width}}  {'macro acc':<15}  macro AUC"]
-    for i, name in enumerate(names):
-        cells = []
-        for k in ("acc", "auc"):
-            v = np.array([r["rows"][i]["metrics"]["macro"][k] for r in runs])
-            cells.append(f"{v.mean():.3f} ± {(v.max() - v.min()) / 2:.3f}")
-        lines.append(f"{name:<{width}}  {cells[0]:<15}  {cells[1]}")
-    met = [sum(1 for r in runs if r["targets"][j]["met"]) for j in range(len(runs[0]["targets"]))]
-    lines.append("Targets met: " + "; ".join(f"{t['target']}: {m}/{len(runs)}"
-                                            for t, m in zip(runs[0]["targets"], met)))
+             (" " * name_w + "".join(f"  {label:<{cell_w}}" for _k, label in cols)).rstrip(),
+             f"{'model':<{name_w}}" + "".join(f"  {'acc':<12}{'AUC':<{cell_w - 12}}" for _ in cols).rstrip()]
+    lines.append("-" * len(lines[-1]))
+    for row in stats["rows"]:
+        cells = "".join(f"  {_pm(row['metrics'][k]['acc'])} {_pm(row['metrics'][k]['auc']):<11}" for k, _ in cols)
+        lines.append(f"{row['name']:<{name_w}}{cells}".rstrip())
+    lines.append("Targets met:")
+    lines += [f"  {t['met']}/{t['runs']}  {t['target']}" for t in stats["targets"]]
     return "\n".join(lines)
+
+
+def repeat_markdown(runs: list[dict[str, Any]]) -> str:
+    stats = repeat_stats(runs)
+    cols = _columns(stats)
+    header = ["model"] + [f"{label} {m}" for _k, label in cols for m in ("acc", "AUC")]
+    lines = ["# mfgit demo over several seeds", "",
+             f"Seeds {', '.join(str(s) for s in stats['seeds'])}{' (--quick)' if stats['quick'] else ''}: every cell "
+             "is the mean ± half the range over the runs (each run's own table is in seed-K/results.md).", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (2 * len(cols))) + "|"]
+    for row in stats["rows"]:
+        lines.append("| " + " | ".join([row["name"]] + [_pm(row["metrics"][k][m]) for k, _ in cols
+                                                        for m in ("acc", "auc")]) + " |")
+    lines += ["", "## Targets met", ""] + [f"- {t['met']}/{t['runs']}: {t['target']}" for t in stats["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_repeat(runs: list[dict[str, Any]], root: Path) -> list[str]:
+    """repeat.md and repeat.json (the statistics) in the directory that holds the seed-K runs."""
+    (root / "repeat.md").write_text(repeat_markdown(runs), encoding="utf-8")
+    write_json(repeat_stats(runs), root / "repeat.json")
+    return [str(root / "repeat.md"), str(root / "repeat.json")]
 
 
 def next_steps(work: Path, initial: list[str], late: str, *, lineage_page: bool = False) -> str:

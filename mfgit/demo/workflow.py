@@ -11,7 +11,8 @@ is left on disk can be explored with ordinary ``mfgit`` commands):
 3. hospitals, one clinical task each (:mod:`mfgit.demo.data`), train a
    LoRA (r=8, α=16, query/value) on their own records, commit it with the
    task's prompts (attachment ``task``) and a distilled set (attachment
-   ``distilled``: synthetic input embeddings, no real record) and push;
+   ``distilled``: synthetic records drawn field by field, no real record;
+   :mod:`mfgit.demo.distilled`) and push;
 4. the coordinator fetches and merges: linear by samples, linear uniform,
    TIES, core-space TIES; and commits MedForge-Mixture (Σ wⱼ softmaxⱼ in
    output space, ``repo.mix``), its weights searched stagewise on the
@@ -50,7 +51,7 @@ FUSION = {"budget": 40, "start": 0.5, "bounds": (-1.5, 1.5), "l1": 0.05}
 # MedForge-Mixture: stagewise [a, b] from [0.5, 0.5] (mfgit.api.mixture), the same bounds, penalty and
 # budget (per stage) as Fusion
 MIXTURE = {"bounds": FUSION["bounds"], "l1": FUSION["l1"]}
-QUICK = {"epochs": 1, "max_train": 96, "max_test": 50, "budget": 6, "distill_steps": 15}
+QUICK = {"epochs": 1, "max_train": 96, "max_test": 50, "budget": 6}
 TARGETS_S = {"full": 180, "quick": 60}
 
 ABOUT = ("The real pre-trained sentence encoder all-MiniLM-L6-v2 (22 M parameters, frozen; LoRA r=8 on "
@@ -134,7 +135,8 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
     from mfgit.demo.model import LORA, LORA_TARGETS, MODEL_NAME, TEMPERATURE, load_base
     from mfgit.demo.model import logits
     from mfgit.demo.scoring import mixture_predict_proba
-    from mfgit.demo.train import DISTILL, TRAIN, distill, metrics, predict_proba, train_lora
+    from mfgit.demo.distilled import DISTILLED, distilled_tensors, synthetic_records
+    from mfgit.demo.train import TRAIN, metrics, predict_proba, train_lora
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -192,9 +194,8 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
         extras = home / "attachments"
         extras.mkdir()
         (extras / "task.json").write_text(report.dumps(task.spec()), encoding="utf-8")
-        save_file(distill(load_base(), task.train_text, task.train_y, seed=site_seed,
-                          steps=QUICK["distill_steps"] if quick else DISTILL["steps"]),
-                  str(extras / "distilled.safetensors"))
+        synthetic, synthetic_y = synthetic_records(task, seed=site_seed)
+        save_file(distilled_tensors(synthetic, synthetic_y), str(extras / "distilled.safetensors"))
         distill_s = time.perf_counter() - t0
         meta = {"samples": len(task.train_y), "task": task.name, "epochs": epochs, "lr": TRAIN["lr"],
                 "seed": site_seed, "final_loss": round(loss, 6), "val_acc": round(val["acc"], 6),
@@ -204,12 +205,14 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
                            meta=meta, attachments=attach)
         repo.push("origin", [f"sites/{site}"])
         return {"site": site, "task": task.name, "commit": info.id, "adapter": info.commit.adapter, "meta": meta,
-                "attachments": sorted(attach), "train_s": round(train_s, 2), "distill_s": round(distill_s, 2)}
+                "attachments": sorted(attach), "train_s": round(train_s, 2), "distill_s": round(distill_s, 2),
+                "distilled_records": len(synthetic_y)}
 
     def announce(c: dict[str, Any], step: str) -> None:
         m = c["meta"]
         say(f"[{step}] site {c['site']}: LoRA on {m['samples']} {c['task']} records in {c['train_s']:.1f} s "
-            f"(own test acc {m['val_acc']:.3f}, AUC {m['val_auc']:.3f}); distilled set in {c['distill_s']:.1f} s; "
+            f"(own test acc {m['val_acc']:.3f}, AUC {m['val_auc']:.3f}); distilled set of {c['distilled_records']} "
+            "synthetic records; "
             f"committed {c['commit'][:10]} on sites/{c['site']}, pushed")
 
     t = time.perf_counter()
@@ -375,7 +378,8 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
     results: dict[str, Any] = {
         "about": ABOUT, "seed": seed, "quick": quick, "workdir": str(work), "hub": hub_url,
         "model": {"name": MODEL_NAME, "temperature": TEMPERATURE,
-                  "lora": {**LORA, "target_modules": list(LORA_TARGETS)}, "train": {**TRAIN, "epochs": epochs}},
+                  "lora": {**LORA, "target_modules": list(LORA_TARGETS)}, "train": {**TRAIN, "epochs": epochs},
+                  "distilled": {**DISTILLED, "how": "synthetic records, each field drawn from the class's records"}},
         "tasks": {name: tk.summary() for name, tk in tasks.items()},
         "sites": [s for s, _ in initial], "late_site": late[0], "site_tasks": site_task,
         "test_sets": [*tasks, "macro"],
@@ -393,8 +397,9 @@ def _run(work: Path, initial: list[tuple[str, str]], late: tuple[str, str], seed
                     "stages": [_mixture_record(m) for m in mixtures],
                     "how": ("Σ wⱼ softmaxⱼ of the site adapters (one forward pass each), committed with repo.mix, "
                             "one commit per stage; MedForge's stagewise search: when site j joins, [a, b] is "
-                            "searched from [0.5, 0.5] and w ← [a·w, b], scored by the cross-entropy of the mixed "
-                            "distribution on the distilled sets of the sites mixed so far; evaluated on the module "
+                            "searched from [0.5, 0.5] and w ← [a·w, b], scored by the built-in mixture score (the "
+                            "generalized KL −log q_y + Σq − 1 of Σ wⱼ softmaxⱼ) on the distilled sets of the sites "
+                            "mixed so far; evaluated on the module "
                             "repo.load_mixture returns")},
         "rows": rows,
     }

@@ -14,7 +14,8 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every split, initialisation and batch order.")
 @click.option("--quick", is_flag=True, help="Smaller splits, one epoch, a short Fusion search (under a minute).")
 @click.option("--repeat", type=click.IntRange(1, 20), default=1, show_default=True,
-              help="Run N seeds (SEED, SEED+1, ...) into WORKDIR/seed-K and print mean ± spread.")
+              help=("Run N seeds (SEED, SEED+1, ...) into WORKDIR/seed-K; print the table as mean ± spread, "
+                    "also written to WORKDIR/repeat.{md,json}."))
 @click.pass_context
 def demo(ctx, workdir, sites, seed, quick, repeat):
     """Run the MedForge workflow end to end on CPU into WORKDIR (about two minutes; --quick under one).
@@ -30,12 +31,14 @@ def demo(ctx, workdir, sites, seed, quick, repeat):
     if repeat == 1:
         run_demo(root, sites=sites, seed=seed, quick=quick, progress=click.echo)
         return
-    from mfgit.demo.report import repeat_summary
+    from mfgit.demo.report import repeat_summary, write_repeat
 
     runs = [run_demo(root / f"seed-{seed + k}", sites=sites, seed=seed + k, quick=quick, progress=click.echo)
             for k in range(repeat)]
     click.echo("")
     click.echo(repeat_summary(runs))
+    files = write_repeat(runs, root)
+    click.echo(f"Wrote {', '.join(Path(f).name for f in files)} in {root}")
 
 
 COMMANDS = [demo]

@@ -63,7 +63,7 @@ class _StrategyOption(click.Option):
 @click.option("--data", "data_spec", default=None, metavar="MODULE:FUNC", help="Data loader, or attachments:NAME: attachment NAME of every leaf (default: load_data() in the score module, if any).")
 @click.option("--budget", type=int, default=None, help="Optimiser proposals to evaluate (default 40).")
 @click.option("--bounds", default=None, metavar="LOW,HIGH", help="Bounds of every searched weight (default -1.5,1.5).")
-@click.option("--l1", type=float, default=None, help="L1 penalty on the searched weights (default 0; MedForge uses 0.05).")
+@click.option("--l1", type=float, default=None, help="Penalty l1 * mean(|w|) on the searched weights (default 0; LoraHub and MedForge use 0.05).")
 @click.option("--start", type=float, default=None, help="Start the search with every weight at this value (default: the merge's weights; MedForge uses 0.5).")
 @click.option("--candidates", type=int, default=None, metavar="N", help="Publish N candidate composites on candidates/<round>/<k> for the sites to evaluate.")
 @click.option("--from-candidates", default=None, metavar="ROUND", help="Commit the candidate of ROUND chosen by the sites' notes (--select-by).")
