@@ -302,3 +302,64 @@ def test_identical_tensors_of_one_file_are_one_object(cli, repo_dir, adapter_dir
     assert t["a"] == t["b"] != t["c"]
     assert Repository.open(repo_dir).read_attachment("HEAD", "distilled") == data
     assert cli.json("fsck", "--json", "--read-data", cwd=repo_dir)["ok"]
+
+
+# -- diff and pages: which tensors changed, not the whole map --------------------------------------
+
+
+def test_diff_names_the_tensors_a_safetensors_attachment_added_removed_or_changed(cli, repo_dir, adapter_dir,
+                                                                                  tmp_path):
+    parts = tensors(6, 64)
+    path = write(tmp_path / "d.safetensors", safetensors_bytes(parts))
+    commit_distilled(cli, repo_dir, adapter_dir("a"), path)
+    second = {k: v for k, v in parts.items() if k != "x02"}
+    second.update(x04=os.urandom(len(parts["x04"])), x09=os.urandom(256))
+    write(path, safetensors_bytes(second))
+    commit_distilled(cli, repo_dir, adapter_dir("a"), path)
+
+    (change,) = cli.json("diff", "HEAD~1", "HEAD", "--json", cwd=repo_dir)["attachments"]
+    assert change["status"] == "changed"
+    assert change["tensors"] == {"added": ["x09"], "removed": ["x02"], "changed": ["x04"], "unchanged": 4}
+    assert change["header_changed"] is True  # other names and shapes
+    text = cli.ok("diff", "HEAD~1", "HEAD", cwd=repo_dir).stdout
+    assert "tensors: 1 changed, 1 added, 1 removed, 4 unchanged; header changed" in text
+    assert "     M  x04\n" in text and "     A  x09\n" in text and "     D  x02\n" in text
+    stat = cli.ok("diff", "HEAD~1", "HEAD", "--stat", cwd=repo_dir).stdout
+    assert "tensors: 1 changed, 1 added, 1 removed, 4 unchanged" in stat and "x04" not in stat
+
+
+def test_diff_of_a_safetensors_attachment_whose_metadata_alone_changed_lists_no_tensor(cli, repo_dir, adapter_dir,
+                                                                                       tmp_path):
+    parts = tensors(3, 64)
+    path = write(tmp_path / "d.safetensors", safetensors_bytes(parts, {"round": "1"}))
+    commit_distilled(cli, repo_dir, adapter_dir("a"), path)
+    write(path, safetensors_bytes(parts, {"round": "2"}))
+    commit_distilled(cli, repo_dir, adapter_dir("a"), path)
+    (change,) = cli.json("diff", "HEAD~1", "HEAD", "--json", cwd=repo_dir)["attachments"]
+    assert change["tensors"] == {"added": [], "removed": [], "changed": [], "unchanged": 3}
+    assert change["header_changed"] is True
+    assert "tensors: 3 unchanged; header changed" in cli.ok("diff", "HEAD~1", "HEAD", cwd=repo_dir).stdout
+
+
+def test_diff_of_a_plain_blob_attachment_says_no_tensors(cli, repo_dir, adapter_dir, tmp_path):
+    path = write(tmp_path / "rows.csv", b"rows,labels\n1,0\n")
+    commit_distilled(cli, repo_dir, adapter_dir("a"), path)
+    write(path, b"rows,labels\n1,1\n")
+    commit_distilled(cli, repo_dir, adapter_dir("a"), path)
+    (change,) = cli.json("diff", "HEAD~1", "HEAD", "--json", cwd=repo_dir)["attachments"]
+    assert change["status"] == "changed" and "tensors" not in change and "header_changed" not in change
+    assert "tensors:" not in cli.ok("diff", "HEAD~1", "HEAD", cwd=repo_dir).stdout
+
+
+def test_the_commit_page_counts_a_safetensors_attachments_tensors_instead_of_listing_them(cli, repo_dir, adapter_dir,
+                                                                                           tmp_path):
+    data = safetensors_bytes(tensors(40, 16))
+    made = commit_distilled(cli, repo_dir, adapter_dir("a"), write(tmp_path / "d.safetensors", data))
+    (entry,) = made["attachments"]
+    cli.ok("pages", tmp_path / "pages", cwd=repo_dir)
+    page = (tmp_path / "pages" / "commits" / f"{made['id']}.html").read_text(encoding="utf-8")
+    section = page[page.index('id="attachments"'):page.index("</section>", page.index('id="attachments"'))]
+    assert "distilled" in section and "40 tensors" in section
+    assert sha(data) in section and str(len(data)) in section
+    assert not any(tid in page for tid in entry["tensors"].values())
+    assert "x00" not in section

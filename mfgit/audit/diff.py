@@ -19,6 +19,11 @@ so it has no difference norm, cosine or subspace overlap, and the totals
 count it as removed and added. Saved tensors that belong to no module are
 listed under ``tensors`` when they differ (added, removed, changed).
 
+Attachments that differ are listed under ``attachments`` (by digest and
+privacy); one stored as its tensors on both sides (a safetensors file,
+`mfgit.repo.attachment_tensors`) also lists the tensors added, removed or
+changed, found by comparing tensor ids, without reading a tensor.
+
 A DoRA module's magnitude vector m (``<module>.lora_magnitude_vector``) is
 part of the module: a module whose m changed is *changed*, with
 ``magnitude`` {``norm_a``, ``norm_b``, ``norm_diff``, ``rel_diff``} (‖m_A‖,
@@ -46,6 +51,7 @@ from mfgit.errors import IsAMixture, MalformedObject
 from mfgit.formats.dtypes import DTYPES
 from mfgit.formats.peft import magnitude_name, module_scaling
 from mfgit.objects.model import Commit
+from mfgit.repo.attachment_tensors import is_split
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository
@@ -189,7 +195,8 @@ def _magnitude_change(ma: np.ndarray | None, mb: np.ndarray | None) -> dict[str,
 
 
 def attachment_changes(a: Commit, b: Commit) -> list[dict[str, Any]]:
-    """Attachments added, removed or changed (another digest, or public ↔ private), by name."""
+    """Attachments added, removed or changed (another digest, or public ↔ private), by name; a changed
+    one stored as its tensors on both sides also says which tensors differ."""
     ea, eb = {x["name"]: x for x in a.attachments}, {x["name"]: x for x in b.attachments}
     out = []
     for name in sorted(set(ea) | set(eb)):
@@ -201,7 +208,28 @@ def attachment_changes(a: Commit, b: Commit) -> list[dict[str, Any]]:
                     "digest_a": xa and xa["digest"], "digest_b": xb and xb["digest"],
                     "size_a": xa and xa["size"], "size_b": xb and xb["size"],
                     "private_a": xa and xa["private"], "private_b": xb and xb["private"]})
+        if xa is not None and xb is not None and is_split(xa) and is_split(xb):
+            out[-1].update(attachment_tensor_changes(xa, xb))
     return out
+
+
+def attachment_tensor_changes(xa: dict[str, Any], xb: dict[str, Any]) -> dict[str, Any]:
+    """Which tensors of two safetensors attachments differ, by the ids of their tensor objects.
+
+    Equal ids are equal bytes, dtype and shape (ids hash them), so no tensor
+    is read; a change of the header alone (its metadata, the order of the
+    tensors) shows as ``header_changed`` with no tensor listed."""
+    ta, tb = xa["tensors"], xb["tensors"]
+    names = sorted(set(ta) | set(tb))
+    return {
+        "tensors": {
+            "added": [n for n in names if n not in ta],
+            "removed": [n for n in names if n not in tb],
+            "changed": [n for n in names if n in ta and n in tb and ta[n] != tb[n]],
+            "unchanged": sum(1 for n in names if ta.get(n) == tb.get(n)),
+        },
+        "header_changed": xa["header"] != xb["header"],
+    }
 
 
 # --- end attachments ---

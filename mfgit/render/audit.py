@@ -80,9 +80,22 @@ def diff_text(d: dict[str, Any], *, stat: bool = False) -> str:
         lines.append(f"{marks[x['status']]}  attachment {x['name']}  {change}"
                      + ("  (private)" if priv == {True} else "  (public -> private)" if x["private_b"] else
                         "  (private -> public)" if x["private_a"] else ""))
+        lines += _attachment_tensor_lines(x, marks, stat=stat)
     # --- end attachments ---
     lines.append(summary_line(d))
     return "\n".join(lines) + "\n"
+
+
+def _attachment_tensor_lines(x: dict[str, Any], marks: dict[str, str], *, stat: bool) -> list[str]:
+    """Under a changed safetensors attachment: the counts, then (not with --stat) one line per tensor that differs."""
+    t = x.get("tensors")
+    if t is None:
+        return []
+    counts = [f"{len(t[k])} {k}" for k in ("changed", "added", "removed") if t[k]] + [f"{t['unchanged']} unchanged"]
+    lines = ["     tensors: " + ", ".join(counts) + ("; header changed" if x.get("header_changed") else "")]
+    if not stat:
+        lines += [f"     {marks[k]}  {n}" for k in ("changed", "added", "removed") for n in t[k]]
+    return lines
 
 
 # -- blame --------------------------------------------------------------------------------------

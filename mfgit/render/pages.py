@@ -361,13 +361,20 @@ def _attachments_section(entry: dict[str, Any]) -> str:
     rows = []
     for name, value in items:
         if isinstance(value, dict):
-            detail = ", ".join(f"{html(k)}: {html(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}"
-                               for k, v in sorted(value.items()) if k != "name")
+            detail = ", ".join(_attachment_field(k, v) for k, v in sorted(value.items()) if k != "name")
         else:
             detail = html(value)
         rows.append(f'<tr><td class="mono">{html(name)}</td><td>{detail}</td></tr>')
     return ('<section id="attachments"><h2>Attachments</h2><table><tr><th>name</th><th>record</th></tr>'
             + "".join(rows) + "</table></section>")
+
+
+def _attachment_field(key: str, value: Any) -> str:
+    # A safetensors attachment's map of tensor name → id runs to one id per tensor: the count says enough
+    # here (the ids are in the commit's JSON and in `mfgit attachments --json`).
+    if key == "tensors" and isinstance(value, dict):
+        return f"{len(value)} tensor{'' if len(value) == 1 else 's'}"
+    return f"{html(key)}: {html(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))}"
 
 
 def _bars(d: dict[str, Any]) -> str:
