@@ -36,6 +36,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from mfgit.audit.export_private import refuse_private_bytes
 from mfgit.audit.keys import load_ec_private_key
 from mfgit.audit.lineage import lineage
 from mfgit.errors import InvalidHubId, IsAMixture, SigningKeyError, UnsafePath
@@ -309,6 +310,9 @@ def export(repo: "BaseRepository", rev: str, outdir: str | os.PathLike, *, card:
     if manifest:  # fail before writing anything when there is no usable key
         key_path = manifest_key_path(repo, key)
         private_key = load_ec_private_key(key_path)
+    # Export writes no attachment; with --force the directory may hold some already (a checkout
+    # --with-attachments), which would be published and signed with it.
+    refuse_private_bytes(repo, repo.read_commit(cid), outdir)
     out = Path(checkout(repo, cid, outdir, force=force))
     report: dict[str, Any] = {"commit": cid, "dir": str(out), "card": None, "manifest": None, "warnings": []}
     report["base_model"] = _write_hub_config(repo, cid, out, base_model_id, report["warnings"])
