@@ -24,6 +24,10 @@
   (P-256, P-384, P-521), so the manifest key is ``signing.manifestKey`` (or
   ``signing.key`` when that is an ECDSA key); make one with
   ``mfgit keygen --type ecdsa-p256 PATH``.
+
+It writes no attachment, and with ``force`` it refuses, before writing
+anything, an OUTDIR that already holds a private attachment's bytes
+(mfgit.audit.export_private): the directory is for publishing.
 """
 
 from __future__ import annotations
