@@ -268,3 +268,8 @@ def test_export_force_keeps_other_files_and_the_manifest_lists_exactly_the_direc
     assert tree["notes.txt"] == b"mine" and tree["attachments/report.md"] == REPORT  # the user's, and public
     assert not any(SECRET in data for data in tree.values())
     assert _manifest_names(out) == rep["files"] == sorted(set(tree) - {"model.sig"})
+    ms = _model_signing_cli()
+    if ms is not None:  # its verifier agrees: no file of the directory is left out of the manifest
+        r = subprocess.run(ms + ["verify", "key", "--signature", str(out / "model.sig"), "--public_key", str(pub),
+                                 str(out)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "Verification succeeded" in r.stdout, r.stdout + r.stderr
