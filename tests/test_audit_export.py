@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from tests.adapters import delta_weights
-from tests.conftest import Cli, build_adapter
+from tests.conftest import Cli, build_adapter, in_process_env
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +166,110 @@ def test_site_commit_card_and_errors(env, tmp_path):
     line = cli.fails("export", "main", tmp_path / "nope", "--manifest", "--key", repo.parent / "keys" / "commits",
                      code=4)
     assert "ecdsa-p256" in line and not (tmp_path / "nope").exists()
+
+
+# --- private attachments never reach an export directory -------------------------------------------
+
+SECRET = b"patient-level distilled rows: " + bytes(range(256)) * 4
+OTHER_SECRET = b"site b's held-out rows: " + bytes(range(255, -1, -1)) * 3
+REPORT = b"# evaluation report\n\npublic numbers only\n"
+
+
+@pytest.fixture(scope="module")
+def private_env(tmp_path_factory, adapter_store):
+    """A repository whose two commits carry a public and a private attachment each, with a manifest key."""
+    root = tmp_path_factory.mktemp("export-private")
+    cli = Cli(root / "home", root)
+    ec = cli.json("keygen", root / "keys" / "manifest", "--type", "ecdsa-p256", "--json")
+    repo = root / "repo"
+    cli.ok("init", repo)
+    cli = cli.at(repo)
+    cli.ok("config", "site", "hospital-a")
+    cli.ok("config", "signing.manifestKey", root / "keys" / "manifest")
+    (root / "in").mkdir()
+    for name, data in (("rows.bin", SECRET), ("other.bin", OTHER_SECRET), ("report.md", REPORT)):
+        (root / "in" / name).write_bytes(data)
+    cli.ok("commit", build_adapter(adapter_store, seed=72), "-m", "first", "--attach", f"report.md={root / 'in' / 'report.md'}",
+           "--attach-private", f"distilled/rows.bin={root / 'in' / 'rows.bin'}")
+    first = cli.json("show", "HEAD", "--json")["id"]
+    cli.ok("commit", build_adapter(adapter_store, seed=73), "-m", "second",
+           "--attach-private", f"heldout.bin={root / 'in' / 'other.bin'}")
+    return cli, repo, first, Path(ec["public_key_pem"])
+
+
+def _tree(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _manifest_names(out: Path) -> list[str]:
+    import base64
+
+    stmt = json.loads(base64.b64decode(json.loads((out / "model.sig").read_text())["dsseEnvelope"]["payload"]))
+    return [r["name"] for r in stmt["predicate"]["resources"]]
+
+
+def test_export_writes_no_private_attachment_bytes_and_its_manifest_lists_exactly_its_files(private_env, tmp_path):
+    cli, _, first, _ = private_env
+    for rev in (first, "HEAD"):
+        out = tmp_path / rev[:8]
+        rep = cli.json("export", rev, out, "--card", "--manifest", "--json")
+        tree = _tree(out)
+        assert sorted(tree) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "model.sig"]
+        assert not any(s in data for data in tree.values() for s in (SECRET, OTHER_SECRET))
+        assert _manifest_names(out) == rep["files"] == sorted(set(tree) - {"model.sig"})
+
+
+def test_regression_export_force_into_a_checkout_with_private_attachments_kept_them(private_env, tmp_path):
+    """The bug: `export --force` into a `checkout --with-attachments` left attachments/distilled/rows.bin,
+    the private bytes, in the directory and signed it in model.sig. Now it is refused, nothing written."""
+    cli, _, first, _ = private_env
+    out = tmp_path / "co"
+    cli.ok("checkout", first, "--to", out, "--with-attachments")
+    before = _tree(out)
+    assert before["attachments/distilled/rows.bin"] == SECRET
+    line = cli.fails("export", first, out, "--force", "--manifest", code=4)
+    assert "attachments/distilled/rows.bin" in line and "private attachment 'distilled/rows.bin'" in line
+    assert "nothing was written" in line and "new or empty directory" in line
+    assert _tree(out) == before  # no model.sig, no rewritten config: the directory is as it was
+
+
+def test_export_force_finds_private_bytes_under_any_name_and_of_any_commit(private_env, tmp_path):
+    cli, repo, first, _ = private_env
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "copy-of-rows").write_bytes(SECRET)  # renamed: the same secret
+    line = cli.fails("export", "HEAD", out, "--force", code=4)
+    assert "copy-of-rows" in line and "sha256:" in line  # an attachment of another commit: named by its digest
+    (out / "copy-of-rows").unlink()
+    (out / "sub").mkdir()
+    (out / "sub" / "h.bin").write_bytes(OTHER_SECRET)
+    assert "sub/h.bin" in cli.fails("export", first, out, "--force", code=4)
+    # The repository's own directory holds the kept bytes (.mfgit/private): never an export directory.
+    assert ".mfgit/private/" in cli.fails("export", "HEAD", repo, "--force", code=4)
+    # Through the Python API too, as a typed error carrying the files.
+    from mfgit.api.repository import Repository
+    from mfgit.audit.export_private import PrivateBytesInExport
+
+    with in_process_env(cli.env), pytest.raises(PrivateBytesInExport) as err:
+        Repository.open(repo).export("HEAD", out, force=True)
+    assert err.value.found == (("sub/h.bin", "'heldout.bin'"),)
+    assert sorted(_tree(out)) == ["notes.txt", "sub/h.bin"]  # nothing written, nothing of the user's removed
+
+
+def test_export_force_keeps_other_files_and_the_manifest_lists_exactly_the_directory(private_env, tmp_path):
+    cli, _, first, pub = private_env
+    out = tmp_path / "co"
+    cli.ok("checkout", first, "--to", out, "--with-attachments")
+    (out / "attachments" / "distilled" / "rows.bin").unlink()  # what the refusal asks for
+    (out / "notes.txt").write_text("mine")
+    rep = cli.json("export", first, out, "--force", "--manifest", "--json")
+    tree = _tree(out)
+    assert tree["notes.txt"] == b"mine" and tree["attachments/report.md"] == REPORT  # the user's, and public
+    assert not any(SECRET in data for data in tree.values())
+    assert _manifest_names(out) == rep["files"] == sorted(set(tree) - {"model.sig"})
+    ms = _model_signing_cli()
+    if ms is not None:  # its verifier agrees: no file of the directory is left out of the manifest
+        r = subprocess.run(ms + ["verify", "key", "--signature", str(out / "model.sig"), "--public_key", str(pub),
+                                 str(out)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "Verification succeeded" in r.stdout, r.stdout + r.stderr

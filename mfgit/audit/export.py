@@ -24,6 +24,10 @@
   (P-256, P-384, P-521), so the manifest key is ``signing.manifestKey`` (or
   ``signing.key`` when that is an ECDSA key); make one with
   ``mfgit keygen --type ecdsa-p256 PATH``.
+
+It writes no attachment, and with ``force`` it refuses, before writing
+anything, an OUTDIR that already holds a private attachment's bytes
+(mfgit.audit.export_private): the directory is for publishing.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from mfgit.audit.export_private import refuse_private_bytes
 from mfgit.audit.keys import load_ec_private_key
 from mfgit.audit.lineage import lineage
 from mfgit.errors import InvalidHubId, IsAMixture, SigningKeyError, UnsafePath
@@ -309,6 +314,9 @@ def export(repo: "BaseRepository", rev: str, outdir: str | os.PathLike, *, card:
     if manifest:  # fail before writing anything when there is no usable key
         key_path = manifest_key_path(repo, key)
         private_key = load_ec_private_key(key_path)
+    # Export writes no attachment; with --force the directory may hold some already (a checkout
+    # --with-attachments), which would be published and signed with it.
+    refuse_private_bytes(repo, repo.read_commit(cid), outdir)
     out = Path(checkout(repo, cid, outdir, force=force))
     report: dict[str, Any] = {"commit": cid, "dir": str(out), "card": None, "manifest": None, "warnings": []}
     report["base_model"] = _write_hub_config(repo, cid, out, base_model_id, report["warnings"])

@@ -12,6 +12,7 @@ from typing import Callable
 
 from mfgit import errors as E
 from mfgit.api.sitedata import InvalidSiteData
+from mfgit.audit.export_private import PrivateBytesInExport
 from mfgit.render.escape import terminal
 from mfgit.repo.fsck import bad_ref_fix, reflog_fix
 
@@ -159,6 +160,8 @@ TABLE += [
     (E.AttachmentPrivate, REJECTED, _fix("ask that site for it; only its digest and size are shared")),
     (E.CorruptAttachment, DAMAGED, _fix("the bytes kept for it were damaged; restore them from the site that "
                                         "committed it, or repair the object: mfgit fsck --repair-from REMOTE")),
+    (PrivateBytesInExport, BAD_INPUT, _fix("nothing was written; export into a new or empty directory, "
+                                           "not a checkout --with-attachments")),
 ]
 
 

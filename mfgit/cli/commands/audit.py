@@ -151,7 +151,8 @@ def keygen(ctx, path, key_type, comment, force, as_json):
 @click.option("--base-model-id", default=None, metavar="ID",
               help="The Hub id the card and adapter_config.json name as the base model "
                    "(default: the recorded base model, if it is a Hub id).")
-@click.option("-f", "--force", is_flag=True, help="Write into a non-empty directory.")
+@click.option("-f", "--force", is_flag=True, help="Write into a non-empty directory (refused, nothing written, "
+              "if it holds a private attachment's bytes).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def export(ctx, rev, outdir, card, manifest, key, base_model_id, force, as_json):
