@@ -21,6 +21,7 @@ are there and in tests/test_remote_sync.py.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import shutil
 import signal
@@ -296,13 +297,21 @@ def test_fetch_killed_at_each_crash_point_leaves_the_repository_sound(env_root, 
 
 @pytest.fixture(scope="module")
 def gc_template(env_root, adapter_store):
-    """main at one commit; a deleted branch's commit, adapter and tensors unreachable; a killed commit's batch."""
+    """main at one commit; a deleted branch's commit, adapter and tensors unreachable, and its two private
+    copies no commit names any more; a killed commit's batch."""
     root = env_root.root / "gc"
     cli = Cli(env_root.root / "home", root, env_root.env)
     repo = Repository.init(root / "repo")
-    main = repo.commit(build_adapter(adapter_store, seed=1), "kept").id
+    rows = {n: root / "in" / n for n in ("kept.bin", "gone-1.bin", "gone-2.bin")}
+    for n, p in rows.items():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(f"private rows {n}".encode() * 64)
+    main = repo.commit(build_adapter(adapter_store, seed=1), "kept",
+                       private_attachments={"kept.bin": rows["kept.bin"]}).id
     repo.switch("gone", create=True)
-    gone = repo.commit(build_adapter(adapter_store, seed=3), "to be collected")
+    gone = repo.commit(build_adapter(adapter_store, seed=3), "to be collected",
+                       private_attachments={n: rows[n] for n in ("gone-1.bin", "gone-2.bin")})
+    private = {a["name"]: a["digest"] for a in gone.commit.attachments}
     unreachable = {gone.id, gone.commit.adapter, *repo.read_adapter(gone.commit.adapter).referenced_ids()}
     unreachable -= {o for o in repo.store.iter_ids() if o in _objects_of(repo, main)}
     repo.switch("main")
@@ -310,7 +319,17 @@ def gc_template(env_root, adapter_store):
     repo.store.close()
     killed_at(cli, "after-tensors", "commit", derive_adapter(build_adapter(adapter_store, seed=1), root / "three"),
               "-m", "killed", cwd=root / "repo")
-    return SimpleNamespace(repo=root / "repo", main=main, unreachable=unreachable)
+    return SimpleNamespace(repo=root / "repo", main=main, unreachable=unreachable,
+                           private_kept=_digest_of(rows["kept.bin"]),
+                           private_gone={private["gone-1.bin"], private["gone-2.bin"]})
+
+
+def _digest_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _private_copies(repo_dir: Path) -> set[str]:
+    return {p.name for p in (repo_dir / ".mfgit" / "private").iterdir()}
 
 
 def _objects_of(repo, cid: str) -> set[str]:
@@ -332,6 +351,10 @@ def test_gc_killed_at_each_crash_point_deletes_only_the_unreachable(env_root, gc
         assert 0 < len(t.unreachable - left) < len(t.unreachable)
     else:
         assert not t.unreachable & left
+    # Objects first, then the private copies no commit names, one at a time.
+    private_left = _private_copies(repo_dir) & t.private_gone
+    assert len(private_left) == {"gc-during-delete": 2, "gc-during-private-delete": 1}.get(point, 0)
+    assert t.private_kept in _private_copies(repo_dir)
     assert ref(repo_dir, "refs/heads/main") == t.main
     report = fsck_clean(cli, repo_dir, temporary=True)  # gc had not yet removed the killed commit's batch
     assert report["temporary_files"]
@@ -340,6 +363,7 @@ def test_gc_killed_at_each_crash_point_deletes_only_the_unreachable(env_root, gc
     repo = Repository.open(repo_dir)
     assert not t.unreachable & set(repo.store.iter_ids())
     assert _objects_of(repo, t.main) <= set(repo.store.iter_ids())
+    assert _private_copies(repo_dir) == {t.private_kept}
     assert repo.store.temp_files() == []
     sound(repo_dir)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,10 +26,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from mfgit.errors import (AttachmentNotFound, AttachmentPrivate, CorruptAttachment, InvalidAttachment, MfgitError,
                           WrongObjectType)
-from mfgit.objects.model import Commit, attachment_object_ids, object_id
+from mfgit.objects.model import Commit, attachment_object_ids, is_object_id, object_id
 from mfgit.objects.schema import SchemaError, attachment_name_problem
 from mfgit.objects.schema import attachments as check_attachments
 from mfgit.repo import attachment_tensors
+from mfgit.store.disk import FRESHEN_AFTER  # a reused copy is freshened by the objects' rule
 from mfgit.store.fileio import atomic_write
 
 if TYPE_CHECKING:
@@ -178,10 +180,44 @@ def write_private(repo: "BaseRepository", digest: str, data: bytes) -> None:
     path = private_path(repo, digest)
     if path is None:
         raise InvalidAttachment(digest, "a private attachment needs a repository on disk to be kept in")
-    if read_private(path, digest) is not None:
+    # gc sweeps private/ under the store's exclusive lock: holding the writer
+    # lock from here until the commit's ref lands keeps it from deleting a copy
+    # this commit is about to name.
+    repo.store.hold_writer_lock()
+    if read_private(path, digest) is not None and _freshen(path):
         return  # written once, like an object: the same digest is the same bytes
     # Readable by its owner only: these are the bytes that must not leave the site.
     atomic_write(path, data, mode=0o400)
+
+
+def _freshen(path: Path) -> bool:
+    """Renew the mtime of a reused copy, as a reused object's (git's rule): gc's grace period counts from
+    it, for writers the lock cannot see. False when it cannot be touched (then it is written again)."""
+    try:
+        if time.time() - os.stat(path).st_mtime >= FRESHEN_AFTER:
+            os.utime(path)
+    except OSError:
+        return False
+    return True
+
+
+def private_files(repo: "BaseRepository") -> list[tuple[str, Path]]:
+    """(digest, path) for each regular file in private/ named like a SHA-256 digest, by digest: what gc may
+    sweep. Anything else there (a temporary file of an interrupted write, a file a person put) is left alone."""
+    root = None if repo.gitdir is None else repo.gitdir / PRIVATE_DIR
+    try:
+        names = sorted(os.listdir(root)) if root is not None else []
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        if is_object_id(name):
+            try:
+                if stat.S_ISREG(os.lstat(root / name).st_mode):
+                    out.append((name, root / name))
+            except FileNotFoundError:
+                continue
+    return out
 
 
 def read_private(path: Path, digest: str) -> bytes | None:

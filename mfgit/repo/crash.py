@@ -36,7 +36,8 @@ POINTS: dict[str, str] = {
     "fetch-notes-before-ref": "fetch",  # the remote's notes snapshot stored, the local notes ref not moved
     # gc (repo/gc.py)
     "gc-during-delete": "gc",  # the first unreachable object deleted, the others not
-    "gc-after-delete": "gc",  # every unreachable object deleted, temporary files not yet removed
+    "gc-during-private-delete": "gc",  # every unreachable object and the first unnamed private copy deleted
+    "gc-after-delete": "gc",  # every unreachable object and private copy deleted, temporary files not yet removed
     # merge (api/merging.py, repo/base.py write_commit)
     "merge-before-adapter": "merge",  # the merge computed, nothing stored
     "merge-after-adapter": "merge",  # the merged adapter stored, no commit object

@@ -1,4 +1,5 @@
-"""gc: delete objects that no ref or reflog entry reaches, after a grace period."""
+"""gc: delete objects, and kept copies of private attachments, that no ref or reflog entry reaches,
+after a grace period."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from mfgit.errors import BadRef, BadReflog, CorruptObject, DamagedReflogEntry, ObjectNotFound
 from mfgit.objects.model import decode_object
+from mfgit.repo.attachments import private_files
 from mfgit.repo.crash import crashpoint
 from mfgit.repo.reachability import damaged_entries, reachable, reflog_reach, scan_refs
+from mfgit.store.fileio import fsync_dir
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository
@@ -22,9 +25,12 @@ def gc(repo: "BaseRepository", *, prune_older_than: float = 14 * 86400, dry_run:
     Only objects older than `prune_older_than` seconds are deleted: a
     commit in progress writes its objects before its ref, and the grace
     period keeps them alive until the ref lands. Temporary files of
-    interrupted writes older than one hour are removed too. The walk and
+    interrupted writes older than one hour are removed too. So are the
+    kept copies of private attachments (``private/<sha256>``) whose digest
+    no reachable commit names, by the same grace period: once the commits
+    that name private bytes are gone, so are the bytes. The walk and
     the deletions run under the store's exclusive lock, so no writer adds
-    or reuses an object between what gc saw and what it deletes.
+    or reuses an object, or a private copy, between what gc saw and what it deletes.
 
     Nothing is deleted while what keeps objects alive is itself in doubt:
     a bad ref or a damaged reflog line (what it named is unknown), or a
@@ -46,14 +52,15 @@ def gc(repo: "BaseRepository", *, prune_older_than: float = 14 * 86400, dry_run:
             name, line, reason = scan.bad_reflog_lines[0]
             raise BadReflog(name, repo.refs.reflog_location(name), line, reason)
         damaged: dict[str, str] = {}
-        keep = reachable(repo, list(scan.refs.values()), missing=damaged)
+        named: set[str] = set()  # the private digests that reachable commits name
+        keep = reachable(repo, list(scan.refs.values()), missing=damaged, private=named)
         _refuse(repo, damaged)
-        more, reflog_damage = reflog_reach(repo, scan.entries, keep)
+        more, reflog_damage = reflog_reach(repo, scan.entries, keep, private=named)
         if reflog_damage:
             e = damaged_entries(scan.entries, reflog_damage)[0]
             raise DamagedReflogEntry(e["ref"], e["entry"], e["id"], e["reaches"])
         keep |= more
-        return _delete_unreachable(repo, keep, prune_older_than, dry_run, progress)
+        return _delete_unreachable(repo, keep, named, prune_older_than, dry_run, progress)
 
 
 def _refuse(repo: "BaseRepository", damaged: dict[str, str]) -> None:
@@ -66,7 +73,7 @@ def _refuse(repo: "BaseRepository", damaged: dict[str, str]) -> None:
         raise CorruptObject(oid, "a readable object", "an unreadable one", "decode")
 
 
-def _delete_unreachable(repo: "BaseRepository", keep: set[str], prune_older_than: float,
+def _delete_unreachable(repo: "BaseRepository", keep: set[str], named: set[str], prune_older_than: float,
                         dry_run: bool, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     now = time.time()
     deleted, kept_young, freed = [], 0, 0
@@ -92,6 +99,7 @@ def _delete_unreachable(repo: "BaseRepository", keep: set[str], prune_older_than
             crashpoint("gc-during-delete")
         deleted.append(oid)
         freed += size
+    private = _delete_unnamed_private(repo, named, now - prune_older_than, dry_run)
     if not dry_run:
         crashpoint("gc-after-delete")
     temp_removed = 0 if dry_run else repo.store.remove_temp_files(min(3600, prune_older_than))
@@ -101,6 +109,43 @@ def _delete_unreachable(repo: "BaseRepository", keep: set[str], prune_older_than
         "bytes_freed": freed,
         "kept_unreachable_young": kept_young,
         "reachable": len(keep),
+        **private,
         "temporary_files_removed": temp_removed,
         "dry_run": dry_run,
+    }
+
+
+def _delete_unnamed_private(repo: "BaseRepository", named: set[str], cutoff: float, dry_run: bool) -> dict[str, Any]:
+    """Delete the kept private copies no reachable commit names, last written (or freshened) before `cutoff`.
+
+    A commit stores its private copies before its commit object, as its
+    objects, so the grace period keeps a copy whose commit has not landed
+    yet, for writers the lock cannot see.
+    """
+    deleted, kept_young, freed = [], 0, 0
+    for digest, path in private_files(repo):
+        if digest in named:
+            continue
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue
+        if st.st_mtime > cutoff:
+            kept_young += 1
+            continue
+        if not dry_run:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            crashpoint("gc-during-private-delete")
+        deleted.append(digest)
+        freed += st.st_size
+    if deleted and not dry_run:
+        fsync_dir(path.parent)  # the deletions are durable before gc reports them
+    return {
+        "private_deleted": len(deleted),
+        "private_deleted_digests": deleted,
+        "private_bytes_freed": freed,
+        "private_kept_young": kept_young,
     }

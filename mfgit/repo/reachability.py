@@ -77,11 +77,12 @@ def tip_ids(repo: "BaseRepository") -> list[str]:
 
 
 def reachable(repo: "BaseRepository", tips: list[str], *, missing: dict[str, str] | None = None,
-              known: set[str] | None = None) -> set[str]:
+              known: set[str] | None = None, private: set[str] | None = None) -> set[str]:
     """All object ids reachable from `tips`; absent ones go into `missing`.
 
     Objects in `known` count as walked already: they are neither entered
-    nor returned.
+    nor returned. The digests of the private attachments of the commits
+    walked go into `private` (what keeps their kept copies alive, for gc).
     """
     seen: set[str] = set()
     known = known or set()
@@ -106,8 +107,10 @@ def reachable(repo: "BaseRepository", tips: list[str], *, missing: dict[str, str
             stack.extend(obj.parents)
             stack.append(obj.adapter)
             # --- attachments: the public ones are blobs the commit names; a
-            # private one is no object, so nothing here keeps or wants it ---
+            # private one is no object: only its digest is collected ---
             _leaves(repo, obj.attachment_ids(), seen, known, missing)
+            if private is not None:
+                private.update(a["digest"] for a in obj.attachments if a["private"])
             # --- end attachments ---
         elif kind == "tag":
             stack.append(obj.target)
@@ -127,12 +130,13 @@ def _leaves(repo: "BaseRepository", ids: list[str], seen: set[str], known: set[s
 
 
 def reflog_reach(repo: "BaseRepository", entries: list[tuple[str, int, str]],
-                 ref_seen: set[str]) -> tuple[set[str], dict[str, dict[str, str]]]:
+                 ref_seen: set[str], *, private: set[str] | None = None) -> tuple[set[str], dict[str, dict[str, str]]]:
     """What reflog values keep alive beyond `ref_seen` (what the refs reach), and their damage.
 
     Returns (the objects only reflog entries reach, {value: {damaged id:
     "missing" | "corrupt"}} for each value from which damage that no ref
     reaches can be reached). Damage the refs reach is the refs' to report.
+    The private digests of the commits walked go into `private` (see reachable).
     """
     good = set(ref_seen)
     seen_all: set[str] = set()
@@ -141,7 +145,7 @@ def reflog_reach(repo: "BaseRepository", entries: list[tuple[str, int, str]],
         if v in good or v in damaged:
             continue
         found: dict[str, str] = {}
-        walked = reachable(repo, [v], missing=found, known=good)
+        walked = reachable(repo, [v], missing=found, known=good, private=private)
         seen_all |= walked
         if found:
             damaged[v] = found

@@ -106,6 +106,11 @@ class ObjectStore(ABC):
     def _start_writing(self) -> None:
         """Called before every mutation: a store that gc must wait for takes its writer lock here."""
 
+    def hold_writer_lock(self) -> None:
+        """Take the writer lock now, for a write beside the store that gc also sweeps (a private
+        attachment's kept copy): held, like any writer's, until close()."""
+        self._start_writing()
+
     # -- leftovers of interrupted writes ---------------------------------
 
     def temp_files(self) -> list[Path]:

@@ -45,13 +45,14 @@ def _parse_duration(value: str) -> float:
 
 
 @click.command()
-@click.option("--prune", default="2w", show_default=True, help="Delete unreachable objects older than this (now, 3600, 2h, 14d, 2w).")
+@click.option("--prune", default="2w", show_default=True,
+              help="Delete unreachable objects and private copies older than this (now, 3600, 2h, 14d, 2w).")
 @click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def gc(ctx, prune, dry_run, quiet, as_json):
-    """Delete objects that no ref or reflog entry reaches."""
+    """Delete objects, and kept private attachments, that no ref or reflog entry reaches."""
     repo = open_repo(ctx)
     with progress_bar("sweeping objects", quiet=quiet or as_json) as progress:
         report = repo.gc(prune_older_than=_parse_duration(prune), dry_run=dry_run, progress=progress)
@@ -62,6 +63,10 @@ def gc(ctx, prune, dry_run, quiet, as_json):
         verb = "Would delete" if dry_run else "Deleted"
         click.echo(f"{verb} {report['deleted']} unreachable object(s), {render.human_bytes(report['bytes_freed'])}; "
                    f"kept {report['kept_unreachable_young']} younger than the grace period.")
+        if report["private_deleted"] or report["private_kept_young"]:
+            click.echo(f"{verb} {report['private_deleted']} private attachment file(s) no reachable commit names, "
+                       f"{render.human_bytes(report['private_bytes_freed'])}; "
+                       f"kept {report['private_kept_young']} younger than the grace period.")
 
 
 class _ReflogGroup(click.Group):
