@@ -175,7 +175,8 @@ def test_fusion_records_its_search_on_distilled_sets(demo_run):
     assert s["optimiser"]["name"] == "nevergrad.NGOpt" and s["seed"] == 0
     assert s["bounds"] == [-1.5, 1.5] and s["l1"] == 0.05
     assert s["start"]["weights"] == [0.5] * 4  # MedForge's start
-    assert s["chosen"]["score"] <= s["start"]["score"]
+    # the search minimises score + penalty: the chosen objective, not its score alone, is never worse than the start's
+    assert s["chosen"]["objective"] <= s["start"]["objective"]
     assert sorted(lf["site"] for lf in prov["leaves"]) == sorted([*SITES, LATE])
 
 
@@ -363,6 +364,13 @@ def test_results_png_is_a_valid_png(demo_run):
     assert data[-8:-4] == b"IEND"
 
 
+def test_a_negative_seed_is_one_usage_line_not_an_internal_error(tmp_path):
+    """Regression: --seed -1 reached numpy's seeding and printed "internal error: ValueError"."""
+    res = Cli(tmp_path / "home", tmp_path)("demo", "neg", "--seed", "-1")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "internal error" not in res.stderr
+    assert "--seed" in res.stderr and not (tmp_path / "neg").exists()
+
+
 def test_demo_refuses_a_non_empty_workdir(tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")
@@ -410,7 +418,7 @@ def test_repeat_table_is_mean_and_half_range_of_every_cell(demo_run, tmp_path):
             assert acc["spread"] == pytest.approx(0.05)
             auc = row["metrics"][key]["auc"]
             if orig["metrics"][key]["auc"] is not None:
-                assert auc == {"mean": pytest.approx(orig["metrics"][key]["auc"]), "spread": pytest.approx(0.0)}
+                assert auc == {"mean": pytest.approx(orig["metrics"][key]["auc"]), "spread": pytest.approx(0.0), "n": 2}
     assert stats["targets"][0]["met"] == 1 and stats["targets"][0]["runs"] == 2
     text = repeat_summary([first, second])
     assert "Over 2 seeds (0, 1)" in text and "1/2  " + first["targets"][0]["target"] in text
@@ -419,3 +427,8 @@ def test_repeat_table_is_mean_and_half_range_of_every_cell(demo_run, tmp_path):
     md = (tmp_path / "repeat.md").read_text(encoding="utf-8")
     assert sum(1 for ln in md.splitlines() if ln.startswith("| ") and "±" in ln) == len(first["rows"])
     assert len(files) == 2
+    # a value undefined in one run (an AUC on a split of one class) is averaged over the others, and says so
+    second["rows"][0]["metrics"]["macro"]["auc"] = float("nan")
+    cell = repeat_stats([first, second])["rows"][0]["metrics"]["macro"]["auc"]
+    assert cell["n"] == 1 and cell["mean"] == pytest.approx(first["rows"][0]["metrics"]["macro"]["auc"])
+    assert "(1/2)" in repeat_summary([first, second])

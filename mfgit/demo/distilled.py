@@ -7,10 +7,12 @@ class, a synthetic record takes each field (age band, glucose level, one
 survey answer, ...) from an independently drawn real training record of
 that class. The set thus follows each class's marginal distribution of
 every field, but not their joint distribution, and no synthetic record is
-a copy of a training record (a draw that renders to one is redrawn).
+a copy of one of the site's records, training or held out (a draw that
+renders to one is redrawn).
 
 What leaves the site is that: for every field of every class, values that
-occur among its records, about as often as they occur. It is a stand-in for
+occur among its records, about as often as they occur (an age is a field:
+exact ages of real records leave the site). It is a stand-in for
 MedForge's distillation, not a privacy guarantee.
 
 Why records and not learned input embeddings: the sets are read by a
@@ -21,7 +23,8 @@ predecessor) were classified under merges quite unlike the real records:
 Fusion's search lowered their loss while the test splits got worse.
 Synthetic sentences are ordinary inputs; any model reads them as it reads
 records. They are committed tokenised (``input_ids``, ``attention_mask``,
-``labels``), so a score of them needs no tokenizer at the coordinator.
+``labels``), so the records need no tokenizer at the coordinator (the task's
+prompts are tokenised there, by the base model's tokenizer).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import numpy as np
 from mfgit.demo.data import Task
 from mfgit.errors import DemoError
 
-# `size` records in the site's class proportions, at least `min_per_class` of each class
+# `size` records in the site's class proportions, at least `min_per_class` of each class (so a class
+# that rounds below the minimum adds to the total: the lung survey's set has 3 + 14)
 DISTILLED = {"size": 16, "min_per_class": 3}
 MAX_DRAWS_PER_RECORD = 200  # redraws allowed before a class is called too small to draw from
 
@@ -47,11 +51,12 @@ def synthetic_fields(task: Task, *, seed: int,
     """The site's synthetic records (as fields) and their labels, class by class; seeded.
 
     Each field of a class-c record is the same field of a real class-c
-    training record drawn uniformly. Draws that render to a training record
-    or to a synthetic record already made are drawn again.
+    training record drawn uniformly. Draws that render to one of the site's
+    records (its training records and its held-out test records: a site
+    holds both) or to a synthetic record already made are drawn again.
     """
     rng = np.random.default_rng([seed, 7])
-    real = set(task.train_text)
+    real = set(task.train_text) | set(task.test_text)
     made_texts: set[str] = set()
     records: list[tuple[str | None, ...]] = []
     labels: list[int] = []
@@ -63,7 +68,7 @@ def synthetic_fields(task: Task, *, seed: int,
             draws += 1
             if draws > MAX_DRAWS_PER_RECORD * k:
                 raise DemoError(f"task {task.name}: class {task.classes[c]!r} has too few distinct records "
-                                f"({len(members)}) to draw {k} new ones (use a smaller distilled set)")
+                                f"({len(members)}) to draw {k} new ones (the task needs more distinct records of that class)")
             picks = rng.integers(0, len(members), size=width)
             fields = tuple(members[p][j] for j, p in enumerate(picks))
             text = task.render(fields)

@@ -204,9 +204,9 @@ def repeat_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
             cells[key] = {}
             for metric in ("acc", "auc"):
                 v = np.array([r["rows"][i]["metrics"][key][metric] for r in runs], dtype=float)
-                v = v[~np.isnan(v)]
-                cells[key][metric] = ({"mean": float(v.mean()), "spread": float((v.max() - v.min()) / 2)}
-                                      if len(v) else None)
+                v = v[~np.isnan(v)]  # an AUC is undefined on a split of one class
+                cells[key][metric] = ({"mean": float(v.mean()), "spread": float((v.max() - v.min()) / 2),
+                                       "n": int(len(v))} if len(v) else None)
         rows.append({"name": row["name"], "kind": row["kind"], "metrics": cells})
     met = [{"target": t["target"], "met": sum(1 for r in runs if r["targets"][j]["met"]), "runs": len(runs)}
            for j, t in enumerate(first["targets"])]
@@ -214,8 +214,12 @@ def repeat_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "site_tasks": first["site_tasks"], "late_site": first["late_site"], "rows": rows, "targets": met}
 
 
-def _pm(cell: dict[str, float] | None) -> str:
-    return "n/a" if cell is None else f"{cell['mean']:.3f}±{cell['spread']:.3f}"
+def _pm(cell: dict[str, float] | None, runs: int) -> str:
+    """mean±spread; over fewer runs than there were (a value undefined in some), it says over how many."""
+    if cell is None:
+        return "n/a"
+    text = f"{cell['mean']:.3f}±{cell['spread']:.3f}"
+    return text if cell["n"] == runs else f"{text} ({cell['n']}/{runs})"
 
 
 def repeat_summary(runs: list[dict[str, Any]]) -> str:
@@ -231,7 +235,8 @@ def repeat_summary(runs: list[dict[str, Any]]) -> str:
              f"{'model':<{name_w}}" + "".join(f"  {'acc':<12}{'AUC':<{cell_w - 12}}" for _ in cols).rstrip()]
     lines.append("-" * len(lines[-1]))
     for row in stats["rows"]:
-        cells = "".join(f"  {_pm(row['metrics'][k]['acc'])} {_pm(row['metrics'][k]['auc']):<11}" for k, _ in cols)
+        cells = "".join(f"  {_pm(row['metrics'][k]['acc'], len(runs))} {_pm(row['metrics'][k]['auc'], len(runs)):<11}"
+                        for k, _ in cols)
         lines.append(f"{row['name']:<{name_w}}{cells}".rstrip())
     lines.append("Targets met:")
     lines += [f"  {t['met']}/{t['runs']}  {t['target']}" for t in stats["targets"]]
@@ -247,7 +252,7 @@ def repeat_markdown(runs: list[dict[str, Any]]) -> str:
              "is the mean ± half the range over the runs (each run's own table is in seed-K/results.md).", "",
              "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (2 * len(cols))) + "|"]
     for row in stats["rows"]:
-        lines.append("| " + " | ".join([row["name"]] + [_pm(row["metrics"][k][m]) for k, _ in cols
+        lines.append("| " + " | ".join([row["name"]] + [_pm(row["metrics"][k][m], len(runs)) for k, _ in cols
                                                         for m in ("acc", "auc")]) + " |")
     lines += ["", "## Targets met", ""] + [f"- {t['met']}/{t['runs']}: {t['target']}" for t in stats["targets"]]
     return "\n".join(lines) + "\n"

@@ -11,11 +11,11 @@ import click
 @click.argument("workdir", default="mfgit-demo", required=False)
 @click.option("--sites", type=click.IntRange(2, 3), default=3, show_default=True,
               help="Hospitals at the start, one task each (one more arrives late).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every split, initialisation and batch order.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every split, initialisation and batch order.")
 @click.option("--quick", is_flag=True, help="Smaller splits, one epoch, a short Fusion search (under a minute).")
 @click.option("--repeat", type=click.IntRange(1, 20), default=1, show_default=True,
-              help=("Run N seeds (SEED, SEED+1, ...) into WORKDIR/seed-K; print the table as mean ± spread, "
-                    "also written to WORKDIR/repeat.{md,json}."))
+              help=("With N > 1, run N seeds (SEED, SEED+1, ...) into WORKDIR/seed-K, print the table as "
+                    "mean ± spread and write it to WORKDIR/repeat.{md,json}."))
 @click.pass_context
 def demo(ctx, workdir, sites, seed, quick, repeat):
     """Run the MedForge workflow end to end on CPU into WORKDIR (about two minutes; --quick under one).
