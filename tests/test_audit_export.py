@@ -273,3 +273,31 @@ def test_export_force_keeps_other_files_and_the_manifest_lists_exactly_the_direc
         r = subprocess.run(ms + ["verify", "key", "--signature", str(out / "model.sig"), "--public_key", str(pub),
                                  str(out)], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and "Verification succeeded" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_file_of_a_private_attachments_size_that_cannot_be_read_is_refused(private_env, tmp_path, monkeypatch):
+    """Someone with more rights could publish what this user cannot read, so it is not waved through.
+    (Permissions do not stop root, which runs some CI; the read failure is injected at the one read.)"""
+    from mfgit.api.repository import Repository
+    from mfgit.audit import export_private
+    from mfgit.audit.export_private import PrivateBytesInExport
+
+    cli, repo, first, _ = private_env
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "locked.bin").write_bytes(b"x" * len(SECRET))  # the size of rows.bin, not its bytes
+    monkeypatch.setattr(export_private, "_sha256", lambda path: None)
+    with in_process_env(cli.env), pytest.raises(PrivateBytesInExport) as err:
+        Repository.open(repo).export(first, out, force=True)
+    assert err.value.unreadable and err.value.found[0][0] == "locked.bin"
+    assert "cannot be read to check its bytes" in str(err.value) and "\n" not in str(err.value)
+    assert sorted(_tree(out)) == ["locked.bin"]
+
+
+def test_export_without_force_into_a_directory_with_files_is_refused_as_not_empty_without_reading_it(
+        private_env, tmp_path):
+    cli, _, first, _ = private_env
+    out = tmp_path / "co"
+    cli.ok("checkout", first, "--to", out, "--with-attachments")
+    line = cli.fails("export", first, out)
+    assert "not empty" in line and "private attachment" not in line

@@ -315,8 +315,10 @@ def export(repo: "BaseRepository", rev: str, outdir: str | os.PathLike, *, card:
         key_path = manifest_key_path(repo, key)
         private_key = load_ec_private_key(key_path)
     # Export writes no attachment; with --force the directory may hold some already (a checkout
-    # --with-attachments), which would be published and signed with it.
-    refuse_private_bytes(repo, repo.read_commit(cid), outdir)
+    # --with-attachments), which would be published and signed with it. Without --force a directory
+    # with files in it is refused by checkout, so it is not read.
+    if force:
+        refuse_private_bytes(repo, repo.read_commit(cid), outdir)
     out = Path(checkout(repo, cid, outdir, force=force))
     report: dict[str, Any] = {"commit": cid, "dir": str(out), "card": None, "manifest": None, "warnings": []}
     report["base_model"] = _write_hub_config(repo, cid, out, base_model_id, report["warnings"])

@@ -31,13 +31,15 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 class PrivateBytesInExport(MfgitError):
     """The export directory holds a file whose bytes are those of a private attachment."""
 
-    def __init__(self, path: str, found: tuple[tuple[str, str], ...]):
+    def __init__(self, path: str, found: tuple[tuple[str, str], ...], unreadable: bool = False):
         first, what = found[0]
         more = f" and {len(found) - 1} more such file(s)" if len(found) > 1 else ""
-        super().__init__(f"{path} holds {first}, the bytes of private attachment {what}{more}; "
-                         "an export is for publishing and never holds them")
+        held = (f"{first}, which has the size of private attachment {what} and cannot be read to check its bytes"
+                if unreadable else f"{first}, the bytes of private attachment {what}")
+        super().__init__(f"{path} holds {held}{more}; an export is for publishing and never holds them")
         self.path = path
         self.found = found  # (file relative to `path`, the attachment's name or digest)
+        self.unreadable = unreadable  # the files could not be read: they may be such bytes
 
 
 def private_digests(repo: "BaseRepository", commit: Commit) -> dict[str, tuple[int, str]]:
@@ -66,9 +68,11 @@ def _sha256(path: Path) -> str | None:
     return h.hexdigest()
 
 
-def private_files_in(out: Path, digests: dict[str, tuple[int, str]]) -> list[tuple[str, str]]:
+def private_files_in(out: Path, digests: dict[str, tuple[int, str]],
+                     unreadable: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
     """(relative POSIX path, attachment) for each file under `out` with the bytes of one of `digests`.
-    Only files of a private attachment's size are read, so the adapter's weights rarely are."""
+    Only files of a private attachment's size are read, so the adapter's weights rarely are. A file of
+    such a size that cannot be read is added to `unreadable` (someone with more rights could publish it)."""
     by_size: dict[int, set[str]] = {}
     for digest, (size, _) in digests.items():
         if size == 0:  # no file's absence of bytes is anyone's secret
@@ -85,7 +89,10 @@ def private_files_in(out: Path, digests: dict[str, tuple[int, str]]) -> list[tup
                 continue
             if size in by_size:
                 digest = _sha256(path)
-                if digest in by_size[size]:
+                if digest is None and unreadable is not None:
+                    names = sorted(digests[d][1] for d in by_size[size])
+                    unreadable.append((path.relative_to(out).as_posix(), " or ".join(names)))
+                elif digest in by_size[size]:
                     hits.append((path.relative_to(out).as_posix(), digests[digest][1]))
     return hits
 
@@ -95,6 +102,9 @@ def refuse_private_bytes(repo: "BaseRepository", commit: Commit, out: str | os.P
     out = Path(out)
     if not out.is_dir():
         return
-    hits = private_files_in(out, private_digests(repo, commit))
+    unreadable: list[tuple[str, str]] = []
+    hits = private_files_in(out, private_digests(repo, commit), unreadable)
     if hits:
         raise PrivateBytesInExport(str(out), tuple(hits))
+    if unreadable:
+        raise PrivateBytesInExport(str(out), tuple(unreadable), unreadable=True)
