@@ -159,3 +159,17 @@ def test_committing_private_bytes_again_freshens_their_old_copy(cli, repo_dir, a
     age(copy, 30 * 86400)
     cli.ok("commit", adapter_dir("b", seed=4), "-m", "two", "--attach-private", f"again.bin={rows}", cwd=repo_dir)
     assert time.time() - copy.stat().st_mtime < 600 and copy.read_bytes() == GONE
+
+
+def test_a_private_folder_that_cannot_be_listed_stops_gc_before_any_object_is_deleted(cli, repo_dir, two_copies):
+    """Listed after the objects were deleted, a broken private/ failed gc half way, on every later run."""
+    cli.ok("branch", "-D", "x", cwd=repo_dir)
+    age_everything(repo_dir, 15 * 86400)
+    doomed = cli.json("gc", "--dry-run", "--json", cwd=repo_dir)["deleted_ids"]
+    assert doomed
+    private = private_dir(repo_dir)
+    private.rename(repo_dir / "private.aside")
+    private.write_bytes(b"not a folder")
+    line = cli.fails("gc", "--prune=now", cwd=repo_dir)
+    assert "private" in line
+    assert all((repo_dir / ".mfgit" / "objects" / o[:2] / o[2:]).exists() for o in doomed)

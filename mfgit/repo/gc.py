@@ -15,6 +15,8 @@ from mfgit.repo.reachability import damaged_entries, reachable, reflog_reach, sc
 from mfgit.store.fileio import fsync_dir
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from mfgit.repo.base import BaseRepository
 
 
@@ -77,6 +79,8 @@ def _delete_unreachable(repo: "BaseRepository", keep: set[str], named: set[str],
                         dry_run: bool, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     now = time.time()
     deleted, kept_young, freed = [], 0, 0
+    # listed before anything is deleted: a private/ that cannot be read stops gc with nothing deleted
+    private_copies = private_files(repo)
     ids = list(repo.store.iter_ids())
     for i, oid in enumerate(ids, 1):
         if progress is not None:
@@ -99,7 +103,7 @@ def _delete_unreachable(repo: "BaseRepository", keep: set[str], named: set[str],
             crashpoint("gc-during-delete")
         deleted.append(oid)
         freed += size
-    private = _delete_unnamed_private(repo, named, now - prune_older_than, dry_run)
+    private = _delete_unnamed_private(private_copies, named, now - prune_older_than, dry_run)
     if not dry_run:
         crashpoint("gc-after-delete")
     temp_removed = 0 if dry_run else repo.store.remove_temp_files(min(3600, prune_older_than))
@@ -115,7 +119,8 @@ def _delete_unreachable(repo: "BaseRepository", keep: set[str], named: set[str],
     }
 
 
-def _delete_unnamed_private(repo: "BaseRepository", named: set[str], cutoff: float, dry_run: bool) -> dict[str, Any]:
+def _delete_unnamed_private(copies: list[tuple[str, Path]], named: set[str], cutoff: float,
+                            dry_run: bool) -> dict[str, Any]:
     """Delete the kept private copies no reachable commit names, last written (or freshened) before `cutoff`.
 
     A commit stores its private copies before its commit object, as its
@@ -123,7 +128,7 @@ def _delete_unnamed_private(repo: "BaseRepository", named: set[str], cutoff: flo
     yet, for writers the lock cannot see.
     """
     deleted, kept_young, freed = [], 0, 0
-    for digest, path in private_files(repo):
+    for digest, path in copies:
         if digest in named:
             continue
         try:
