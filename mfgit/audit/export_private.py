@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mfgit.errors import MfgitError
-from mfgit.objects.model import Commit
+from mfgit.objects.model import Commit, is_object_id
 from mfgit.repo.attachments import PRIVATE_DIR
 
 if TYPE_CHECKING:
     from mfgit.repo.base import BaseRepository
-
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class PrivateBytesInExport(MfgitError):
@@ -49,7 +46,7 @@ def private_digests(repo: "BaseRepository", commit: Commit) -> dict[str, tuple[i
     kept = None if repo.gitdir is None else repo.gitdir / PRIVATE_DIR
     if kept is not None and kept.is_dir():
         for p in kept.iterdir():
-            if _DIGEST.fullmatch(p.name) and p.is_file():
+            if is_object_id(p.name) and p.is_file():
                 found[p.name] = (p.stat().st_size, f"sha256:{p.name[:16]}")
     for a in commit.attachments:
         if a["private"]:
